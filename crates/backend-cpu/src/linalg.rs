@@ -1,0 +1,424 @@
+//! Dense linear algebra of the CPU backend: batched matmul (faer), real and complex Cholesky solves, inverses and log-determinants.
+//!
+//! Matrices up to [`SMALL`] are factored by the textbook Cholesky loop, one
+//! matrix per rayon task; larger ones go to faer's blocked `Llt`.
+
+use crate::{CpuBackend, CpuElem};
+use faer::linalg::solvers::{DenseSolveCore, SolveCore};
+use faer::{Accum, MatMut, MatRef, Side};
+use num_complex::Complex;
+use rate_core::{Error, MatmulSpec, Result};
+use rayon::prelude::*;
+
+/// Largest order factored by the plain loop instead of faer.
+pub const SMALL: usize = 64;
+
+pub fn matmul<T: CpuElem>(be: &CpuBackend<T>, a: &[T], b: &[T], s: MatmulSpec) -> Vec<T> {
+    let MatmulSpec {
+        batch,
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+        a_batched,
+        b_batched,
+    } = s;
+    let mut out = vec![T::zero(); batch * m * n];
+    if m * n == 0 {
+        return out;
+    }
+    let one_product = |bi: usize, dst: &mut [T], par: faer::Par| {
+        let dst = MatMut::from_row_major_slice_mut(dst, m, n);
+        if k == 0 {
+            return;
+        }
+        let ao = if a_batched { bi * m * k } else { 0 };
+        let bo = if b_batched { bi * k * n } else { 0 };
+        let a = &a[ao..ao + m * k];
+        let b = &b[bo..bo + k * n];
+        let lhs = if trans_a {
+            MatRef::from_row_major_slice(a, k, m).transpose()
+        } else {
+            MatRef::from_row_major_slice(a, m, k)
+        };
+        let rhs = if trans_b {
+            MatRef::from_row_major_slice(b, n, k).transpose()
+        } else {
+            MatRef::from_row_major_slice(b, k, n)
+        };
+        faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, T::one(), par);
+    };
+    let flops = m * n * k;
+    if batch > 1 && flops < 1 << 21 {
+        out.par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(bi, dst)| one_product(bi, dst, faer::Par::Seq));
+    } else {
+        let par = be.par_for(flops);
+        out.chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(bi, dst)| one_product(bi, dst, par));
+    }
+    out
+}
+
+fn not_pd(op: &'static str, index: usize, n: usize, row: usize, pivot: f64) -> Error {
+    Error::NotPositiveDefinite {
+        op,
+        index,
+        n,
+        row,
+        pivot,
+    }
+}
+
+/// In-place lower Cholesky of one row-major `n x n` matrix; zeroes the upper triangle.
+fn chol_small<T: CpuElem>(l: &mut [T], n: usize) -> std::result::Result<(), (usize, f64)> {
+    for j in 0..n {
+        let mut d = l[j * n + j];
+        for k in 0..j {
+            d = d - l[j * n + k] * l[j * n + k];
+        }
+        if !(d > T::zero()) {
+            return Err((j, d.f64()));
+        }
+        let d = d.sqrt();
+        l[j * n + j] = d;
+        let inv = T::one() / d;
+        for i in j + 1..n {
+            let mut s = l[i * n + j];
+            for k in 0..j {
+                s = s - l[i * n + k] * l[j * n + k];
+            }
+            l[i * n + j] = s * inv;
+        }
+        for i in 0..j {
+            l[i * n + j] = T::zero();
+        }
+    }
+    Ok(())
+}
+
+/// Lower Cholesky factor of one matrix, small loop or faer.
+fn chol_one<T: CpuElem>(a: &[T], n: usize, index: usize, op: &'static str) -> Result<Vec<T>> {
+    if n <= SMALL {
+        let mut l = a.to_vec();
+        chol_small(&mut l, n).map_err(|(row, p)| not_pd(op, index, n, row, p))?;
+        return Ok(l);
+    }
+    let llt = faer_llt(a, n, index, op)?;
+    let mut out = vec![T::zero(); n * n];
+    MatMut::from_row_major_slice_mut(&mut out, n, n).copy_from(llt.L());
+    Ok(out)
+}
+
+fn faer_llt<T: CpuElem>(
+    a: &[T],
+    n: usize,
+    index: usize,
+    op: &'static str,
+) -> Result<faer::linalg::solvers::Llt<T>> {
+    // faer reports NaN pivots as success in some paths: check the input first.
+    if let Some(i) = (0..n).find(|&i| !(a[i * n + i] > T::zero())) {
+        return Err(not_pd(op, index, n, i, a[i * n + i].f64()));
+    }
+    let m = MatRef::from_row_major_slice(a, n, n);
+    let llt = m.llt(Side::Lower).map_err(|e| {
+        let faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index: row } = e;
+        not_pd(op, index, n, row, f64::NAN)
+    })?;
+    let l = llt.L();
+    if let Some(i) = (0..n).find(|&i| !l[(i, i)].is_finite()) {
+        return Err(not_pd(op, index, n, i, l[(i, i)].f64()));
+    }
+    Ok(llt)
+}
+
+pub fn cholesky_batch<T: CpuElem>(
+    a: &[T],
+    batch: usize,
+    n: usize,
+    op: &'static str,
+) -> Result<Vec<T>> {
+    let parts: Result<Vec<Vec<T>>> = (0..batch)
+        .into_par_iter()
+        .map(|b| chol_one(&a[b * n * n..(b + 1) * n * n], n, b, op))
+        .collect();
+    Ok(parts?.concat())
+}
+
+/// Solves `L L^T X = B` in place for one system (`B` is `n x nrhs`, row-major).
+fn chol_solve_small<T: CpuElem>(l: &[T], x: &mut [T], n: usize, nrhs: usize) {
+    // forward: L Y = B
+    for i in 0..n {
+        for k in 0..i {
+            let lik = l[i * n + k];
+            for c in 0..nrhs {
+                x[i * nrhs + c] = x[i * nrhs + c] - lik * x[k * nrhs + c];
+            }
+        }
+        let inv = T::one() / l[i * n + i];
+        for c in 0..nrhs {
+            x[i * nrhs + c] = x[i * nrhs + c] * inv;
+        }
+    }
+    // backward: L^T X = Y
+    for i in (0..n).rev() {
+        for k in i + 1..n {
+            let lki = l[k * n + i];
+            for c in 0..nrhs {
+                x[i * nrhs + c] = x[i * nrhs + c] - lki * x[k * nrhs + c];
+            }
+        }
+        let inv = T::one() / l[i * n + i];
+        for c in 0..nrhs {
+            x[i * nrhs + c] = x[i * nrhs + c] * inv;
+        }
+    }
+}
+
+pub fn spd_solve<T: CpuElem>(
+    _be: &CpuBackend<T>,
+    a: &[T],
+    b: &[T],
+    batch: usize,
+    n: usize,
+    nrhs: usize,
+) -> Result<Vec<T>> {
+    let parts: Result<Vec<Vec<T>>> = (0..batch)
+        .into_par_iter()
+        .map(|bi| {
+            let am = &a[bi * n * n..(bi + 1) * n * n];
+            let bm = &b[bi * n * nrhs..(bi + 1) * n * nrhs];
+            if n <= SMALL {
+                let l = chol_one(am, n, bi, "spd_solve")?;
+                let mut x = bm.to_vec();
+                chol_solve_small(&l, &mut x, n, nrhs);
+                Ok(x)
+            } else {
+                let llt = faer_llt(am, n, bi, "spd_solve")?;
+                let mut x = vec![T::zero(); n * nrhs];
+                let mut xm = MatMut::from_row_major_slice_mut(&mut x, n, nrhs);
+                xm.copy_from(MatRef::from_row_major_slice(bm, n, nrhs));
+                llt.solve_in_place_with_conj(faer::Conj::No, xm);
+                Ok(x)
+            }
+        })
+        .collect();
+    Ok(parts?.concat())
+}
+
+pub fn spd_inverse<T: CpuElem>(
+    _be: &CpuBackend<T>,
+    a: &[T],
+    batch: usize,
+    n: usize,
+) -> Result<Vec<T>> {
+    let parts: Result<Vec<Vec<T>>> = (0..batch)
+        .into_par_iter()
+        .map(|bi| {
+            let am = &a[bi * n * n..(bi + 1) * n * n];
+            if n <= SMALL {
+                let l = chol_one(am, n, bi, "spd_inverse")?;
+                let mut x = vec![T::zero(); n * n];
+                for i in 0..n {
+                    x[i * n + i] = T::one();
+                }
+                chol_solve_small(&l, &mut x, n, n);
+                Ok(x)
+            } else {
+                let llt = faer_llt(am, n, bi, "spd_inverse")?;
+                let inv = llt.inverse();
+                let mut x = vec![T::zero(); n * n];
+                MatMut::from_row_major_slice_mut(&mut x, n, n).copy_from(&inv);
+                Ok(x)
+            }
+        })
+        .collect();
+    Ok(parts?.concat())
+}
+
+pub fn spd_logdet<T: CpuElem>(a: &[T], batch: usize, n: usize) -> Result<Vec<T>> {
+    let l = cholesky_batch(a, batch, n, "spd_logdet")?;
+    Ok((0..batch)
+        .map(|b| {
+            let lb = &l[b * n * n..];
+            let two = T::one() + T::one();
+            (0..n)
+                .map(|i| lb[i * n + i].ln())
+                .fold(T::zero(), |s, x| s + x)
+                * two
+        })
+        .collect())
+}
+
+pub fn sym_eigen<T: CpuElem>(a: &[T], batch: usize, n: usize) -> Result<(Vec<T>, Vec<T>)> {
+    let parts: Result<Vec<(Vec<T>, Vec<T>)>> = (0..batch)
+        .into_par_iter()
+        .map(|bi| {
+            let am = MatRef::from_row_major_slice(&a[bi * n * n..(bi + 1) * n * n], n, n);
+            if let Some(i) = (0..n * n).find(|&i| !a[bi * n * n + i].is_finite()) {
+                return Err(Error::NonFinite { what: format!("sym_eigen: matrix {bi}"), index: i, value: a[bi * n * n + i].f64() });
+            }
+            let evd = am.self_adjoint_eigen(Side::Lower).map_err(|e| Error::Backend {
+                backend: "cpu".into(),
+                message: format!("sym_eigen: matrix {bi} of order {n}: eigen-decomposition did not converge ({e:?})"),
+            })?;
+            let s = evd.S().column_vector();
+            let u = evd.U();
+            // faer sorts increasing; we return decreasing.
+            let vals: Vec<T> = (0..n).rev().map(|i| s[i]).collect();
+            let mut vecs = vec![T::zero(); n * n];
+            for r in 0..n {
+                for c in 0..n {
+                    vecs[r * n + c] = u[(r, n - 1 - c)];
+                }
+            }
+            Ok((vals, vecs))
+        })
+        .collect();
+    let parts = parts?;
+    let vals = parts.iter().flat_map(|p| p.0.iter().copied()).collect();
+    let vecs = parts.iter().flat_map(|p| p.1.iter().copied()).collect();
+    Ok((vals, vecs))
+}
+
+// ---------- complex Hermitian ----------
+
+fn to_complex<T: CpuElem>(re: &[T], im: &[T]) -> Vec<Complex<T>> {
+    re.iter()
+        .zip(im)
+        .map(|(&r, &i)| Complex::new(r, i))
+        .collect()
+}
+
+fn split<T: CpuElem>(z: &[Complex<T>]) -> (Vec<T>, Vec<T>) {
+    (
+        z.iter().map(|c| c.re).collect(),
+        z.iter().map(|c| c.im).collect(),
+    )
+}
+
+/// In-place lower Cholesky `A = L L^H` of one Hermitian matrix (the lower triangle is read).
+fn herm_chol<T: CpuElem>(l: &mut [Complex<T>], n: usize) -> std::result::Result<(), (usize, f64)> {
+    for j in 0..n {
+        let mut d = l[j * n + j].re;
+        for k in 0..j {
+            d = d - l[j * n + k].norm_sqr();
+        }
+        if !(d > T::zero()) {
+            return Err((j, d.f64()));
+        }
+        let d = d.sqrt();
+        l[j * n + j] = Complex::new(d, T::zero());
+        let inv = T::one() / d;
+        for i in j + 1..n {
+            let mut s = l[i * n + j];
+            for k in 0..j {
+                s = s - l[i * n + k] * l[j * n + k].conj();
+            }
+            l[i * n + j] = s * inv;
+        }
+        for i in 0..j {
+            l[i * n + j] = Complex::new(T::zero(), T::zero());
+        }
+    }
+    Ok(())
+}
+
+/// Solves `L L^H X = B` in place.
+fn herm_chol_solve<T: CpuElem>(l: &[Complex<T>], x: &mut [Complex<T>], n: usize, nrhs: usize) {
+    for i in 0..n {
+        for k in 0..i {
+            let lik = l[i * n + k];
+            for c in 0..nrhs {
+                x[i * nrhs + c] = x[i * nrhs + c] - lik * x[k * nrhs + c];
+            }
+        }
+        let inv = T::one() / l[i * n + i].re;
+        for c in 0..nrhs {
+            x[i * nrhs + c] = x[i * nrhs + c] * inv;
+        }
+    }
+    for i in (0..n).rev() {
+        for k in i + 1..n {
+            let lki = l[k * n + i].conj();
+            for c in 0..nrhs {
+                x[i * nrhs + c] = x[i * nrhs + c] - lki * x[k * nrhs + c];
+            }
+        }
+        let inv = T::one() / l[i * n + i].re;
+        for c in 0..nrhs {
+            x[i * nrhs + c] = x[i * nrhs + c] * inv;
+        }
+    }
+}
+
+fn herm_factor<T: CpuElem>(
+    re: &[T],
+    im: &[T],
+    bi: usize,
+    n: usize,
+    op: &'static str,
+) -> Result<Vec<Complex<T>>> {
+    let r = bi * n * n..(bi + 1) * n * n;
+    let mut l = to_complex(&re[r.clone()], &im[r]);
+    herm_chol(&mut l, n).map_err(|(row, p)| not_pd(op, bi, n, row, p))?;
+    Ok(l)
+}
+
+pub fn herm_inverse<T: CpuElem>(
+    re: &[T],
+    im: &[T],
+    batch: usize,
+    n: usize,
+) -> Result<(Vec<T>, Vec<T>)> {
+    let parts: Result<Vec<Vec<Complex<T>>>> = (0..batch)
+        .into_par_iter()
+        .map(|bi| {
+            let l = herm_factor(re, im, bi, n, "herm_inverse")?;
+            let mut x = vec![Complex::new(T::zero(), T::zero()); n * n];
+            for i in 0..n {
+                x[i * n + i] = Complex::new(T::one(), T::zero());
+            }
+            herm_chol_solve(&l, &mut x, n, n);
+            Ok(x)
+        })
+        .collect();
+    Ok(split(&parts?.concat()))
+}
+
+pub fn herm_logdet<T: CpuElem>(re: &[T], im: &[T], batch: usize, n: usize) -> Result<Vec<T>> {
+    (0..batch)
+        .into_par_iter()
+        .map(|bi| {
+            let l = herm_factor(re, im, bi, n, "herm_logdet")?;
+            let two = T::one() + T::one();
+            Ok((0..n)
+                .map(|i| l[i * n + i].re.ln())
+                .fold(T::zero(), |s, x| s + x)
+                * two)
+        })
+        .collect()
+}
+
+pub fn herm_solve<T: CpuElem>(
+    a: (&[T], &[T]),
+    b: (&[T], &[T]),
+    batch: usize,
+    n: usize,
+    nrhs: usize,
+) -> Result<(Vec<T>, Vec<T>)> {
+    let parts: Result<Vec<Vec<Complex<T>>>> = (0..batch)
+        .into_par_iter()
+        .map(|bi| {
+            let l = herm_factor(a.0, a.1, bi, n, "herm_solve")?;
+            let r = bi * n * nrhs..(bi + 1) * n * nrhs;
+            let mut x = to_complex(&b.0[r.clone()], &b.1[r]);
+            herm_chol_solve(&l, &mut x, n, nrhs);
+            Ok(x)
+        })
+        .collect();
+    Ok(split(&parts?.concat()))
+}

@@ -1,0 +1,887 @@
+//! `Tensor` and `ComplexTensor`: shaped, row-major views over a backend's buffers, with the shape checks every op needs.
+//!
+//! Shape mismatches are programming errors and panic with a message that
+//! names the op and both shapes; data-dependent failures (not positive
+//! definite) are `Result`s.
+
+use crate::backend::{
+    AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, UnaryOp,
+};
+use crate::{Error, Result};
+use num_traits::{Float, One, Zero};
+use std::fmt;
+
+/// A dense row-major tensor living on backend `B`.
+#[derive(Clone)]
+pub struct Tensor<B: Backend> {
+    buf: B::Buffer,
+    shape: Vec<usize>,
+    backend: B,
+}
+
+impl<B: Backend> fmt::Debug for Tensor<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor<{}>{:?}", self.backend.name(), self.shape)
+    }
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![0; shape.len()];
+    let mut acc = 1;
+    for i in (0..shape.len()).rev() {
+        s[i] = acc;
+        acc *= shape[i];
+    }
+    s
+}
+
+impl<B: Backend> Tensor<B> {
+    // ---------- construction and transfer ----------
+
+    /// Wraps a buffer with a shape (its length must match).
+    pub fn from_buffer(backend: &B, buf: B::Buffer, shape: &[usize]) -> Self {
+        let n = backend.len(&buf);
+        assert_eq!(
+            n,
+            numel(shape),
+            "Tensor::from_buffer: buffer of {n} elements cannot have shape {shape:?}"
+        );
+        Tensor {
+            buf,
+            shape: shape.to_vec(),
+            backend: backend.clone(),
+        }
+    }
+
+    /// Uploads host data of the given shape.
+    pub fn from_slice(backend: &B, data: &[B::Elem], shape: &[usize]) -> Self {
+        assert_eq!(
+            data.len(),
+            numel(shape),
+            "Tensor::from_slice: {} values cannot have shape {shape:?}",
+            data.len()
+        );
+        Tensor {
+            buf: backend.upload(data),
+            shape: shape.to_vec(),
+            backend: backend.clone(),
+        }
+    }
+
+    /// Uploads f64 host data, converting to the backend's element type.
+    pub fn from_f64(backend: &B, data: &[f64], shape: &[usize]) -> Self {
+        let v: Vec<B::Elem> = data.iter().map(|&x| B::Elem::of(x)).collect();
+        Self::from_slice(backend, &v, shape)
+    }
+
+    /// A tensor filled with `value`.
+    pub fn full(backend: &B, shape: &[usize], value: f64) -> Self {
+        Tensor {
+            buf: backend.full(numel(shape), B::Elem::of(value)),
+            shape: shape.to_vec(),
+            backend: backend.clone(),
+        }
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(backend: &B, shape: &[usize]) -> Self {
+        Self::full(backend, shape, 0.0)
+    }
+
+    /// The identity matrix of order `n`.
+    pub fn eye(backend: &B, n: usize) -> Self {
+        let mut v = vec![B::Elem::zero(); n * n];
+        for i in 0..n {
+            v[i * n + i] = B::Elem::one();
+        }
+        Self::from_slice(backend, &v, &[n, n])
+    }
+
+    /// Downloads the data to the host.
+    pub fn to_vec(&self) -> Vec<B::Elem> {
+        self.backend.download(&self.buf)
+    }
+
+    /// Downloads the data to the host as f64.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        self.to_vec().into_iter().map(|x| x.f64()).collect()
+    }
+
+    /// The single value of a one-element tensor, as f64.
+    pub fn scalar(&self) -> f64 {
+        assert_eq!(
+            numel(&self.shape),
+            1,
+            "Tensor::scalar: shape {:?} has not one element",
+            self.shape
+        );
+        self.to_vec()[0].f64()
+    }
+
+    /// The backend this tensor lives on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The underlying buffer.
+    pub fn buffer(&self) -> &B::Buffer {
+        &self.buf
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Size of axis `i` (negative counts from the end).
+    pub fn dim(&self, axis: isize) -> usize {
+        self.shape[self.axis(axis, "dim")]
+    }
+
+    /// Number of axes.
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    fn axis(&self, axis: isize, op: &str) -> usize {
+        let r = self.shape.len() as isize;
+        let a = if axis < 0 { axis + r } else { axis };
+        assert!(
+            a >= 0 && a < r,
+            "{op}: axis {axis} out of range for shape {:?}",
+            self.shape
+        );
+        a as usize
+    }
+
+    fn view(&self, axis: usize) -> AxisView {
+        AxisView {
+            outer: numel(&self.shape[..axis]),
+            len: self.shape[axis],
+            inner: numel(&self.shape[axis + 1..]),
+        }
+    }
+
+    fn with(&self, buf: B::Buffer, shape: Vec<usize>) -> Self {
+        Tensor {
+            buf,
+            shape,
+            backend: self.backend.clone(),
+        }
+    }
+
+    // ---------- checks ----------
+
+    /// Fails with [`Error::NonFinite`] if any value is NaN or infinite.
+    pub fn check_finite(&self, what: &str) -> Result<()> {
+        for (i, x) in self.to_vec().into_iter().enumerate() {
+            if !x.is_finite() {
+                return Err(Error::NonFinite {
+                    what: what.to_string(),
+                    index: i,
+                    value: x.f64(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    // ---------- shape ----------
+
+    /// Same data, new shape (same number of elements).
+    pub fn reshape(&self, shape: &[usize]) -> Self {
+        assert_eq!(
+            numel(shape),
+            self.numel(),
+            "reshape: cannot view shape {:?} as {shape:?}",
+            self.shape
+        );
+        self.with(self.buf.clone(), shape.to_vec())
+    }
+
+    /// Permutes the axes: output axis `i` is input axis `perm[i]`.
+    pub fn permute(&self, perm: &[usize]) -> Self {
+        assert_eq!(
+            perm.len(),
+            self.rank(),
+            "permute: {perm:?} for shape {:?}",
+            self.shape
+        );
+        let mut seen = vec![false; perm.len()];
+        for &p in perm {
+            assert!(
+                p < perm.len() && !seen[p],
+                "permute: {perm:?} is not a permutation"
+            );
+            seen[p] = true;
+        }
+        let shape: Vec<usize> = perm.iter().map(|&p| self.shape[p]).collect();
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            return self.clone();
+        }
+        self.with(self.backend.permute(&self.buf, &self.shape, perm), shape)
+    }
+
+    /// Swaps the last two axes.
+    pub fn t(&self) -> Self {
+        let r = self.rank();
+        assert!(r >= 2, "t: shape {:?} has fewer than two axes", self.shape);
+        let mut perm: Vec<usize> = (0..r).collect();
+        perm.swap(r - 1, r - 2);
+        self.permute(&perm)
+    }
+
+    /// `count` entries from `start` along `axis`.
+    pub fn narrow(&self, axis: isize, start: usize, count: usize) -> Self {
+        let a = self.axis(axis, "narrow");
+        assert!(
+            start + count <= self.shape[a],
+            "narrow: [{start}, {}) out of range for axis {a} of shape {:?}",
+            start + count,
+            self.shape
+        );
+        let mut shape = self.shape.clone();
+        shape[a] = count;
+        self.with(
+            self.backend.narrow(&self.buf, self.view(a), start, count),
+            shape,
+        )
+    }
+
+    /// Concatenates tensors along `axis`; all other sizes must agree.
+    pub fn cat(parts: &[&Tensor<B>], axis: isize) -> Self {
+        assert!(!parts.is_empty(), "cat: no tensors");
+        let first = parts[0];
+        let a = first.axis(axis, "cat");
+        for p in parts {
+            assert!(
+                p.rank() == first.rank()
+                    && p.shape[..a] == first.shape[..a]
+                    && p.shape[a + 1..] == first.shape[a + 1..],
+                "cat: shape {:?} does not match {:?} along axis {a}",
+                p.shape,
+                first.shape
+            );
+        }
+        let lens: Vec<usize> = parts.iter().map(|p| p.shape[a]).collect();
+        let bufs: Vec<&B::Buffer> = parts.iter().map(|p| &p.buf).collect();
+        let v = first.view(a);
+        let mut shape = first.shape.clone();
+        shape[a] = lens.iter().sum();
+        first.with(first.backend.concat(&bufs, v.outer, &lens, v.inner), shape)
+    }
+
+    /// Selects entries `index` along `axis`.
+    pub fn index_select(&self, axis: isize, index: &[usize]) -> Self {
+        let a = self.axis(axis, "index_select");
+        if let Some(&bad) = index.iter().find(|&&i| i >= self.shape[a]) {
+            panic!(
+                "index_select: index {bad} out of range for axis {a} of shape {:?}",
+                self.shape
+            );
+        }
+        let mut shape = self.shape.clone();
+        shape[a] = index.len();
+        self.with(
+            self.backend.index_select(&self.buf, self.view(a), index),
+            shape,
+        )
+    }
+
+    /// Scatter-adds along `axis` into `len` entries (adjoint of `index_select`).
+    pub fn index_add(&self, axis: isize, index: &[usize], len: usize) -> Self {
+        let a = self.axis(axis, "index_add");
+        assert_eq!(
+            index.len(),
+            self.shape[a],
+            "index_add: {} indices for axis {a} of {:?}",
+            index.len(),
+            self.shape
+        );
+        if let Some(&bad) = index.iter().find(|&&i| i >= len) {
+            panic!("index_add: index {bad} out of range for length {len}");
+        }
+        let mut shape = self.shape.clone();
+        shape[a] = len;
+        self.with(
+            self.backend.index_add(&self.buf, self.view(a), index, len),
+            shape,
+        )
+    }
+
+    // ---------- elementwise ----------
+
+    /// Applies a unary op.
+    pub fn unary(&self, op: UnaryOp) -> Self {
+        self.with(self.backend.unary(op, &self.buf), self.shape.clone())
+    }
+
+    /// Applies a binary op with NumPy broadcasting.
+    pub fn binary(&self, op: BinaryOp, other: &Tensor<B>) -> Self {
+        if self.shape == other.shape {
+            let s = contiguous_strides(&self.shape);
+            return self.with(
+                self.backend
+                    .binary(op, &self.buf, &s, &other.buf, &s, &self.shape),
+                self.shape.clone(),
+            );
+        }
+        let r = self.rank().max(other.rank());
+        let pad = |s: &[usize]| {
+            let mut v = vec![1; r - s.len()];
+            v.extend_from_slice(s);
+            v
+        };
+        let (sa, sb) = (pad(&self.shape), pad(&other.shape));
+        let mut out = vec![0; r];
+        for i in 0..r {
+            out[i] = if sa[i] == sb[i] || sb[i] == 1 {
+                sa[i]
+            } else if sa[i] == 1 {
+                sb[i]
+            } else {
+                panic!(
+                    "{op:?}: shapes {:?} and {:?} do not broadcast",
+                    self.shape, other.shape
+                )
+            };
+        }
+        let stride = |s: &[usize]| {
+            let c = contiguous_strides(s);
+            (0..r)
+                .map(|i| if s[i] == 1 { 0 } else { c[i] })
+                .collect::<Vec<_>>()
+        };
+        let (ta, tb) = (stride(&sa), stride(&sb));
+        self.with(
+            self.backend
+                .binary(op, &self.buf, &ta, &other.buf, &tb, &out),
+            out,
+        )
+    }
+
+    /// `self + other` (broadcasting).
+    pub fn add(&self, other: &Tensor<B>) -> Self {
+        self.binary(BinaryOp::Add, other)
+    }
+    /// `self - other` (broadcasting).
+    pub fn sub(&self, other: &Tensor<B>) -> Self {
+        self.binary(BinaryOp::Sub, other)
+    }
+    /// `self * other` elementwise (broadcasting).
+    pub fn mul(&self, other: &Tensor<B>) -> Self {
+        self.binary(BinaryOp::Mul, other)
+    }
+    /// `self / other` elementwise (broadcasting).
+    pub fn div(&self, other: &Tensor<B>) -> Self {
+        self.binary(BinaryOp::Div, other)
+    }
+    /// `c * self`.
+    pub fn scale(&self, c: f64) -> Self {
+        self.unary(UnaryOp::MulScalar(c))
+    }
+    /// `self + c`.
+    pub fn add_scalar(&self, c: f64) -> Self {
+        self.unary(UnaryOp::AddScalar(c))
+    }
+    /// `-self`.
+    pub fn neg(&self) -> Self {
+        self.unary(UnaryOp::Neg)
+    }
+    /// `e^self`.
+    pub fn exp(&self) -> Self {
+        self.unary(UnaryOp::Exp)
+    }
+    /// `ln self`.
+    pub fn log(&self) -> Self {
+        self.unary(UnaryOp::Log)
+    }
+    /// `sqrt self`.
+    pub fn sqrt(&self) -> Self {
+        self.unary(UnaryOp::Sqrt)
+    }
+    /// `self^2`.
+    pub fn square(&self) -> Self {
+        self.unary(UnaryOp::Square)
+    }
+    /// `|self|`.
+    pub fn abs(&self) -> Self {
+        self.unary(UnaryOp::Abs)
+    }
+    /// `1 / self`.
+    pub fn recip(&self) -> Self {
+        self.unary(UnaryOp::Recip)
+    }
+    /// `max(self, 0)`.
+    pub fn relu(&self) -> Self {
+        self.unary(UnaryOp::Relu)
+    }
+    /// `1[self > 0]`.
+    pub fn step(&self) -> Self {
+        self.unary(UnaryOp::Step)
+    }
+    /// `sign(x) max(|x| - lambda, 0)`, the proximal operator of `lambda |x|`.
+    pub fn soft_threshold(&self, lambda: f64) -> Self {
+        self.unary(UnaryOp::SoftThreshold(lambda))
+    }
+    /// `max(self, c)`.
+    pub fn clamp_min(&self, c: f64) -> Self {
+        self.unary(UnaryOp::ClampMin(c))
+    }
+    /// `self + c * other`, a fused-looking axpy built from primitives.
+    pub fn add_scaled(&self, other: &Tensor<B>, c: f64) -> Self {
+        self.add(&other.scale(c))
+    }
+
+    // ---------- reductions ----------
+
+    fn reduce(&self, op: ReduceOp, axis: isize, keepdim: bool) -> Self {
+        let a = self.axis(axis, "reduce");
+        assert!(
+            self.shape[a] > 0 || op == ReduceOp::Sum,
+            "{op:?}: axis {a} of shape {:?} is empty",
+            self.shape
+        );
+        let mut shape = self.shape.clone();
+        if keepdim {
+            shape[a] = 1;
+        } else {
+            shape.remove(a);
+        }
+        self.with(self.backend.reduce(op, &self.buf, self.view(a)), shape)
+    }
+
+    /// Sum along `axis`.
+    pub fn sum_axis(&self, axis: isize, keepdim: bool) -> Self {
+        self.reduce(ReduceOp::Sum, axis, keepdim)
+    }
+    /// Mean along `axis`.
+    pub fn mean_axis(&self, axis: isize, keepdim: bool) -> Self {
+        let n = self.dim(axis);
+        self.sum_axis(axis, keepdim).scale(1.0 / n as f64)
+    }
+    /// Maximum along `axis`.
+    pub fn max_axis(&self, axis: isize, keepdim: bool) -> Self {
+        self.reduce(ReduceOp::Max, axis, keepdim)
+    }
+    /// Minimum along `axis`.
+    pub fn min_axis(&self, axis: isize, keepdim: bool) -> Self {
+        self.reduce(ReduceOp::Min, axis, keepdim)
+    }
+    /// Index of the maximum along `axis` (downloaded).
+    pub fn argmax_axis(&self, axis: isize) -> Vec<usize> {
+        self.reduce(ReduceOp::ArgMax, axis, false)
+            .to_vec()
+            .into_iter()
+            .map(|x| x.f64() as usize)
+            .collect()
+    }
+    /// Sum of all elements.
+    pub fn sum_all(&self) -> f64 {
+        self.reshape(&[self.numel()]).sum_axis(0, false).scalar()
+    }
+    /// Euclidean (Frobenius) norm of all elements.
+    pub fn norm(&self) -> f64 {
+        self.square().sum_all().sqrt()
+    }
+    /// Largest absolute value.
+    pub fn max_abs(&self) -> f64 {
+        if self.numel() == 0 {
+            return 0.0;
+        }
+        self.abs()
+            .reshape(&[self.numel()])
+            .max_axis(0, false)
+            .scalar()
+    }
+    /// Softmax along `axis`.
+    pub fn softmax(&self, axis: isize) -> Self {
+        let a = self.axis(axis, "softmax");
+        self.with(
+            self.backend.softmax(&self.buf, self.view(a)),
+            self.shape.clone(),
+        )
+    }
+    /// Euclidean norm of each row vector along `axis` (keeps the axis with size 1).
+    pub fn norm_axis(&self, axis: isize) -> Self {
+        self.square().sum_axis(axis, true).sqrt()
+    }
+
+    // ---------- linear algebra ----------
+
+    fn batch_dims(&self, op: &str) -> (usize, usize, usize) {
+        assert!(
+            self.rank() >= 2,
+            "{op}: shape {:?} is not a matrix",
+            self.shape
+        );
+        let r = self.rank();
+        (
+            numel(&self.shape[..r - 2]),
+            self.shape[r - 2],
+            self.shape[r - 1],
+        )
+    }
+
+    /// `op(self) @ op(other)` over the last two axes, batched over the leading
+    /// ones; a 2-D operand is shared by the whole batch.
+    pub fn matmul_t(&self, other: &Tensor<B>, trans_a: bool, trans_b: bool) -> Self {
+        let (ba, ra, ca) = self.batch_dims("matmul");
+        let (bb, rb, cb) = other.batch_dims("matmul");
+        let (m, ka) = if trans_a { (ca, ra) } else { (ra, ca) };
+        let (kb, n) = if trans_b { (cb, rb) } else { (rb, cb) };
+        assert_eq!(
+            ka,
+            kb,
+            "matmul: inner dimensions differ: {:?}{} @ {:?}{}",
+            self.shape,
+            if trans_a { "^T" } else { "" },
+            other.shape,
+            if trans_b { "^T" } else { "" }
+        );
+        let lead: Vec<usize>;
+        let batch;
+        if self.rank() > 2 && other.rank() > 2 {
+            assert_eq!(
+                self.shape[..self.rank() - 2],
+                other.shape[..other.rank() - 2],
+                "matmul: batch dimensions differ: {:?} @ {:?}",
+                self.shape,
+                other.shape
+            );
+            lead = self.shape[..self.rank() - 2].to_vec();
+            batch = ba;
+        } else if self.rank() > 2 {
+            lead = self.shape[..self.rank() - 2].to_vec();
+            batch = ba;
+        } else {
+            lead = other.shape[..other.rank() - 2].to_vec();
+            batch = bb;
+        }
+        let spec = MatmulSpec {
+            batch,
+            m,
+            k: ka,
+            n,
+            trans_a,
+            trans_b,
+            a_batched: self.rank() > 2,
+            b_batched: other.rank() > 2,
+        };
+        let mut shape = lead;
+        shape.extend([m, n]);
+        self.with(self.backend.matmul(&self.buf, &other.buf, spec), shape)
+    }
+
+    /// `self @ other`.
+    pub fn matmul(&self, other: &Tensor<B>) -> Self {
+        self.matmul_t(other, false, false)
+    }
+
+    fn square_batch(&self, op: &str) -> (usize, usize) {
+        let (b, r, c) = self.batch_dims(op);
+        assert_eq!(
+            r, c,
+            "{op}: matrices of shape {:?} are not square",
+            self.shape
+        );
+        (b, r)
+    }
+
+    /// Lower Cholesky factor(s) of SPD matrices.
+    pub fn cholesky(&self) -> Result<Self> {
+        let (b, n) = self.square_batch("cholesky");
+        Ok(self.with(self.backend.cholesky(&self.buf, b, n)?, self.shape.clone()))
+    }
+
+    /// Inverse(s) of SPD matrices by Cholesky.
+    pub fn spd_inverse(&self) -> Result<Self> {
+        let (b, n) = self.square_batch("spd_inverse");
+        Ok(self.with(
+            self.backend.spd_inverse(&self.buf, b, n)?,
+            self.shape.clone(),
+        ))
+    }
+
+    /// `log det` of SPD matrices by Cholesky; shape is the batch shape.
+    pub fn spd_logdet(&self) -> Result<Self> {
+        let (b, n) = self.square_batch("spd_logdet");
+        let r = self.rank();
+        Ok(self.with(
+            self.backend.spd_logdet(&self.buf, b, n)?,
+            self.shape[..r - 2].to_vec(),
+        ))
+    }
+
+    /// Solves `self X = rhs` for SPD `self`.
+    pub fn spd_solve(&self, rhs: &Tensor<B>) -> Result<Self> {
+        let (b, n) = self.square_batch("spd_solve");
+        let (bb, rn, nrhs) = rhs.batch_dims("spd_solve");
+        assert!(
+            bb == b && rn == n,
+            "spd_solve: system {:?} and right-hand side {:?} do not match",
+            self.shape,
+            rhs.shape
+        );
+        Ok(self.with(
+            self.backend.spd_solve(&self.buf, &rhs.buf, b, n, nrhs)?,
+            rhs.shape.clone(),
+        ))
+    }
+
+    /// Eigenvalues (decreasing) and eigenvectors (columns) of symmetric matrices.
+    pub fn sym_eigen(&self) -> Result<(Self, Self)> {
+        let (b, n) = self.square_batch("sym_eigen");
+        let r = self.rank();
+        let (vals, vecs) = self.backend.sym_eigen(&self.buf, b, n)?;
+        let mut vs = self.shape[..r - 2].to_vec();
+        vs.push(n);
+        Ok((self.with(vals, vs), self.with(vecs, self.shape.clone())))
+    }
+
+    // ---------- Fourier ----------
+
+    /// Real-to-complex DFT along `axis`, keeping `len/2 + 1` frequencies.
+    pub fn rfft(&self, axis: isize, norm: FftNorm) -> ComplexTensor<B> {
+        let a = self.axis(axis, "rfft");
+        assert!(
+            self.shape[a] > 0,
+            "rfft: axis {a} of shape {:?} is empty",
+            self.shape
+        );
+        let (re, im) = self.backend.rfft(&self.buf, self.view(a), norm);
+        let mut shape = self.shape.clone();
+        shape[a] = self.shape[a] / 2 + 1;
+        ComplexTensor {
+            re: self.with(re, shape.clone()),
+            im: self.with(im, shape),
+        }
+    }
+
+    /// Promotes to a complex tensor with zero imaginary part.
+    pub fn to_complex(&self) -> ComplexTensor<B> {
+        ComplexTensor {
+            re: self.clone(),
+            im: Tensor::zeros(&self.backend, &self.shape),
+        }
+    }
+}
+
+/// A complex tensor stored as two real planes of the same shape.
+#[derive(Clone, Debug)]
+pub struct ComplexTensor<B: Backend> {
+    /// Real part.
+    pub re: Tensor<B>,
+    /// Imaginary part.
+    pub im: Tensor<B>,
+}
+
+impl<B: Backend> ComplexTensor<B> {
+    /// Pairs two real tensors of one shape.
+    pub fn new(re: Tensor<B>, im: Tensor<B>) -> Self {
+        assert_eq!(
+            re.shape(),
+            im.shape(),
+            "ComplexTensor::new: planes {:?} and {:?} differ",
+            re.shape(),
+            im.shape()
+        );
+        ComplexTensor { re, im }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        self.re.shape()
+    }
+
+    /// Same data, new shape.
+    pub fn reshape(&self, shape: &[usize]) -> Self {
+        ComplexTensor {
+            re: self.re.reshape(shape),
+            im: self.im.reshape(shape),
+        }
+    }
+
+    /// Permutes the axes of both planes.
+    pub fn permute(&self, perm: &[usize]) -> Self {
+        ComplexTensor {
+            re: self.re.permute(perm),
+            im: self.im.permute(perm),
+        }
+    }
+
+    /// Complex conjugate.
+    pub fn conj(&self) -> Self {
+        ComplexTensor {
+            re: self.re.clone(),
+            im: self.im.neg(),
+        }
+    }
+
+    /// Conjugate transpose of the last two axes.
+    pub fn h(&self) -> Self {
+        ComplexTensor {
+            re: self.re.t(),
+            im: self.im.t().neg(),
+        }
+    }
+
+    /// `self + other`.
+    pub fn add(&self, other: &Self) -> Self {
+        ComplexTensor {
+            re: self.re.add(&other.re),
+            im: self.im.add(&other.im),
+        }
+    }
+
+    /// `self - other`.
+    pub fn sub(&self, other: &Self) -> Self {
+        ComplexTensor {
+            re: self.re.sub(&other.re),
+            im: self.im.sub(&other.im),
+        }
+    }
+
+    /// Multiplies by a real tensor (broadcasting).
+    pub fn mul_real(&self, r: &Tensor<B>) -> Self {
+        ComplexTensor {
+            re: self.re.mul(r),
+            im: self.im.mul(r),
+        }
+    }
+
+    /// Multiplies by a real scalar.
+    pub fn scale(&self, c: f64) -> Self {
+        ComplexTensor {
+            re: self.re.scale(c),
+            im: self.im.scale(c),
+        }
+    }
+
+    /// `|z|^2` elementwise.
+    pub fn abs_sq(&self) -> Tensor<B> {
+        self.re.square().add(&self.im.square())
+    }
+
+    /// Batched complex product `op(self) @ op(other)`, where the op is the
+    /// conjugate transpose when the flag is set (three real products, Gauss).
+    pub fn matmul_h(&self, other: &Self, herm_a: bool, herm_b: bool) -> Self {
+        // (a + ib)(c + id) with a, b possibly conjugated: conj flips the sign of the imaginary part.
+        let sa = if herm_a { -1.0 } else { 1.0 };
+        let sb = if herm_b { -1.0 } else { 1.0 };
+        let ac = self.re.matmul_t(&other.re, herm_a, herm_b);
+        let bd = self.im.matmul_t(&other.im, herm_a, herm_b);
+        let ad = self.re.matmul_t(&other.im, herm_a, herm_b);
+        let bc = self.im.matmul_t(&other.re, herm_a, herm_b);
+        // re = ac - (sa b)(sb d) ; im = a (sb d) + (sa b) c
+        let re = ac.sub(&bd.scale(sa * sb));
+        let im = ad.scale(sb).add(&bc.scale(sa));
+        ComplexTensor { re, im }
+    }
+
+    /// `self @ other`.
+    pub fn matmul(&self, other: &Self) -> Self {
+        self.matmul_h(other, false, false)
+    }
+
+    /// Complex DFT along `axis`.
+    pub fn fft(&self, axis: isize, inverse: bool, norm: FftNorm) -> Self {
+        let a = self.re.axis(axis, "fft");
+        let v = self.re.view(a);
+        let (re, im) = self
+            .re
+            .backend
+            .fft(&self.re.buf, &self.im.buf, v, inverse, norm);
+        let s = self.re.shape.clone();
+        ComplexTensor {
+            re: self.re.with(re, s.clone()),
+            im: self.re.with(im, s),
+        }
+    }
+
+    /// Inverse of [`Tensor::rfft`]: `n` is the signal length along `axis`.
+    pub fn irfft(&self, axis: isize, n: usize, norm: FftNorm) -> Tensor<B> {
+        let a = self.re.axis(axis, "irfft");
+        assert_eq!(
+            n / 2 + 1,
+            self.re.shape[a],
+            "irfft: half spectrum of length {} cannot give a signal of length {n}",
+            self.re.shape[a]
+        );
+        let v = self.re.view(a);
+        let out = self
+            .re
+            .backend
+            .irfft(&self.re.buf, &self.im.buf, v, n, norm);
+        let mut s = self.re.shape.clone();
+        s[a] = n;
+        self.re.with(out, s)
+    }
+
+    fn square_batch(&self, op: &str) -> (usize, usize) {
+        self.re.square_batch(op)
+    }
+
+    /// Inverses of Hermitian positive definite matrices.
+    pub fn herm_inverse(&self) -> Result<Self> {
+        let (b, n) = self.square_batch("herm_inverse");
+        let (re, im) = self
+            .re
+            .backend
+            .herm_inverse(&self.re.buf, &self.im.buf, b, n)?;
+        let s = self.re.shape.clone();
+        Ok(ComplexTensor {
+            re: self.re.with(re, s.clone()),
+            im: self.re.with(im, s),
+        })
+    }
+
+    /// `log det` of Hermitian positive definite matrices (real).
+    pub fn herm_logdet(&self) -> Result<Tensor<B>> {
+        let (b, n) = self.square_batch("herm_logdet");
+        let r = self.re.rank();
+        let out = self
+            .re
+            .backend
+            .herm_logdet(&self.re.buf, &self.im.buf, b, n)?;
+        Ok(self.re.with(out, self.re.shape[..r - 2].to_vec()))
+    }
+
+    /// Solves `self X = rhs` for Hermitian positive definite `self`.
+    pub fn herm_solve(&self, rhs: &Self) -> Result<Self> {
+        let (b, n) = self.square_batch("herm_solve");
+        let (bb, rn, nrhs) = rhs.re.batch_dims("herm_solve");
+        assert!(
+            bb == b && rn == n,
+            "herm_solve: system {:?} and right-hand side {:?} do not match",
+            self.shape(),
+            rhs.shape()
+        );
+        let (re, im) = self.re.backend.herm_solve(
+            (&self.re.buf, &self.im.buf),
+            (&rhs.re.buf, &rhs.im.buf),
+            b,
+            n,
+            nrhs,
+        )?;
+        let s = rhs.shape().to_vec();
+        Ok(ComplexTensor {
+            re: self.re.with(re, s.clone()),
+            im: self.re.with(im, s),
+        })
+    }
+
+    /// Downloads as `(re, im)` f64 vectors.
+    pub fn to_f64_vecs(&self) -> (Vec<f64>, Vec<f64>) {
+        (self.re.to_f64_vec(), self.im.to_f64_vec())
+    }
+}

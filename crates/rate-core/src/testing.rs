@@ -1,0 +1,1 @@
+//! Backend conformance suite: one generic check per primitive, instantiated per backend by `conformance_tests!`.
