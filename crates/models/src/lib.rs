@@ -1,1 +1,45 @@
-//! placeholder
+//! models: ReduNet (4.1.13), the shift-invariant ReduNet (4.1.16-4.1.27), CRATE (4.2.20), AoT (4.3.2) and TOST (4.3.15), generic over the rate-core `Backend`.
+//!
+//! Every layer is written out: forward constructions for ReduNet, and an
+//! explicit forward plus a hand-derived backward for the transformer layers.
+
+pub mod classify;
+pub mod data;
+pub mod fixtures;
+pub mod invariant;
+pub mod io;
+pub mod nn;
+pub mod redunet;
+
+pub use rate_core::{Backend, Error as CoreError, Tensor};
+
+/// Errors of the models crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A numerical failure from rate-core or a backend.
+    #[error(transparent)]
+    Core(#[from] rate_core::Error),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file was read but its content is wrong.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file (or data source).
+        path: String,
+        /// What is wrong, naming the field, shape or value.
+        message: String,
+    },
+    /// A configuration or argument is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

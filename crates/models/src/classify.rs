@@ -1,0 +1,1 @@
+//! Classifiers on features: nearest subspace and k-nearest neighbours with cosine similarity.
