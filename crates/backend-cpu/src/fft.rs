@@ -21,9 +21,7 @@ pub struct Plans<T: CpuElem> {
 
 impl<T: CpuElem> Default for Plans<T> {
     fn default() -> Self {
-        Plans {
-            planner: Mutex::new((FftPlanner::new(), HashMap::new())),
-        }
+        Plans { planner: Mutex::new((FftPlanner::new(), HashMap::new())) }
     }
 }
 
@@ -48,13 +46,15 @@ impl<T: CpuElem> Plans<T> {
         let (planner, cache) = &mut *guard;
         cache
             .entry((n, inverse))
-            .or_insert_with(|| {
-                if inverse {
-                    planner.plan_fft_inverse(n)
-                } else {
-                    planner.plan_fft_forward(n)
-                }
-            })
+            .or_insert_with(
+                || {
+                    if inverse {
+                        planner.plan_fft_inverse(n)
+                    } else {
+                        planner.plan_fft_forward(n)
+                    }
+                },
+            )
             .clone()
     }
 
@@ -68,8 +68,7 @@ impl<T: CpuElem> Plans<T> {
         let signals = data.len() / n;
         let per_chunk = ((1 << 14) / n).max(1);
         let work = |chunk: &mut [Complex<T>]| {
-            let mut scratch =
-                vec![Complex::new(T::zero(), T::zero()); plan.get_inplace_scratch_len()];
+            let mut scratch = vec![Complex::new(T::zero(), T::zero()); plan.get_inplace_scratch_len()];
             plan.process_with_scratch(chunk, &mut scratch);
             if let Some(s) = s {
                 for c in chunk.iter_mut() {
@@ -85,32 +84,20 @@ impl<T: CpuElem> Plans<T> {
     }
 
     /// Gathers the signals of `v` (read through `get`) contiguous: signal `o * inner + j`.
-    fn gather(
-        v: AxisView,
-        n_out: usize,
-        get: impl Fn(usize) -> Complex<T> + Sync,
-    ) -> Vec<Complex<T>> {
+    fn gather(v: AxisView, n_out: usize, get: impl Fn(usize) -> Complex<T> + Sync) -> Vec<Complex<T>> {
         let AxisView { outer, len, inner } = v;
         let mut buf = vec![Complex::new(T::zero(), T::zero()); outer * inner * n_out];
-        buf.par_chunks_mut(n_out.max(1))
-            .enumerate()
-            .for_each(|(s, sig)| {
-                let (o, j) = (s / inner.max(1), s % inner.max(1));
-                for l in 0..len.min(n_out) {
-                    sig[l] = get((o * len + l) * inner + j);
-                }
-            });
+        buf.par_chunks_mut(n_out.max(1)).enumerate().for_each(|(s, sig)| {
+            let (o, j) = (s / inner.max(1), s % inner.max(1));
+            for l in 0..len.min(n_out) {
+                sig[l] = get((o * len + l) * inner + j);
+            }
+        });
         buf
     }
 
     /// Scatters contiguous signals of length `n` (keeping the first `keep`) back to `[outer, keep, inner]`.
-    fn scatter(
-        buf: &[Complex<T>],
-        outer: usize,
-        n: usize,
-        keep: usize,
-        inner: usize,
-    ) -> (Vec<T>, Vec<T>) {
+    fn scatter(buf: &[Complex<T>], outer: usize, n: usize, keep: usize, inner: usize) -> (Vec<T>, Vec<T>) {
         let mut re = vec![T::zero(); outer * keep * inner];
         let mut im = vec![T::zero(); outer * keep * inner];
         for o in 0..outer {
@@ -127,14 +114,7 @@ impl<T: CpuElem> Plans<T> {
     }
 
     /// Complex-to-complex transform along the axis.
-    pub fn c2c(
-        &self,
-        re: &[T],
-        im: &[T],
-        v: AxisView,
-        inverse: bool,
-        norm: FftNorm,
-    ) -> (Vec<T>, Vec<T>) {
+    pub fn c2c(&self, re: &[T], im: &[T], v: AxisView, inverse: bool, norm: FftNorm) -> (Vec<T>, Vec<T>) {
         let mut buf = Self::gather(v, v.len, |i| Complex::new(re[i], im[i]));
         self.run(&mut buf, v.len, inverse, norm);
         Self::scatter(&buf, v.outer, v.len, v.len, v.inner)
@@ -151,24 +131,22 @@ impl<T: CpuElem> Plans<T> {
     pub fn c2r(&self, re: &[T], im: &[T], v: AxisView, n: usize, norm: FftNorm) -> Vec<T> {
         let AxisView { outer, len, inner } = v;
         let mut buf = vec![Complex::new(T::zero(), T::zero()); outer * inner * n];
-        buf.par_chunks_mut(n.max(1))
-            .enumerate()
-            .for_each(|(s, sig)| {
-                let (o, j) = (s / inner.max(1), s % inner.max(1));
-                for k in 0..len.min(n) {
-                    let idx = (o * len + k) * inner + j;
-                    sig[k] = Complex::new(re[idx], im[idx]);
-                }
-                // Hermitian extension: X_{n-k} = conj(X_k).
-                for k in 1..n.div_ceil(2) {
-                    sig[n - k] = sig[k].conj();
-                }
-                // The imaginary parts of the self-conjugate bins do not belong to a real signal.
-                sig[0].im = T::zero();
-                if n % 2 == 0 && n > 0 {
-                    sig[n / 2].im = T::zero();
-                }
-            });
+        buf.par_chunks_mut(n.max(1)).enumerate().for_each(|(s, sig)| {
+            let (o, j) = (s / inner.max(1), s % inner.max(1));
+            for k in 0..len.min(n) {
+                let idx = (o * len + k) * inner + j;
+                sig[k] = Complex::new(re[idx], im[idx]);
+            }
+            // Hermitian extension: X_{n-k} = conj(X_k).
+            for k in 1..n.div_ceil(2) {
+                sig[n - k] = sig[k].conj();
+            }
+            // The imaginary parts of the self-conjugate bins do not belong to a real signal.
+            sig[0].im = T::zero();
+            if n % 2 == 0 && n > 0 {
+                sig[n / 2].im = T::zero();
+            }
+        });
         self.run(&mut buf, n, true, norm);
         let (out, _) = Self::scatter(&buf, outer, n, n, inner);
         out

@@ -9,9 +9,7 @@
 mod fft;
 mod linalg;
 
-use rate_core::{
-    AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, Result, UnaryOp,
-};
+use rate_core::{AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, Result, UnaryOp};
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -38,21 +36,13 @@ impl<T: CpuElem> Default for CpuBackend<T> {
 impl<T: CpuElem> CpuBackend<T> {
     /// A backend using every thread of the global rayon pool.
     pub fn new() -> Self {
-        CpuBackend {
-            par: faer::Par::rayon(0),
-            fft: Arc::new(fft::Plans::default()),
-            _t: PhantomData,
-        }
+        CpuBackend { par: faer::Par::rayon(0), fft: Arc::new(fft::Plans::default()), _t: PhantomData }
     }
 
     /// A backend that runs faer's dense kernels on the calling thread only
     /// (batched and elementwise work still uses rayon's pool).
     pub fn sequential() -> Self {
-        CpuBackend {
-            par: faer::Par::Seq,
-            fft: Arc::new(fft::Plans::default()),
-            _t: PhantomData,
-        }
+        CpuBackend { par: faer::Par::Seq, fft: Arc::new(fft::Plans::default()), _t: PhantomData }
     }
 
     /// Parallelism handed to faer for one dense kernel of `flops` work.
@@ -240,10 +230,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         }
         if contiguous(a_strides) && contiguous(b_strides) {
             let out: Vec<T> = if n >= PAR_THRESHOLD {
-                a.par_iter()
-                    .zip(b.par_iter())
-                    .map(|(&x, &y)| f(x, y))
-                    .collect()
+                a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
             } else {
                 a.iter().zip(b.iter()).map(|(&x, &y)| f(x, y)).collect()
             };
@@ -308,13 +295,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         Arc::new(out)
     }
 
-    fn concat(
-        &self,
-        parts: &[&Self::Buffer],
-        outer: usize,
-        lens: &[usize],
-        inner: usize,
-    ) -> Self::Buffer {
+    fn concat(&self, parts: &[&Self::Buffer], outer: usize, lens: &[usize], inner: usize) -> Self::Buffer {
         let total: usize = lens.iter().sum();
         let mut out = Vec::with_capacity(outer * total * inner);
         for o in 0..outer {
@@ -336,13 +317,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         Arc::new(out)
     }
 
-    fn index_add(
-        &self,
-        x: &Self::Buffer,
-        v: AxisView,
-        index: &[usize],
-        len: usize,
-    ) -> Self::Buffer {
+    fn index_add(&self, x: &Self::Buffer, v: AxisView, index: &[usize], len: usize) -> Self::Buffer {
         let mut out = vec![T::zero(); v.outer * len * v.inner];
         for o in 0..v.outer {
             for (k, &i) in index.iter().enumerate() {
@@ -385,11 +360,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                                 arg = l;
                             }
                         }
-                        dst[j] = if op == ReduceOp::ArgMax {
-                            T::of(arg as f64)
-                        } else {
-                            best
-                        };
+                        dst[j] = if op == ReduceOp::ArgMax { T::of(arg as f64) } else { best };
                     }
                 }
             }
@@ -465,12 +436,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         linalg::spd_logdet(a, batch, n).map(Arc::new)
     }
 
-    fn sym_eigen(
-        &self,
-        a: &Self::Buffer,
-        batch: usize,
-        n: usize,
-    ) -> Result<(Self::Buffer, Self::Buffer)> {
+    fn sym_eigen(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<(Self::Buffer, Self::Buffer)> {
         linalg::sym_eigen(a, batch, n).map(|(v, u)| (Arc::new(v), Arc::new(u)))
     }
 
@@ -502,8 +468,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         n: usize,
         nrhs: usize,
     ) -> Result<(Self::Buffer, Self::Buffer)> {
-        linalg::herm_solve((a.0, a.1), (b.0, b.1), batch, n, nrhs)
-            .map(|(r, i)| (Arc::new(r), Arc::new(i)))
+        linalg::herm_solve((a.0, a.1), (b.0, b.1), batch, n, nrhs).map(|(r, i)| (Arc::new(r), Arc::new(i)))
     }
 
     fn fft(

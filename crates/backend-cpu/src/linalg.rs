@@ -14,16 +14,7 @@ use rayon::prelude::*;
 pub const SMALL: usize = 64;
 
 pub fn matmul<T: CpuElem>(be: &CpuBackend<T>, a: &[T], b: &[T], s: MatmulSpec) -> Vec<T> {
-    let MatmulSpec {
-        batch,
-        m,
-        k,
-        n,
-        trans_a,
-        trans_b,
-        a_batched,
-        b_batched,
-    } = s;
+    let MatmulSpec { batch, m, k, n, trans_a, trans_b, a_batched, b_batched } = s;
     let mut out = vec![T::zero(); batch * m * n];
     if m * n == 0 {
         return out;
@@ -51,26 +42,16 @@ pub fn matmul<T: CpuElem>(be: &CpuBackend<T>, a: &[T], b: &[T], s: MatmulSpec) -
     };
     let flops = m * n * k;
     if batch > 1 && flops < 1 << 21 {
-        out.par_chunks_mut(m * n)
-            .enumerate()
-            .for_each(|(bi, dst)| one_product(bi, dst, faer::Par::Seq));
+        out.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| one_product(bi, dst, faer::Par::Seq));
     } else {
         let par = be.par_for(flops);
-        out.chunks_mut(m * n)
-            .enumerate()
-            .for_each(|(bi, dst)| one_product(bi, dst, par));
+        out.chunks_mut(m * n).enumerate().for_each(|(bi, dst)| one_product(bi, dst, par));
     }
     out
 }
 
 fn not_pd(op: &'static str, index: usize, n: usize, row: usize, pivot: f64) -> Error {
-    Error::NotPositiveDefinite {
-        op,
-        index,
-        n,
-        row,
-        pivot,
-    }
+    Error::NotPositiveDefinite { op, index, n, row, pivot }
 }
 
 /// In-place lower Cholesky of one row-major `n x n` matrix; zeroes the upper triangle.
@@ -135,16 +116,9 @@ fn faer_llt<T: CpuElem>(
     Ok(llt)
 }
 
-pub fn cholesky_batch<T: CpuElem>(
-    a: &[T],
-    batch: usize,
-    n: usize,
-    op: &'static str,
-) -> Result<Vec<T>> {
-    let parts: Result<Vec<Vec<T>>> = (0..batch)
-        .into_par_iter()
-        .map(|b| chol_one(&a[b * n * n..(b + 1) * n * n], n, b, op))
-        .collect();
+pub fn cholesky_batch<T: CpuElem>(a: &[T], batch: usize, n: usize, op: &'static str) -> Result<Vec<T>> {
+    let parts: Result<Vec<Vec<T>>> =
+        (0..batch).into_par_iter().map(|b| chol_one(&a[b * n * n..(b + 1) * n * n], n, b, op)).collect();
     Ok(parts?.concat())
 }
 
@@ -209,12 +183,7 @@ pub fn spd_solve<T: CpuElem>(
     Ok(parts?.concat())
 }
 
-pub fn spd_inverse<T: CpuElem>(
-    _be: &CpuBackend<T>,
-    a: &[T],
-    batch: usize,
-    n: usize,
-) -> Result<Vec<T>> {
+pub fn spd_inverse<T: CpuElem>(_be: &CpuBackend<T>, a: &[T], batch: usize, n: usize) -> Result<Vec<T>> {
     let parts: Result<Vec<Vec<T>>> = (0..batch)
         .into_par_iter()
         .map(|bi| {
@@ -245,10 +214,7 @@ pub fn spd_logdet<T: CpuElem>(a: &[T], batch: usize, n: usize) -> Result<Vec<T>>
         .map(|b| {
             let lb = &l[b * n * n..];
             let two = T::one() + T::one();
-            (0..n)
-                .map(|i| lb[i * n + i].ln())
-                .fold(T::zero(), |s, x| s + x)
-                * two
+            (0..n).map(|i| lb[i * n + i].ln()).fold(T::zero(), |s, x| s + x) * two
         })
         .collect())
 }
@@ -259,11 +225,17 @@ pub fn sym_eigen<T: CpuElem>(a: &[T], batch: usize, n: usize) -> Result<(Vec<T>,
         .map(|bi| {
             let am = MatRef::from_row_major_slice(&a[bi * n * n..(bi + 1) * n * n], n, n);
             if let Some(i) = (0..n * n).find(|&i| !a[bi * n * n + i].is_finite()) {
-                return Err(Error::NonFinite { what: format!("sym_eigen: matrix {bi}"), index: i, value: a[bi * n * n + i].f64() });
+                return Err(Error::NonFinite {
+                    what: format!("sym_eigen: matrix {bi}"),
+                    index: i,
+                    value: a[bi * n * n + i].f64(),
+                });
             }
             let evd = am.self_adjoint_eigen(Side::Lower).map_err(|e| Error::Backend {
                 backend: "cpu".into(),
-                message: format!("sym_eigen: matrix {bi} of order {n}: eigen-decomposition did not converge ({e:?})"),
+                message: format!(
+                    "sym_eigen: matrix {bi} of order {n}: eigen-decomposition did not converge ({e:?})"
+                ),
             })?;
             let s = evd.S().column_vector();
             let u = evd.U();
@@ -287,17 +259,11 @@ pub fn sym_eigen<T: CpuElem>(a: &[T], batch: usize, n: usize) -> Result<(Vec<T>,
 // ---------- complex Hermitian ----------
 
 fn to_complex<T: CpuElem>(re: &[T], im: &[T]) -> Vec<Complex<T>> {
-    re.iter()
-        .zip(im)
-        .map(|(&r, &i)| Complex::new(r, i))
-        .collect()
+    re.iter().zip(im).map(|(&r, &i)| Complex::new(r, i)).collect()
 }
 
 fn split<T: CpuElem>(z: &[Complex<T>]) -> (Vec<T>, Vec<T>) {
-    (
-        z.iter().map(|c| c.re).collect(),
-        z.iter().map(|c| c.im).collect(),
-    )
+    (z.iter().map(|c| c.re).collect(), z.iter().map(|c| c.im).collect())
 }
 
 /// In-place lower Cholesky `A = L L^H` of one Hermitian matrix (the lower triangle is read).
@@ -368,12 +334,7 @@ fn herm_factor<T: CpuElem>(
     Ok(l)
 }
 
-pub fn herm_inverse<T: CpuElem>(
-    re: &[T],
-    im: &[T],
-    batch: usize,
-    n: usize,
-) -> Result<(Vec<T>, Vec<T>)> {
+pub fn herm_inverse<T: CpuElem>(re: &[T], im: &[T], batch: usize, n: usize) -> Result<(Vec<T>, Vec<T>)> {
     let parts: Result<Vec<Vec<Complex<T>>>> = (0..batch)
         .into_par_iter()
         .map(|bi| {
@@ -395,10 +356,7 @@ pub fn herm_logdet<T: CpuElem>(re: &[T], im: &[T], batch: usize, n: usize) -> Re
         .map(|bi| {
             let l = herm_factor(re, im, bi, n, "herm_logdet")?;
             let two = T::one() + T::one();
-            Ok((0..n)
-                .map(|i| l[i * n + i].re.ln())
-                .fold(T::zero(), |s, x| s + x)
-                * two)
+            Ok((0..n).map(|i| l[i * n + i].re.ln()).fold(T::zero(), |s, x| s + x) * two)
         })
         .collect()
 }

@@ -11,10 +11,7 @@ fn matmul_transposes_and_batch() {
     let d = a.matmul_t(&a, true, false);
     assert_eq!(d.shape(), &[3, 3]);
     assert_eq!(d.to_vec()[0], 17.);
-    let ab = Tensor::cat(
-        &[&a.reshape(&[1, 2, 3]), &a.scale(2.0).reshape(&[1, 2, 3])],
-        0,
-    );
+    let ab = Tensor::cat(&[&a.reshape(&[1, 2, 3]), &a.scale(2.0).reshape(&[1, 2, 3])], 0);
     let e = ab.matmul_t(&a, false, true);
     assert_eq!(e.to_vec(), vec![14., 32., 32., 77., 28., 64., 64., 154.]);
 }
@@ -22,9 +19,7 @@ fn matmul_transposes_and_batch() {
 #[test]
 fn fft_roundtrip_odd_length() {
     let b = CpuBackend::<f64>::new();
-    let x: Vec<f64> = (0..2 * 7 * 3)
-        .map(|i| ((i * 37) % 11) as f64 - 5.0)
-        .collect();
+    let x: Vec<f64> = (0..2 * 7 * 3).map(|i| ((i * 37) % 11) as f64 - 5.0).collect();
     let t = Tensor::from_f64(&b, &x, &[2, 7, 3]);
     let s = t.rfft(1, FftNorm::Ortho);
     assert_eq!(s.shape(), &[2, 4, 3]);

@@ -56,15 +56,6 @@ impl TensorFile {
 
 /// Largest absolute difference between two equal-length slices (panics on a length mismatch).
 pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(
-        a.len(),
-        b.len(),
-        "max_abs_diff: lengths {} and {} differ",
-        a.len(),
-        b.len()
-    );
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
+    assert_eq!(a.len(), b.len(), "max_abs_diff: lengths {} and {} differ", a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }

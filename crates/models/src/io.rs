@@ -40,20 +40,14 @@ pub struct TensorFile {
 }
 
 fn format_err(path: &str, message: impl Into<String>) -> Error {
-    Error::Format {
-        path: path.to_string(),
-        message: message.into(),
-    }
+    Error::Format { path: path.to_string(), message: message.into() }
 }
 
 impl TensorFile {
     /// Reads and validates a file.
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let p = path.as_ref();
-        let bytes = std::fs::read(p).map_err(|e| Error::Io {
-            path: p.display().to_string(),
-            source: e,
-        })?;
+        let bytes = std::fs::read(p).map_err(|e| Error::Io { path: p.display().to_string(), source: e })?;
         Self::from_bytes(&bytes, &p.display().to_string())
     }
 
@@ -63,20 +57,15 @@ impl TensorFile {
             .map_err(|e| format_err(path, format!("not a valid safetensors file: {e}")))?;
         let (_, meta) = SafeTensors::read_metadata(bytes)
             .map_err(|e| format_err(path, format!("bad safetensors header: {e}")))?;
-        let metadata: BTreeMap<String, String> = meta
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let metadata: BTreeMap<String, String> =
+            meta.metadata().clone().unwrap_or_default().into_iter().collect();
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let raw = view.data();
             let data: Vec<f64> = match view.dtype() {
-                Dtype::F64 => raw
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                    .collect(),
+                Dtype::F64 => {
+                    raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()
+                }
                 Dtype::F32 => raw
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as f64)
@@ -91,33 +80,18 @@ impl TensorFile {
                     .collect(),
                 Dtype::U8 => raw.iter().map(|&b| b as f64).collect(),
                 other => {
-                    return Err(format_err(
-                        path,
-                        format!("tensor `{name}`: unsupported dtype {other:?}"),
-                    ))
+                    return Err(format_err(path, format!("tensor `{name}`: unsupported dtype {other:?}")))
                 }
             };
-            tensors.insert(
-                name.clone(),
-                HostArray {
-                    shape: view.shape().to_vec(),
-                    data,
-                    dtype: view.dtype(),
-                },
-            );
+            tensors
+                .insert(name.clone(), HostArray { shape: view.shape().to_vec(), data, dtype: view.dtype() });
         }
-        Ok(TensorFile {
-            path: path.to_string(),
-            tensors,
-            metadata,
-        })
+        Ok(TensorFile { path: path.to_string(), tensors, metadata })
     }
 
     /// The array called `name`, or an error naming the file and the tensor.
     pub fn get(&self, name: &str) -> Result<&HostArray> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| format_err(&self.path, format!("missing tensor `{name}`")))
+        self.tensors.get(name).ok_or_else(|| format_err(&self.path, format!("missing tensor `{name}`")))
     }
 
     /// The array called `name`, checked to have `rank` axes.
@@ -126,10 +100,7 @@ impl TensorFile {
         if a.shape.len() != rank {
             return Err(format_err(
                 &self.path,
-                format!(
-                    "tensor `{name}` has shape {:?}, expected {rank} axes",
-                    a.shape
-                ),
+                format!("tensor `{name}` has shape {:?}, expected {rank} axes", a.shape),
             ));
         }
         Ok(a)
@@ -146,23 +117,18 @@ impl TensorFile {
     /// A metadata value parsed as f64.
     pub fn meta_f64(&self, key: &str) -> Result<f64> {
         let s = self.meta(key)?;
-        s.trim().parse().map_err(|_| {
-            format_err(
-                &self.path,
-                format!("metadata `{key}` = {s:?} is not a number"),
-            )
-        })
+        s.trim()
+            .parse()
+            .map_err(|_| format_err(&self.path, format!("metadata `{key}` = {s:?} is not a number")))
     }
 
     /// A metadata value parsed as usize.
     pub fn meta_usize(&self, key: &str) -> Result<usize> {
         let s = self.meta(key)?;
-        let v: f64 = s.trim().parse().map_err(|_| {
-            format_err(
-                &self.path,
-                format!("metadata `{key}` = {s:?} is not an integer"),
-            )
-        })?;
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format_err(&self.path, format!("metadata `{key}` = {s:?} is not an integer")))?;
         if v < 0.0 || v.fract() != 0.0 {
             return Err(format_err(
                 &self.path,
@@ -187,35 +153,20 @@ pub struct OutArray {
 impl OutArray {
     /// An f64 array.
     pub fn f64(shape: &[usize], data: Vec<f64>) -> Self {
-        OutArray {
-            shape: shape.to_vec(),
-            data,
-            dtype: Dtype::F64,
-        }
+        OutArray { shape: shape.to_vec(), data, dtype: Dtype::F64 }
     }
     /// An f32 array.
     pub fn f32(shape: &[usize], data: Vec<f64>) -> Self {
-        OutArray {
-            shape: shape.to_vec(),
-            data,
-            dtype: Dtype::F32,
-        }
+        OutArray { shape: shape.to_vec(), data, dtype: Dtype::F32 }
     }
     /// An i64 array.
     pub fn i64(shape: &[usize], data: &[i64]) -> Self {
-        OutArray {
-            shape: shape.to_vec(),
-            data: data.iter().map(|&x| x as f64).collect(),
-            dtype: Dtype::I64,
-        }
+        OutArray { shape: shape.to_vec(), data: data.iter().map(|&x| x as f64).collect(), dtype: Dtype::I64 }
     }
 }
 
 /// Serialises arrays and metadata to safetensors bytes.
-pub fn to_bytes(
-    arrays: &BTreeMap<String, OutArray>,
-    metadata: &BTreeMap<String, String>,
-) -> Result<Vec<u8>> {
+pub fn to_bytes(arrays: &BTreeMap<String, OutArray>, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let mut raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, a) in arrays {
         let n: usize = a.shape.iter().product();
@@ -228,21 +179,9 @@ pub fn to_bytes(
         }
         let bytes: Vec<u8> = match a.dtype {
             Dtype::F64 => a.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Dtype::F32 => a
-                .data
-                .iter()
-                .flat_map(|&x| (x as f32).to_le_bytes())
-                .collect(),
-            Dtype::I64 => a
-                .data
-                .iter()
-                .flat_map(|&x| (x as i64).to_le_bytes())
-                .collect(),
-            other => {
-                return Err(Error::Config(format!(
-                    "tensor `{name}`: cannot write dtype {other:?}"
-                )))
-            }
+            Dtype::F32 => a.data.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
+            Dtype::I64 => a.data.iter().flat_map(|&x| (x as i64).to_le_bytes()).collect(),
+            other => return Err(Error::Config(format!("tensor `{name}`: cannot write dtype {other:?}"))),
         };
         raw.push((name.clone(), a.dtype, a.shape.clone(), bytes));
     }
@@ -260,19 +199,13 @@ pub fn to_bytes(
 /// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let p = path.as_ref();
-    let io = |e: std::io::Error| Error::Io {
-        path: p.display().to_string(),
-        source: e,
-    };
+    let io = |e: std::io::Error| Error::Io { path: p.display().to_string(), source: e };
     if let Some(dir) = p.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
     }
-    let name = p
-        .file_name()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| "out".into());
+    let name = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
     let tmp = p.with_file_name(format!(".{name}.tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, p).map_err(|e| {

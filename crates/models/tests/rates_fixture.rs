@@ -13,28 +13,12 @@ fn vector_rates_match_fixture_at_every_layer() {
         let k = y.iter().max().unwrap() + 1;
         let zl = f.get("Z_layers").unwrap();
         let (l1, m, d) = (zl.shape[0], zl.shape[1], zl.shape[2]);
-        let (r, rc, dr) = (
-            f.get("R_true").unwrap(),
-            f.get("Rc_true").unwrap(),
-            f.get("delta_R_true").unwrap(),
-        );
+        let (r, rc, dr) =
+            (f.get("R_true").unwrap(), f.get("Rc_true").unwrap(), f.get("delta_R_true").unwrap());
         for l in 0..l1 {
             let z = rate_core::Tensor::from_f64(&be, &zl.data[l * m * d..(l + 1) * m * d], &[m, d]);
-            let rates = rate_reduction(
-                &z,
-                &Membership::Hard {
-                    labels: &y,
-                    classes: k,
-                },
-                eps,
-            )
-            .unwrap();
-            assert!(
-                (rates.r - r.data[l]).abs() < 1e-10,
-                "{name} layer {l}: R {} vs {}",
-                rates.r,
-                r.data[l]
-            );
+            let rates = rate_reduction(&z, &Membership::Hard { labels: &y, classes: k }, eps).unwrap();
+            assert!((rates.r - r.data[l]).abs() < 1e-10, "{name} layer {l}: R {} vs {}", rates.r, r.data[l]);
             assert!(
                 (rates.rc - rc.data[l]).abs() < 1e-10,
                 "{name} layer {l}: Rc {} vs {}",
@@ -65,10 +49,7 @@ fn circulant_rates_match_fixture_input() {
     let z = rate_core::Tensor::from_f64(&be, &data, &[m, c, t]);
     let r = circulant::circulant_coding_rate(&z, eps).unwrap();
     let rc = circulant::circulant_compression_rate(&z, &y, k, eps).unwrap();
-    let (rt, rct) = (
-        f.get("R_true").unwrap().data[0],
-        f.get("Rc_true").unwrap().data[0],
-    );
+    let (rt, rct) = (f.get("R_true").unwrap().data[0], f.get("Rc_true").unwrap().data[0]);
     assert!((r - rt).abs() < 1e-10, "R {r} vs {rt}");
     assert!((rc - rct).abs() < 1e-10, "Rc {rc} vs {rct}");
 }

@@ -219,24 +219,12 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn narrow(&self, x: &Self::Buffer, view: AxisView, start: usize, count: usize) -> Self::Buffer;
     /// Concatenates along an axis: part `i` has `lens[i]` entries along it,
     /// and all parts share `outer` and `inner`.
-    fn concat(
-        &self,
-        parts: &[&Self::Buffer],
-        outer: usize,
-        lens: &[usize],
-        inner: usize,
-    ) -> Self::Buffer;
+    fn concat(&self, parts: &[&Self::Buffer], outer: usize, lens: &[usize], inner: usize) -> Self::Buffer;
     /// Selects entries `index` along the axis of `view` (repeats allowed).
     fn index_select(&self, x: &Self::Buffer, view: AxisView, index: &[usize]) -> Self::Buffer;
     /// Adds the selected slices back: the inverse scatter of [`Self::index_select`],
     /// `out[.., index[i], ..] += x[.., i, ..]` into a zero buffer with `len` entries along the axis.
-    fn index_add(
-        &self,
-        x: &Self::Buffer,
-        view: AxisView,
-        index: &[usize],
-        len: usize,
-    ) -> Self::Buffer;
+    fn index_add(&self, x: &Self::Buffer, view: AxisView, index: &[usize], len: usize) -> Self::Buffer;
 
     // ---- reductions ----
 
@@ -268,12 +256,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// Eigen-decomposition of `batch` symmetric `n x n` matrices: eigenvalues
     /// in decreasing order (`batch x n`) and eigenvectors as columns
     /// (`batch x n x n`, column `i` belongs to eigenvalue `i`).
-    fn sym_eigen(
-        &self,
-        a: &Self::Buffer,
-        batch: usize,
-        n: usize,
-    ) -> Result<(Self::Buffer, Self::Buffer)>;
+    fn sym_eigen(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<(Self::Buffer, Self::Buffer)>;
 
     /// Inverses of `batch` Hermitian positive definite `n x n` complex
     /// matrices given as real and imaginary planes, by complex Cholesky.
@@ -317,8 +300,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     ) -> (Self::Buffer, Self::Buffer);
     /// Real-to-complex DFT along the axis: the `len / 2 + 1` non-negative
     /// frequencies of the conjugate-symmetric spectrum.
-    fn rfft(&self, x: &Self::Buffer, view: AxisView, norm: FftNorm)
-        -> (Self::Buffer, Self::Buffer);
+    fn rfft(&self, x: &Self::Buffer, view: AxisView, norm: FftNorm) -> (Self::Buffer, Self::Buffer);
     /// Inverse of [`Self::rfft`]: `view.len` is the half-spectrum length and
     /// `n` the signal length (`n / 2 + 1 == view.len`).
     fn irfft(

@@ -19,22 +19,10 @@ use crate::{Backend, ComplexTensor, Error, FftNorm, Result, Tensor};
 /// Weight of each of the `T/2 + 1` stored frequencies in a sum over all `T`.
 pub fn half_spectrum_weights(t: usize) -> Vec<f64> {
     let f = t / 2 + 1;
-    (0..f)
-        .map(|k| {
-            if k == 0 || (t % 2 == 0 && k == t / 2) {
-                1.0
-            } else {
-                2.0
-            }
-        })
-        .collect()
+    (0..f).map(|k| if k == 0 || (t % 2 == 0 && k == t / 2) { 1.0 } else { 2.0 }).collect()
 }
 
-fn check_signals<B: Backend>(
-    v: &Tensor<B>,
-    eps_sq: f64,
-    op: &'static str,
-) -> Result<(usize, usize, usize)> {
+fn check_signals<B: Backend>(v: &Tensor<B>, eps_sq: f64, op: &'static str) -> Result<(usize, usize, usize)> {
     if v.rank() != 3 || v.numel() == 0 {
         return Err(Error::InvalidShape {
             op,
@@ -73,11 +61,7 @@ fn weighted_logdet<B: Backend>(s: &ComplexTensor<B>, a: f64, t: usize) -> Result
     let eye = Tensor::eye(s.re.backend(), c);
     let m = ComplexTensor::new(s.re.scale(a).add(&eye), s.im.scale(a));
     let ld = m.herm_logdet()?.to_f64_vec();
-    Ok(ld
-        .iter()
-        .zip(half_spectrum_weights(t))
-        .map(|(l, w)| l * w)
-        .sum())
+    Ok(ld.iter().zip(half_spectrum_weights(t)).map(|(l, w)| l * w).sum())
 }
 
 /// Shift-invariant coding rate `1/(2T) sum_t logdet(I + C/(m eps^2) S(t))` of `m x C x T` signals.
@@ -149,15 +133,9 @@ pub fn regularised_inverses<B: Backend>(s: &ComplexTensor<B>, a: f64) -> Result<
 }
 
 /// Per-frequency expansion operators `E(t) = alpha (I + alpha S(t))^-1`, `F x C x C`.
-pub fn circulant_expansion_operators<B: Backend>(
-    v: &Tensor<B>,
-    eps_sq: f64,
-) -> Result<ComplexTensor<B>> {
+pub fn circulant_expansion_operators<B: Backend>(v: &Tensor<B>, eps_sq: f64) -> Result<ComplexTensor<B>> {
     let (m, c, _) = check_signals(v, eps_sq, "circulant_expansion_operators")?;
-    regularised_inverses(
-        &frequency_covariances(&spectra(v)),
-        c as f64 / (m as f64 * eps_sq),
-    )
+    regularised_inverses(&frequency_covariances(&spectra(v)), c as f64 / (m as f64 * eps_sq))
 }
 
 /// Per-frequency compression operators `C^j(t)`, `k x F x C x C` (zero for an empty class).

@@ -88,20 +88,14 @@ fn class_parts<B: Backend>(z: &Tensor<B>, pi: &Membership<'_, B>) -> Vec<ClassPa
         Membership::Hard { labels, classes } => (0..*classes)
             .map(|j| {
                 let idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == j).collect();
-                ClassPart {
-                    zw: z.index_select(0, &idx),
-                    size: idx.len() as f64,
-                }
+                ClassPart { zw: z.index_select(0, &idx), size: idx.len() as f64 }
             })
             .collect(),
         Membership::Soft(p) => (0..p.dim(0))
             .map(|j| {
                 let w = p.narrow(0, j, 1).reshape(&[p.dim(1), 1]);
                 let size = w.sum_all();
-                ClassPart {
-                    zw: z.mul(&w.sqrt()),
-                    size,
-                }
+                ClassPart { zw: z.mul(&w.sqrt()), size }
             })
             .collect(),
     }
@@ -134,11 +128,7 @@ pub fn logdet_i_plus_gram<B: Backend>(w: &Tensor<B>, a: f64) -> Result<f64> {
     if n == 0 {
         return Ok(0.0);
     }
-    let gram = if n < d {
-        w.matmul_t(w, false, true)
-    } else {
-        w.matmul_t(w, true, false)
-    };
+    let gram = if n < d { w.matmul_t(w, false, true) } else { w.matmul_t(w, true, false) };
     let k = n.min(d);
     let m = gram.scale(a).add(&Tensor::eye(w.backend(), k));
     Ok(m.spd_logdet()?.scalar())
@@ -157,10 +147,7 @@ pub fn scaled_regularised_inverse<B: Backend>(w: &Tensor<B>, a: f64) -> Result<T
         return Ok(eye_d.scale(a));
     }
     // a (I - a W^T (I + a W W^T)^-1 W)
-    let small = w
-        .matmul_t(w, false, true)
-        .scale(a)
-        .add(&Tensor::eye(w.backend(), n));
+    let small = w.matmul_t(w, false, true).scale(a).add(&Tensor::eye(w.backend(), n));
     let x = small.spd_solve(w)?; // n x d
     let corr = w.matmul_t(&x, true, false).scale(a);
     Ok(eye_d.sub(&corr).scale(a))
@@ -175,11 +162,7 @@ pub fn coding_rate<B: Backend>(z: &Tensor<B>, eps_sq: f64) -> Result<f64> {
 
 /// Compression `R_c(Z, Pi, eps) = sum_j tr(Pi_j)/(2m) logdet(I + d/(tr(Pi_j) eps^2) Z^T Pi_j Z)`
 /// (second term of 4.1.1). Empty classes contribute nothing.
-pub fn compression_rate<B: Backend>(
-    z: &Tensor<B>,
-    pi: &Membership<'_, B>,
-    eps_sq: f64,
-) -> Result<f64> {
+pub fn compression_rate<B: Backend>(z: &Tensor<B>, pi: &Membership<'_, B>, eps_sq: f64) -> Result<f64> {
     let (m, d) = check_z(z, eps_sq, "compression_rate")?;
     pi.check(m, "compression_rate")?;
     let mut rc = 0.0;
@@ -205,18 +188,10 @@ pub struct Rates {
 }
 
 /// Rate reduction `ΔR = R - R_c` (4.1.1) with its two terms.
-pub fn rate_reduction<B: Backend>(
-    z: &Tensor<B>,
-    pi: &Membership<'_, B>,
-    eps_sq: f64,
-) -> Result<Rates> {
+pub fn rate_reduction<B: Backend>(z: &Tensor<B>, pi: &Membership<'_, B>, eps_sq: f64) -> Result<Rates> {
     let r = coding_rate(z, eps_sq)?;
     let rc = compression_rate(z, pi, eps_sq)?;
-    Ok(Rates {
-        r,
-        rc,
-        delta_r: r - rc,
-    })
+    Ok(Rates { r, rc, delta_r: r - rc })
 }
 
 /// Expansion operator `E = alpha (I + alpha Z^T Z)^-1` (4.1.3), `d x d`.
@@ -274,10 +249,7 @@ pub fn compression_rate_grad<B: Backend>(
         let zc = z.matmul(&cj);
         let weighted = match pi {
             Membership::Hard { labels, .. } => {
-                let w: Vec<f64> = labels
-                    .iter()
-                    .map(|&l| if l == j { 1.0 } else { 0.0 })
-                    .collect();
+                let w: Vec<f64> = labels.iter().map(|&l| if l == j { 1.0 } else { 0.0 }).collect();
                 zc.mul(&Tensor::from_f64(z.backend(), &w, &[m, 1]))
             }
             Membership::Soft(p) => zc.mul(&p.narrow(0, j, 1).reshape(&[m, 1])),

@@ -4,9 +4,7 @@
 //! names the op and both shapes; data-dependent failures (not positive
 //! definite) are `Result`s.
 
-use crate::backend::{
-    AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, UnaryOp,
-};
+use crate::backend::{AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, UnaryOp};
 use crate::{Error, Result};
 use num_traits::{Float, One, Zero};
 use std::fmt;
@@ -50,11 +48,7 @@ impl<B: Backend> Tensor<B> {
             numel(shape),
             "Tensor::from_buffer: buffer of {n} elements cannot have shape {shape:?}"
         );
-        Tensor {
-            buf,
-            shape: shape.to_vec(),
-            backend: backend.clone(),
-        }
+        Tensor { buf, shape: shape.to_vec(), backend: backend.clone() }
     }
 
     /// Uploads host data of the given shape.
@@ -65,11 +59,7 @@ impl<B: Backend> Tensor<B> {
             "Tensor::from_slice: {} values cannot have shape {shape:?}",
             data.len()
         );
-        Tensor {
-            buf: backend.upload(data),
-            shape: shape.to_vec(),
-            backend: backend.clone(),
-        }
+        Tensor { buf: backend.upload(data), shape: shape.to_vec(), backend: backend.clone() }
     }
 
     /// Uploads f64 host data, converting to the backend's element type.
@@ -113,12 +103,7 @@ impl<B: Backend> Tensor<B> {
 
     /// The single value of a one-element tensor, as f64.
     pub fn scalar(&self) -> f64 {
-        assert_eq!(
-            numel(&self.shape),
-            1,
-            "Tensor::scalar: shape {:?} has not one element",
-            self.shape
-        );
+        assert_eq!(numel(&self.shape), 1, "Tensor::scalar: shape {:?} has not one element", self.shape);
         self.to_vec()[0].f64()
     }
 
@@ -155,11 +140,7 @@ impl<B: Backend> Tensor<B> {
     fn axis(&self, axis: isize, op: &str) -> usize {
         let r = self.shape.len() as isize;
         let a = if axis < 0 { axis + r } else { axis };
-        assert!(
-            a >= 0 && a < r,
-            "{op}: axis {axis} out of range for shape {:?}",
-            self.shape
-        );
+        assert!(a >= 0 && a < r, "{op}: axis {axis} out of range for shape {:?}", self.shape);
         a as usize
     }
 
@@ -172,11 +153,7 @@ impl<B: Backend> Tensor<B> {
     }
 
     fn with(&self, buf: B::Buffer, shape: Vec<usize>) -> Self {
-        Tensor {
-            buf,
-            shape,
-            backend: self.backend.clone(),
-        }
+        Tensor { buf, shape, backend: self.backend.clone() }
     }
 
     // ---------- checks ----------
@@ -185,11 +162,7 @@ impl<B: Backend> Tensor<B> {
     pub fn check_finite(&self, what: &str) -> Result<()> {
         for (i, x) in self.to_vec().into_iter().enumerate() {
             if !x.is_finite() {
-                return Err(Error::NonFinite {
-                    what: what.to_string(),
-                    index: i,
-                    value: x.f64(),
-                });
+                return Err(Error::NonFinite { what: what.to_string(), index: i, value: x.f64() });
             }
         }
         Ok(())
@@ -199,29 +172,16 @@ impl<B: Backend> Tensor<B> {
 
     /// Same data, new shape (same number of elements).
     pub fn reshape(&self, shape: &[usize]) -> Self {
-        assert_eq!(
-            numel(shape),
-            self.numel(),
-            "reshape: cannot view shape {:?} as {shape:?}",
-            self.shape
-        );
+        assert_eq!(numel(shape), self.numel(), "reshape: cannot view shape {:?} as {shape:?}", self.shape);
         self.with(self.buf.clone(), shape.to_vec())
     }
 
     /// Permutes the axes: output axis `i` is input axis `perm[i]`.
     pub fn permute(&self, perm: &[usize]) -> Self {
-        assert_eq!(
-            perm.len(),
-            self.rank(),
-            "permute: {perm:?} for shape {:?}",
-            self.shape
-        );
+        assert_eq!(perm.len(), self.rank(), "permute: {perm:?} for shape {:?}", self.shape);
         let mut seen = vec![false; perm.len()];
         for &p in perm {
-            assert!(
-                p < perm.len() && !seen[p],
-                "permute: {perm:?} is not a permutation"
-            );
+            assert!(p < perm.len() && !seen[p], "permute: {perm:?} is not a permutation");
             seen[p] = true;
         }
         let shape: Vec<usize> = perm.iter().map(|&p| self.shape[p]).collect();
@@ -251,10 +211,7 @@ impl<B: Backend> Tensor<B> {
         );
         let mut shape = self.shape.clone();
         shape[a] = count;
-        self.with(
-            self.backend.narrow(&self.buf, self.view(a), start, count),
-            shape,
-        )
+        self.with(self.backend.narrow(&self.buf, self.view(a), start, count), shape)
     }
 
     /// Concatenates tensors along `axis`; all other sizes must agree.
@@ -284,17 +241,11 @@ impl<B: Backend> Tensor<B> {
     pub fn index_select(&self, axis: isize, index: &[usize]) -> Self {
         let a = self.axis(axis, "index_select");
         if let Some(&bad) = index.iter().find(|&&i| i >= self.shape[a]) {
-            panic!(
-                "index_select: index {bad} out of range for axis {a} of shape {:?}",
-                self.shape
-            );
+            panic!("index_select: index {bad} out of range for axis {a} of shape {:?}", self.shape);
         }
         let mut shape = self.shape.clone();
         shape[a] = index.len();
-        self.with(
-            self.backend.index_select(&self.buf, self.view(a), index),
-            shape,
-        )
+        self.with(self.backend.index_select(&self.buf, self.view(a), index), shape)
     }
 
     /// Scatter-adds along `axis` into `len` entries (adjoint of `index_select`).
@@ -312,10 +263,7 @@ impl<B: Backend> Tensor<B> {
         }
         let mut shape = self.shape.clone();
         shape[a] = len;
-        self.with(
-            self.backend.index_add(&self.buf, self.view(a), index, len),
-            shape,
-        )
+        self.with(self.backend.index_add(&self.buf, self.view(a), index, len), shape)
     }
 
     // ---------- elementwise ----------
@@ -330,8 +278,7 @@ impl<B: Backend> Tensor<B> {
         if self.shape == other.shape {
             let s = contiguous_strides(&self.shape);
             return self.with(
-                self.backend
-                    .binary(op, &self.buf, &s, &other.buf, &s, &self.shape),
+                self.backend.binary(op, &self.buf, &s, &other.buf, &s, &self.shape),
                 self.shape.clone(),
             );
         }
@@ -349,24 +296,15 @@ impl<B: Backend> Tensor<B> {
             } else if sa[i] == 1 {
                 sb[i]
             } else {
-                panic!(
-                    "{op:?}: shapes {:?} and {:?} do not broadcast",
-                    self.shape, other.shape
-                )
+                panic!("{op:?}: shapes {:?} and {:?} do not broadcast", self.shape, other.shape)
             };
         }
         let stride = |s: &[usize]| {
             let c = contiguous_strides(s);
-            (0..r)
-                .map(|i| if s[i] == 1 { 0 } else { c[i] })
-                .collect::<Vec<_>>()
+            (0..r).map(|i| if s[i] == 1 { 0 } else { c[i] }).collect::<Vec<_>>()
         };
         let (ta, tb) = (stride(&sa), stride(&sb));
-        self.with(
-            self.backend
-                .binary(op, &self.buf, &ta, &other.buf, &tb, &out),
-            out,
-        )
+        self.with(self.backend.binary(op, &self.buf, &ta, &other.buf, &tb, &out), out)
     }
 
     /// `self + other` (broadcasting).
@@ -479,11 +417,7 @@ impl<B: Backend> Tensor<B> {
     }
     /// Index of the maximum along `axis` (downloaded).
     pub fn argmax_axis(&self, axis: isize) -> Vec<usize> {
-        self.reduce(ReduceOp::ArgMax, axis, false)
-            .to_vec()
-            .into_iter()
-            .map(|x| x.f64() as usize)
-            .collect()
+        self.reduce(ReduceOp::ArgMax, axis, false).to_vec().into_iter().map(|x| x.f64() as usize).collect()
     }
     /// Sum of all elements.
     pub fn sum_all(&self) -> f64 {
@@ -498,18 +432,12 @@ impl<B: Backend> Tensor<B> {
         if self.numel() == 0 {
             return 0.0;
         }
-        self.abs()
-            .reshape(&[self.numel()])
-            .max_axis(0, false)
-            .scalar()
+        self.abs().reshape(&[self.numel()]).max_axis(0, false).scalar()
     }
     /// Softmax along `axis`.
     pub fn softmax(&self, axis: isize) -> Self {
         let a = self.axis(axis, "softmax");
-        self.with(
-            self.backend.softmax(&self.buf, self.view(a)),
-            self.shape.clone(),
-        )
+        self.with(self.backend.softmax(&self.buf, self.view(a)), self.shape.clone())
     }
     /// Euclidean norm of each row vector along `axis` (keeps the axis with size 1).
     pub fn norm_axis(&self, axis: isize) -> Self {
@@ -519,17 +447,9 @@ impl<B: Backend> Tensor<B> {
     // ---------- linear algebra ----------
 
     fn batch_dims(&self, op: &str) -> (usize, usize, usize) {
-        assert!(
-            self.rank() >= 2,
-            "{op}: shape {:?} is not a matrix",
-            self.shape
-        );
+        assert!(self.rank() >= 2, "{op}: shape {:?} is not a matrix", self.shape);
         let r = self.rank();
-        (
-            numel(&self.shape[..r - 2]),
-            self.shape[r - 2],
-            self.shape[r - 1],
-        )
+        (numel(&self.shape[..r - 2]), self.shape[r - 2], self.shape[r - 1])
     }
 
     /// `op(self) @ op(other)` over the last two axes, batched over the leading
@@ -589,11 +509,7 @@ impl<B: Backend> Tensor<B> {
 
     fn square_batch(&self, op: &str) -> (usize, usize) {
         let (b, r, c) = self.batch_dims(op);
-        assert_eq!(
-            r, c,
-            "{op}: matrices of shape {:?} are not square",
-            self.shape
-        );
+        assert_eq!(r, c, "{op}: matrices of shape {:?} are not square", self.shape);
         (b, r)
     }
 
@@ -606,20 +522,14 @@ impl<B: Backend> Tensor<B> {
     /// Inverse(s) of SPD matrices by Cholesky.
     pub fn spd_inverse(&self) -> Result<Self> {
         let (b, n) = self.square_batch("spd_inverse");
-        Ok(self.with(
-            self.backend.spd_inverse(&self.buf, b, n)?,
-            self.shape.clone(),
-        ))
+        Ok(self.with(self.backend.spd_inverse(&self.buf, b, n)?, self.shape.clone()))
     }
 
     /// `log det` of SPD matrices by Cholesky; shape is the batch shape.
     pub fn spd_logdet(&self) -> Result<Self> {
         let (b, n) = self.square_batch("spd_logdet");
         let r = self.rank();
-        Ok(self.with(
-            self.backend.spd_logdet(&self.buf, b, n)?,
-            self.shape[..r - 2].to_vec(),
-        ))
+        Ok(self.with(self.backend.spd_logdet(&self.buf, b, n)?, self.shape[..r - 2].to_vec()))
     }
 
     /// Solves `self X = rhs` for SPD `self`.
@@ -632,10 +542,7 @@ impl<B: Backend> Tensor<B> {
             self.shape,
             rhs.shape
         );
-        Ok(self.with(
-            self.backend.spd_solve(&self.buf, &rhs.buf, b, n, nrhs)?,
-            rhs.shape.clone(),
-        ))
+        Ok(self.with(self.backend.spd_solve(&self.buf, &rhs.buf, b, n, nrhs)?, rhs.shape.clone()))
     }
 
     /// Eigenvalues (decreasing) and eigenvectors (columns) of symmetric matrices.
@@ -653,26 +560,16 @@ impl<B: Backend> Tensor<B> {
     /// Real-to-complex DFT along `axis`, keeping `len/2 + 1` frequencies.
     pub fn rfft(&self, axis: isize, norm: FftNorm) -> ComplexTensor<B> {
         let a = self.axis(axis, "rfft");
-        assert!(
-            self.shape[a] > 0,
-            "rfft: axis {a} of shape {:?} is empty",
-            self.shape
-        );
+        assert!(self.shape[a] > 0, "rfft: axis {a} of shape {:?} is empty", self.shape);
         let (re, im) = self.backend.rfft(&self.buf, self.view(a), norm);
         let mut shape = self.shape.clone();
         shape[a] = self.shape[a] / 2 + 1;
-        ComplexTensor {
-            re: self.with(re, shape.clone()),
-            im: self.with(im, shape),
-        }
+        ComplexTensor { re: self.with(re, shape.clone()), im: self.with(im, shape) }
     }
 
     /// Promotes to a complex tensor with zero imaginary part.
     pub fn to_complex(&self) -> ComplexTensor<B> {
-        ComplexTensor {
-            re: self.clone(),
-            im: Tensor::zeros(&self.backend, &self.shape),
-        }
+        ComplexTensor { re: self.clone(), im: Tensor::zeros(&self.backend, &self.shape) }
     }
 }
 
@@ -705,66 +602,42 @@ impl<B: Backend> ComplexTensor<B> {
 
     /// Same data, new shape.
     pub fn reshape(&self, shape: &[usize]) -> Self {
-        ComplexTensor {
-            re: self.re.reshape(shape),
-            im: self.im.reshape(shape),
-        }
+        ComplexTensor { re: self.re.reshape(shape), im: self.im.reshape(shape) }
     }
 
     /// Permutes the axes of both planes.
     pub fn permute(&self, perm: &[usize]) -> Self {
-        ComplexTensor {
-            re: self.re.permute(perm),
-            im: self.im.permute(perm),
-        }
+        ComplexTensor { re: self.re.permute(perm), im: self.im.permute(perm) }
     }
 
     /// Complex conjugate.
     pub fn conj(&self) -> Self {
-        ComplexTensor {
-            re: self.re.clone(),
-            im: self.im.neg(),
-        }
+        ComplexTensor { re: self.re.clone(), im: self.im.neg() }
     }
 
     /// Conjugate transpose of the last two axes.
     pub fn h(&self) -> Self {
-        ComplexTensor {
-            re: self.re.t(),
-            im: self.im.t().neg(),
-        }
+        ComplexTensor { re: self.re.t(), im: self.im.t().neg() }
     }
 
     /// `self + other`.
     pub fn add(&self, other: &Self) -> Self {
-        ComplexTensor {
-            re: self.re.add(&other.re),
-            im: self.im.add(&other.im),
-        }
+        ComplexTensor { re: self.re.add(&other.re), im: self.im.add(&other.im) }
     }
 
     /// `self - other`.
     pub fn sub(&self, other: &Self) -> Self {
-        ComplexTensor {
-            re: self.re.sub(&other.re),
-            im: self.im.sub(&other.im),
-        }
+        ComplexTensor { re: self.re.sub(&other.re), im: self.im.sub(&other.im) }
     }
 
     /// Multiplies by a real tensor (broadcasting).
     pub fn mul_real(&self, r: &Tensor<B>) -> Self {
-        ComplexTensor {
-            re: self.re.mul(r),
-            im: self.im.mul(r),
-        }
+        ComplexTensor { re: self.re.mul(r), im: self.im.mul(r) }
     }
 
     /// Multiplies by a real scalar.
     pub fn scale(&self, c: f64) -> Self {
-        ComplexTensor {
-            re: self.re.scale(c),
-            im: self.im.scale(c),
-        }
+        ComplexTensor { re: self.re.scale(c), im: self.im.scale(c) }
     }
 
     /// `|z|^2` elementwise.
@@ -797,15 +670,9 @@ impl<B: Backend> ComplexTensor<B> {
     pub fn fft(&self, axis: isize, inverse: bool, norm: FftNorm) -> Self {
         let a = self.re.axis(axis, "fft");
         let v = self.re.view(a);
-        let (re, im) = self
-            .re
-            .backend
-            .fft(&self.re.buf, &self.im.buf, v, inverse, norm);
+        let (re, im) = self.re.backend.fft(&self.re.buf, &self.im.buf, v, inverse, norm);
         let s = self.re.shape.clone();
-        ComplexTensor {
-            re: self.re.with(re, s.clone()),
-            im: self.re.with(im, s),
-        }
+        ComplexTensor { re: self.re.with(re, s.clone()), im: self.re.with(im, s) }
     }
 
     /// Inverse of [`Tensor::rfft`]: `n` is the signal length along `axis`.
@@ -818,10 +685,7 @@ impl<B: Backend> ComplexTensor<B> {
             self.re.shape[a]
         );
         let v = self.re.view(a);
-        let out = self
-            .re
-            .backend
-            .irfft(&self.re.buf, &self.im.buf, v, n, norm);
+        let out = self.re.backend.irfft(&self.re.buf, &self.im.buf, v, n, norm);
         let mut s = self.re.shape.clone();
         s[a] = n;
         self.re.with(out, s)
@@ -834,25 +698,16 @@ impl<B: Backend> ComplexTensor<B> {
     /// Inverses of Hermitian positive definite matrices.
     pub fn herm_inverse(&self) -> Result<Self> {
         let (b, n) = self.square_batch("herm_inverse");
-        let (re, im) = self
-            .re
-            .backend
-            .herm_inverse(&self.re.buf, &self.im.buf, b, n)?;
+        let (re, im) = self.re.backend.herm_inverse(&self.re.buf, &self.im.buf, b, n)?;
         let s = self.re.shape.clone();
-        Ok(ComplexTensor {
-            re: self.re.with(re, s.clone()),
-            im: self.re.with(im, s),
-        })
+        Ok(ComplexTensor { re: self.re.with(re, s.clone()), im: self.re.with(im, s) })
     }
 
     /// `log det` of Hermitian positive definite matrices (real).
     pub fn herm_logdet(&self) -> Result<Tensor<B>> {
         let (b, n) = self.square_batch("herm_logdet");
         let r = self.re.rank();
-        let out = self
-            .re
-            .backend
-            .herm_logdet(&self.re.buf, &self.im.buf, b, n)?;
+        let out = self.re.backend.herm_logdet(&self.re.buf, &self.im.buf, b, n)?;
         Ok(self.re.with(out, self.re.shape[..r - 2].to_vec()))
     }
 
@@ -874,10 +729,7 @@ impl<B: Backend> ComplexTensor<B> {
             nrhs,
         )?;
         let s = rhs.shape().to_vec();
-        Ok(ComplexTensor {
-            re: self.re.with(re, s.clone()),
-            im: self.re.with(im, s),
-        })
+        Ok(ComplexTensor { re: self.re.with(re, s.clone()), im: self.re.with(im, s) })
     }
 
     /// Downloads as `(re, im)` f64 vectors.
