@@ -6,8 +6,10 @@
 //! loop, one matrix per rayon task, where faer's per-call set-up would
 //! dominate. Elementwise work runs in parallel above a size threshold.
 
+mod blocked;
 mod fft;
 mod linalg;
+mod nn;
 
 use rate_core::{AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, Result, UnaryOp};
 use rayon::prelude::*;
@@ -55,6 +57,39 @@ impl<T: CpuElem> CpuBackend<T> {
     }
 }
 
+/// Clears the upper halves of the AVX registers of the calling thread (`vzeroupper`).
+///
+/// faer's AVX kernels can return with those halves dirty. Until they are
+/// cleared, every call from this (SSE-compiled) crate into the system libm
+/// (`expf`, `exp`, `log`, ...) on that thread pays an SSE/AVX state-transition
+/// penalty: on the project's AMD EPYC machines `exp` over a buffer ran about
+/// 100x slower after a matmul than before it.
+#[allow(unsafe_code)]
+pub(crate) fn clear_upper_simd_state() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: AVX is available (checked above), and vzeroupper only zeroes bits
+            // 128..255 of the vector registers, which SSE-compiled code never holds values in.
+            unsafe { std::arch::x86_64::_mm256_zeroupper() }
+        }
+    }
+}
+
+/// [`clear_upper_simd_state`] on the calling thread and on every rayon worker
+/// (after faer ran in parallel).
+pub(crate) fn clear_upper_simd_state_everywhere() {
+    clear_upper_simd_state();
+    rayon::broadcast(|_| clear_upper_simd_state());
+}
+
+/// After a Cholesky-based routine: faer ran (on any thread) only above the plain-loop size.
+fn clear_after_factorisation(n: usize) {
+    if n > linalg::SMALL {
+        clear_upper_simd_state_everywhere();
+    }
+}
+
 /// Elementwise work above this many elements is split across rayon threads.
 const PAR_THRESHOLD: usize = 1 << 15;
 
@@ -63,6 +98,31 @@ fn map_vec<T: Send + Sync + Copy, U: Send>(x: &[T], f: impl Fn(T) -> U + Sync + 
         x.par_iter().map(|&v| f(v)).collect()
     } else {
         x.iter().map(|&v| f(v)).collect()
+    }
+}
+
+/// Block of elements per rayon task in the elementwise loops below.
+const BLOCK: usize = 1 << 14;
+
+/// `f` over `x` with one monomorphised loop per op, so that it vectorises
+/// (a copy updated in place: collecting through `map` would not vectorise).
+fn map_collect<T: Copy + Send + Sync>(x: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
+    let mut out = x.to_vec();
+    let body = |c: &mut [T]| c.iter_mut().for_each(|v| *v = f(*v));
+    if out.len() >= PAR_THRESHOLD {
+        out.par_chunks_mut(BLOCK).for_each(body);
+    } else {
+        body(&mut out);
+    }
+    out
+}
+
+/// `f(a, b)` elementwise over equal-length slices, like [`map_collect`].
+fn zip_map<T: Copy + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
+    if a.len() >= PAR_THRESHOLD {
+        a.par_iter().zip(b.par_iter()).with_min_len(BLOCK).map(|(&x, &y)| f(x, y)).collect()
+    } else {
+        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
     }
 }
 
@@ -147,6 +207,20 @@ fn binary_fn<T: CpuElem>(op: BinaryOp) -> impl Fn(T, T) -> T + Sync + Send + Cop
     }
 }
 
+/// The length of the trailing block when `strides` read one contiguous block
+/// repeated along the leading axes (zero strides there), e.g. a bias row.
+fn repeated_block(strides: &[usize], shape: &[usize]) -> Option<usize> {
+    let r = shape.len();
+    let mut k = r;
+    let mut acc = 1;
+    while k > 0 && (strides[k - 1] == acc || shape[k - 1] == 1) {
+        acc *= shape[k - 1];
+        k -= 1;
+    }
+    let leading_broadcast = (0..k).all(|i| strides[i] == 0 || shape[i] == 1);
+    (k > 0 && k < r && acc > 0 && leading_broadcast).then_some(acc)
+}
+
 /// Offsets of every output row (all axes but the last) in `a` and `b`.
 fn row_offsets(shape: &[usize], sa: &[usize], sb: &[usize]) -> Vec<(usize, usize)> {
     let r = shape.len();
@@ -199,7 +273,24 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
     }
 
     fn unary(&self, op: UnaryOp, x: &Self::Buffer) -> Self::Buffer {
-        Arc::new(map_vec(x, unary_fn::<T>(op)))
+        let (zero, one) = (T::zero(), T::one());
+        Arc::new(match op {
+            UnaryOp::Relu => map_collect(x, |v| v.max(zero)),
+            UnaryOp::Step => map_collect(x, |v| if v > zero { one } else { zero }),
+            UnaryOp::Neg => map_collect(x, |v| -v),
+            UnaryOp::Square => map_collect(x, |v| v * v),
+            UnaryOp::Sqrt => map_collect(x, |v| v.sqrt()),
+            UnaryOp::Recip => map_collect(x, |v| one / v),
+            UnaryOp::AddScalar(c) => {
+                let c = T::of(c);
+                map_collect(x, move |v| v + c)
+            }
+            UnaryOp::MulScalar(c) => {
+                let c = T::of(c);
+                map_collect(x, move |v| v * c)
+            }
+            _ => map_vec(x, unary_fn::<T>(op)),
+        })
     }
 
     fn binary(
@@ -228,13 +319,25 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         if r == 0 {
             return Arc::new(vec![f(a[0], b[0])]);
         }
-        if contiguous(a_strides) && contiguous(b_strides) {
-            let out: Vec<T> = if n >= PAR_THRESHOLD {
-                a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
+        if let Some(period) = repeated_block(b_strides, out_shape).filter(|_| contiguous(a_strides)) {
+            // b is one contiguous block repeated along the leading axes (a bias row)
+            let mut out = a.to_vec();
+            let body = |o: &mut [T]| o.iter_mut().zip(b.iter()).for_each(|(x, &y)| *x = f(*x, y));
+            if n >= PAR_THRESHOLD {
+                out.par_chunks_mut(period).for_each(body);
             } else {
-                a.iter().zip(b.iter()).map(|(&x, &y)| f(x, y)).collect()
-            };
+                out.chunks_mut(period).for_each(body);
+            }
             return Arc::new(out);
+        }
+        if contiguous(a_strides) && contiguous(b_strides) {
+            return Arc::new(match op {
+                BinaryOp::Add => zip_map(a, b, |x, y| x + y),
+                BinaryOp::Sub => zip_map(a, b, |x, y| x - y),
+                BinaryOp::Mul => zip_map(a, b, |x, y| x * y),
+                BinaryOp::Div => zip_map(a, b, |x, y| x / y),
+                _ => zip_map(a, b, f),
+            });
         }
         let inner = out_shape[r - 1];
         let (ia, ib) = (a_strides[r - 1], b_strides[r - 1]);
@@ -274,6 +377,10 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         let mut out = vec![T::zero(); n];
         let body = |(row, chunk): (usize, &mut [T])| {
             let base = rows[row].0;
+            if is == 1 {
+                chunk.copy_from_slice(&x[base..base + inner]);
+                return;
+            }
             for (j, o) in chunk.iter_mut().enumerate() {
                 *o = x[base + j * is];
             }
@@ -377,6 +484,9 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
     }
 
     fn softmax(&self, x: &Self::Buffer, v: AxisView) -> Self::Buffer {
+        if v.inner == 1 {
+            return Arc::new(nn::softmax_rows(x, v.len));
+        }
         let AxisView { outer, len, inner } = v;
         let mut out = vec![T::zero(); x.len()];
         if out.is_empty() {
@@ -410,11 +520,24 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
     }
 
     fn matmul(&self, a: &Self::Buffer, b: &Self::Buffer, s: MatmulSpec) -> Self::Buffer {
-        Arc::new(linalg::matmul(self, a, b, s))
+        let blocked = match self.par {
+            faer::Par::Seq => None,
+            _ => blocked::matmul(a, b, s),
+        };
+        let out = blocked.unwrap_or_else(|| linalg::matmul(self, a, b, s));
+        // a single small product runs on the calling thread; anything else may have run on the workers
+        if s.batch <= 1 && s.m * s.n * s.k < 1 << 18 {
+            clear_upper_simd_state();
+        } else {
+            clear_upper_simd_state_everywhere();
+        }
+        Arc::new(out)
     }
 
     fn cholesky(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer> {
-        linalg::cholesky_batch(a, batch, n, "cholesky").map(Arc::new)
+        let out = linalg::cholesky_batch(a, batch, n, "cholesky");
+        clear_after_factorisation(n);
+        out.map(Arc::new)
     }
 
     fn spd_solve(
@@ -425,19 +548,27 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         n: usize,
         nrhs: usize,
     ) -> Result<Self::Buffer> {
-        linalg::spd_solve(self, a, b, batch, n, nrhs).map(Arc::new)
+        let out = linalg::spd_solve(self, a, b, batch, n, nrhs).map(Arc::new);
+        clear_after_factorisation(n);
+        out
     }
 
     fn spd_inverse(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer> {
-        linalg::spd_inverse(self, a, batch, n).map(Arc::new)
+        let out = linalg::spd_inverse(self, a, batch, n).map(Arc::new);
+        clear_after_factorisation(n);
+        out
     }
 
     fn spd_logdet(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer> {
-        linalg::spd_logdet(a, batch, n).map(Arc::new)
+        let out = linalg::spd_logdet(a, batch, n).map(Arc::new);
+        clear_after_factorisation(n);
+        out
     }
 
     fn sym_eigen(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<(Self::Buffer, Self::Buffer)> {
-        linalg::sym_eigen(a, batch, n).map(|(v, u)| (Arc::new(v), Arc::new(u)))
+        let out = linalg::sym_eigen(a, batch, n).map(|(v, u)| (Arc::new(v), Arc::new(u)));
+        clear_upper_simd_state_everywhere();
+        out
     }
 
     fn herm_inverse(
@@ -497,5 +628,42 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         norm: FftNorm,
     ) -> Self::Buffer {
         Arc::new(self.fft.c2r(re, im, v, n, norm))
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Self::Buffer,
+        weight: &Self::Buffer,
+        bias: &Self::Buffer,
+        rows: usize,
+        dim: usize,
+        eps: f64,
+    ) -> (Self::Buffer, Self::Buffer, Self::Buffer) {
+        let (y, m, r) = nn::layer_norm(x, weight, bias, rows, dim, eps);
+        (Arc::new(y), Arc::new(m), Arc::new(r))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Self::Buffer,
+        mean: &Self::Buffer,
+        rstd: &Self::Buffer,
+        weight: &Self::Buffer,
+        grad: &Self::Buffer,
+        rows: usize,
+        dim: usize,
+    ) -> (Self::Buffer, Self::Buffer, Self::Buffer) {
+        let (dx, dw, db) = nn::layer_norm_backward(x, mean, rstd, weight, grad, rows, dim);
+        (Arc::new(dx), Arc::new(dw), Arc::new(db))
+    }
+
+    fn softmax_backward(
+        &self,
+        y: &Self::Buffer,
+        grad: &Self::Buffer,
+        _rows: usize,
+        len: usize,
+    ) -> Self::Buffer {
+        Arc::new(nn::softmax_backward(y, grad, len))
     }
 }

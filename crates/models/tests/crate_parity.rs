@@ -78,6 +78,15 @@ fn parity_crate() {
         assert_grad(n, g, &f, &format!("grad.{n}"));
     }
     assert_grad("input", &grads.input, &f, "grad.input");
+
+    // the training path computes only the class token in the last layer: same loss and gradients
+    let (loss2, grads2) = model.loss_and_gradients(&input, &labels, &ce).unwrap();
+    assert!((loss2 - want_loss).abs() <= FORWARD_ABS, "training-path loss {loss2} vs fixture {want_loss}");
+    assert_eq!(grads2.params.len(), names.len());
+    for n in &names {
+        assert_grad(&format!("{n} (training path)"), &grads2.params[*n], &f, &format!("grad.{n}"));
+    }
+    assert_grad("input (training path)", &grads2.input, &f, "grad.input");
 }
 
 #[test]

@@ -56,18 +56,26 @@ proptest! {
 
     #[test]
     fn mssa_backward_matches_finite_differences(
-        seed in any::<u64>(), b in 1usize..3, n in 1usize..5, heads in 1usize..4, dh in 1usize..4, dim in 1usize..6,
+        seed in any::<u64>(), b in 1usize..3, n in 1usize..5, heads in 1usize..4, dh in 1usize..4, dim in 1usize..6, q in 1usize..5,
     ) {
         let mut g = rng(seed);
         let mut m = Mssa::new(&be(), dim, heads, dh, &mut g);
         m.qkv.weight = randn(&mut g, &[heads * dh, dim], 0.8);
         let x = randn(&mut g, &[b, n, dim], 1.0);
-        let (out, cache) = m.forward(&x);
+        // the fast path (scale folded into the weights) equals the literal one
+        let (full, _) = m.forward(&x);
+        let reference = m.forward_reference(&x);
+        prop_assert!(models::fixtures::max_abs_diff(&full.to_f64_vec(), &reference.to_f64_vec()) < 1e-12);
+        // attending from the first q tokens only gives the first q rows
+        let q = q.min(n);
+        let (out, cache) = m.forward_queries(&x, q);
+        let first = full.narrow(1, 0, q).to_f64_vec();
+        prop_assert!(models::fixtures::max_abs_diff(&out.to_f64_vec(), &first) < 1e-12);
         let r = randn(&mut g, out.shape(), 1.0);
         let mut grads = Grads::new();
         let gx = m.backward(&cache, &r, "", &mut grads);
-        check_coords("x", &x, &gx, &|v| Some(weighted(&m.forward(v).0, &r)));
-        check_all_params(&m, &grads, &|mm| Some(weighted(&mm.forward(&x).0, &r)));
+        check_coords("x", &x, &gx, &|v| Some(weighted(&m.forward_queries(v, q).0, &r)));
+        check_all_params(&m, &grads, &|mm| Some(weighted(&mm.forward_queries(&x, q).0, &r)));
     }
 
     #[test]

@@ -311,4 +311,64 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         n: usize,
         norm: FftNorm,
     ) -> Self::Buffer;
+
+    // ---- composite kernels of the transformer layers, with default bodies from the primitives ----
+
+    /// LayerNorm of `rows` contiguous rows of `dim` values with affine
+    /// `weight` and `bias` (`dim` each), biased variance: `(y, mean, rstd)`,
+    /// the statistics one value per row (see [`crate::layer_ops`]).
+    fn layer_norm(
+        &self,
+        x: &Self::Buffer,
+        weight: &Self::Buffer,
+        bias: &Self::Buffer,
+        rows: usize,
+        dim: usize,
+        eps: f64,
+    ) -> (Self::Buffer, Self::Buffer, Self::Buffer) {
+        let t = |b: &Self::Buffer, s: &[usize]| crate::Tensor::from_buffer(self, b.clone(), s);
+        let (y, m, r) = crate::layer_ops::layer_norm_reference(
+            &t(x, &[rows, dim]),
+            &t(weight, &[dim]),
+            &t(bias, &[dim]),
+            eps,
+        );
+        (y.buffer().clone(), m.buffer().clone(), r.buffer().clone())
+    }
+
+    /// Backward of [`Self::layer_norm`] from the input, its row statistics,
+    /// the weight and `dL/dy`: `(dL/dx, dL/dweight, dL/dbias)`.
+    fn layer_norm_backward(
+        &self,
+        x: &Self::Buffer,
+        mean: &Self::Buffer,
+        rstd: &Self::Buffer,
+        weight: &Self::Buffer,
+        grad: &Self::Buffer,
+        rows: usize,
+        dim: usize,
+    ) -> (Self::Buffer, Self::Buffer, Self::Buffer) {
+        let t = |b: &Self::Buffer, s: &[usize]| crate::Tensor::from_buffer(self, b.clone(), s);
+        let (dx, dw, db) = crate::layer_ops::layer_norm_backward_reference(
+            &t(x, &[rows, dim]),
+            &t(mean, &[rows]),
+            &t(rstd, &[rows]),
+            &t(weight, &[dim]),
+            &t(grad, &[rows, dim]),
+        );
+        (dx.buffer().clone(), dw.buffer().clone(), db.buffer().clone())
+    }
+
+    /// Backward of a softmax over `rows` contiguous rows of `len` values:
+    /// `y * (grad - rowsum(grad * y))` for the softmax output `y`.
+    fn softmax_backward(
+        &self,
+        y: &Self::Buffer,
+        grad: &Self::Buffer,
+        rows: usize,
+        len: usize,
+    ) -> Self::Buffer {
+        let t = |b: &Self::Buffer| crate::Tensor::from_buffer(self, b.clone(), &[rows, len]);
+        crate::layer_ops::softmax_backward_reference(&t(y), &t(grad)).buffer().clone()
+    }
 }

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod circulant;
 pub mod error;
+pub mod layer_ops;
 pub mod rate;
 pub mod tensor;
 #[cfg(feature = "testing")]

@@ -353,15 +353,22 @@ pub struct CrateLayerCache<B: Backend> {
 impl<B: Backend> CrateLayer<B> {
     /// `z -> ISTA(LN2(z + MSSA(LN1(z))))` for `[batch, tokens, dim]`, with the cache.
     pub fn forward(&self, z: &Tensor<B>) -> (Tensor<B>, CrateLayerCache<B>) {
+        self.forward_queries(z, z.dim(1))
+    }
+
+    /// The layer output of the first `queries` tokens only (`[batch, queries, dim]`;
+    /// attention still reads every token), with the cache.
+    pub fn forward_queries(&self, z: &Tensor<B>, queries: usize) -> (Tensor<B>, CrateLayerCache<B>) {
         let (a_in, norm1) = self.norm1.forward(z);
-        let (a_out, attn) = self.attn.forward(&a_in);
-        let half = z.add(&a_out);
+        let (a_out, attn) = self.attn.forward_queries(&a_in, queries);
+        let z_q = if queries == z.dim(1) { z.clone() } else { z.narrow(1, 0, queries) };
+        let half = z_q.add(&a_out);
         let (i_in, norm2) = self.norm2.forward(&half);
         let (out, ista) = self.ista.forward(&i_in);
         (out, CrateLayerCache { norm1, attn, half, norm2, ista })
     }
 
-    /// Backward: adds the layer's parameter gradients under `prefix` and returns `dL/dz`.
+    /// Backward: adds the layer's parameter gradients under `prefix` and returns `dL/dz` (all tokens).
     pub fn backward(
         &self,
         cache: &CrateLayerCache<B>,
@@ -372,7 +379,14 @@ impl<B: Backend> CrateLayer<B> {
         let g_i = self.ista.backward(&cache.ista, grad_out, &join(prefix, "1.fn"), grads);
         let g_half = self.norm2.backward(&cache.norm2, &g_i, &join(prefix, "1.norm"), grads);
         let g_a = self.attn.backward(&cache.attn, &g_half, &join(prefix, "0.fn"), grads);
-        g_half.add(&self.norm1.backward(&cache.norm1, &g_a, &join(prefix, "0.norm"), grads))
+        let g_z = self.norm1.backward(&cache.norm1, &g_a, &join(prefix, "0.norm"), grads);
+        let (b, n, d) = (g_z.dim(0), g_z.dim(1), g_z.dim(2));
+        let q = cache.attn.queries;
+        if q == n {
+            g_z.add(&g_half)
+        } else {
+            g_z.add(&Tensor::cat(&[&g_half, &Tensor::zeros(g_z.backend(), &[b, n - q, d])], 1))
+        }
     }
 }
 
@@ -413,7 +427,8 @@ pub struct Crate<B: Backend> {
 pub struct CrateCache<B: Backend> {
     /// Cache of the patch embedding.
     pub embedding: PatchEmbeddingCache<B>,
-    /// Tokens `Z^0` (after class token and positions) and the output `Z^{l+1}` of every layer.
+    /// Tokens `Z^0` (after class token and positions) and the output `Z^{l+1}` of every layer
+    /// (of the last layer only the class token after [`Crate::forward_for_loss`] with `Pool::Cls`).
     pub tokens: Vec<Tensor<B>>,
     /// Per-layer caches.
     pub layers: Vec<CrateLayerCache<B>>,
@@ -578,24 +593,49 @@ impl<B: Backend> Crate<B> {
         (add_cls_and_positions(&patches, &self.cls_token, &self.pos_embedding), cache)
     }
 
-    /// Logits `[batch, classes]` of `[batch, C, H, W]` images, keeping nothing for backward.
+    /// How many tokens of the last layer the head reads: 1 under `Pool::Cls`.
+    fn last_layer_queries(&self) -> usize {
+        match self.config.pool {
+            Pool::Cls => 1,
+            Pool::Mean => self.config.tokens(),
+        }
+    }
+
+    /// Logits `[batch, classes]` of `[batch, C, H, W]` images, keeping nothing for backward
+    /// (the last layer computes only the tokens the head reads).
     pub fn logits(&self, images: &Tensor<B>) -> Result<Tensor<B>> {
         self.check_images(images)?;
         let (mut z, _) = self.embed(images);
-        for layer in &self.layers {
-            z = layer.forward(&z).0;
+        let depth = self.layers.len();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let q = if i + 1 == depth { self.last_layer_queries() } else { z.dim(1) };
+            z = layer.forward_queries(&z, q).0;
         }
         Ok(self.head.forward(&self.config.pool.forward(&z)).0)
     }
 
-    /// Logits with the cache for [`Self::backward`] and [`Self::measure`].
+    /// Logits with the cache for [`Self::backward`] and [`Self::measure`]: every token of every layer.
     pub fn forward(&self, images: &Tensor<B>) -> Result<(Tensor<B>, CrateCache<B>)> {
+        self.run(images, self.config.tokens())
+    }
+
+    /// Logits with the cache for [`Self::backward`], the last layer computing
+    /// only the tokens the head reads (the class token under `Pool::Cls`):
+    /// the same logits and gradients as [`Self::forward`] for less work.
+    pub fn forward_for_loss(&self, images: &Tensor<B>) -> Result<(Tensor<B>, CrateCache<B>)> {
+        self.run(images, self.last_layer_queries())
+    }
+
+    fn run(&self, images: &Tensor<B>, last_queries: usize) -> Result<(Tensor<B>, CrateCache<B>)> {
         self.check_images(images)?;
         let (z0, embedding) = self.embed(images);
         let mut tokens = vec![z0];
         let mut layers = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            let (z, cache) = layer.forward(tokens.last().expect("Z^0 is present"));
+        let depth = self.layers.len();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let z = tokens.last().expect("Z^0 is present");
+            let q = if i + 1 == depth { last_queries } else { z.dim(1) };
+            let (z, cache) = layer.forward_queries(z, q);
             tokens.push(z);
             layers.push(cache);
         }
@@ -609,7 +649,8 @@ impl<B: Backend> Crate<B> {
     pub fn backward(&self, cache: &CrateCache<B>, grad_logits: &Tensor<B>) -> CrateGradients<B> {
         let mut grads = Grads::new();
         let g_pooled = self.head.backward(&cache.head, grad_logits, "mlp_head", &mut grads);
-        let mut g = self.config.pool.backward(&g_pooled, self.config.tokens());
+        let last_tokens = cache.tokens.last().map_or(self.config.tokens(), |t| t.dim(1));
+        let mut g = self.config.pool.backward(&g_pooled, last_tokens);
         for (i, (layer, lc)) in self.layers.iter().zip(&cache.layers).enumerate().rev() {
             g = layer.backward(lc, &g, &format!("transformer.layers.{i}"), &mut grads);
         }
@@ -620,14 +661,14 @@ impl<B: Backend> Crate<B> {
         CrateGradients { params: grads, input }
     }
 
-    /// The loss of a batch and its gradients (one forward and one backward).
+    /// The loss of a batch and its gradients (one forward, [`Self::forward_for_loss`], and one backward).
     pub fn loss_and_gradients(
         &self,
         images: &Tensor<B>,
         labels: &[usize],
         loss: &CrossEntropy,
     ) -> Result<(f64, CrateGradients<B>)> {
-        let (logits, cache) = self.forward(images)?;
+        let (logits, cache) = self.forward_for_loss(images)?;
         let (value, ce) = loss.forward(&logits, labels)?;
         let grads = self.backward(&cache, &loss.backward(&ce, 1.0));
         Ok((value, grads))

@@ -2,6 +2,7 @@
 
 use super::{accumulate, join, Grads, Module};
 use crate::{Backend, Tensor};
+use rate_core::layer_ops;
 
 /// PyTorch's default LayerNorm epsilon.
 pub const LAYERNORM_EPS: f64 = 1e-5;
@@ -20,9 +21,11 @@ pub struct LayerNorm<B: Backend> {
 /// What [`LayerNorm::backward`] needs from the forward pass.
 #[derive(Clone, Debug)]
 pub struct LayerNormCache<B: Backend> {
-    /// Normalised input `(x - mean) * rstd`, shape of `x`.
-    pub xhat: Tensor<B>,
-    /// `1 / sqrt(var + eps)`, shape of `x` with the last axis 1.
+    /// The input.
+    pub x: Tensor<B>,
+    /// Mean of each row, shape of `x` without its last axis.
+    pub mean: Tensor<B>,
+    /// `1 / sqrt(var + eps)` of each row.
     pub rstd: Tensor<B>,
 }
 
@@ -51,16 +54,12 @@ impl<B: Backend> LayerNorm<B> {
         );
     }
 
-    /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last axis, with the cache for backward.
+    /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last axis, with the cache for backward
+    /// (one fused backend kernel, [`rate_core::layer_ops::layer_norm`]).
     pub fn forward(&self, x: &Tensor<B>) -> (Tensor<B>, LayerNormCache<B>) {
         self.check(x);
-        let mean = x.mean_axis(-1, true);
-        let centred = x.sub(&mean);
-        let var = centred.square().mean_axis(-1, true);
-        let rstd = var.add_scalar(self.eps).sqrt().recip();
-        let xhat = centred.mul(&rstd);
-        let y = xhat.mul(&self.weight).add(&self.bias);
-        (y, LayerNormCache { xhat, rstd })
+        let (y, mean, rstd) = layer_ops::layer_norm(x, &self.weight, &self.bias, self.eps);
+        (y, LayerNormCache { x: x.clone(), mean, rstd })
     }
 
     /// Backward of [`Self::forward`]: adds `prefix.weight` and `prefix.bias`
@@ -73,16 +72,11 @@ impl<B: Backend> LayerNorm<B> {
         prefix: &str,
         grads: &mut Grads<B>,
     ) -> Tensor<B> {
-        let d = self.dim();
-        let rows = grad_out.numel() / d.max(1);
-        let g_rows = grad_out.reshape(&[rows, d]);
-        let xhat_rows = cache.xhat.reshape(&[rows, d]);
-        accumulate(grads, join(prefix, "weight"), g_rows.mul(&xhat_rows).sum_axis(0, false));
-        accumulate(grads, join(prefix, "bias"), g_rows.sum_axis(0, false));
-        let g = grad_out.mul(&self.weight);
-        let mean_g = g.mean_axis(-1, true);
-        let mean_gx = g.mul(&cache.xhat).mean_axis(-1, true);
-        g.sub(&mean_g).sub(&cache.xhat.mul(&mean_gx)).mul(&cache.rstd)
+        let (dx, dw, db) =
+            layer_ops::layer_norm_backward(&cache.x, &cache.mean, &cache.rstd, &self.weight, grad_out);
+        accumulate(grads, join(prefix, "weight"), dw);
+        accumulate(grads, join(prefix, "bias"), db);
+        dx
     }
 }
 

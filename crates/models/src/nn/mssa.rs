@@ -7,14 +7,24 @@
 //! Forward, per head `h` (columns `h dh .. (h+1) dh` of the projection):
 //! `W_h = x U_h^T`, `S_h = W_h W_h^T dh^-1/2`, `A_h = softmax_rows(S_h)`,
 //! `O_h = A_h W_h`; `y = [O_1 .. O_H] Wo^T + bo` (`to_out`, present unless
-//! `heads == 1 && dim_head == dim`).
+//! `heads == 1 && dim_head == dim`). [`Mssa::forward_reference`] computes
+//! exactly this.
 //!
-//! Backward: with `G_h = dL/dO_h`: `dA_h = G_h W_h^T`, `dW_h = A_h^T G_h +
-//! (dS_h + dS_h^T) W_h dh^-1/2` where `dS_h = A_h * (dA_h - rowsum(dA_h * A_h))`.
+//! The fast path folds the scale into the weights: with `c = dh^-1/4`,
+//! `W' = x (c U)^T` gives `S = W' W'^T` and `O = A W' / c`, and the `1/c`
+//! goes into the output weight, `y = (A W') (Wo / c)^T + bo`; no pass over
+//! the activations is spent on scaling. It can also attend from the first
+//! `q` tokens only (queries) to all tokens (keys and values), which is all
+//! the last layer of a class-token classifier needs.
+//!
+//! Backward, with `G = dL/d(A W')`: `dA = G W'^T`, `dS = A * (dA - rowsum(dA * A))`,
+//! `dW' = A^T G + dS^T Q + [dS W'; 0]` (`Q` the query rows of `W'`, the last
+//! term landing on the query rows), then `dU = c dW'^T x`, `dWo = d(Wo/c) / c`.
 
-use super::{init, join, Grads, Linear, Module};
+use super::{accumulate, init, join, Grads, Linear, Module};
 use crate::{Backend, Tensor};
 use rand::rngs::StdRng;
+use rate_core::layer_ops;
 
 /// The MSSA block (the authors' `Attention` module).
 #[derive(Clone, Debug)]
@@ -34,12 +44,14 @@ pub struct Mssa<B: Backend> {
 pub struct MssaCache<B: Backend> {
     /// Input `[batch, tokens, dim]`.
     pub x: Tensor<B>,
-    /// Projected tokens per head `W = x U`, `[batch, heads, tokens, dim_head]`.
+    /// Projected tokens per head, scaled: `W' = dh^-1/4 x U`, `[batch, heads, tokens, dim_head]`.
     pub w: Tensor<B>,
-    /// Attention `softmax(W W^T / sqrt(dh))`, `[batch, heads, tokens, tokens]`.
+    /// Attention `softmax(W W^T / sqrt(dh))` of the query rows, `[batch, heads, queries, tokens]`.
     pub attn: Tensor<B>,
-    /// Merged head outputs `[batch, tokens, heads * dim_head]` (input of `to_out`).
+    /// Merged scaled head outputs `A W'`, `[batch, queries, heads * dim_head]` (input of `to_out`).
     pub merged: Tensor<B>,
+    /// Number of query rows (the first tokens).
+    pub queries: usize,
 }
 
 impl<B: Backend> Mssa<B> {
@@ -67,21 +79,52 @@ impl<B: Backend> Mssa<B> {
         self.qkv.forward(x).reshape(&[b, n, self.heads, self.dim_head]).permute(&[0, 2, 1, 3])
     }
 
-    /// `MSSA(x)` for `x` of shape `[batch, tokens, dim]`, with the cache for backward.
-    pub fn forward(&self, x: &Tensor<B>) -> (Tensor<B>, MssaCache<B>) {
-        let (b, n) = self.dims(x);
-        let w = self.project(x);
-        let attn = w.scale(self.scale()).matmul_t(&w, false, true).softmax(-1);
-        let merged = attn.matmul(&w).permute(&[0, 2, 1, 3]).reshape(&[b, n, self.heads * self.dim_head]);
-        let y = match &self.to_out {
-            Some(l) => l.forward(&merged),
-            None => merged.clone(),
-        };
-        (y, MssaCache { x: x.clone(), w, attn, merged })
+    /// `dh^-1/4`: the attention scale split over the two factors of `W W^T`.
+    fn weight_scale(&self) -> f64 {
+        self.scale().sqrt()
     }
 
-    /// Backward of [`Self::forward`]: adds `prefix.qkv.weight` and
-    /// `prefix.to_out.0.{weight,bias}` gradients and returns `dL/dx`.
+    /// `MSSA(x)` for `x` of shape `[batch, tokens, dim]`, with the cache for backward.
+    pub fn forward(&self, x: &Tensor<B>) -> (Tensor<B>, MssaCache<B>) {
+        let n = self.dims(x).1;
+        self.forward_queries(x, n)
+    }
+
+    /// MSSA output of the first `queries` tokens only (`[batch, queries, dim]`),
+    /// attending to all tokens, with the cache for [`Self::backward`].
+    pub fn forward_queries(&self, x: &Tensor<B>, queries: usize) -> (Tensor<B>, MssaCache<B>) {
+        let (b, n) = self.dims(x);
+        assert!(queries >= 1 && queries <= n, "Mssa: {queries} queries for {n} tokens");
+        let (h, dh) = (self.heads, self.dim_head);
+        let c = self.weight_scale();
+        let w =
+            x.matmul_t(&self.qkv.weight.scale(c), false, true).reshape(&[b, n, h, dh]).permute(&[0, 2, 1, 3]);
+        let q = if queries == n { w.clone() } else { w.narrow(2, 0, queries) };
+        let attn = q.matmul_t(&w, false, true).softmax(-1);
+        let merged = attn.matmul(&w).permute(&[0, 2, 1, 3]).reshape(&[b, queries, h * dh]);
+        let y = match &self.to_out {
+            Some(l) => Linear { weight: l.weight.scale(1.0 / c), bias: l.bias.clone() }.forward(&merged),
+            None => merged.scale(1.0 / c),
+        };
+        (y, MssaCache { x: x.clone(), w, attn, merged, queries })
+    }
+
+    /// The literal forward, `softmax(W W^T / sqrt(dh)) W` with `W = x U`
+    /// split into heads and merged by `to_out`: the reference of [`Self::forward`].
+    pub fn forward_reference(&self, x: &Tensor<B>) -> Tensor<B> {
+        let (b, n) = self.dims(x);
+        let w = self.project(x);
+        let attn = w.matmul_t(&w, false, true).scale(self.scale()).softmax(-1);
+        let merged = attn.matmul(&w).permute(&[0, 2, 1, 3]).reshape(&[b, n, self.heads * self.dim_head]);
+        match &self.to_out {
+            Some(l) => l.forward(&merged),
+            None => merged,
+        }
+    }
+
+    /// Backward of [`Self::forward`] or [`Self::forward_queries`] (`grad_out`
+    /// has the output's shape): adds `prefix.qkv.weight` and
+    /// `prefix.to_out.0.{weight,bias}` gradients and returns `dL/dx` for all tokens.
     pub fn backward(
         &self,
         cache: &MssaCache<B>,
@@ -90,31 +133,50 @@ impl<B: Backend> Mssa<B> {
         grads: &mut Grads<B>,
     ) -> Tensor<B> {
         let (b, n) = self.dims(&cache.x);
-        let (h, dh) = (self.heads, self.dim_head);
+        let (h, dh, nq) = (self.heads, self.dim_head, cache.queries);
+        let c = self.weight_scale();
         let g_merged = match &self.to_out {
-            Some(l) => l.backward(&cache.merged, grad_out, &join(prefix, "to_out.0"), grads),
-            None => grad_out.clone(),
+            Some(l) => {
+                let scaled = Linear { weight: l.weight.scale(1.0 / c), bias: l.bias.clone() };
+                let mut local = Grads::new();
+                let g = scaled.backward(&cache.merged, grad_out, "", &mut local);
+                for (name, g_param) in local {
+                    let g_param = if name == "weight" { g_param.scale(1.0 / c) } else { g_param };
+                    accumulate(grads, join(&join(prefix, "to_out.0"), &name), g_param);
+                }
+                g
+            }
+            None => grad_out.scale(1.0 / c),
         };
-        let g_o = g_merged.reshape(&[b, n, h, dh]).permute(&[0, 2, 1, 3]);
+        let g_o = g_merged.reshape(&[b, nq, h, dh]).permute(&[0, 2, 1, 3]);
         let (w, attn) = (&cache.w, &cache.attn);
-        let g_attn = g_o.matmul_t(w, false, true);
-        let g_scores = softmax_backward(attn, &g_attn).scale(self.scale());
-        let g_w =
-            attn.matmul_t(&g_o, true, false).add(&g_scores.matmul(w)).add(&g_scores.matmul_t(w, true, false));
+        let q = if nq == n { w.clone() } else { w.narrow(2, 0, nq) };
+        let g_scores = layer_ops::softmax_backward(attn, &g_o.matmul_t(w, false, true));
+        // keys and values: all rows of W'
+        let mut g_w = attn.matmul_t(&g_o, true, false).add(&g_scores.matmul_t(&q, true, false));
+        // queries: the first nq rows of W'
+        let g_q = g_scores.matmul(w);
+        g_w = if nq == n {
+            g_w.add(&g_q)
+        } else {
+            let pad = Tensor::zeros(w.backend(), &[b, h, n - nq, dh]);
+            g_w.add(&Tensor::cat(&[&g_q, &pad], 2))
+        };
         let g_proj = g_w.permute(&[0, 2, 1, 3]).reshape(&[b, n, h * dh]);
-        self.qkv.backward(&cache.x, &g_proj, &join(prefix, "qkv"), grads)
+        // W' = x (c U)^T
+        let scaled_qkv = Linear { weight: self.qkv.weight.scale(c), bias: None };
+        let mut local = Grads::new();
+        let gx = scaled_qkv.backward(&cache.x, &g_proj, "", &mut local);
+        for (name, g_param) in local {
+            accumulate(grads, join(&join(prefix, "qkv"), &name), g_param.scale(c));
+        }
+        gx
     }
 }
 
 /// Whether the reference code adds the output Linear: `not (heads == 1 and dim_head == dim)`.
 pub fn has_to_out(dim: usize, heads: usize, dim_head: usize) -> bool {
     !(heads == 1 && dim_head == dim)
-}
-
-/// Backward of a softmax along the last axis: `A * (dA - rowsum(dA * A))`.
-pub fn softmax_backward<B: Backend>(attn: &Tensor<B>, grad_attn: &Tensor<B>) -> Tensor<B> {
-    let dot = grad_attn.mul(attn).sum_axis(-1, true);
-    attn.mul(&grad_attn.sub(&dot))
 }
 
 impl<B: Backend> Module<B> for Mssa<B> {
