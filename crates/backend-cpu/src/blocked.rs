@@ -1,4 +1,4 @@
-//! Large products with one shared right operand split into blocks, one sequential faer product per rayon task: `A B` by row blocks of `A`, `A^T B` by blocks of the inner dimension (partial products summed).
+//! Matrix products scheduled on rayon with one sequential faer product per task: batches of products, and large products with one shared right operand split into blocks (`A B` by row blocks of `A`, `A^T B` by blocks of the inner dimension, partial products summed).
 //!
 //! The transformer layers multiply thousands of token rows by a small
 //! weight (`[8320, 192] x [192, 192]` in the CIFAR CRATE at batch 128).
@@ -6,7 +6,7 @@
 //! barriers between panels; independent row blocks need no synchronisation
 //! and keep every thread busy even when the machine is shared.
 
-use crate::CpuElem;
+use crate::{clear_upper_simd_state, CpuElem};
 use faer::{Accum, MatMut, MatRef};
 use rate_core::MatmulSpec;
 use rayon::prelude::*;
@@ -39,6 +39,28 @@ fn product<T: CpuElem>(
     faer::linalg::matmul::matmul(dst, accum, lhs, rhs, T::one(), faer::Par::Seq);
 }
 
+/// `batch` products (see [`MatmulSpec`]), one sequential faer product per
+/// rayon task; every task leaves its thread's AVX state clean.
+pub fn batched<T: CpuElem>(a: &[T], b: &[T], s: MatmulSpec) -> Vec<T> {
+    let MatmulSpec { batch, m, k, n, a_batched, b_batched, .. } = s;
+    let mut out = vec![T::zero(); batch * m * n];
+    if m * n == 0 || k == 0 {
+        return out;
+    }
+    let body = |(bi, dst): (usize, &mut [T])| {
+        let a_blk = if a_batched { &a[bi * m * k..(bi + 1) * m * k] } else { &a[..m * k] };
+        let b_blk = if b_batched { &b[bi * k * n..(bi + 1) * k * n] } else { &b[..k * n] };
+        product(dst, a_blk, b_blk, m, k, n, &s, Accum::Replace);
+        clear_upper_simd_state();
+    };
+    if batch > 1 && batch * m * n * k >= 1 << 18 {
+        out.par_chunks_mut(m * n).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(m * n).enumerate().for_each(body);
+    }
+    out
+}
+
 /// The product split into blocks when it is one large product with a shared
 /// right operand (`batch == 1`) and at least two threads; `None` otherwise.
 pub fn matmul<T: CpuElem>(a: &[T], b: &[T], s: MatmulSpec) -> Option<Vec<T>> {
@@ -59,6 +81,7 @@ pub fn matmul<T: CpuElem>(a: &[T], b: &[T], s: MatmulSpec) -> Option<Vec<T>> {
             let mb = dst.len() / n;
             let a_blk = &a[i * rows * k..(i * rows + mb) * k];
             product(dst, a_blk, b, mb, k, n, &s, Accum::Replace);
+            clear_upper_simd_state();
         });
         return Some(out);
     }
@@ -76,6 +99,7 @@ pub fn matmul<T: CpuElem>(a: &[T], b: &[T], s: MatmulSpec) -> Option<Vec<T>> {
             (k0 < k1).then(|| {
                 let mut part = vec![T::zero(); m * n];
                 product(&mut part, &a[k0 * m..k1 * m], &b[k0 * n..k1 * n], m, k1 - k0, n, &s, Accum::Replace);
+                clear_upper_simd_state();
                 part
             })
         })

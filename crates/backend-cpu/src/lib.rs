@@ -47,6 +47,11 @@ impl<T: CpuElem> CpuBackend<T> {
         CpuBackend { par: faer::Par::Seq, fft: Arc::new(fft::Plans::default()), _t: PhantomData }
     }
 
+    /// The same backend with faer's kernels on the calling thread.
+    fn on_calling_thread(&self) -> Self {
+        CpuBackend { par: faer::Par::Seq, fft: self.fft.clone(), _t: PhantomData }
+    }
+
     /// Parallelism handed to faer for one dense kernel of `flops` work.
     fn par_for(&self, flops: usize) -> faer::Par {
         if flops < 1 << 18 {
@@ -106,7 +111,7 @@ const BLOCK: usize = 1 << 14;
 
 /// `f` over `x` with one monomorphised loop per op, so that it vectorises
 /// (a copy updated in place: collecting through `map` would not vectorise).
-fn map_collect<T: Copy + Send + Sync>(x: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
+fn map_unary<T: Copy + Send + Sync>(x: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
     let mut out = x.to_vec();
     let body = |c: &mut [T]| c.iter_mut().for_each(|v| *v = f(*v));
     if out.len() >= PAR_THRESHOLD {
@@ -117,7 +122,7 @@ fn map_collect<T: Copy + Send + Sync>(x: &[T], f: impl Fn(T) -> T + Sync + Send)
     out
 }
 
-/// `f(a, b)` elementwise over equal-length slices, like [`map_collect`].
+/// `f(a, b)` elementwise over equal-length slices, like [`map_unary`].
 fn zip_map<T: Copy + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
     if a.len() >= PAR_THRESHOLD {
         a.par_iter().zip(b.par_iter()).with_min_len(BLOCK).map(|(&x, &y)| f(x, y)).collect()
@@ -275,19 +280,19 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
     fn unary(&self, op: UnaryOp, x: &Self::Buffer) -> Self::Buffer {
         let (zero, one) = (T::zero(), T::one());
         Arc::new(match op {
-            UnaryOp::Relu => map_collect(x, |v| v.max(zero)),
-            UnaryOp::Step => map_collect(x, |v| if v > zero { one } else { zero }),
-            UnaryOp::Neg => map_collect(x, |v| -v),
-            UnaryOp::Square => map_collect(x, |v| v * v),
-            UnaryOp::Sqrt => map_collect(x, |v| v.sqrt()),
-            UnaryOp::Recip => map_collect(x, |v| one / v),
+            UnaryOp::Relu => map_unary(x, |v| v.max(zero)),
+            UnaryOp::Step => map_unary(x, |v| if v > zero { one } else { zero }),
+            UnaryOp::Neg => map_unary(x, |v| -v),
+            UnaryOp::Square => map_unary(x, |v| v * v),
+            UnaryOp::Sqrt => map_unary(x, |v| v.sqrt()),
+            UnaryOp::Recip => map_unary(x, |v| one / v),
             UnaryOp::AddScalar(c) => {
                 let c = T::of(c);
-                map_collect(x, move |v| v + c)
+                map_unary(x, move |v| v + c)
             }
             UnaryOp::MulScalar(c) => {
                 let c = T::of(c);
-                map_collect(x, move |v| v * c)
+                map_unary(x, move |v| v * c)
             }
             _ => map_vec(x, unary_fn::<T>(op)),
         })
@@ -520,17 +525,24 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
     }
 
     fn matmul(&self, a: &Self::Buffer, b: &Self::Buffer, s: MatmulSpec) -> Self::Buffer {
-        let blocked = match self.par {
-            faer::Par::Seq => None,
-            _ => blocked::matmul(a, b, s),
-        };
-        let out = blocked.unwrap_or_else(|| linalg::matmul(self, a, b, s));
-        // a single small product runs on the calling thread; anything else may have run on the workers
-        if s.batch <= 1 && s.m * s.n * s.k < 1 << 18 {
-            clear_upper_simd_state();
-        } else {
+        // Inside a rayon task (callers running their own parallel work) every
+        // product stays on the calling thread; faer's own parallel product is
+        // used only from outside the pool, for large products that cannot be split.
+        let may_spread = rayon::current_thread_index().is_none() && !matches!(self.par, faer::Par::Seq);
+        let flops = s.m * s.n * s.k;
+        let out = if s.batch > 1 {
+            blocked::batched(a, b, s)
+        } else if let Some(out) = may_spread.then(|| blocked::matmul(a, b, s)).flatten() {
+            out
+        } else if may_spread && flops >= 1 << 18 {
+            let out = linalg::matmul(self, a, b, s);
             clear_upper_simd_state_everywhere();
-        }
+            out
+        } else {
+            let out = linalg::matmul(&self.on_calling_thread(), a, b, s);
+            clear_upper_simd_state();
+            out
+        };
         Arc::new(out)
     }
 

@@ -339,3 +339,38 @@ fn adamw_step_matches_pytorch_update_rule() {
     let e = opt.step(&mut model, &bad).unwrap_err().to_string();
     assert!(e.contains("`cls_token`"), "{e}");
 }
+
+#[test]
+fn micro_batches_give_the_whole_batch_results() {
+    use models::nn::crate_model::Execution;
+    let config = CrateConfig { image_size: 8, patch_size: 4, ..tiny(2, 8, 2, 2, None, Pool::Cls) };
+    let model = perturbed(&Crate::<B>::new(&be(), &config, 21).unwrap(), 22);
+    let images = randn(&mut rng(23), &[7, 2, 8, 8], 1.0);
+    let labels = [0, 1, 2, 0, 1, 2, 1];
+    let ce = CrossEntropy::new(0.1).unwrap();
+    let want_logits = model.logits(&images).unwrap().to_f64_vec();
+    // the full forward (every token of the last layer) gives the same logits as the pruned one
+    let full = model.forward(&images).unwrap().0.to_f64_vec();
+    assert!(models::fixtures::max_abs_diff(&full, &want_logits) < 1e-13);
+    let (want_loss, want) = model.loss_and_gradients(&images, &labels, &ce).unwrap();
+    for exec in [
+        Execution::default(),
+        Execution::parallel_micro_batches(2),
+        Execution::parallel_micro_batches(3),
+        Execution { micro_batch: Some(4), parallel: false },
+        Execution::parallel_micro_batches(100),
+    ] {
+        let l = model.logits_with(&images, &exec).unwrap().to_f64_vec();
+        assert!(models::fixtures::max_abs_diff(&l, &want_logits) < 1e-13, "{exec:?}");
+        let (loss, g) = model.loss_and_gradients_with(&images, &labels, &ce, &exec).unwrap();
+        assert!((loss - want_loss).abs() < 1e-13, "{exec:?}: {loss} vs {want_loss}");
+        assert_eq!(g.params.len(), want.params.len());
+        for (name, t) in &want.params {
+            let e = models::fixtures::max_abs_diff(&g.params[name].to_f64_vec(), &t.to_f64_vec());
+            assert!(e < 1e-13, "{exec:?} `{name}`: {e}");
+        }
+        assert!(models::fixtures::max_abs_diff(&g.input.to_f64_vec(), &want.input.to_f64_vec()) < 1e-13);
+    }
+    let e = model.loss_and_gradients_with(&images, &labels[..3], &ce, &Execution::parallel_micro_batches(2)).unwrap_err();
+    assert!(e.to_string().contains("3 labels for a batch of 7 images"), "{e}");
+}

@@ -68,14 +68,14 @@ proptest! {
         prop_assert!(models::fixtures::max_abs_diff(&full.to_f64_vec(), &reference.to_f64_vec()) < 1e-12);
         // attending from the first q tokens only gives the first q rows
         let q = q.min(n);
-        let (out, cache) = m.forward_queries(&x, q);
+        let (out, cache) = m.forward_queries(&x, q, &m.prepare());
         let first = full.narrow(1, 0, q).to_f64_vec();
         prop_assert!(models::fixtures::max_abs_diff(&out.to_f64_vec(), &first) < 1e-12);
         let r = randn(&mut g, out.shape(), 1.0);
         let mut grads = Grads::new();
         let gx = m.backward(&cache, &r, "", &mut grads);
-        check_coords("x", &x, &gx, &|v| Some(weighted(&m.forward_queries(v, q).0, &r)));
-        check_all_params(&m, &grads, &|mm| Some(weighted(&mm.forward_queries(&x, q).0, &r)));
+        check_coords("x", &x, &gx, &|v| Some(weighted(&m.forward_queries(v, q, &m.prepare()).0, &r)));
+        check_all_params(&m, &grads, &|mm| Some(weighted(&mm.forward_queries(&x, q, &mm.prepare()).0, &r)));
     }
 
     #[test]

@@ -17,12 +17,13 @@ use super::head::{ClassificationHead, HeadCache, Pool};
 use super::ista::{Ista, IstaCache};
 use super::layernorm::{LayerNorm, LayerNormCache, LAYERNORM_EPS};
 use super::loss::CrossEntropy;
-use super::mssa::{Mssa, MssaCache};
+use super::mssa::{Mssa, MssaCache, MssaWeights};
 use super::{accumulate, init, join, Grads, Module};
 use crate::io::{HostArray, OutArray, TensorFile};
 use crate::{Backend, Error, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rayon::prelude::*;
 use safetensors::Dtype;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -335,6 +336,15 @@ pub struct CrateLayer<B: Backend> {
     pub ista: Ista<B>,
 }
 
+/// Weights derived from a layer's parameters for the fast path.
+#[derive(Clone, Debug)]
+pub struct LayerWeights<B: Backend> {
+    /// Scaled MSSA weights.
+    pub attn: MssaWeights<B>,
+    /// The fused ISTA matrix `M = I + eta (D - D^T D)`.
+    pub ista: Tensor<B>,
+}
+
 /// What [`CrateLayer::backward`] needs (and what the measurements read).
 #[derive(Clone, Debug)]
 pub struct CrateLayerCache<B: Backend> {
@@ -353,18 +363,24 @@ pub struct CrateLayerCache<B: Backend> {
 impl<B: Backend> CrateLayer<B> {
     /// `z -> ISTA(LN2(z + MSSA(LN1(z))))` for `[batch, tokens, dim]`, with the cache.
     pub fn forward(&self, z: &Tensor<B>) -> (Tensor<B>, CrateLayerCache<B>) {
-        self.forward_queries(z, z.dim(1))
+        self.forward_queries(z, z.dim(1), &self.prepare())
+    }
+
+    /// The weights the fast path derives from the parameters (scaled MSSA
+    /// weights, the fused ISTA matrix), formed once per step.
+    pub fn prepare(&self) -> LayerWeights<B> {
+        LayerWeights { attn: self.attn.prepare(), ista: self.ista.fused_matrix() }
     }
 
     /// The layer output of the first `queries` tokens only (`[batch, queries, dim]`;
-    /// attention still reads every token), with the cache.
-    pub fn forward_queries(&self, z: &Tensor<B>, queries: usize) -> (Tensor<B>, CrateLayerCache<B>) {
+    /// attention still reads every token), with the cache; `weights` from [`Self::prepare`].
+    pub fn forward_queries(&self, z: &Tensor<B>, queries: usize, weights: &LayerWeights<B>) -> (Tensor<B>, CrateLayerCache<B>) {
         let (a_in, norm1) = self.norm1.forward(z);
-        let (a_out, attn) = self.attn.forward_queries(&a_in, queries);
+        let (a_out, attn) = self.attn.forward_queries(&a_in, queries, &weights.attn);
         let z_q = if queries == z.dim(1) { z.clone() } else { z.narrow(1, 0, queries) };
         let half = z_q.add(&a_out);
         let (i_in, norm2) = self.norm2.forward(&half);
-        let (out, ista) = self.ista.forward(&i_in);
+        let (out, ista) = self.ista.forward_fused(&i_in, &weights.ista);
         (out, CrateLayerCache { norm1, attn, half, norm2, ista })
     }
 
@@ -460,6 +476,33 @@ pub struct LayerMeasurement<B: Backend> {
     pub sparsity_std: f64,
     /// Attention maps `[batch, heads, tokens, tokens]` (rows: queries).
     pub attention: Tensor<B>,
+}
+
+/// How a batch is executed: at once, or split into micro-batches (gradients
+/// summed over them, which is the same gradient), optionally run in parallel.
+///
+/// On a CPU, parallel micro-batches of a few images keep every thread on its
+/// own small working set (cache-resident activations, no synchronisation
+/// inside an op); on a GPU the whole batch at once is the right choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Execution {
+    /// Images per micro-batch (`None`: the whole batch at once).
+    pub micro_batch: Option<usize>,
+    /// Run the micro-batches in parallel on the rayon pool.
+    pub parallel: bool,
+}
+
+impl Execution {
+    /// Parallel micro-batches of `images` images (a good CPU setting is 4 to 16).
+    pub fn parallel_micro_batches(images: usize) -> Self {
+        Execution { micro_batch: Some(images.max(1)), parallel: true }
+    }
+
+    /// `[start, len)` ranges of the micro-batches of a batch of `batch` images.
+    fn ranges(&self, batch: usize) -> Vec<(usize, usize)> {
+        let mb = self.micro_batch.unwrap_or(batch).max(1);
+        (0..batch.div_ceil(mb)).map(|i| (i * mb, mb.min(batch - i * mb))).collect()
+    }
 }
 
 /// `eps^2` of the authors' per-head coding-rate measurement (`CodingRate(eps=0.01)`).
@@ -601,41 +644,50 @@ impl<B: Backend> Crate<B> {
         }
     }
 
+    /// The derived weights of every layer (see [`CrateLayer::prepare`]).
+    pub fn prepare(&self) -> Vec<LayerWeights<B>> {
+        self.layers.iter().map(|l| l.prepare()).collect()
+    }
+
     /// Logits `[batch, classes]` of `[batch, C, H, W]` images, keeping nothing for backward
     /// (the last layer computes only the tokens the head reads).
     pub fn logits(&self, images: &Tensor<B>) -> Result<Tensor<B>> {
+        self.logits_prepared(images, &self.prepare())
+    }
+
+    fn logits_prepared(&self, images: &Tensor<B>, weights: &[LayerWeights<B>]) -> Result<Tensor<B>> {
         self.check_images(images)?;
         let (mut z, _) = self.embed(images);
         let depth = self.layers.len();
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, (layer, w)) in self.layers.iter().zip(weights).enumerate() {
             let q = if i + 1 == depth { self.last_layer_queries() } else { z.dim(1) };
-            z = layer.forward_queries(&z, q).0;
+            z = layer.forward_queries(&z, q, w).0;
         }
         Ok(self.head.forward(&self.config.pool.forward(&z)).0)
     }
 
     /// Logits with the cache for [`Self::backward`] and [`Self::measure`]: every token of every layer.
     pub fn forward(&self, images: &Tensor<B>) -> Result<(Tensor<B>, CrateCache<B>)> {
-        self.run(images, self.config.tokens())
+        self.run(images, self.config.tokens(), &self.prepare())
     }
 
     /// Logits with the cache for [`Self::backward`], the last layer computing
     /// only the tokens the head reads (the class token under `Pool::Cls`):
     /// the same logits and gradients as [`Self::forward`] for less work.
     pub fn forward_for_loss(&self, images: &Tensor<B>) -> Result<(Tensor<B>, CrateCache<B>)> {
-        self.run(images, self.last_layer_queries())
+        self.run(images, self.last_layer_queries(), &self.prepare())
     }
 
-    fn run(&self, images: &Tensor<B>, last_queries: usize) -> Result<(Tensor<B>, CrateCache<B>)> {
+    fn run(&self, images: &Tensor<B>, last_queries: usize, weights: &[LayerWeights<B>]) -> Result<(Tensor<B>, CrateCache<B>)> {
         self.check_images(images)?;
         let (z0, embedding) = self.embed(images);
         let mut tokens = vec![z0];
         let mut layers = Vec::with_capacity(self.layers.len());
         let depth = self.layers.len();
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, (layer, w)) in self.layers.iter().zip(weights).enumerate() {
             let z = tokens.last().expect("Z^0 is present");
             let q = if i + 1 == depth { last_queries } else { z.dim(1) };
-            let (z, cache) = layer.forward_queries(z, q);
+            let (z, cache) = layer.forward_queries(z, q, w);
             tokens.push(z);
             layers.push(cache);
         }
@@ -672,6 +724,65 @@ impl<B: Backend> Crate<B> {
         let (value, ce) = loss.forward(&logits, labels)?;
         let grads = self.backward(&cache, &loss.backward(&ce, 1.0));
         Ok((value, grads))
+    }
+
+    /// [`Self::logits`] executed as `exec` says (same values up to rounding).
+    pub fn logits_with(&self, images: &Tensor<B>, exec: &Execution) -> Result<Tensor<B>> {
+        self.check_images(images)?;
+        let ranges = exec.ranges(images.dim(0));
+        if ranges.len() == 1 {
+            return self.logits(images);
+        }
+        let weights = self.prepare();
+        let run = |&(start, len): &(usize, usize)| self.logits_prepared(&images.narrow(0, start, len), &weights);
+        let parts: Result<Vec<Tensor<B>>> =
+            if exec.parallel { ranges.par_iter().map(run).collect() } else { ranges.iter().map(run).collect() };
+        let parts = parts?;
+        Ok(Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0))
+    }
+
+    /// [`Self::loss_and_gradients`] executed as `exec` says: the mean loss over
+    /// the whole batch and its exact gradients, summed over the micro-batches.
+    pub fn loss_and_gradients_with(
+        &self,
+        images: &Tensor<B>,
+        labels: &[usize],
+        loss: &CrossEntropy,
+        exec: &Execution,
+    ) -> Result<(f64, CrateGradients<B>)> {
+        self.check_images(images)?;
+        let batch = images.dim(0);
+        if labels.len() != batch {
+            return Err(Error::Config(format!("{} labels for a batch of {batch} images", labels.len())));
+        }
+        let ranges = exec.ranges(batch);
+        if ranges.len() == 1 {
+            return self.loss_and_gradients(images, labels, loss);
+        }
+        // each micro-batch's mean loss weighs len / batch in the batch mean
+        let weights = self.prepare();
+        let run = |&(start, len): &(usize, usize)| -> Result<(f64, Grads<B>, Tensor<B>)> {
+            let (logits, cache) = self.run(&images.narrow(0, start, len), self.last_layer_queries(), &weights)?;
+            let (value, ce) = loss.forward(&logits, &labels[start..start + len])?;
+            let w = len as f64 / batch as f64;
+            let g = self.backward(&cache, &loss.backward(&ce, w));
+            Ok((value * w, g.params, g.input))
+        };
+        let parts: Vec<Result<(f64, Grads<B>, Tensor<B>)>> =
+            if exec.parallel { ranges.par_iter().map(run).collect() } else { ranges.iter().map(run).collect() };
+        let mut total = 0.0;
+        let mut params = Grads::new();
+        let mut inputs = Vec::with_capacity(parts.len());
+        for part in parts {
+            let (value, g, input) = part?;
+            total += value;
+            for (name, t) in g {
+                accumulate(&mut params, name, t);
+            }
+            inputs.push(input);
+        }
+        let input = Tensor::cat(&inputs.iter().collect::<Vec<_>>(), 0);
+        Ok((total, CrateGradients { params, input }))
     }
 
     /// Per-layer coding rate (per head, tokens L2-normalised, `eps^2 = 0.01`),

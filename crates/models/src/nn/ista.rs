@@ -66,7 +66,13 @@ impl<B: Backend> Ista<B> {
 
     /// Fast path: `ReLU(x M - eta lambda)`.
     pub fn forward(&self, x: &Tensor<B>) -> (Tensor<B>, IstaCache<B>) {
-        let m = self.fused_matrix();
+        self.forward_fused(x, &self.fused_matrix())
+    }
+
+    /// Fast path with `M` already formed by [`Self::fused_matrix`] (once per
+    /// step when a batch runs as several micro-batches).
+    pub fn forward_fused(&self, x: &Tensor<B>, m: &Tensor<B>) -> (Tensor<B>, IstaCache<B>) {
+        let m = m.clone();
         let out = self.rows(x).matmul(&m).add_scalar(-self.step_size * self.lambda).relu().reshape(x.shape());
         (out.clone(), IstaCache { x: x.clone(), out, fused: Some(m) })
     }

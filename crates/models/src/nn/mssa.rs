@@ -52,6 +52,18 @@ pub struct MssaCache<B: Backend> {
     pub merged: Tensor<B>,
     /// Number of query rows (the first tokens).
     pub queries: usize,
+    /// The scaled weights the forward pass used.
+    pub weights: MssaWeights<B>,
+}
+
+/// The weights of the fast path: `c U` and `Wo / c` with `c = dh^-1/4`
+/// (formed once per step by [`Mssa::prepare`]).
+#[derive(Clone, Debug)]
+pub struct MssaWeights<B: Backend> {
+    /// `c U`, `[heads * dim_head, dim]`.
+    pub qkv: Tensor<B>,
+    /// `Wo / c` with the bias, if `to_out` is present.
+    pub to_out: Option<Linear<B>>,
 }
 
 impl<B: Backend> Mssa<B> {
@@ -87,26 +99,34 @@ impl<B: Backend> Mssa<B> {
     /// `MSSA(x)` for `x` of shape `[batch, tokens, dim]`, with the cache for backward.
     pub fn forward(&self, x: &Tensor<B>) -> (Tensor<B>, MssaCache<B>) {
         let n = self.dims(x).1;
-        self.forward_queries(x, n)
+        self.forward_queries(x, n, &self.prepare())
+    }
+
+    /// The scaled weights of the fast path.
+    pub fn prepare(&self) -> MssaWeights<B> {
+        let c = self.weight_scale();
+        MssaWeights {
+            qkv: self.qkv.weight.scale(c),
+            to_out: self.to_out.as_ref().map(|l| Linear { weight: l.weight.scale(1.0 / c), bias: l.bias.clone() }),
+        }
     }
 
     /// MSSA output of the first `queries` tokens only (`[batch, queries, dim]`),
-    /// attending to all tokens, with the cache for [`Self::backward`].
-    pub fn forward_queries(&self, x: &Tensor<B>, queries: usize) -> (Tensor<B>, MssaCache<B>) {
+    /// attending to all tokens, with the cache for [`Self::backward`];
+    /// `weights` from [`Self::prepare`].
+    pub fn forward_queries(&self, x: &Tensor<B>, queries: usize, weights: &MssaWeights<B>) -> (Tensor<B>, MssaCache<B>) {
         let (b, n) = self.dims(x);
         assert!(queries >= 1 && queries <= n, "Mssa: {queries} queries for {n} tokens");
         let (h, dh) = (self.heads, self.dim_head);
-        let c = self.weight_scale();
-        let w =
-            x.matmul_t(&self.qkv.weight.scale(c), false, true).reshape(&[b, n, h, dh]).permute(&[0, 2, 1, 3]);
+        let w = x.matmul_t(&weights.qkv, false, true).reshape(&[b, n, h, dh]).permute(&[0, 2, 1, 3]);
         let q = if queries == n { w.clone() } else { w.narrow(2, 0, queries) };
         let attn = q.matmul_t(&w, false, true).softmax(-1);
         let merged = attn.matmul(&w).permute(&[0, 2, 1, 3]).reshape(&[b, queries, h * dh]);
-        let y = match &self.to_out {
-            Some(l) => Linear { weight: l.weight.scale(1.0 / c), bias: l.bias.clone() }.forward(&merged),
-            None => merged.scale(1.0 / c),
+        let y = match &weights.to_out {
+            Some(l) => l.forward(&merged),
+            None => merged.scale(1.0 / self.weight_scale()),
         };
-        (y, MssaCache { x: x.clone(), w, attn, merged, queries })
+        (y, MssaCache { x: x.clone(), w, attn, merged, queries, weights: weights.clone() })
     }
 
     /// The literal forward, `softmax(W W^T / sqrt(dh)) W` with `W = x U`
@@ -135,9 +155,8 @@ impl<B: Backend> Mssa<B> {
         let (b, n) = self.dims(&cache.x);
         let (h, dh, nq) = (self.heads, self.dim_head, cache.queries);
         let c = self.weight_scale();
-        let g_merged = match &self.to_out {
-            Some(l) => {
-                let scaled = Linear { weight: l.weight.scale(1.0 / c), bias: l.bias.clone() };
+        let g_merged = match &cache.weights.to_out {
+            Some(scaled) => {
                 let mut local = Grads::new();
                 let g = scaled.backward(&cache.merged, grad_out, "", &mut local);
                 for (name, g_param) in local {
@@ -164,7 +183,7 @@ impl<B: Backend> Mssa<B> {
         };
         let g_proj = g_w.permute(&[0, 2, 1, 3]).reshape(&[b, n, h * dh]);
         // W' = x (c U)^T
-        let scaled_qkv = Linear { weight: self.qkv.weight.scale(c), bias: None };
+        let scaled_qkv = Linear { weight: cache.weights.qkv.clone(), bias: None };
         let mut local = Grads::new();
         let gx = scaled_qkv.backward(&cache.x, &g_proj, "", &mut local);
         for (name, g_param) in local {
