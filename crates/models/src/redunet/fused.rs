@@ -1,0 +1,679 @@
+//! Fused host engine of the ReduNet layer map (4.1.11-4.1.13): responses, soft memberships, update, normalisation and output covariances in one pass over blocks of samples.
+//!
+//! Samples are stored in blocks of [`BLOCK`]; inside a block, feature `c` of
+//! its samples is one contiguous run, so every inner loop runs across the
+//! samples of a block and vectorises. When labels are given each class gets
+//! whole blocks, so the covariance `Z_j^T Z_j` of a class is a sum over a block
+//! range; the last block of a class is padded with zero samples, which stay
+//! zero through every layer and add nothing to any covariance. Per layer the
+//! only work outside the pass is `k + 1` Cholesky factorisations of `d x d`
+//! matrices, which give the next operators and the log-determinants of the
+//! rates together.
+
+use super::{
+    counts_of, rates_from_logdets, Layer, ReduNet, ReduNetConfig, Record, Scales, Trace, NORM_FLOOR,
+};
+use crate::Result;
+use rate_core::{Backend, Element, Rates, Tensor};
+use num_traits::Zero;
+use std::ops::Range;
+
+/// Samples per block.
+pub(super) const BLOCK: usize = 32;
+
+/// `e^x` for `x <= 0`, branch-free so that loops over it vectorise.
+///
+/// Cody-Waite reduction `x = n ln 2 + r`, `|r| <= ln 2 / 2`, then the Taylor
+/// polynomial of degree 13 (truncation below `5e-18`) and `2^n` assembled in
+/// the exponent bits. Below `-708` it returns 0 (the true value is under
+/// `3.3e-308`, nothing beside the softmax's largest term, which is 1). NaN
+/// propagates. Relative error within a few ulp of `f64::exp` (tested).
+#[inline(always)]
+pub(super) fn exp_nonpositive(x: f64) -> f64 {
+    // Adding 1.5 * 2^52 rounds to an integer held in the low mantissa bits.
+    const SHIFT: f64 = 6_755_399_441_055_744.0;
+    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const INV_FACT: [f64; 14] = [
+        1.0,
+        1.0,
+        1.0 / 2.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+        1.0 / 5040.0,
+        1.0 / 40320.0,
+        1.0 / 362_880.0,
+        1.0 / 3_628_800.0,
+        1.0 / 39_916_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 6_227_020_800.0,
+    ];
+    let xc = if x < -708.0 { -708.0 } else { x };
+    let kf = xc * std::f64::consts::LOG2_E + SHIFT;
+    let n = kf - SHIFT;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = INV_FACT[13];
+    for c in INV_FACT[..13].iter().rev() {
+        p = p * r + c;
+    }
+    let scale = f64::from_bits((kf.to_bits().wrapping_sub(SHIFT.to_bits()).wrapping_add(1023)) << 52);
+    let y = p * scale;
+    if x < -708.0 {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// Features on the host, in blocks of [`BLOCK`] samples, feature-major inside a block.
+pub(super) struct Blocks<T> {
+    d: usize,
+    /// `nblocks * d * BLOCK` values: block `b`, feature `c`, lane `i` at `(b d + c) BLOCK + i`.
+    data: Vec<T>,
+    /// Slot (`block * BLOCK + lane`) of each sample, in input order.
+    slot_of: Vec<usize>,
+    /// Block range of each group (class, or all samples).
+    groups: Vec<Range<usize>>,
+}
+
+impl<T: Element> Blocks<T> {
+    /// Lays out `m x d` row-major `x`; with labels, one group of whole blocks per class.
+    pub(super) fn new(x: &[T], m: usize, d: usize, labels: Option<(&[usize], usize)>) -> Self {
+        let members: Vec<Vec<usize>> = match labels {
+            Some((y, k)) => {
+                let mut v = vec![Vec::new(); k];
+                for (i, &l) in y.iter().enumerate() {
+                    v[l].push(i);
+                }
+                v
+            }
+            None => vec![(0..m).collect()],
+        };
+        let mut slot_of = vec![0usize; m];
+        let mut groups = Vec::with_capacity(members.len());
+        let mut nblocks = 0;
+        for group in &members {
+            for (p, &i) in group.iter().enumerate() {
+                slot_of[i] = nblocks * BLOCK + p;
+            }
+            let nb = group.len().div_ceil(BLOCK);
+            groups.push(nblocks..nblocks + nb);
+            nblocks += nb;
+        }
+        let mut data = vec![T::zero(); nblocks * d * BLOCK];
+        for (i, &s) in slot_of.iter().enumerate() {
+            let (b, lane) = (s / BLOCK, s % BLOCK);
+            for c in 0..d {
+                data[(b * d + c) * BLOCK + lane] = x[i * d + c];
+            }
+        }
+        Blocks { d, data, slot_of, groups }
+    }
+
+    fn slots(&self) -> usize {
+        self.data.len() / self.d
+    }
+
+    /// The features as `m x d` rows in input order.
+    fn rows(&self) -> Vec<T> {
+        let d = self.d;
+        let mut out = Vec::with_capacity(self.slot_of.len() * d);
+        for &s in &self.slot_of {
+            let (b, lane) = (s / BLOCK, s % BLOCK);
+            out.extend((0..d).map(|c| self.data[(b * d + c) * BLOCK + lane]));
+        }
+        out
+    }
+
+    fn tensor<B: Backend<Elem = T>>(&self, backend: &B) -> Tensor<B> {
+        Tensor::from_slice(backend, &self.rows(), &[self.slot_of.len(), self.d])
+    }
+
+    /// Puts every sample on the unit sphere (norm clamped at [`NORM_FLOOR`]).
+    fn normalise(&mut self) {
+        let d = self.d;
+        let floor = T::of(NORM_FLOOR);
+        for z in self.data.chunks_exact_mut(d * BLOCK) {
+            let mut n2 = [T::zero(); BLOCK];
+            for c in 0..d {
+                let zc = &z[c * BLOCK..(c + 1) * BLOCK];
+                for i in 0..BLOCK {
+                    n2[i] = n2[i] + zc[i] * zc[i];
+                }
+            }
+            for v in n2.iter_mut() {
+                let n = v.sqrt();
+                *v = if n > floor { n } else { floor };
+            }
+            for c in 0..d {
+                let zc = &mut z[c * BLOCK..(c + 1) * BLOCK];
+                for i in 0..BLOCK {
+                    zc[i] = zc[i] / n2[i];
+                }
+            }
+        }
+    }
+
+    /// Covariance `Z_g^T Z_g` of every group, `groups x d x d` into `grams`.
+    fn group_grams(&self, grams: &mut [f64], lanes: &mut [T]) {
+        let d = self.d;
+        for (g, range) in self.groups.iter().enumerate() {
+            lanes.fill(T::zero());
+            for b in range.clone() {
+                gram_lanes(&self.data[b * d * BLOCK..(b + 1) * d * BLOCK], d, lanes);
+            }
+            reduce_lanes(lanes, d, &mut grams[g * d * d..(g + 1) * d * d]);
+        }
+    }
+
+    /// Covariances by a per-slot label (the `yhat` classes), `k x d x d`.
+    fn grams_by_label(&self, label_of_slot: &[u32], k: usize) -> Vec<f64> {
+        let d = self.d;
+        let mut g = vec![0.0; k * d * d];
+        let mut z = vec![0.0; d];
+        for (s, &l) in label_of_slot.iter().enumerate() {
+            let (b, lane) = (s / BLOCK, s % BLOCK);
+            for c in 0..d {
+                z[c] = self.data[(b * d + c) * BLOCK + lane].f64();
+            }
+            let gj = &mut g[l as usize * d * d..(l as usize + 1) * d * d];
+            for a in 0..d {
+                for c in 0..d {
+                    gj[a * d + c] += z[a] * z[c];
+                }
+            }
+        }
+        g
+    }
+}
+
+/// Adds the lane-wise products `z_a z_b` (`a <= b`) of one block into `lanes`.
+#[inline]
+fn gram_lanes<T: Element>(z: &[T], d: usize, lanes: &mut [T]) {
+    let mut p = 0;
+    for a in 0..d {
+        let za = &z[a * BLOCK..(a + 1) * BLOCK];
+        for b in a..d {
+            let zb = &z[b * BLOCK..(b + 1) * BLOCK];
+            let acc = &mut lanes[p * BLOCK..(p + 1) * BLOCK];
+            for i in 0..BLOCK {
+                acc[i] = acc[i] + za[i] * zb[i];
+            }
+            p += 1;
+        }
+    }
+}
+
+/// Sums the lanes into a symmetric `d x d` matrix.
+fn reduce_lanes<T: Element>(lanes: &[T], d: usize, out: &mut [f64]) {
+    let mut p = 0;
+    for a in 0..d {
+        for b in a..d {
+            let s: f64 = lanes[p * BLOCK..(p + 1) * BLOCK].iter().map(|x| x.f64()).sum();
+            out[a * d + b] = s;
+            out[b * d + a] = s;
+            p += 1;
+        }
+    }
+}
+
+/// Number of lane accumulators of a `d x d` covariance.
+fn lane_len(d: usize) -> usize {
+    d * (d + 1) / 2 * BLOCK
+}
+
+/// Per-block work space.
+struct Scratch<T> {
+    /// Responses `[E; C_1; ...; C_k] z`, `(k+1) d` runs of `BLOCK`.
+    resp: Vec<T>,
+    /// `-lambda ||C_j z||`, then `exp` of it shifted, `k` runs.
+    expo: Vec<f64>,
+    /// `gamma_j pi_j(z)`, `k` runs.
+    coef: Vec<T>,
+}
+
+impl<T: Element> Scratch<T> {
+    fn new(d: usize, k: usize) -> Self {
+        Scratch {
+            resp: vec![T::zero(); (k + 1) * d * BLOCK],
+            expo: vec![0.0; k * BLOCK],
+            coef: vec![T::zero(); k * BLOCK],
+        }
+    }
+}
+
+/// One layer's parameters in the element type.
+struct Kernel<'a, T> {
+    d: usize,
+    k: usize,
+    /// `[E; C_1; ...; C_k]`, `(k+1) d x d` row-major.
+    w: &'a [T],
+    gamma: &'a [T],
+    eta: T,
+    lambda: f64,
+    floor: T,
+}
+
+impl<T: Element> Kernel<'_, T> {
+    /// Applies the layer map to the `BLOCK` samples of `z` in place; writes
+    /// the argmax membership of each lane into `yhat` when given.
+    #[inline]
+    fn block(&self, z: &mut [T], sc: &mut Scratch<T>, yhat: Option<&mut [u32]>) {
+        let (d, k) = (self.d, self.k);
+        // Responses E z and C_j z: one (k+1)d x d product per sample.
+        for r in 0..(k + 1) * d {
+            let wr = &self.w[r * d..(r + 1) * d];
+            let mut acc = [T::zero(); BLOCK];
+            for c in 0..d {
+                let w = wr[c];
+                let zc = &z[c * BLOCK..(c + 1) * BLOCK];
+                for i in 0..BLOCK {
+                    acc[i] = acc[i] + w * zc[i];
+                }
+            }
+            sc.resp[r * BLOCK..(r + 1) * BLOCK].copy_from_slice(&acc);
+        }
+        // Soft membership (4.1.11): softmax_j(-lambda max(||C_j z||, floor)), max-subtracted.
+        let mut top = [f64::NEG_INFINITY; BLOCK];
+        for j in 0..k {
+            let mut n2 = [T::zero(); BLOCK];
+            for c in 0..d {
+                let row = (j + 1) * d + c;
+                let y = &sc.resp[row * BLOCK..(row + 1) * BLOCK];
+                for i in 0..BLOCK {
+                    n2[i] = n2[i] + y[i] * y[i];
+                }
+            }
+            let s = &mut sc.expo[j * BLOCK..(j + 1) * BLOCK];
+            for i in 0..BLOCK {
+                let n = n2[i].sqrt();
+                let n = if n > self.floor { n } else { self.floor };
+                let v = -self.lambda * n.f64();
+                s[i] = v;
+                top[i] = if v > top[i] { v } else { top[i] };
+            }
+        }
+        let mut sum = [0.0f64; BLOCK];
+        for j in 0..k {
+            let e = &mut sc.expo[j * BLOCK..(j + 1) * BLOCK];
+            for i in 0..BLOCK {
+                let v = exp_nonpositive(e[i] - top[i]);
+                e[i] = v;
+                sum[i] += v;
+            }
+        }
+        if let Some(yhat) = yhat {
+            let mut best = [f64::NEG_INFINITY; BLOCK];
+            let mut arg = [0u32; BLOCK];
+            for j in 0..k {
+                let e = &sc.expo[j * BLOCK..(j + 1) * BLOCK];
+                for i in 0..BLOCK {
+                    if e[i] > best[i] {
+                        best[i] = e[i];
+                        arg[i] = j as u32;
+                    }
+                }
+            }
+            yhat.copy_from_slice(&arg);
+        }
+        for j in 0..k {
+            let g = self.gamma[j];
+            let e = &sc.expo[j * BLOCK..(j + 1) * BLOCK];
+            let cf = &mut sc.coef[j * BLOCK..(j + 1) * BLOCK];
+            for i in 0..BLOCK {
+                cf[i] = g * T::of(e[i] / sum[i]);
+            }
+        }
+        // Update z + eta (E z - sum_j gamma_j pi_j C_j z) (4.1.12), then normalise.
+        let mut n2 = [T::zero(); BLOCK];
+        for c in 0..d {
+            let mut clus = [T::zero(); BLOCK];
+            for j in 0..k {
+                let row = (j + 1) * d + c;
+                let y = &sc.resp[row * BLOCK..(row + 1) * BLOCK];
+                let cf = &sc.coef[j * BLOCK..(j + 1) * BLOCK];
+                for i in 0..BLOCK {
+                    clus[i] = clus[i] + cf[i] * y[i];
+                }
+            }
+            let ye = &sc.resp[c * BLOCK..(c + 1) * BLOCK];
+            let zc = &mut z[c * BLOCK..(c + 1) * BLOCK];
+            for i in 0..BLOCK {
+                let u = zc[i] + self.eta * (ye[i] - clus[i]);
+                zc[i] = u;
+                n2[i] = n2[i] + u * u;
+            }
+        }
+        for v in n2.iter_mut() {
+            let n = v.sqrt();
+            *v = if n > self.floor { n } else { self.floor };
+        }
+        for c in 0..d {
+            let zc = &mut z[c * BLOCK..(c + 1) * BLOCK];
+            for i in 0..BLOCK {
+                zc[i] = zc[i] / n2[i];
+            }
+        }
+    }
+
+    /// One layer over all blocks; optionally the per-slot `yhat` and the
+    /// per-group covariances of the output (`groups x d x d`).
+    fn pass(
+        &self,
+        blocks: &mut Blocks<T>,
+        sc: &mut Scratch<T>,
+        mut yhat: Option<&mut [u32]>,
+        mut grams: Option<(&mut [f64], &mut [T])>,
+    ) {
+        let d = self.d;
+        let Blocks { data, groups, .. } = blocks;
+        for (g, range) in groups.iter().enumerate() {
+            if let Some((_, lanes)) = grams.as_mut() {
+                lanes.fill(T::zero());
+            }
+            for b in range.clone() {
+                let z = &mut data[b * d * BLOCK..(b + 1) * d * BLOCK];
+                self.block(z, sc, yhat.as_deref_mut().map(|y| &mut y[b * BLOCK..(b + 1) * BLOCK]));
+                if let Some((_, lanes)) = grams.as_mut() {
+                    gram_lanes(z, d, lanes);
+                }
+            }
+            if let Some((out, lanes)) = grams.as_mut() {
+                reduce_lanes(lanes, d, &mut out[g * d * d..(g + 1) * d * d]);
+            }
+        }
+    }
+}
+
+/// In place: `a` (SPD `n x n`, row-major) becomes its inverse; returns `log det a`.
+/// `index` names the matrix in an error.
+pub(super) fn spd_inverse_logdet(a: &mut [f64], n: usize, index: usize) -> Result<f64> {
+    let mut l = a.to_vec();
+    let mut logdet = 0.0;
+    for j in 0..n {
+        let mut dj = l[j * n + j];
+        for p in 0..j {
+            dj -= l[j * n + p] * l[j * n + p];
+        }
+        if !(dj > 0.0 && dj.is_finite()) {
+            return Err(rate_core::Error::NotPositiveDefinite {
+                op: "ReduNet layer operators",
+                index,
+                n,
+                row: j,
+                pivot: dj,
+            }
+            .into());
+        }
+        let djs = dj.sqrt();
+        l[j * n + j] = djs;
+        logdet += 2.0 * djs.ln();
+        for i in j + 1..n {
+            let mut s = l[i * n + j];
+            for p in 0..j {
+                s -= l[i * n + p] * l[j * n + p];
+            }
+            l[i * n + j] = s / djs;
+        }
+    }
+    // Column `col` of the inverse: L y = e_col, then L^T x = y.
+    let mut y = vec![0.0; n];
+    for col in 0..n {
+        for i in 0..n {
+            let mut s = if i == col { 1.0 } else { 0.0 };
+            for p in 0..i {
+                s -= l[i * n + p] * y[p];
+            }
+            y[i] = s / l[i * n + i];
+        }
+        for i in (0..n).rev() {
+            let mut s = y[i];
+            for p in i + 1..n {
+                s -= l[p * n + i] * a[p * n + col];
+            }
+            a[i * n + col] = s / l[i * n + i];
+        }
+    }
+    Ok(logdet)
+}
+
+/// Operators and log-determinants of one set of class covariances.
+struct Factored {
+    /// `[E; C_1; ...; C_k]` in f64.
+    w: Vec<f64>,
+    /// `logdet(I + alpha Z^T Z)`.
+    logdet_total: f64,
+    /// `logdet(I + alpha_j Z_j^T Z_j)`.
+    logdet_class: Vec<f64>,
+}
+
+impl Factored {
+    /// From the class covariances `k x d x d` (true labels).
+    fn new(grams: &[f64], d: usize, scales: &Scales) -> Result<Self> {
+        let k = scales.gamma.len();
+        let mut total = vec![0.0; d * d];
+        for j in 0..k {
+            for (t, g) in total.iter_mut().zip(&grams[j * d * d..(j + 1) * d * d]) {
+                *t += g;
+            }
+        }
+        let mut w = vec![0.0; (k + 1) * d * d];
+        let mut logdets = vec![0.0; k + 1];
+        for idx in 0..=k {
+            let (a, g) = if idx == 0 {
+                (scales.alpha, &total[..])
+            } else {
+                (scales.alpha_class[idx - 1], &grams[(idx - 1) * d * d..idx * d * d])
+            };
+            let m = &mut w[idx * d * d..(idx + 1) * d * d];
+            for (i, (mv, gv)) in m.iter_mut().zip(g).enumerate() {
+                *mv = a * gv + if i % (d + 1) == 0 { 1.0 } else { 0.0 };
+            }
+            logdets[idx] = spd_inverse_logdet(m, d, idx)?;
+            m.iter_mut().for_each(|v| *v *= a);
+        }
+        Ok(Factored { w, logdet_total: logdets[0], logdet_class: logdets[1..].to_vec() })
+    }
+
+    fn rates_true(&self, scales: &Scales) -> Rates {
+        rates_from_logdets(self.logdet_total, scales.gamma.iter().copied().zip(self.logdet_class.iter().copied()))
+    }
+}
+
+/// The reference code's logged rates when `yhat` differs from the labels:
+/// covariances by `yhat` class, `alpha_j` from the `yhat` class sizes, training `gamma_j`.
+fn code_rates<T: Element>(
+    blocks: &Blocks<T>,
+    yhat_slot: &[u32],
+    yhat: &[u32],
+    logdet_total: f64,
+    scales: &Scales,
+    eps_sq: f64,
+) -> Result<Rates> {
+    let (d, k) = (blocks.d, scales.gamma.len());
+    let counts = counts_of(yhat, k);
+    let grams = blocks.grams_by_label(yhat_slot, k);
+    let mut parts = Vec::with_capacity(k);
+    for j in 0..k {
+        if counts[j] == 0 {
+            continue;
+        }
+        let a = d as f64 / (counts[j] as f64 * eps_sq);
+        let mut m: Vec<f64> = grams[j * d * d..(j + 1) * d * d]
+            .iter()
+            .enumerate()
+            .map(|(i, g)| a * g + if i % (d + 1) == 0 { 1.0 } else { 0.0 })
+            .collect();
+        parts.push((scales.gamma[j], spd_inverse_logdet(&mut m, d, j + 1)?));
+    }
+    Ok(rates_from_logdets(logdet_total, parts))
+}
+
+/// Builds the layers with the fused engine (see [`super::ReduNet::build_with`]).
+pub(super) fn build<B: Backend>(
+    z: &Tensor<B>,
+    labels: &[usize],
+    cfg: &ReduNetConfig,
+    record: &Record,
+    scales: &Scales,
+) -> Result<(Vec<Layer<B>>, Trace<B>)> {
+    let be = z.backend();
+    let (m, d) = (z.dim(0), z.dim(1));
+    let k = cfg.num_classes;
+    let mut blocks = Blocks::new(&z.to_vec(), m, d, Some((labels, k)));
+    blocks.normalise();
+    let gamma: Vec<B::Elem> = scales.gamma.iter().map(|&g| B::Elem::of(g)).collect();
+    let want_rates = record.rates || matches!(cfg.depth, super::Depth::Adaptive { .. });
+    let want_yhat = record.yhat || want_rates;
+    let mut yhat_slot = vec![0u32; if want_yhat { blocks.slots() } else { 0 }];
+    let mut lanes = vec![B::Elem::zero(); lane_len(d)];
+    let mut grams = vec![0.0; k * d * d];
+    blocks.group_grams(&mut grams, &mut lanes);
+    let mut fac = Factored::new(&grams, d, scales)?;
+
+    let mut rates_true = Vec::new();
+    let mut rates_code = Vec::new();
+    let mut yhat_all = Vec::new();
+    let mut features = Vec::new();
+    if want_rates {
+        rates_true.push(fac.rates_true(scales));
+    }
+    if record.features.contains(0) {
+        features.push((0, blocks.tensor(be)));
+    }
+    let mut layers = Vec::new();
+    let mut sc = Scratch::new(d, k);
+    for l in 0..cfg.depth.max_layers() {
+        let w: Vec<B::Elem> = fac.w.iter().map(|&x| B::Elem::of(x)).collect();
+        let kernel = Kernel {
+            d,
+            k,
+            w: &w,
+            gamma: &gamma,
+            eta: B::Elem::of(cfg.eta),
+            lambda: cfg.lambda,
+            floor: B::Elem::of(NORM_FLOOR),
+        };
+        kernel.pass(
+            &mut blocks,
+            &mut sc,
+            want_yhat.then_some(&mut yhat_slot[..]),
+            Some((&mut grams[..], &mut lanes[..])),
+        );
+        layers.push(Layer::from_host(be, w, &scales.gamma, d, k));
+        let next = Factored::new(&grams, d, scales)?;
+        if want_yhat {
+            let yhat: Vec<u32> = blocks.slot_of.iter().map(|&s| yhat_slot[s]).collect();
+            if want_rates {
+                let rt = next.rates_true(scales);
+                rates_true.push(rt);
+                let agree = yhat.iter().zip(labels).all(|(&a, &b)| a as usize == b);
+                rates_code.push(if agree {
+                    rt
+                } else {
+                    code_rates(&blocks, &yhat_slot, &yhat, next.logdet_total, scales, cfg.eps_sq)?
+                });
+            }
+            if record.yhat {
+                yhat_all.extend_from_slice(&yhat);
+            }
+        }
+        if record.features.contains(l + 1) {
+            features.push((l + 1, blocks.tensor(be)));
+        }
+        fac = next;
+        if want_rates && cfg.depth.stops(&rates_true) {
+            break;
+        }
+    }
+    blocks.normalise();
+    if !record.rates {
+        rates_true.clear();
+        rates_code.clear();
+    }
+    let trace = Trace { output: blocks.tensor(be), rates_true, rates_code, features, yhat: yhat_all, samples: m };
+    Ok((layers, trace))
+}
+
+/// Applies a built network with the fused engine (see [`super::ReduNet::transform_with`]).
+pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Record) -> Result<Trace<B>> {
+    let be = z.backend();
+    let (m, d) = (z.dim(0), z.dim(1));
+    let k = net.num_classes();
+    let mut blocks = Blocks::new(&z.to_vec(), m, d, None);
+    blocks.normalise();
+    let gamma = net.gamma_elem();
+    let mut yhat_slot = vec![0u32; if record.yhat { blocks.slots() } else { 0 }];
+    let mut yhat_all = Vec::new();
+    let mut features = Vec::new();
+    if record.features.contains(0) {
+        features.push((0, blocks.tensor(be)));
+    }
+    let mut sc = Scratch::new(d, k);
+    for (l, layer) in net.layers().iter().enumerate() {
+        let kernel = Kernel {
+            d,
+            k,
+            w: &layer.host,
+            gamma: &gamma,
+            eta: B::Elem::of(net.config.eta),
+            lambda: net.config.lambda,
+            floor: B::Elem::of(NORM_FLOOR),
+        };
+        kernel.pass(&mut blocks, &mut sc, record.yhat.then_some(&mut yhat_slot[..]), None);
+        if record.yhat {
+            yhat_all.extend(blocks.slot_of.iter().map(|&s| yhat_slot[s]));
+        }
+        if record.features.contains(l + 1) {
+            features.push((l + 1, blocks.tensor(be)));
+        }
+    }
+    blocks.normalise();
+    Ok(Trace {
+        output: blocks.tensor(be),
+        rates_true: Vec::new(),
+        rates_code: Vec::new(),
+        features,
+        yhat: yhat_all,
+        samples: m,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std_within_a_few_ulp() {
+        let mut worst = 0.0f64;
+        let n = 200_000;
+        for i in 0..=n {
+            let x = -708.0 * (i as f64 / n as f64).powi(3);
+            let (a, b) = (exp_nonpositive(x), x.exp());
+            worst = worst.max(((a - b) / b).abs());
+        }
+        assert!(worst < 4.0 * f64::EPSILON, "worst relative error {worst:e}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(-800.0), 0.0);
+        assert!(exp_nonpositive(f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn small_spd_inverse_and_logdet() {
+        // A = [[4, 2, 0], [2, 5, 1], [0, 1, 3]]: det = 4 (15 - 1) - 2 (6 - 0) = 44.
+        let a = [4.0, 2.0, 0.0, 2.0, 5.0, 1.0, 0.0, 1.0, 3.0];
+        let mut inv = a.to_vec();
+        let ld = spd_inverse_logdet(&mut inv, 3, 0).expect("SPD");
+        assert!((ld - 44f64.ln()).abs() < 1e-14);
+        for i in 0..3 {
+            for j in 0..3 {
+                let s: f64 = (0..3).map(|p| a[i * 3 + p] * inv[p * 3 + j]).sum();
+                assert!((s - if i == j { 1.0 } else { 0.0 }).abs() < 1e-14);
+            }
+        }
+        let mut bad = [1.0, 2.0, 2.0, 1.0];
+        assert!(spd_inverse_logdet(&mut bad, 2, 7).is_err());
+    }
+}
