@@ -13,6 +13,16 @@
 use crate::{Backend, Tensor};
 use std::collections::BTreeMap;
 
+pub mod crate_model;
+pub mod embed;
+pub mod head;
+pub mod init;
+pub mod ista;
+pub mod layernorm;
+pub mod loss;
+pub mod mssa;
+pub mod optim;
+
 /// Parameter gradients by full parameter name.
 pub type Grads<B> = BTreeMap<String, Tensor<B>>;
 
