@@ -434,6 +434,11 @@ impl<B: Backend> Tensor<B> {
         }
         self.abs().reshape(&[self.numel()]).max_axis(0, false).scalar()
     }
+    /// Inclusive cumulative sum along `axis` (from the last entry backwards when `reverse`).
+    pub fn cumsum(&self, axis: isize, reverse: bool) -> Self {
+        let a = self.axis(axis, "cumsum");
+        self.with(self.backend.cumsum(&self.buf, self.view(a), reverse), self.shape.clone())
+    }
     /// Softmax along `axis`.
     pub fn softmax(&self, axis: isize) -> Self {
         let a = self.axis(axis, "softmax");
