@@ -1,4 +1,5 @@
 //! The data readers (IDX, CIFAR-10, CSV, safetensors) on small files written here, every error case, the embedded sets, `source`, and the seeded splits.
+#![allow(clippy::unwrap_used)] // tests unwrap what they have just written
 use backend_cpu::CpuBackend;
 use models::data::{self, CsvOptions, Dataset, Header, LabelColumn};
 use models::io::{write_safetensors, OutArray};
@@ -202,7 +203,8 @@ fn cifar_reads_records_as_rgb_planes() {
         assert_eq!(t.to_f64_vec(), ds.features());
         assert_eq!(data::source(p.to_str().unwrap()).unwrap(), ds);
     }
-    let both = data::read_cifar10_batches(&[dir.join("data_batch_1.bin"), dir.join("data_batch_2.bin.gz")]).unwrap();
+    let both =
+        data::read_cifar10_batches(&[dir.join("data_batch_1.bin"), dir.join("data_batch_2.bin.gz")]).unwrap();
     assert_eq!(both.len(), 4);
     assert_eq!(both.labels(), &[3, 9, 3, 9]);
 }
@@ -264,12 +266,24 @@ fn csv_errors_name_the_file_line_and_column() {
     assert_format(read("1,2,0\n3,NaN,1\n", &d), "t.csv", &["line 2, column 2", "not finite"]);
     assert_format(read("1,2,0\n\n3,4,1\ninf,4,1\n", &d), "t.csv", &["line 4, column 1", "not finite"]);
     assert_format(read("1,2,0\n3,1e999,1\n", &d), "t.csv", &["line 2, column 2", "not finite"]);
-    assert_format(read("1,2,-1\n", &d), "t.csv", &["line 1, column 3", "label", "not a non-negative integer"]);
-    assert_format(read("1,2,1.5\n", &d), "t.csv", &["line 1, column 3", "`1.5`", "not a non-negative integer"]);
+    assert_format(
+        read("1,2,-1\n", &d),
+        "t.csv",
+        &["line 1, column 3", "label", "not a non-negative integer"],
+    );
+    assert_format(
+        read("1,2,1.5\n", &d),
+        "t.csv",
+        &["line 1, column 3", "`1.5`", "not a non-negative integer"],
+    );
     assert_format(read("1,2,nan\n", &d), "t.csv", &["line 1, column 3", "not a non-negative integer"]);
     assert_format(read("1,2,1e300\n", &d), "t.csv", &["line 1, column 3", "too large"]);
     let k3 = CsvOptions { num_classes: Some(3), ..CsvOptions::default() };
-    assert_format(read("1,2,0\n3,4,3\n", &k3), "t.csv", &["line 2, column 3", "label 3", "3 declared classes"]);
+    assert_format(
+        read("1,2,0\n3,4,3\n", &k3),
+        "t.csv",
+        &["line 2, column 3", "label 3", "3 declared classes"],
+    );
     let named = CsvOptions { label: LabelColumn::Name("target".into()), ..CsvOptions::default() };
     assert_format(read("a,b,y\n1,2,0\n", &named), "t.csv", &["no column named `target`", "a, b, y"]);
     let idx = CsvOptions { label: LabelColumn::Index(5), ..CsvOptions::default() };
@@ -326,7 +340,10 @@ fn safetensors_reads_x_and_y() {
     let p = write_st(
         &dir,
         "f.safetensors",
-        vec![("X", OutArray::f32(&[2, 2], vec![1.0, 2.0, 3.0, 4.0])), ("y", OutArray::f64(&[2, 1], vec![1.0, 0.0]))],
+        vec![
+            ("X", OutArray::f32(&[2, 2], vec![1.0, 2.0, 3.0, 4.0])),
+            ("y", OutArray::f64(&[2, 1], vec![1.0, 0.0])),
+        ],
         &[("num_classes", "5")],
     );
     let ds = data::read_safetensors(&p).unwrap();
@@ -349,12 +366,20 @@ fn safetensors_errors_name_the_tensor() {
         &["`y` has shape [2]", "expected [3]"],
     );
     assert_format(
-        case("d.safetensors", vec![("X", OutArray::f64(&[3, 2], vec![0.0, 1.0, f64::NAN, 3.0, 4.0, 5.0])), ("y", y())], &[]),
+        case(
+            "d.safetensors",
+            vec![("X", OutArray::f64(&[3, 2], vec![0.0, 1.0, f64::NAN, 3.0, 4.0, 5.0])), ("y", y())],
+            &[],
+        ),
         "d.safetensors",
         &["`X`", "NaN", "sample 1, feature 0", "not finite"],
     );
     assert_format(
-        case("e.safetensors", vec![("X", OutArray::f64(&[3, 2], vec![0.0, 1.0, 2.0, 3.0, 4.0, f64::INFINITY])), ("y", y())], &[]),
+        case(
+            "e.safetensors",
+            vec![("X", OutArray::f64(&[3, 2], vec![0.0, 1.0, 2.0, 3.0, 4.0, f64::INFINITY])), ("y", y())],
+            &[],
+        ),
         "e.safetensors",
         &["sample 2, feature 1", "not finite"],
     );
@@ -500,7 +525,8 @@ fn source_resolves_names_and_sniffs_unnamed_files() {
 
 /// 50 samples whose single feature is their index; labels i mod 3 (17, 17, 16 per class).
 fn indexed() -> Dataset {
-    Dataset::new("mem", (0..50).map(|i| i as f64).collect(), &[1], (0..50).map(|i| i % 3).collect(), None).unwrap()
+    Dataset::new("mem", (0..50).map(|i| i as f64).collect(), &[1], (0..50).map(|i| i % 3).collect(), None)
+        .unwrap()
 }
 
 fn ids(ds: &Dataset) -> BTreeSet<usize> {

@@ -53,7 +53,13 @@ pub struct CsvOptions {
 
 impl Default for CsvOptions {
     fn default() -> Self {
-        CsvOptions { label: LabelColumn::Last, header: Header::Auto, delimiter: ',', num_classes: None, sample_shape: None }
+        CsvOptions {
+            label: LabelColumn::Last,
+            header: Header::Auto,
+            delimiter: ',',
+            num_classes: None,
+            sample_shape: None,
+        }
     }
 }
 
@@ -65,6 +71,16 @@ fn clean(field: &str) -> &str {
     } else {
         f
     }
+}
+
+/// Parses a field as f64, with a fast exact path for short unsigned integers
+/// (the grey levels that fill image CSVs).
+fn parse_number(field: &str) -> Option<f64> {
+    let b = field.as_bytes();
+    if !b.is_empty() && b.len() <= 15 && b.iter().all(u8::is_ascii_digit) {
+        return Some(b.iter().fold(0u64, |acc, &d| acc * 10 + (d - b'0') as u64) as f64);
+    }
+    field.parse().ok()
 }
 
 /// A short rendering of a field for messages (at most 40 characters).
@@ -93,10 +109,11 @@ pub fn csv_from_bytes(bytes: &[u8], path: &str, options: &CsvOptions) -> Result<
         return Err(Error::Config(format!("CSV {path}: num_classes must be at least 1")));
     }
 
-    let mut lines =
-        text.split('\n').enumerate().map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l))).filter(|(_, l)| {
-            !l.trim().is_empty()
-        });
+    let mut lines = text
+        .split('\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l)))
+        .filter(|(_, l)| !l.trim().is_empty());
     let Some((first_no, first)) = lines.next() else {
         return Err(format_err(path, "empty CSV file: no lines"));
     };
@@ -106,13 +123,16 @@ pub fn csv_from_bytes(bytes: &[u8], path: &str, options: &CsvOptions) -> Result<
         Header::Present => true,
         Header::Absent => false,
         Header::Auto => {
-            matches!(options.label, LabelColumn::Name(_)) || first_fields.iter().all(|f| f.parse::<f64>().is_err())
+            matches!(options.label, LabelColumn::Name(_))
+                || first_fields.iter().all(|f| f.parse::<f64>().is_err())
         }
     };
     if ncols < 2 {
         return Err(format_err(
             path,
-            format!("line {first_no}: {ncols} column, a CSV data file needs feature columns and a label column"),
+            format!(
+                "line {first_no}: {ncols} column, a CSV data file needs feature columns and a label column"
+            ),
         ));
     }
     let label_col = match &options.label {
@@ -139,7 +159,10 @@ pub fn csv_from_bytes(bytes: &[u8], path: &str, options: &CsvOptions) -> Result<
         None => vec![nfeat],
         Some(s) if s.iter().product::<usize>() == nfeat && !s.is_empty() => s.clone(),
         Some(s) => {
-            return Err(format_err(path, format!("sample shape {s:?} does not hold the {nfeat} feature columns")))
+            return Err(format_err(
+                path,
+                format!("sample shape {s:?} does not hold the {nfeat} feature columns"),
+            ))
         }
     };
     let col_name = |c: usize| -> String {
@@ -165,10 +188,14 @@ pub fn csv_from_bytes(bytes: &[u8], path: &str, options: &CsvOptions) -> Result<
             }
             let field = clean(raw);
             let column = c + 1;
-            let value: f64 = field.parse().map_err(|_| {
+            let value = parse_number(field).ok_or_else(|| {
                 format_err(
                     path,
-                    format!("line {line_no}, column {column}{}: `{}` is not a number", col_name(c), show(field)),
+                    format!(
+                        "line {line_no}, column {column}{}: `{}` is not a number",
+                        col_name(c),
+                        show(field)
+                    ),
                 )
             })?;
             if c == label_col {
@@ -190,7 +217,10 @@ pub fn csv_from_bytes(bytes: &[u8], path: &str, options: &CsvOptions) -> Result<
                     };
                     return Err(format_err(
                         path,
-                        format!("line {line_no}, column {column}{} (label): label {value} is {why}", col_name(c)),
+                        format!(
+                            "line {line_no}, column {column}{} (label): label {value} is {why}",
+                            col_name(c)
+                        ),
                     ));
                 }
                 label = value as usize;

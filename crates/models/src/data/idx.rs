@@ -58,19 +58,16 @@ fn parse_ubyte_idx<'a>(
             return Err(format_err(
                 path,
                 format!(
-                    "IDX dtype code 0x{code:02x} ({name}) is not supported: {what} must be unsigned bytes (0x08)"
-                ),
+                "IDX dtype code 0x{code:02x} ({name}) is not supported: {what} must be unsigned bytes (0x08)"
+            ),
             ))
         }
         Some(_) => {}
     }
     let ndims = bytes[3] as usize;
     if ndims < min_dims || ndims > max_dims {
-        let expected = if min_dims == max_dims {
-            format!("{min_dims}")
-        } else {
-            format!("{min_dims} to {max_dims}")
-        };
+        let expected =
+            if min_dims == max_dims { format!("{min_dims}") } else { format!("{min_dims} to {max_dims}") };
         return Err(format_err(
             path,
             format!("IDX {what} file has {ndims} dimensions (magic 0x{magic:08x}), expected {expected}"),

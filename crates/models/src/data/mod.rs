@@ -359,8 +359,18 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 pub const FASHION_MNIST_ENV: &str = "RATE_FASHION_MNIST_DIR";
 
 /// The Fashion-MNIST class names, by label.
-pub const FASHION_MNIST_CLASS_NAMES: [&str; 10] =
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+pub const FASHION_MNIST_CLASS_NAMES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
 
 /// The CIFAR-10 class names, by label.
 pub const CIFAR10_CLASS_NAMES: [&str; 10] =

@@ -61,7 +61,10 @@ pub fn dataset_from_tensor_file(mut file: TensorFile) -> Result<Dataset> {
     let mut labels = Vec::with_capacity(m);
     for (i, &v) in y.data.iter().enumerate() {
         if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0) {
-            return Err(format_err(path, format!("tensor `y`: label {v} at sample {i} is not a non-negative integer")));
+            return Err(format_err(
+                path,
+                format!("tensor `y`: label {v} at sample {i} is not a non-negative integer"),
+            ));
         }
         if v >= limit as f64 {
             let why = match num_classes {
