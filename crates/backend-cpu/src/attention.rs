@@ -12,8 +12,23 @@ use rate_core::{AttentionSpec, AxisView};
 use rayon::prelude::*;
 
 /// `dst (m x n) [+]= alpha lhs rhs` on the calling thread.
-fn mm<T: CpuElem>(dst: &mut [T], m: usize, n: usize, accum: Accum, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, alpha: T) {
-    faer::linalg::matmul::matmul(MatMut::from_row_major_slice_mut(dst, m, n), accum, lhs, rhs, alpha, Par::Seq);
+fn mm<T: CpuElem>(
+    dst: &mut [T],
+    m: usize,
+    n: usize,
+    accum: Accum,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    alpha: T,
+) {
+    faer::linalg::matmul::matmul(
+        MatMut::from_row_major_slice_mut(dst, m, n),
+        accum,
+        lhs,
+        rhs,
+        alpha,
+        Par::Seq,
+    );
 }
 
 fn rows<T>(x: &[T], start: usize, count: usize, width: usize) -> MatRef<'_, T> {
@@ -31,9 +46,10 @@ pub fn forward<T: CpuElem>(w: &[T], spec: AttentionSpec) -> (Vec<T>, Vec<T>) {
     let scale = T::of(scale);
     out.par_chunks_mut(n * dh).zip(lse.par_chunks_mut(n)).enumerate().for_each(|(b, (ob, lb))| {
         let wb = &w[b * n * dh..(b + 1) * n * dh];
-        ob.par_chunks_mut(q_tile * dh).zip(lb.par_chunks_mut(q_tile)).enumerate().for_each(
-            |(t, (acc, lt))| forward_tile(wb, n, dh, scale, t * q_tile, k_tile, acc, lt),
-        );
+        ob.par_chunks_mut(q_tile * dh)
+            .zip(lb.par_chunks_mut(q_tile))
+            .enumerate()
+            .for_each(|(t, (acc, lt))| forward_tile(wb, n, dh, scale, t * q_tile, k_tile, acc, lt));
     });
     (out, lse)
 }
@@ -96,7 +112,10 @@ pub fn backward<T: CpuElem>(w: &[T], out: &[T], lse: &[T], g: &[T], spec: Attent
         // D_i = rowsum(dO_i * O_i)
         let d: Vec<T> = (0..n)
             .map(|i| {
-                gb[i * dh..(i + 1) * dh].iter().zip(&ob[i * dh..(i + 1) * dh]).fold(T::zero(), |a, (&x, &y)| a + x * y)
+                gb[i * dh..(i + 1) * dh]
+                    .iter()
+                    .zip(&ob[i * dh..(i + 1) * dh])
+                    .fold(T::zero(), |a, (&x, &y)| a + x * y)
             })
             .collect();
         let tiles = n.div_ceil(q_tile);
@@ -105,7 +124,19 @@ pub fn backward<T: CpuElem>(w: &[T], out: &[T], lse: &[T], g: &[T], spec: Attent
             .fold(
                 || vec![T::zero(); n * dh],
                 |mut acc, t| {
-                    backward_tile(wb, gb, lb, &d, n, dh, scale, t * q_tile, q_tile.min(n - t * q_tile), k_tile, &mut acc);
+                    backward_tile(
+                        wb,
+                        gb,
+                        lb,
+                        &d,
+                        n,
+                        dh,
+                        scale,
+                        t * q_tile,
+                        q_tile.min(n - t * q_tile),
+                        k_tile,
+                        &mut acc,
+                    );
                     acc
                 },
             )

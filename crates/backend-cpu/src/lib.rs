@@ -10,7 +10,9 @@ mod attention;
 mod fft;
 mod linalg;
 
-use rate_core::{AttentionSpec, AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, Result, UnaryOp};
+use rate_core::{
+    AttentionSpec, AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, Result, UnaryOp,
+};
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -57,8 +59,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let k = (x * LOG2E + ROUND) - ROUND;
     let r = (x - k * LN2_HI) - k * LN2_LO;
     let p = 1.0
-        + r * (1.0
-            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
     p * two_k
 }

@@ -1,10 +1,11 @@
 //! The `rate` command: every experiment and job of the rate-reduction networks (ReduNet, invariant ReduNet, CRATE, AoT, TOST).
 
 mod plot;
+mod redunet_cmd;
 mod util;
 
 use clap::{Parser, Subcommand};
-use util::{BackendOpts, CliError, CliResult};
+use util::{BackendOpts, CliResult};
 
 /// White-box deep networks from the coding-rate reduction (MCR^2).
 ///
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Print the backends compiled into this binary.
     Backends,
+    /// ReduNet: networks built forward, layer by layer, from the rate reduction.
+    #[command(subcommand)]
+    Redunet(redunet_cmd::RedunetCmd),
 }
 
 fn run(cli: Cli) -> CliResult<()> {
@@ -41,6 +45,7 @@ fn run(cli: Cli) -> CliResult<()> {
             }
             Ok(())
         }
+        Command::Redunet(cmd) => redunet_cmd::run(cmd, cli.backend, cli.json),
     }
 }
 
@@ -49,7 +54,6 @@ fn main() {
     if let Err(e) = run(cli) {
         let msg = e.to_string().replace('\n', " ");
         eprintln!("rate: error: {msg}");
-        let _ = matches!(e, CliError::Usage(_));
         std::process::exit(2);
     }
 }

@@ -94,7 +94,8 @@ fn report<T: CpuElem>() {
     });
     println!("lifting 100 x 15 x 200 -> 100 x 20 x 200: {s:.4} s");
     drop(lifted);
-    let (built, s, peak) = timed(|| InvariantReduNet::construct(&w.train, &w.labels, CLASSES, &config()).expect("construct"));
+    let (built, s, peak) =
+        timed(|| InvariantReduNet::construct(&w.train, &w.labels, CLASSES, &config()).expect("construct"));
     let net = built.network;
     println!(
         "construct (m = 100, C = 20, T = 200, k = 10, L = 40): {s:.3} s, peak RSS {peak:.1} MB, operators {:.3} MB/layer ({:.1} MB total)",
@@ -104,7 +105,9 @@ fn report<T: CpuElem>() {
     let r = built.record.rates_true;
     println!("  delta R: layer 0 {:.4} -> layer 40 {:.4}", r[0].delta_r, r[LAYERS].delta_r);
     let (out, s, peak) = timed(|| net.transform_shifted(&w.test, &w.shifts).expect("transform_shifted"));
-    println!("transform 100 test x 20 rotations (equivariant, one pass + phases): {s:.3} s, peak RSS {peak:.1} MB");
+    println!(
+        "transform 100 test x 20 rotations (equivariant, one pass + phases): {s:.3} s, peak RSS {peak:.1} MB"
+    );
     drop(out);
     // The same features by pushing all 2000 rotated copies through the layers.
     let dom = net.domain();
@@ -113,7 +116,9 @@ fn report<T: CpuElem>() {
     let rotated = Tensor::cat(&copies.iter().collect::<Vec<_>>(), 0);
     drop(copies);
     let (out, s, peak) = timed(|| net.transform(&rotated).expect("transform"));
-    println!("transform 2000 rotated copies through all layers (brute force): {s:.3} s, peak RSS {peak:.1} MB");
+    println!(
+        "transform 2000 rotated copies through all layers (brute force): {s:.3} s, peak RSS {peak:.1} MB"
+    );
     drop(out);
 }
 
@@ -124,9 +129,14 @@ fn bench_workload<T: CpuElem>(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("invariant_mnist_{name}"));
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(8));
     g.bench_function("construct_40_layers", |b| {
-        b.iter(|| black_box(InvariantReduNet::construct(&w.train, &w.labels, CLASSES, &config()).expect("construct")))
+        b.iter(|| {
+            black_box(
+                InvariantReduNet::construct(&w.train, &w.labels, CLASSES, &config()).expect("construct"),
+            )
+        })
     });
-    let net = InvariantReduNet::construct(&w.train, &w.labels, CLASSES, &config()).expect("construct").network;
+    let net =
+        InvariantReduNet::construct(&w.train, &w.labels, CLASSES, &config()).expect("construct").network;
     g.bench_function("transform_100x20_rotations", |b| {
         b.iter(|| black_box(net.transform_shifted(&w.test, &w.shifts).expect("transform")))
     });

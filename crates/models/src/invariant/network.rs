@@ -162,10 +162,7 @@ fn check_labels(labels: &[usize], m: usize, classes: usize) -> Result<Vec<Vec<us
         return Err(Error::Config("invariant ReduNet: `classes` must be at least 1".into()));
     }
     if labels.len() != m {
-        return Err(Error::Config(format!(
-            "invariant ReduNet: {} labels for {m} samples",
-            labels.len()
-        )));
+        return Err(Error::Config(format!("invariant ReduNet: {} labels for {m} samples", labels.len())));
     }
     let mut groups = vec![Vec::new(); classes];
     for (i, &l) in labels.iter().enumerate() {
@@ -605,7 +602,10 @@ impl<B: Backend> InvariantReduNet<B> {
 
     /// Bytes of stored operators per layer: `(k+1) F C^2` elements.
     pub fn operator_bytes_per_layer(&self) -> usize {
-        (self.classes + 1) * self.domain.stored_frequencies() * self.channels * self.channels
+        (self.classes + 1)
+            * self.domain.stored_frequencies()
+            * self.channels
+            * self.channels
             * std::mem::size_of::<B::Elem>()
     }
 

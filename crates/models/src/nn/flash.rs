@@ -60,11 +60,7 @@ pub enum AttentionCache<B: Backend> {
 }
 
 fn check_tokens<B: Backend>(w: &Tensor<B>, op: &str) {
-    assert!(
-        w.rank() == 3 && w.dim(1) > 0,
-        "{op}: tokens {:?} are not [problems, n > 0, dh]",
-        w.shape()
-    );
+    assert!(w.rank() == 3 && w.dim(1) > 0, "{op}: tokens {:?} are not [problems, n > 0, dh]", w.shape());
 }
 
 /// Dense reference: `O = softmax(s W W^T) W`, forming the `n x n` matrix.
@@ -78,7 +74,13 @@ pub fn dense_forward<B: Backend>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, Dense
 /// Backward of [`dense_forward`]: `dL/dW` from `dL/dO`.
 pub fn dense_backward<B: Backend>(cache: &DenseCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
     let DenseCache { w, attn, scale } = cache;
-    assert_eq!(grad_out.shape(), w.shape(), "dense attention backward: gradient {:?} vs tokens {:?}", grad_out.shape(), w.shape());
+    assert_eq!(
+        grad_out.shape(),
+        w.shape(),
+        "dense attention backward: gradient {:?} vs tokens {:?}",
+        grad_out.shape(),
+        w.shape()
+    );
     // value path: A^T G
     let dv = attn.matmul_t(grad_out, true, false);
     // softmax backward: dS = A * (G W^T - rowsum(A * G W^T))

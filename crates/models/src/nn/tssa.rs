@@ -95,7 +95,10 @@ fn check_params<B: Backend>(
         return bad(format!("temp has shape {:?}, expected [{heads}, 1]", temp.shape()));
     }
     if to_out.weight.shape() != [dim, dim] {
-        return bad(format!("to_out.0.weight has shape {:?}, expected [{dim}, {dim}]", to_out.weight.shape()));
+        return bad(format!(
+            "to_out.0.weight has shape {:?}, expected [{dim}, {dim}]",
+            to_out.weight.shape()
+        ));
     }
     match &to_out.bias {
         Some(b) if b.shape() == [dim] => Ok(dim),
@@ -125,7 +128,8 @@ fn named_params<B: Backend>(
     get: &impl Fn(&str) -> Option<Tensor<B>>,
     what: &str,
 ) -> Result<(Linear<B>, Tensor<B>, Linear<B>)> {
-    let need = |name: &str| get(name).ok_or_else(|| Error::Config(format!("{what}: parameter `{name}` is missing")));
+    let need =
+        |name: &str| get(name).ok_or_else(|| Error::Config(format!("{what}: parameter `{name}` is missing")));
     let qkv = Linear { weight: need("qkv.weight")?, bias: get("qkv.bias") };
     let to_out = Linear { weight: need("to_out.0.weight")?, bias: Some(need("to_out.0.bias")?) };
     Ok((qkv, need("temp")?, to_out))
@@ -206,7 +210,13 @@ impl<B: Backend> Tssa<B> {
     ) -> Tensor<B> {
         let TssaCache { x, w, a, inv_norm2, norm_mask, what2_sum, pi, pi_mass, r, y } = cache;
         let (b, n, h, dh) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
-        assert_eq!(grad_out.shape(), x.shape(), "TSSA backward: gradient {:?} vs input {:?}", grad_out.shape(), x.shape());
+        assert_eq!(
+            grad_out.shape(),
+            x.shape(),
+            "TSSA backward: gradient {:?} vs input {:?}",
+            grad_out.shape(),
+            x.shape()
+        );
         let g = self.to_out.backward(y, grad_out, &join(prefix, "to_out.0"), grads).reshape(&[b, n, h, dh]);
         let pi4 = pi.reshape(&[b, n, h, 1]);
         // out = -w Pi r
@@ -379,9 +389,9 @@ impl<B: Backend> CausalTssa<B> {
 
     fn check_len(&self, n: usize) -> Result<()> {
         match self.max_tokens() {
-            Some(t) if n > t => Err(Error::Config(format!(
-                "causal TSSA: {n} tokens exceed the {t} positions of denom_bias"
-            ))),
+            Some(t) if n > t => {
+                Err(Error::Config(format!("causal TSSA: {n} tokens exceed the {t} positions of denom_bias")))
+            }
             _ => Ok(()),
         }
     }
@@ -389,9 +399,9 @@ impl<B: Backend> CausalTssa<B> {
     /// `dh * denom_bias[h, start .. start + n]` as `[1, n, h]` (zero if absent).
     fn position_offset(&self, start: usize, n: usize) -> Option<Tensor<B>> {
         let dh = (self.dim() / self.heads) as f64;
-        self.denom_bias
-            .as_ref()
-            .map(|d| d.narrow(1, start, n).reshape(&[self.heads, n]).t().reshape(&[1, n, self.heads]).scale(dh))
+        self.denom_bias.as_ref().map(|d| {
+            d.narrow(1, start, n).reshape(&[self.heads, n]).t().reshape(&[1, n, self.heads]).scale(dh)
+        })
     }
 
     /// Whole-sequence forward on `x = [batch, tokens, dim]`; errors if the
@@ -464,7 +474,11 @@ impl<B: Backend> CausalTssa<B> {
         if let Some(bias) = &self.denom_bias {
             let t = bias.dim(1);
             let dpos = ds_t.sum_axis(0, false).scale(dh as f64).t().reshape(&[h, n, 1]);
-            let dpos = if t > n { Tensor::cat(&[&dpos, &Tensor::zeros(bias.backend(), &[h, t - n, 1])], 1) } else { dpos };
+            let dpos = if t > n {
+                Tensor::cat(&[&dpos, &Tensor::zeros(bias.backend(), &[h, t - n, 1])], 1)
+            } else {
+                dpos
+            };
             accumulate(grads, join(prefix, "denom_bias"), dpos);
         }
         let dwhat2 = ds_t.reshape(&[b, n, h, 1]);
@@ -494,7 +508,12 @@ impl<B: Backend> CausalTssa<B> {
     pub fn step(&self, state: &mut CausalTssaState<B>, x: &Tensor<B>) -> Result<Tensor<B>> {
         let (dim, h) = (self.dim(), self.heads);
         let streams = state.sum_pi.dim(0);
-        assert_eq!(x.shape(), [streams, dim], "causal TSSA step: token {:?} is not [{streams}, {dim}]", x.shape());
+        assert_eq!(
+            x.shape(),
+            [streams, dim],
+            "causal TSSA step: token {:?} is not [{streams}, {dim}]",
+            x.shape()
+        );
         self.check_len(state.pos + 1)?;
         let dh = dim / h;
         let w = self.qkv.forward(x).reshape(&[streams, h, dh]);

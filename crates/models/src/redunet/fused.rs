@@ -11,11 +11,11 @@
 //! rates together.
 
 use super::{
-    counts_of, rates_from_logdets, Layer, ReduNet, ReduNetConfig, Record, Scales, Trace, NORM_FLOOR,
+    counts_of, rates_from_logdets, Layer, Record, ReduNet, ReduNetConfig, Scales, Trace, NORM_FLOOR,
 };
 use crate::Result;
-use rate_core::{Backend, Element, Rates, Tensor};
 use num_traits::Zero;
+use rate_core::{Backend, Element, Rates, Tensor};
 use std::ops::Range;
 
 /// Samples per block.
@@ -478,7 +478,10 @@ impl Factored {
     }
 
     fn rates_true(&self, scales: &Scales) -> Rates {
-        rates_from_logdets(self.logdet_total, scales.gamma.iter().copied().zip(self.logdet_class.iter().copied()))
+        rates_from_logdets(
+            self.logdet_total,
+            scales.gamma.iter().copied().zip(self.logdet_class.iter().copied()),
+        )
     }
 }
 
@@ -593,7 +596,8 @@ pub(super) fn build<B: Backend>(
         rates_true.clear();
         rates_code.clear();
     }
-    let trace = Trace { output: blocks.tensor(be), rates_true, rates_code, features, yhat: yhat_all, samples: m };
+    let trace =
+        Trace { output: blocks.tensor(be), rates_true, rates_code, features, yhat: yhat_all, samples: m };
     Ok((layers, trace))
 }
 
