@@ -11,11 +11,12 @@
 //! rates together.
 
 use super::{
-    counts_of, rates_from_logdets, Layer, Record, ReduNet, ReduNetConfig, Scales, Trace, NORM_FLOOR,
+    counts_of, rates_from_logdets, Layer, ReduNet, ReduNetConfig, Record, Scales, Trace, NORM_FLOOR,
 };
 use crate::Result;
-use num_traits::Zero;
 use rate_core::{Backend, Element, Rates, Tensor};
+use num_traits::Zero;
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Samples per block.
@@ -24,7 +25,7 @@ pub(super) const BLOCK: usize = 32;
 /// `e^x` for `x <= 0`, branch-free so that loops over it vectorise.
 ///
 /// Cody-Waite reduction `x = n ln 2 + r`, `|r| <= ln 2 / 2`, then the Taylor
-/// polynomial of degree 13 (truncation below `5e-18`) and `2^n` assembled in
+/// polynomial of degree 12 (truncation below `1.8e-16`) and `2^n` assembled in
 /// the exponent bits. Below `-708` it returns 0 (the true value is under
 /// `3.3e-308`, nothing beside the softmax's largest term, which is 1). NaN
 /// propagates. Relative error within a few ulp of `f64::exp` (tested).
@@ -34,7 +35,7 @@ pub(super) fn exp_nonpositive(x: f64) -> f64 {
     const SHIFT: f64 = 6_755_399_441_055_744.0;
     const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
     const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
-    const INV_FACT: [f64; 14] = [
+    const INV_FACT: [f64; 13] = [
         1.0,
         1.0,
         1.0 / 2.0,
@@ -48,14 +49,13 @@ pub(super) fn exp_nonpositive(x: f64) -> f64 {
         1.0 / 3_628_800.0,
         1.0 / 39_916_800.0,
         1.0 / 479_001_600.0,
-        1.0 / 6_227_020_800.0,
     ];
     let xc = if x < -708.0 { -708.0 } else { x };
     let kf = xc * std::f64::consts::LOG2_E + SHIFT;
     let n = kf - SHIFT;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
-    let mut p = INV_FACT[13];
-    for c in INV_FACT[..13].iter().rev() {
+    let mut p = INV_FACT[12];
+    for c in INV_FACT[..12].iter().rev() {
         p = p * r + c;
     }
     let scale = f64::from_bits((kf.to_bits().wrapping_sub(SHIFT.to_bits()).wrapping_add(1023)) << 52);
@@ -76,6 +76,8 @@ pub(super) struct Blocks<T> {
     slot_of: Vec<usize>,
     /// Block range of each group (class, or all samples).
     groups: Vec<Range<usize>>,
+    /// Group of each block.
+    group_of_block: Vec<usize>,
 }
 
 impl<T: Element> Blocks<T> {
@@ -109,7 +111,11 @@ impl<T: Element> Blocks<T> {
                 data[(b * d + c) * BLOCK + lane] = x[i * d + c];
             }
         }
-        Blocks { d, data, slot_of, groups }
+        let mut group_of_block = vec![0; nblocks];
+        for (g, r) in groups.iter().enumerate() {
+            group_of_block[r.clone()].fill(g);
+        }
+        Blocks { d, data, slot_of, groups, group_of_block }
     }
 
     fn slots(&self) -> usize {
@@ -219,6 +225,21 @@ fn reduce_lanes<T: Element>(lanes: &[T], d: usize, out: &mut [f64]) {
     }
 }
 
+/// Adds the lane sums into a symmetric `d x d` matrix.
+fn add_lanes<T: Element>(lanes: &[T], d: usize, out: &mut [f64]) {
+    let mut p = 0;
+    for a in 0..d {
+        for b in a..d {
+            let s: f64 = lanes[p * BLOCK..(p + 1) * BLOCK].iter().map(|x| x.f64()).sum();
+            out[a * d + b] += s;
+            if a != b {
+                out[b * d + a] += s;
+            }
+            p += 1;
+        }
+    }
+}
+
 /// Number of lane accumulators of a `d x d` covariance.
 fn lane_len(d: usize) -> usize {
     d * (d + 1) / 2 * BLOCK
@@ -232,6 +253,8 @@ struct Scratch<T> {
     expo: Vec<f64>,
     /// `gamma_j pi_j(z)`, `k` runs.
     coef: Vec<T>,
+    /// Lane accumulators of a covariance.
+    lanes: Vec<T>,
 }
 
 impl<T: Element> Scratch<T> {
@@ -240,6 +263,7 @@ impl<T: Element> Scratch<T> {
             resp: vec![T::zero(); (k + 1) * d * BLOCK],
             expo: vec![0.0; k * BLOCK],
             coef: vec![T::zero(); k * BLOCK],
+            lanes: vec![T::zero(); lane_len(d)],
         }
     }
 }
@@ -318,12 +342,15 @@ impl<T: Element> Kernel<'_, T> {
             }
             yhat.copy_from_slice(&arg);
         }
+        for v in sum.iter_mut() {
+            *v = 1.0 / *v;
+        }
         for j in 0..k {
             let g = self.gamma[j];
             let e = &sc.expo[j * BLOCK..(j + 1) * BLOCK];
             let cf = &mut sc.coef[j * BLOCK..(j + 1) * BLOCK];
             for i in 0..BLOCK {
-                cf[i] = g * T::of(e[i] / sum[i]);
+                cf[i] = g * T::of(e[i] * sum[i]);
             }
         }
         // Update z + eta (E z - sum_j gamma_j pi_j C_j z) (4.1.12), then normalise.
@@ -348,44 +375,65 @@ impl<T: Element> Kernel<'_, T> {
         }
         for v in n2.iter_mut() {
             let n = v.sqrt();
-            *v = if n > self.floor { n } else { self.floor };
+            *v = T::one() / if n > self.floor { n } else { self.floor };
         }
         for c in 0..d {
             let zc = &mut z[c * BLOCK..(c + 1) * BLOCK];
             for i in 0..BLOCK {
-                zc[i] = zc[i] / n2[i];
+                zc[i] = zc[i] * n2[i];
             }
         }
     }
 
-    /// One layer over all blocks; optionally the per-slot `yhat` and the
-    /// per-group covariances of the output (`groups x d x d`).
-    fn pass(
-        &self,
-        blocks: &mut Blocks<T>,
-        sc: &mut Scratch<T>,
-        mut yhat: Option<&mut [u32]>,
-        mut grams: Option<(&mut [f64], &mut [T])>,
-    ) {
-        let d = self.d;
-        let Blocks { data, groups, .. } = blocks;
-        for (g, range) in groups.iter().enumerate() {
-            if let Some((_, lanes)) = grams.as_mut() {
-                lanes.fill(T::zero());
-            }
-            for b in range.clone() {
-                let z = &mut data[b * d * BLOCK..(b + 1) * d * BLOCK];
-                self.block(z, sc, yhat.as_deref_mut().map(|y| &mut y[b * BLOCK..(b + 1) * BLOCK]));
-                if let Some((_, lanes)) = grams.as_mut() {
-                    gram_lanes(z, d, lanes);
-                }
-            }
-            if let Some((out, lanes)) = grams.as_mut() {
-                reduce_lanes(lanes, d, &mut out[g * d * d..(g + 1) * d * d]);
+    /// One layer over all blocks (training pass): the per-slot `yhat` and
+    /// the per-group covariances of the output (`groups x d x d`, into `grams`).
+    ///
+    /// Blocks are processed in chunks of [`CHUNK_BLOCKS`], in parallel; the
+    /// covariance of each chunk is summed on its own and the chunks are added
+    /// in order, so the result does not depend on the number of threads.
+    fn build_pass(&self, blocks: &mut Blocks<T>, yhat_slot: &mut [u32], grams: &mut [f64]) {
+        let (d, k) = (self.d, self.k);
+        let ngroups = blocks.groups.len();
+        let group_of = &blocks.group_of_block;
+        let chunk_partials: Vec<Vec<f64>> = blocks
+            .data
+            .par_chunks_mut(CHUNK_BLOCKS * d * BLOCK)
+            .zip(yhat_slot.par_chunks_mut(CHUNK_BLOCKS * BLOCK))
+            .enumerate()
+            .map_init(
+                || Scratch::new(d, k),
+                |sc, (ci, (data, yhat))| {
+                    let mut out = vec![0.0; ngroups * d * d];
+                    let b0 = ci * CHUNK_BLOCKS;
+                    let mut current = group_of[b0];
+                    sc.lanes.fill(T::zero());
+                    for (bi, z) in data.chunks_exact_mut(d * BLOCK).enumerate() {
+                        let g = group_of[b0 + bi];
+                        if g != current {
+                            add_lanes(&sc.lanes, d, &mut out[current * d * d..(current + 1) * d * d]);
+                            sc.lanes.fill(T::zero());
+                            current = g;
+                        }
+                        self.block(z, sc, Some(&mut yhat[bi * BLOCK..(bi + 1) * BLOCK]));
+                        gram_lanes(z, d, &mut sc.lanes);
+                    }
+                    add_lanes(&sc.lanes, d, &mut out[current * d * d..(current + 1) * d * d]);
+                    out
+                },
+            )
+            .collect();
+        grams.fill(0.0);
+        for part in &chunk_partials {
+            for (g, p) in grams.iter_mut().zip(part) {
+                *g += p;
             }
         }
     }
 }
+
+/// Blocks per chunk of the training pass (the unit of parallel work and of
+/// the covariance partial sums).
+const CHUNK_BLOCKS: usize = 8;
 
 /// In place: `a` (SPD `n x n`, row-major) becomes its inverse; returns `log det a`.
 /// `index` names the matrix in an error.
@@ -478,10 +526,7 @@ impl Factored {
     }
 
     fn rates_true(&self, scales: &Scales) -> Rates {
-        rates_from_logdets(
-            self.logdet_total,
-            scales.gamma.iter().copied().zip(self.logdet_class.iter().copied()),
-        )
+        rates_from_logdets(self.logdet_total, scales.gamma.iter().copied().zip(self.logdet_class.iter().copied()))
     }
 }
 
@@ -529,11 +574,9 @@ pub(super) fn build<B: Backend>(
     blocks.normalise();
     let gamma: Vec<B::Elem> = scales.gamma.iter().map(|&g| B::Elem::of(g)).collect();
     let want_rates = record.rates || matches!(cfg.depth, super::Depth::Adaptive { .. });
-    let want_yhat = record.yhat || want_rates;
-    let mut yhat_slot = vec![0u32; if want_yhat { blocks.slots() } else { 0 }];
-    let mut lanes = vec![B::Elem::zero(); lane_len(d)];
+    let mut yhat_slot = vec![0u32; blocks.slots()];
     let mut grams = vec![0.0; k * d * d];
-    blocks.group_grams(&mut grams, &mut lanes);
+    blocks.group_grams(&mut grams, &mut vec![B::Elem::zero(); lane_len(d)]);
     let mut fac = Factored::new(&grams, d, scales)?;
 
     let mut rates_true = Vec::new();
@@ -547,7 +590,6 @@ pub(super) fn build<B: Backend>(
         features.push((0, blocks.tensor(be)));
     }
     let mut layers = Vec::new();
-    let mut sc = Scratch::new(d, k);
     for l in 0..cfg.depth.max_layers() {
         let w: Vec<B::Elem> = fac.w.iter().map(|&x| B::Elem::of(x)).collect();
         let kernel = Kernel {
@@ -559,15 +601,10 @@ pub(super) fn build<B: Backend>(
             lambda: cfg.lambda,
             floor: B::Elem::of(NORM_FLOOR),
         };
-        kernel.pass(
-            &mut blocks,
-            &mut sc,
-            want_yhat.then_some(&mut yhat_slot[..]),
-            Some((&mut grams[..], &mut lanes[..])),
-        );
+        kernel.build_pass(&mut blocks, &mut yhat_slot, &mut grams);
         layers.push(Layer::from_host(be, w, &scales.gamma, d, k));
         let next = Factored::new(&grams, d, scales)?;
-        if want_yhat {
+        if record.yhat || want_rates {
             let yhat: Vec<u32> = blocks.slot_of.iter().map(|&s| yhat_slot[s]).collect();
             if want_rates {
                 let rt = next.rates_true(scales);
@@ -596,12 +633,23 @@ pub(super) fn build<B: Backend>(
         rates_true.clear();
         rates_code.clear();
     }
-    let trace =
-        Trace { output: blocks.tensor(be), rates_true, rates_code, features, yhat: yhat_all, samples: m };
+    let trace = Trace { output: blocks.tensor(be), rates_true, rates_code, features, yhat: yhat_all, samples: m };
     Ok((layers, trace))
 }
 
+/// What one chunk of samples recorded on its way through every layer.
+struct ChunkRecord<T> {
+    /// `yhat` per layer, `layers x chunk slots`.
+    yhat: Vec<u32>,
+    /// Snapshots of the chunk's block data, one per recorded index.
+    snapshots: Vec<Vec<T>>,
+}
+
 /// Applies a built network with the fused engine (see [`super::ReduNet::transform_with`]).
+///
+/// Samples are independent at test time, so each chunk of blocks runs
+/// through all the layers on its own thread; the results do not depend on
+/// the chunking.
 pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Record) -> Result<Trace<B>> {
     let be = z.backend();
     let (m, d) = (z.dim(0), z.dim(1));
@@ -609,30 +657,72 @@ pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Re
     let mut blocks = Blocks::new(&z.to_vec(), m, d, None);
     blocks.normalise();
     let gamma = net.gamma_elem();
-    let mut yhat_slot = vec![0u32; if record.yhat { blocks.slots() } else { 0 }];
+    let nlayers = net.depth();
+    let recorded: Vec<usize> = (0..=nlayers).filter(|&l| record.features.contains(l)).collect();
+    let nblocks = blocks.slots() / BLOCK;
+    let chunk_blocks = nblocks.div_ceil(4 * rayon::current_num_threads()).max(1);
+    let eta = B::Elem::of(net.config.eta);
+    let chunks: Vec<ChunkRecord<B::Elem>> = blocks
+        .data
+        .par_chunks_mut(chunk_blocks * d * BLOCK)
+        .map_init(
+            || Scratch::new(d, k),
+            |sc, data| {
+                let slots = data.len() / d;
+                let mut rec = ChunkRecord {
+                    yhat: vec![0u32; if record.yhat { nlayers * slots } else { 0 }],
+                    snapshots: Vec::new(),
+                };
+                if recorded.first() == Some(&0) {
+                    rec.snapshots.push(data.to_vec());
+                }
+                for (l, layer) in net.layers().iter().enumerate() {
+                    let kernel = Kernel {
+                        d,
+                        k,
+                        w: &layer.host,
+                        gamma: &gamma,
+                        eta,
+                        lambda: net.config.lambda,
+                        floor: B::Elem::of(NORM_FLOOR),
+                    };
+                    for (bi, zb) in data.chunks_exact_mut(d * BLOCK).enumerate() {
+                        let yh = if record.yhat {
+                            let at = l * slots + bi * BLOCK;
+                            Some(&mut rec.yhat[at..at + BLOCK])
+                        } else {
+                            None
+                        };
+                        kernel.block(zb, sc, yh);
+                    }
+                    if recorded.contains(&(l + 1)) {
+                        rec.snapshots.push(data.to_vec());
+                    }
+                }
+                rec
+            },
+        )
+        .collect();
+
+    // Reassemble per layer in slot order, then in input order.
     let mut yhat_all = Vec::new();
-    let mut features = Vec::new();
-    if record.features.contains(0) {
-        features.push((0, blocks.tensor(be)));
+    if record.yhat {
+        let mut slot_yhat = vec![0u32; blocks.slots()];
+        for l in 0..nlayers {
+            let mut at = 0;
+            for c in &chunks {
+                let slots = c.yhat.len() / nlayers;
+                slot_yhat[at..at + slots].copy_from_slice(&c.yhat[l * slots..(l + 1) * slots]);
+                at += slots;
+            }
+            yhat_all.extend(blocks.slot_of.iter().map(|&s| slot_yhat[s]));
+        }
     }
-    let mut sc = Scratch::new(d, k);
-    for (l, layer) in net.layers().iter().enumerate() {
-        let kernel = Kernel {
-            d,
-            k,
-            w: &layer.host,
-            gamma: &gamma,
-            eta: B::Elem::of(net.config.eta),
-            lambda: net.config.lambda,
-            floor: B::Elem::of(NORM_FLOOR),
-        };
-        kernel.pass(&mut blocks, &mut sc, record.yhat.then_some(&mut yhat_slot[..]), None);
-        if record.yhat {
-            yhat_all.extend(blocks.slot_of.iter().map(|&s| yhat_slot[s]));
-        }
-        if record.features.contains(l + 1) {
-            features.push((l + 1, blocks.tensor(be)));
-        }
+    let mut features = Vec::new();
+    for (r, &l) in recorded.iter().enumerate() {
+        let data: Vec<B::Elem> = chunks.iter().flat_map(|c| c.snapshots[r].iter().copied()).collect();
+        let snap = Blocks { d, data, slot_of: blocks.slot_of.clone(), groups: Vec::new(), group_of_block: Vec::new() };
+        features.push((l, snap.tensor(be)));
     }
     blocks.normalise();
     Ok(Trace {
