@@ -369,7 +369,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                 let src = (o * v.len + k) * v.inner;
                 let dst = (o * len + i) * v.inner;
                 for j in 0..v.inner {
-                    out[dst + j] = out[dst + j] + x[src + j];
+                    out[dst + j] += x[src + j];
                 }
             }
         }
@@ -386,7 +386,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                     for l in 0..len {
                         let row = &block[l * inner..(l + 1) * inner];
                         for (d, &s) in dst.iter_mut().zip(row) {
-                            *d = *d + s;
+                            *d += s;
                         }
                     }
                 }
@@ -438,11 +438,11 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                 for l in 0..len {
                     let e = (src[l * inner + j] - mx).exp();
                     dst[l * inner + j] = e;
-                    s = s + e;
+                    s += e;
                 }
                 let r = T::one() / s;
                 for l in 0..len {
-                    dst[l * inner + j] = dst[l * inner + j] * r;
+                    dst[l * inner + j] *= r;
                 }
             }
         };
@@ -459,7 +459,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
     }
 
     fn cholesky(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer> {
-        linalg::cholesky_batch(a, batch, n, "cholesky").map(Arc::new)
+        linalg::cholesky_batch(self, a, batch, n, "cholesky").map(Arc::new)
     }
 
     fn spd_solve(
@@ -478,7 +478,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
     }
 
     fn spd_logdet(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer> {
-        linalg::spd_logdet(a, batch, n).map(Arc::new)
+        linalg::spd_logdet(self, a, batch, n).map(Arc::new)
     }
 
     fn sym_eigen(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<(Self::Buffer, Self::Buffer)> {
