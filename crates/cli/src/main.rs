@@ -1,5 +1,6 @@
 //! The `rate` command: every experiment and job of the rate-reduction networks (ReduNet, invariant ReduNet, CRATE, AoT, TOST).
 
+mod invariant_cmd;
 mod plot;
 mod redunet_cmd;
 mod util;

@@ -57,6 +57,10 @@ pub enum RedunetCmd {
     Fit(FitArgs),
     /// Apply a saved ReduNet to data; writes `Z` and `yhat` to a safetensors file.
     Transform(TransformArgs),
+    /// The rotation-invariant MNIST experiment (Figures 4.10-4.11): polar digits, lifting, 1-D invariant ReduNet.
+    Rotation(crate::invariant_cmd::RotationArgs),
+    /// The 2-D translation-invariant ReduNet on small images, evaluated on all cyclic translations.
+    Translation(crate::invariant_cmd::TranslationArgs),
 }
 
 /// Options of `rate redunet gaussians`.
@@ -138,6 +142,8 @@ pub fn run(cmd: RedunetCmd, opts: BackendOpts, json_out: bool) -> CliResult<()> 
         RedunetCmd::Gaussians(a) => dispatch(opts, GaussiansJob(a))?,
         RedunetCmd::Fit(a) => dispatch(opts, FitJob(a))?,
         RedunetCmd::Transform(a) => dispatch(opts, TransformJob(a))?,
+        RedunetCmd::Rotation(a) => crate::invariant_cmd::rotation(a, opts)?,
+        RedunetCmd::Translation(a) => crate::invariant_cmd::translation(a, opts)?,
     };
     if json_out {
         println!("{summary}");

@@ -73,8 +73,24 @@ impl<B: Backend> NearestSubspace<B> {
                 )));
             }
             let zj = z.index_select(0, idx);
-            let (_, vecs) = zj.matmul_t(&zj, true, false).sym_eigen()?;
-            bases.push(vecs.narrow(1, 0, components));
+            if idx.len() < d {
+                // Fewer samples than dimensions: eigenvectors u_i of the small Gram
+                // Z_j Z_j^T give the right singular vectors v_i = Z_j^T u_i / s_i.
+                let (vals, vecs) = zj.matmul_t(&zj, false, true).sym_eigen()?;
+                let top = vals.narrow(0, 0, components).to_f64_vec();
+                if let Some(r) = top.iter().position(|&l| !(l > 1e-12 * top[0].max(1e-300))) {
+                    return Err(config(format!(
+                        "{op}: class {j} spans only {r} directions, fewer than components = {components}"
+                    )));
+                }
+                let inv_s: Vec<f64> = top.iter().map(|l| 1.0 / l.sqrt()).collect();
+                let u = vecs.narrow(1, 0, components);
+                let v = zj.matmul_t(&u, true, false).mul(&Tensor::from_f64(z.backend(), &inv_s, &[1, components]));
+                bases.push(v);
+            } else {
+                let (_, vecs) = zj.matmul_t(&zj, true, false).sym_eigen()?;
+                bases.push(vecs.narrow(1, 0, components));
+            }
         }
         Ok(NearestSubspace { bases, dim: d, components })
     }

@@ -105,3 +105,37 @@ fn accuracy_counts_matches() {
     assert!(accuracy(&[0], &[0, 1]).is_err());
     assert!(accuracy(&[], &[]).is_err());
 }
+
+#[test]
+fn nearest_subspace_small_gram_path_matches_the_covariance_path() {
+    // 6 samples per class in d = 9 takes the m_j x m_j Gram path: its bases are
+    // orthonormal, span each class, and equal the d x d covariance path's subspaces.
+    let be = CpuBackend::<f64>::new();
+    let (m, d) = (12, 9);
+    let data: Vec<f64> = (0..m * d).map(|i| ((i * 7919) % 23) as f64 / 7.0 - 1.5).collect();
+    let labels: Vec<usize> = (0..m).map(|i| i % 2).collect();
+    let z = Tensor::from_f64(&be, &data, &[m, d]);
+    let ns = NearestSubspace::fit(&z, &labels, 2, 6).unwrap();
+    for j in 0..2 {
+        let u = ns.basis(j).unwrap();
+        let gram = u.matmul_t(u, true, false).sub(&Tensor::eye(&be, 6)).max_abs();
+        assert!(gram < 1e-10, "basis {j} not orthonormal: {gram}");
+    }
+    let res = ns.residuals(&z).unwrap().to_f64_vec();
+    for i in 0..m {
+        assert!(res[i * 2 + labels[i]] < 1e-8, "sample {i} not in its own class span: {}", res[i * 2 + labels[i]]);
+    }
+    // With fewer components the top directions agree with the covariance path's
+    // (the same subspace: projections agree).
+    let ns2 = NearestSubspace::fit(&z, &labels, 2, 2).unwrap();
+    for j in 0..2 {
+        let idx: Vec<usize> = (0..m).filter(|&i| labels[i] == j).collect();
+        let zj = z.index_select(0, &idx);
+        let (_, v) = zj.matmul_t(&zj, true, false).sym_eigen().unwrap();
+        let v = v.narrow(1, 0, 2);
+        let p1 = v.matmul_t(&v, false, true);
+        let u = ns2.basis(j).unwrap();
+        let p2 = u.matmul_t(u, false, true);
+        assert!(p1.sub(&p2).max_abs() < 1e-8, "class {j}: projectors differ");
+    }
+}
