@@ -22,8 +22,8 @@ use rate_core::circulant::{
 };
 use rate_core::rate::logdet_i_plus_gram;
 use rate_core::{
-    coding_rate, coding_rate_grad, compression_rate, compression_rate_grad, rate_reduction, rate_reduction_grad,
-    Membership, Tensor,
+    coding_rate, coding_rate_grad, compression_rate, compression_rate_grad, rate_reduction,
+    rate_reduction_grad, Membership, Tensor,
 };
 use std::f64::consts::PI;
 
@@ -471,7 +471,8 @@ fn dense_covariance(v: &[f64], c: usize, tt: usize, samples: &[usize]) -> Vec<f6
             for c2 in 0..c {
                 for r1 in 0..tt {
                     for r2 in 0..tt {
-                        let s: f64 = (0..tt).map(|col| blocks[c1][r1 * tt + col] * blocks[c2][r2 * tt + col]).sum();
+                        let s: f64 =
+                            (0..tt).map(|col| blocks[c1][r1 * tt + col] * blocks[c2][r2 * tt + col]).sum();
                         sigma[(c1 * tt + r1) * ct + c2 * tt + r2] += s;
                     }
                 }

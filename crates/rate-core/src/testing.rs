@@ -89,7 +89,13 @@ fn input<B: Backend>(b: &B, data: &[f64], shape: &[usize]) -> (Tensor<B>, Vec<f6
 }
 
 /// A random tensor with entries uniform in `[lo, hi)` and its rounded host values.
-fn random_input<B: Backend>(b: &B, r: &mut StdRng, shape: &[usize], lo: f64, hi: f64) -> (Tensor<B>, Vec<f64>) {
+fn random_input<B: Backend>(
+    b: &B,
+    r: &mut StdRng,
+    shape: &[usize],
+    lo: f64,
+    hi: f64,
+) -> (Tensor<B>, Vec<f64>) {
     let n = shape.iter().product();
     input(b, &uniform(r, n, lo, hi), shape)
 }
@@ -213,7 +219,7 @@ fn ref_cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
         for j in 0..=i {
             let s: f64 = a[i * n + j] - (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum::<f64>();
             if i == j {
-                if !(s > 0.0) {
+                if s.is_nan() || s <= 0.0 {
                     return None;
                 }
                 l[i * n + i] = s.sqrt();
@@ -253,7 +259,10 @@ fn identity(n: usize) -> Vec<f64> {
 fn ref_sym_eigenvalues(a: &[f64], n: usize) -> Vec<f64> {
     let mut m = a.to_vec();
     for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| m[i * n + j].powi(2)).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| m[i * n + j].powi(2))
+            .sum();
         let diag: f64 = (0..n).map(|i| m[i * n + i].powi(2)).sum();
         if off <= 1e-30 * diag.max(1e-300) {
             break;
@@ -338,7 +347,7 @@ fn ref_herm_cholesky(a: &[C64], n: usize) -> Option<Vec<C64>> {
                 s = s.sub(l[i * n + k].mul(l[j * n + k].conj()));
             }
             if i == j {
-                if !(s.re > 0.0) {
+                if s.re.is_nan() || s.re <= 0.0 {
                     return None;
                 }
                 l[i * n + i] = C64::new(s.re.sqrt(), 0.0);
@@ -484,8 +493,7 @@ fn indefinite(n: usize) -> Vec<f64> {
     // Householder reflector Q = I - 2 u u^T / |u|^2 with u = (1, 2, .., n) keeps the spectrum {1, .., 1, -1}.
     let u: Vec<f64> = (1..=n).map(|i| i as f64).collect();
     let uu: f64 = u.iter().map(|x| x * x).sum();
-    let q: Vec<f64> =
-        (0..n * n).map(|i| identity(n)[i] - 2.0 * u[i / n] * u[i % n] / uu).collect();
+    let q: Vec<f64> = (0..n * n).map(|i| identity(n)[i] - 2.0 * u[i / n] * u[i % n] / uu).collect();
     let mut d = identity(n);
     d[n * n - 1] = -1.0;
     let qd = ref_matmul(&q, &d, n, n, n, false, false);
@@ -518,10 +526,8 @@ pub fn check_upload_download<B: Backend>(b: &B) {
         assert!(back == host, "download(upload(x)) != x for {n} values");
     }
     // Special values survive the round trip.
-    let special: Vec<B::Elem> = [0.0, -0.0, 1e-30, -1e30, f64::INFINITY, f64::NEG_INFINITY]
-        .iter()
-        .map(|&x| B::Elem::of(x))
-        .collect();
+    let special: Vec<B::Elem> =
+        [0.0, -0.0, 1e-30, -1e30, f64::INFINITY, f64::NEG_INFINITY].iter().map(|&x| B::Elem::of(x)).collect();
     let back = b.download(&b.upload(&special));
     assert!(back.iter().zip(&special).all(|(x, y)| x == y), "special values: {back:?} vs {special:?}");
     let back = b.download(&b.upload(&[B::Elem::nan()]));
@@ -675,7 +681,12 @@ pub fn check_permute<B: Backend>(b: &B) {
         let out = t.permute(&perm);
         let want_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
         assert_eq!(out.shape(), &want_shape[..], "permute {shape:?} by {perm:?}");
-        assert_close(&format!("permute {shape:?} by {perm:?}"), &out.to_f64_vec(), &ref_permute(&x, &shape, &perm), 0.0);
+        assert_close(
+            &format!("permute {shape:?} by {perm:?}"),
+            &out.to_f64_vec(),
+            &ref_permute(&x, &shape, &perm),
+            0.0,
+        );
     }
     // t() of a batch swaps the last two axes.
     let (t, x) = random_input(b, &mut r, &[3, 2, 5], -1.0, 1.0);
@@ -687,7 +698,9 @@ pub fn check_narrow<B: Backend>(b: &B) {
     let mut r = rng(7);
     let shape = [3usize, 6, 4];
     let (t, x) = random_input(b, &mut r, &shape, -1.0, 1.0);
-    for (axis, start, count) in [(0usize, 1usize, 2usize), (1, 2, 3), (1, 0, 6), (2, 3, 1), (1, 4, 0), (0, 3, 0)] {
+    for (axis, start, count) in
+        [(0usize, 1usize, 2usize), (1, 2, 3), (1, 0, 6), (2, 3, 1), (1, 4, 0), (0, 3, 0)]
+    {
         let out = t.narrow(axis as isize, start, count);
         let mut ws = shape.to_vec();
         ws[axis] = count;
@@ -833,7 +846,8 @@ pub fn check_reduce<B: Backend>(b: &B) {
         let v = shape_view(&shape, axis);
         for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min, ReduceOp::ArgMax] {
             for (tensor, data, what) in [(&t, &x, "random"), (&tt, &xt, "ties")] {
-                let got: Vec<f64> = b.download(&b.reduce(op, tensor.buffer(), v)).into_iter().map(|e| e.f64()).collect();
+                let got: Vec<f64> =
+                    b.download(&b.reduce(op, tensor.buffer(), v)).into_iter().map(|e| e.f64()).collect();
                 let want = ref_reduce(op, data, v);
                 let tol = if op == ReduceOp::ArgMax { 0.0 } else { tol };
                 assert_close(&format!("reduce {op:?} axis {axis} ({what})"), &got, &want, tol);
@@ -844,8 +858,16 @@ pub fn check_reduce<B: Backend>(b: &B) {
     let (big, bx) = random_input(b, &mut r, &[50, 1000], -1.0, 1.0);
     let s = big.sum_axis(1, true);
     assert_eq!(s.shape(), &[50, 1]);
-    assert_close("sum_axis of [50, 1000]", &s.to_f64_vec(), &ref_reduce(ReduceOp::Sum, &bx, shape_view(&[50, 1000], 1)), tol);
-    assert_eq!(big.argmax_axis(1).into_iter().map(|i| i as f64).collect::<Vec<_>>(), ref_reduce(ReduceOp::ArgMax, &bx, shape_view(&[50, 1000], 1)));
+    assert_close(
+        "sum_axis of [50, 1000]",
+        &s.to_f64_vec(),
+        &ref_reduce(ReduceOp::Sum, &bx, shape_view(&[50, 1000], 1)),
+        tol,
+    );
+    assert_eq!(
+        big.argmax_axis(1).into_iter().map(|i| i as f64).collect::<Vec<_>>(),
+        ref_reduce(ReduceOp::ArgMax, &bx, shape_view(&[50, 1000], 1))
+    );
     let empty = Tensor::<B>::zeros(b, &[2, 0, 3]).sum_axis(1, false);
     assert_eq!(empty.shape(), &[2, 3]);
     assert_eq!(empty.to_f64_vec(), vec![0.0; 6], "sum over an empty axis");
@@ -883,7 +905,12 @@ pub fn check_softmax<B: Backend>(b: &B) {
         }
     }
     let (t, x) = random_input(b, &mut r, &[64, 600], -10.0, 10.0);
-    assert_close("softmax of [64, 600]", &t.softmax(1).to_f64_vec(), &ref_softmax(&x, shape_view(&[64, 600], 1)), tol);
+    assert_close(
+        "softmax of [64, 600]",
+        &t.softmax(1).to_f64_vec(),
+        &ref_softmax(&x, shape_view(&[64, 600], 1)),
+        tol,
+    );
     let (t, x) = random_input(b, &mut r, &[1, 1], -1.0, 1.0);
     assert_eq!(x.len(), 1);
     assert_close("softmax of one element", &t.softmax(1).to_f64_vec(), &[1.0], tol);
@@ -940,26 +967,43 @@ pub fn check_matmul_batched<B: Backend>(b: &B) {
         let out = a.matmul_t(&bb, ta, tb);
         assert_eq!(out.shape(), &[lead[0], lead[1], m, n]);
         let want: Vec<f64> = (0..batch)
-            .flat_map(|i| ref_matmul(&av[i * m * k..(i + 1) * m * k], &bv[i * k * n..(i + 1) * k * n], m, k, n, ta, tb))
+            .flat_map(|i| {
+                ref_matmul(&av[i * m * k..(i + 1) * m * k], &bv[i * k * n..(i + 1) * k * n], m, k, n, ta, tb)
+            })
             .collect();
         assert_close_scaled(&format!("batched matmul {what}"), &out.to_f64_vec(), &want, tol, k as f64);
         // shared right operand
         let out = a.matmul_t(&b2, ta, tb);
         assert_eq!(out.shape(), &[lead[0], lead[1], m, n]);
-        let want: Vec<f64> =
-            (0..batch).flat_map(|i| ref_matmul(&av[i * m * k..(i + 1) * m * k], &bv2, m, k, n, ta, tb)).collect();
-        assert_close_scaled(&format!("matmul, shared right operand, {what}"), &out.to_f64_vec(), &want, tol, k as f64);
+        let want: Vec<f64> = (0..batch)
+            .flat_map(|i| ref_matmul(&av[i * m * k..(i + 1) * m * k], &bv2, m, k, n, ta, tb))
+            .collect();
+        assert_close_scaled(
+            &format!("matmul, shared right operand, {what}"),
+            &out.to_f64_vec(),
+            &want,
+            tol,
+            k as f64,
+        );
         // shared left operand
         let out = a2.matmul_t(&bb, ta, tb);
         assert_eq!(out.shape(), &[lead[0], lead[1], m, n]);
-        let want: Vec<f64> =
-            (0..batch).flat_map(|i| ref_matmul(&av2, &bv[i * k * n..(i + 1) * k * n], m, k, n, ta, tb)).collect();
-        assert_close_scaled(&format!("matmul, shared left operand, {what}"), &out.to_f64_vec(), &want, tol, k as f64);
+        let want: Vec<f64> = (0..batch)
+            .flat_map(|i| ref_matmul(&av2, &bv[i * k * n..(i + 1) * k * n], m, k, n, ta, tb))
+            .collect();
+        assert_close_scaled(
+            &format!("matmul, shared left operand, {what}"),
+            &out.to_f64_vec(),
+            &want,
+            tol,
+            k as f64,
+        );
     }
     // A large batch of small products (the per-class operators of ReduNet).
     let (a, av) = random_input(b, &mut r, &[200, 5, 5], -1.0, 1.0);
     let (x, xv) = random_input(b, &mut r, &[5, 8], -1.0, 1.0);
-    let want: Vec<f64> = (0..200).flat_map(|i| ref_matmul(&av[i * 25..(i + 1) * 25], &xv, 5, 5, 8, false, false)).collect();
+    let want: Vec<f64> =
+        (0..200).flat_map(|i| ref_matmul(&av[i * 25..(i + 1) * 25], &xv, 5, 5, 8, false, false)).collect();
     assert_close_scaled("matmul of 200 x (5x5) by a shared 5x8", &a.matmul(&x).to_f64_vec(), &want, tol, 5.0);
 }
 
@@ -997,7 +1041,8 @@ pub fn check_cholesky<B: Backend>(b: &B) {
         let lv = l.to_f64_vec();
         for i in 0..batch {
             let li = &lv[i * n * n..(i + 1) * n * n];
-            let want = ref_cholesky(&av[i * n * n..(i + 1) * n * n], n).expect("reference Cholesky of an SPD matrix");
+            let want = ref_cholesky(&av[i * n * n..(i + 1) * n * n], n)
+                .expect("reference Cholesky of an SPD matrix");
             assert_close(&format!("cholesky factor, matrix {i} of {batch}x{n}x{n}"), li, &want, tol);
             for row in 0..n {
                 for col in row + 1..n {
@@ -1027,14 +1072,24 @@ pub fn check_spd_solve<B: Backend>(b: &B) {
                 })
                 .collect();
             assert_close(&format!("spd_solve {batch}x{n}x{n}, {nrhs} rhs"), &x.to_f64_vec(), &want, tol);
-            assert_close(&format!("spd_solve residual {batch}x{n}x{n}"), &a.matmul(&x).to_f64_vec(), &bv, tol);
+            assert_close(
+                &format!("spd_solve residual {batch}x{n}x{n}"),
+                &a.matmul(&x).to_f64_vec(),
+                &bv,
+                tol,
+            );
         }
     }
     // A 2-D system with a shared-free single matrix.
     let (a, av) = input(b, &spd_batch(&mut r, 1, 5, 0.5), &[5, 5]);
     let (rhs, bv) = random_input(b, &mut r, &[5, 2], -1.0, 1.0);
     let l = ref_cholesky(&av, 5).expect("SPD");
-    assert_close("spd_solve of a 2-D system", &a.spd_solve(&rhs).expect("SPD").to_f64_vec(), &ref_chol_solve(&l, &bv, 5, 2), tol);
+    assert_close(
+        "spd_solve of a 2-D system",
+        &a.spd_solve(&rhs).expect("SPD").to_f64_vec(),
+        &ref_chol_solve(&l, &bv, 5, 2),
+        tol,
+    );
 }
 
 /// `spd_inverse` matches the reference inverse, is symmetric, and `A A^-1 = I`.
@@ -1108,8 +1163,11 @@ pub fn check_spd_not_positive_definite<B: Backend>(b: &B) {
         expect_not_pd(&format!("spd_solve n={n}"), a.spd_solve(&rhs), 1);
         let zero = Tensor::<B>::zeros(b, &[n, n]);
         expect_not_pd(&format!("spd_inverse of zeros n={n}"), zero.spd_inverse(), 0);
-        let msg = a.spd_logdet().map(|_| ()).unwrap_err().to_string();
-        assert!(msg.contains("not positive definite") && msg.contains("spd_logdet"), "unclear message: {msg}");
+        let msg = a.spd_logdet().map(|_| ()).expect_err("indefinite matrix").to_string();
+        assert!(
+            msg.contains("not positive definite") && msg.contains("spd_logdet"),
+            "unclear message: {msg}"
+        );
     }
 }
 
@@ -1174,7 +1232,10 @@ pub fn check_herm_inverse<B: Backend>(b: &B) {
     for (batch, n) in SPD_SIZES {
         let (re, im) = hpd_batch(&mut r, batch, n);
         let (re, im) = (rounded::<B>(&re), rounded::<B>(&im));
-        let a = crate::ComplexTensor::new(Tensor::from_f64(b, &re, &[batch, n, n]), Tensor::from_f64(b, &im, &[batch, n, n]));
+        let a = crate::ComplexTensor::new(
+            Tensor::from_f64(b, &re, &[batch, n, n]),
+            Tensor::from_f64(b, &im, &[batch, n, n]),
+        );
         let inv = a.herm_inverse().unwrap_or_else(|e| panic!("herm_inverse {batch}x{n}x{n}: {e}"));
         let (ir, ii) = inv.to_f64_vecs();
         let ac = to_c64(&re, &im);
@@ -1185,7 +1246,13 @@ pub fn check_herm_inverse<B: Backend>(b: &B) {
             let l = ref_herm_cholesky(ai, n).expect("HPD");
             let eye: Vec<C64> = identity(n).into_iter().map(|v| C64::new(v, 0.0)).collect();
             want.extend(ref_herm_solve(&l, &eye, n, n));
-            prod.extend(ref_cmatmul(ai, &to_c64(&ir[i * n * n..(i + 1) * n * n], &ii[i * n * n..(i + 1) * n * n]), n, n, n));
+            prod.extend(ref_cmatmul(
+                ai,
+                &to_c64(&ir[i * n * n..(i + 1) * n * n], &ii[i * n * n..(i + 1) * n * n]),
+                n,
+                n,
+                n,
+            ));
         }
         let (wr, wi) = planes(&want);
         assert_close(&format!("herm_inverse re {batch}x{n}x{n}"), &ir, &wr, tol);
@@ -1205,9 +1272,18 @@ pub fn check_herm_solve<B: Backend>(b: &B) {
         for nrhs in [1usize, 3] {
             let (re, im) = hpd_batch(&mut r, batch, n);
             let (re, im) = (rounded::<B>(&re), rounded::<B>(&im));
-            let (br, bi) = (rounded::<B>(&uniform(&mut r, batch * n * nrhs, -1.0, 1.0)), rounded::<B>(&uniform(&mut r, batch * n * nrhs, -1.0, 1.0)));
-            let a = crate::ComplexTensor::new(Tensor::from_f64(b, &re, &[batch, n, n]), Tensor::from_f64(b, &im, &[batch, n, n]));
-            let rhs = crate::ComplexTensor::new(Tensor::from_f64(b, &br, &[batch, n, nrhs]), Tensor::from_f64(b, &bi, &[batch, n, nrhs]));
+            let (br, bi) = (
+                rounded::<B>(&uniform(&mut r, batch * n * nrhs, -1.0, 1.0)),
+                rounded::<B>(&uniform(&mut r, batch * n * nrhs, -1.0, 1.0)),
+            );
+            let a = crate::ComplexTensor::new(
+                Tensor::from_f64(b, &re, &[batch, n, n]),
+                Tensor::from_f64(b, &im, &[batch, n, n]),
+            );
+            let rhs = crate::ComplexTensor::new(
+                Tensor::from_f64(b, &br, &[batch, n, nrhs]),
+                Tensor::from_f64(b, &bi, &[batch, n, nrhs]),
+            );
             let x = a.herm_solve(&rhs).unwrap_or_else(|e| panic!("herm_solve {batch}x{n}x{n}: {e}"));
             assert_eq!(x.shape(), &[batch, n, nrhs]);
             let (ac, bc) = (to_c64(&re, &im), to_c64(&br, &bi));
@@ -1232,7 +1308,10 @@ pub fn check_herm_logdet<B: Backend>(b: &B) {
     for (batch, n) in SPD_SIZES {
         let (re, im) = hpd_batch(&mut r, batch, n);
         let (re, im) = (rounded::<B>(&re), rounded::<B>(&im));
-        let a = crate::ComplexTensor::new(Tensor::from_f64(b, &re, &[batch, n, n]), Tensor::from_f64(b, &im, &[batch, n, n]));
+        let a = crate::ComplexTensor::new(
+            Tensor::from_f64(b, &re, &[batch, n, n]),
+            Tensor::from_f64(b, &im, &[batch, n, n]),
+        );
         let ld = a.herm_logdet().unwrap_or_else(|e| panic!("herm_logdet {batch}x{n}x{n}: {e}"));
         assert_eq!(ld.shape(), &[batch]);
         let ac = to_c64(&re, &im);
@@ -1254,8 +1333,12 @@ pub fn check_herm_not_positive_definite<B: Backend>(b: &B) {
         // Matrix 1: an indefinite real symmetric matrix (a Hermitian one with zero imaginary part).
         re.splice(n * n..n * n, indefinite(n));
         im.splice(n * n..n * n, vec![0.0; n * n]);
-        let a = crate::ComplexTensor::new(Tensor::<B>::from_f64(b, &re, &[3, n, n]), Tensor::from_f64(b, &im, &[3, n, n]));
-        let rhs = crate::ComplexTensor::new(Tensor::<B>::full(b, &[3, n, 1], 1.0), Tensor::zeros(b, &[3, n, 1]));
+        let a = crate::ComplexTensor::new(
+            Tensor::<B>::from_f64(b, &re, &[3, n, n]),
+            Tensor::from_f64(b, &im, &[3, n, n]),
+        );
+        let rhs =
+            crate::ComplexTensor::new(Tensor::<B>::full(b, &[3, n, 1], 1.0), Tensor::zeros(b, &[3, n, 1]));
         expect_not_pd(&format!("herm_inverse n={n}"), a.herm_inverse(), 1);
         expect_not_pd(&format!("herm_logdet n={n}"), a.herm_logdet(), 1);
         expect_not_pd(&format!("herm_solve n={n}"), a.herm_solve(&rhs), 1);
@@ -1325,7 +1408,12 @@ pub fn check_rfft<B: Backend>(b: &B) {
             let out = x.rfft(1, norm);
             let h = n / 2 + 1;
             assert_eq!(out.shape(), &[2, h, 3], "rfft n={n}");
-            let full = ref_dft(&xv.iter().map(|&v| C64::new(v, 0.0)).collect::<Vec<_>>(), shape_view(&shape, 1), false, norm);
+            let full = ref_dft(
+                &xv.iter().map(|&v| C64::new(v, 0.0)).collect::<Vec<_>>(),
+                shape_view(&shape, 1),
+                false,
+                norm,
+            );
             // Keep bins 0..h of each signal.
             let mut wr = Vec::new();
             let mut wi = Vec::new();
@@ -1365,7 +1453,12 @@ pub fn check_irfft<B: Backend>(b: &B) {
             let (im, si) = random_input(b, &mut r, &hs, -1.0, 1.0);
             let out = crate::ComplexTensor::new(re, im).irfft(1, n, norm);
             let want = ref_irfft(&to_c64(&sr, &si), shape_view(&hs, 1), n, norm);
-            assert_close(&format!("irfft of an arbitrary half spectrum n={n} {norm:?}"), &out.to_f64_vec(), &want, tol);
+            assert_close(
+                &format!("irfft of an arbitrary half spectrum n={n} {norm:?}"),
+                &out.to_f64_vec(),
+                &want,
+                tol,
+            );
         }
     }
 }
