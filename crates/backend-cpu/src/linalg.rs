@@ -55,6 +55,20 @@ fn not_pd(op: &'static str, index: usize, n: usize, row: usize, pivot: f64) -> E
     Error::NotPositiveDefinite { op, index, n, row, pivot }
 }
 
+/// Fails with [`Error::NonFinite`] if matrix `index` of a batch holds NaN or an
+/// infinity: a factorisation reads one triangle only, so it would otherwise
+/// ignore such a value or carry it into the result.
+fn check_finite<T: CpuElem>(a: &[T], index: usize, op: &'static str) -> Result<()> {
+    match a.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(Error::NonFinite {
+            what: format!("{op}: matrix {index} of the batch"),
+            index: i,
+            value: a[i].f64(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// In-place lower Cholesky of one row-major `n x n` matrix; zeroes the upper triangle.
 fn chol_small<T: CpuElem>(l: &mut [T], n: usize) -> std::result::Result<(), (usize, f64)> {
     for j in 0..n {
@@ -91,6 +105,7 @@ fn chol_one<T: CpuElem>(
     op: &'static str,
 ) -> Result<Vec<T>> {
     if n <= SMALL {
+        check_finite(a, index, op)?;
         let mut l = a.to_vec();
         chol_small(&mut l, n).map_err(|(row, p)| not_pd(op, index, n, row, p))?;
         return Ok(l);
@@ -113,6 +128,7 @@ fn faer_llt<T: CpuElem>(
     op: &'static str,
 ) -> Result<(Mat<T>, faer::Par)> {
     // faer reports NaN pivots as success in some paths: check the input first.
+    check_finite(a, index, op)?;
     if let Some(i) = (0..n).find(|&i| a[i * n + i].is_nan() || a[i * n + i] <= T::zero()) {
         return Err(not_pd(op, index, n, i, a[i * n + i].f64()));
     }
@@ -376,6 +392,8 @@ fn herm_factor<T: CpuElem>(
     op: &'static str,
 ) -> Result<Vec<Complex<T>>> {
     let r = bi * n * n..(bi + 1) * n * n;
+    check_finite(&re[r.clone()], bi, op)?;
+    check_finite(&im[r.clone()], bi, op)?;
     let mut l = to_complex(&re[r.clone()], &im[r]);
     herm_chol(&mut l, n).map_err(|(row, p)| not_pd(op, bi, n, row, p))?;
     Ok(l)

@@ -304,7 +304,9 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// frequencies of the conjugate-symmetric spectrum.
     fn rfft(&self, x: &Self::Buffer, view: AxisView, norm: FftNorm) -> (Self::Buffer, Self::Buffer);
     /// Inverse of [`Self::rfft`]: `view.len` is the half-spectrum length and
-    /// `n` the signal length (`n / 2 + 1 == view.len`).
+    /// `n` the signal length (`n / 2 + 1 == view.len`). As in NumPy, the
+    /// spectrum is extended by `X_{n-k} = conj X_k`, and the imaginary parts of
+    /// bins 0 and `n / 2` (even `n`), which no real signal has, are ignored.
     fn irfft(
         &self,
         re: &Self::Buffer,

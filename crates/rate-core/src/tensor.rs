@@ -405,6 +405,7 @@ impl<B: Backend> Tensor<B> {
     /// Mean along `axis`.
     pub fn mean_axis(&self, axis: isize, keepdim: bool) -> Self {
         let n = self.dim(axis);
+        assert!(n > 0, "mean_axis: axis {axis} of shape {:?} is empty", self.shape);
         self.sum_axis(axis, keepdim).scale(1.0 / n as f64)
     }
     /// Maximum along `axis`.
