@@ -2,7 +2,7 @@
 
 use crate::plot::{self, Series};
 use crate::redunet_cmd::gram_heatmap;
-use crate::util::{dispatch, ensure_dir, write_json, BackendOpts, CliError, CliResult, Job};
+use crate::util::{dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Job};
 use clap::Args;
 use models::classify::{accuracy, NearestSubspace};
 use models::data::{self, Dataset};
@@ -167,7 +167,8 @@ fn spectral_rates<B: Backend>(
 
 /// Mean |cosine| between samples of the same class and of different classes (rows of `z`).
 fn cosine_contrast(z: &[f64], n: usize, d: usize, labels: &[usize]) -> (f64, f64) {
-    let norms: Vec<f64> = (0..n).map(|i| z[i * d..(i + 1) * d].iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300)).collect();
+    let norms: Vec<f64> =
+        (0..n).map(|i| z[i * d..(i + 1) * d].iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300)).collect();
     let (mut within, mut nw, mut across, mut na) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for i in 0..n {
         for j in i + 1..n {
@@ -216,6 +217,7 @@ impl Job for RotationJob {
         if a.rotations == 0 {
             return Err(CliError::Usage("--rotations must be at least 1".into()));
         }
+        let pb = progress(4, "rotation");
         let (train, test) = train_test(&a.data, a.train_per_class, a.test_per_class, a.seed)?;
         let k = train.num_classes();
         let grid = PolarGrid { radii: a.radii, angles: a.angles, max_radius: None };
@@ -234,24 +236,34 @@ impl Job for RotationJob {
             })
         };
         let ltrain = lift(&ptrain)?;
-        let config = InvariantConfig { layers: a.layers, eta: a.eta, eps_sq: a.eps_sq, lambda: a.lambda, ..Default::default() };
+        let config = InvariantConfig {
+            layers: a.layers,
+            eta: a.eta,
+            eps_sq: a.eps_sq,
+            lambda: a.lambda,
+            ..Default::default()
+        };
         let t0 = Instant::now();
         let built = InvariantReduNet::construct(&ltrain, train.labels(), k, &config)?;
         let build_s = t0.elapsed().as_secs_f64();
+        pb.inc(1);
 
         // Every test image under every rotation: sample-major, rotation s at index i * R + s.
         let n = test.len();
         let shifts: Vec<isize> = (0..a.rotations).map(|s| (s * a.rotation_step) as isize).collect();
-        let rotated: Vec<Tensor<B>> = shifts.iter().map(|&s| rotate_polar(&ptest, s)).collect::<Result<_, _>>()?;
+        let rotated: Vec<Tensor<B>> =
+            shifts.iter().map(|&s| rotate_polar(&ptest, s)).collect::<Result<_, _>>()?;
         let refs: Vec<&Tensor<B>> = rotated.iter().collect();
         let (c_in, t) = (ptest.dim(1), ptest.dim(2));
         let paug = Tensor::cat(&refs, 1).reshape(&[n * a.rotations, c_in, t]);
-        let yaug: Vec<usize> = test.labels().iter().flat_map(|&y| std::iter::repeat_n(y, a.rotations)).collect();
+        let yaug: Vec<usize> =
+            test.labels().iter().flat_map(|&y| std::iter::repeat_n(y, a.rotations)).collect();
         let laug = lift(&paug)?;
         let t1 = Instant::now();
         let out = built.network.transform_traced(&laug)?;
         let transform_s = t1.elapsed().as_secs_f64();
         let feats = out.features;
+        pb.inc(1);
 
         // Equivariance: features of a rotated image vs the rotated features of the unrotated one.
         let c_out = feats.dim(1);
@@ -268,7 +280,12 @@ impl Job for RotationJob {
         let (acc_polar, _) = ns_accuracy(&ptrain, train.labels(), &paug, &yaug, k, comps)?;
         let (acc_lifted, _) = ns_accuracy(&ltrain, train.labels(), &laug, &yaug, k, comps)?;
         let (acc_feat, pred) = ns_accuracy(&built.features, train.labels(), &feats, &yaug, k, comps)?;
-        let consistent = (0..n).filter(|&i| pred[i * a.rotations..(i + 1) * a.rotations].iter().all(|&p| p == pred[i * a.rotations])).count();
+        let consistent = (0..n)
+            .filter(|&i| {
+                pred[i * a.rotations..(i + 1) * a.rotations].iter().all(|&p| p == pred[i * a.rotations])
+            })
+            .count();
+        pb.inc(1);
 
         // Cosine block structure (Figure 4.11).
         let xin = flat(&paug).to_f64_vec();
@@ -277,15 +294,29 @@ impl Job for RotationJob {
         let (win_in, across_in) = cosine_contrast(&xin, n * a.rotations, din, &yaug);
         let (win_f, across_f) = cosine_contrast(&xf, n * a.rotations, df, &yaug);
         let normalise = |z: &[f64], d: usize| -> Vec<f64> {
-            z.chunks(d).flat_map(|r| {
-                let s = r.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
-                r.iter().map(move |x| x / s).collect::<Vec<_>>()
-            }).collect()
+            z.chunks(d)
+                .flat_map(|r| {
+                    let s = r.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
+                    r.iter().map(move |x| x / s).collect::<Vec<_>>()
+                })
+                .collect()
         };
         let (h, side) = gram_heatmap(&normalise(&xin, din), n * a.rotations, din, &yaug, 400);
-        plot::heatmap(&a.out.join("cosine_inputs.png"), "|cos| of rotated test inputs (sorted by class)", &h, side, 1.0)?;
+        plot::heatmap(
+            &a.out.join("cosine_inputs.png"),
+            "|cos| of rotated test inputs (sorted by class)",
+            &h,
+            side,
+            1.0,
+        )?;
         let (h, side) = gram_heatmap(&normalise(&xf, df), n * a.rotations, df, &yaug, 400);
-        plot::heatmap(&a.out.join("cosine_features.png"), "|cos| of their ReduNet features (sorted by class)", &h, side, 1.0)?;
+        plot::heatmap(
+            &a.out.join("cosine_features.png"),
+            "|cos| of their ReduNet features (sorted by class)",
+            &h,
+            side,
+            1.0,
+        )?;
 
         let test_rates: Vec<Rates> =
             out.spectra.iter().map(|v| spectral_rates(v, &yaug, k, a.eps_sq, t)).collect::<CliResult<_>>()?;
@@ -332,6 +363,7 @@ impl Job for RotationJob {
             "timings": { "build_s": build_s, "transform_s": transform_s },
         });
         write_json(&a.out.join("metrics.json"), &metrics)?;
+        pb.finish_and_clear();
         Ok(json!({
             "out": a.out.display().to_string(),
             "test_accuracy_features": acc_feat,
@@ -360,7 +392,14 @@ impl Job for TranslationJob {
         let (h, w) = (s[0], s[1]);
         let img = |d: &Dataset| d.to_tensor_shaped(be).reshape(&[d.len(), 1, h, w]);
         let lifting = if a.kernels > 0 {
-            Some(Lifting::random(be, a.kernels, 1, &[a.kernel_size, a.kernel_size], a.seed, Activation::Relu)?)
+            Some(Lifting::random(
+                be,
+                a.kernels,
+                1,
+                &[a.kernel_size, a.kernel_size],
+                a.seed,
+                Activation::Relu,
+            )?)
         } else {
             None
         };
@@ -371,19 +410,28 @@ impl Job for TranslationJob {
             })
         };
         let xtr = lift(&img(&train))?;
-        let config = InvariantConfig { layers: a.layers, eta: a.eta, eps_sq: a.eps_sq, lambda: a.lambda, ..Default::default() };
+        let config = InvariantConfig {
+            layers: a.layers,
+            eta: a.eta,
+            eps_sq: a.eps_sq,
+            lambda: a.lambda,
+            ..Default::default()
+        };
         let t0 = Instant::now();
         let built = InvariantReduNet::construct(&xtr, train.labels(), k, &config)?;
         let build_s = t0.elapsed().as_secs_f64();
         // All h*w cyclic translations of every test image.
         let domain = Domain::of_signals("translation", xtr.shape())?.2;
         let xte_img = img(&test);
-        let shifts: Vec<Vec<isize>> = (0..h).flat_map(|i| (0..w).map(move |j| vec![i as isize, j as isize])).collect();
-        let moved: Vec<Tensor<B>> = shifts.iter().map(|sh| domain.roll(&xte_img, sh)).collect::<Result<_, _>>()?;
+        let shifts: Vec<Vec<isize>> =
+            (0..h).flat_map(|i| (0..w).map(move |j| vec![i as isize, j as isize])).collect();
+        let moved: Vec<Tensor<B>> =
+            shifts.iter().map(|sh| domain.roll(&xte_img, sh)).collect::<Result<_, _>>()?;
         let refs: Vec<&Tensor<B>> = moved.iter().collect();
         let n = test.len();
         let aug_img = Tensor::cat(&refs, 1).reshape(&[n * shifts.len(), 1, h, w]);
-        let yaug: Vec<usize> = test.labels().iter().flat_map(|&y| std::iter::repeat_n(y, shifts.len())).collect();
+        let yaug: Vec<usize> =
+            test.labels().iter().flat_map(|&y| std::iter::repeat_n(y, shifts.len())).collect();
         let xaug = lift(&aug_img)?;
         let t1 = Instant::now();
         let feats = built.network.transform(&xaug)?.features;
@@ -392,7 +440,8 @@ impl Job for TranslationJob {
         let (acc_raw, _) = ns_accuracy(&img(&train), train.labels(), &aug_img, &yaug, k, comps)?;
         let (acc_feat, pred) = ns_accuracy(&built.features, train.labels(), &feats, &yaug, k, comps)?;
         let sn = shifts.len();
-        let consistent = (0..n).filter(|&i| pred[i * sn..(i + 1) * sn].iter().all(|&p| p == pred[i * sn])).count();
+        let consistent =
+            (0..n).filter(|&i| pred[i * sn..(i + 1) * sn].iter().all(|&p| p == pred[i * sn])).count();
         plot::lines(
             &a.out.join("rates.png"),
             "Rate reduction per layer (translation-invariant ReduNet)",

@@ -85,7 +85,11 @@ impl<B: Backend> NearestSubspace<B> {
                 }
                 let inv_s: Vec<f64> = top.iter().map(|l| 1.0 / l.sqrt()).collect();
                 let u = vecs.narrow(1, 0, components);
-                let v = zj.matmul_t(&u, true, false).mul(&Tensor::from_f64(z.backend(), &inv_s, &[1, components]));
+                let v = zj.matmul_t(&u, true, false).mul(&Tensor::from_f64(
+                    z.backend(),
+                    &inv_s,
+                    &[1, components],
+                ));
                 bases.push(v);
             } else {
                 let (_, vecs) = zj.matmul_t(&zj, true, false).sym_eigen()?;

@@ -11,11 +11,11 @@
 //! rates together.
 
 use super::{
-    counts_of, rates_from_logdets, Layer, ReduNet, ReduNetConfig, Record, Scales, Trace, NORM_FLOOR,
+    counts_of, rates_from_logdets, Layer, Record, ReduNet, ReduNetConfig, Scales, Trace, NORM_FLOOR,
 };
 use crate::Result;
-use rate_core::{Backend, Element, Rates, Tensor};
 use num_traits::Zero;
+use rate_core::{Backend, Element, Rates, Tensor};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -526,7 +526,10 @@ impl Factored {
     }
 
     fn rates_true(&self, scales: &Scales) -> Rates {
-        rates_from_logdets(self.logdet_total, scales.gamma.iter().copied().zip(self.logdet_class.iter().copied()))
+        rates_from_logdets(
+            self.logdet_total,
+            scales.gamma.iter().copied().zip(self.logdet_class.iter().copied()),
+        )
     }
 }
 
@@ -633,7 +636,8 @@ pub(super) fn build<B: Backend>(
         rates_true.clear();
         rates_code.clear();
     }
-    let trace = Trace { output: blocks.tensor(be), rates_true, rates_code, features, yhat: yhat_all, samples: m };
+    let trace =
+        Trace { output: blocks.tensor(be), rates_true, rates_code, features, yhat: yhat_all, samples: m };
     Ok((layers, trace))
 }
 
@@ -721,7 +725,13 @@ pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Re
     let mut features = Vec::new();
     for (r, &l) in recorded.iter().enumerate() {
         let data: Vec<B::Elem> = chunks.iter().flat_map(|c| c.snapshots[r].iter().copied()).collect();
-        let snap = Blocks { d, data, slot_of: blocks.slot_of.clone(), groups: Vec::new(), group_of_block: Vec::new() };
+        let snap = Blocks {
+            d,
+            data,
+            slot_of: blocks.slot_of.clone(),
+            groups: Vec::new(),
+            group_of_block: Vec::new(),
+        };
         features.push((l, snap.tensor(be)));
     }
     blocks.normalise();
