@@ -52,7 +52,7 @@ fn matmul_in<T: backend_cpu::CpuElem>(c: &mut Criterion, group_name: &str, with_
             let fa = Mat::<T>::from_fn(n, n, |i, j| T::of(va[i * n + j]));
             let fb = Mat::<T>::from_fn(n, n, |i, j| T::of(vb[i * n + j]));
             let mut out = Mat::<T>::zeros(n, n);
-            group.bench_with_input(BenchmarkId::new("faer_direct_seq", n), &n, |bench, _| {
+            group.bench_with_input(BenchmarkId::new("baseline_faer_seq", n), &n, |bench, _| {
                 bench.iter(|| {
                     matmul(out.as_mut(), Accum::Replace, fa.as_ref(), fb.as_ref(), T::of(1.0), Par::Seq);
                     black_box(&out);
