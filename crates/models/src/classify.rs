@@ -78,7 +78,7 @@ impl<B: Backend> NearestSubspace<B> {
                 // Z_j Z_j^T give the right singular vectors v_i = Z_j^T u_i / s_i.
                 let (vals, vecs) = zj.matmul_t(&zj, false, true).sym_eigen()?;
                 let top = vals.narrow(0, 0, components).to_f64_vec();
-                if let Some(r) = top.iter().position(|&l| !(l > 1e-12 * top[0].max(1e-300))) {
+                if let Some(r) = top.iter().position(|&l| l.is_nan() || l <= 1e-12 * top[0].max(1e-300)) {
                     return Err(config(format!(
                         "{op}: class {j} spans only {r} directions, fewer than components = {components}"
                     )));

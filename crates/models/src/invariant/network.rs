@@ -304,7 +304,7 @@ impl<B: Backend> InvariantReduNet<B> {
             let rc = rc.unwrap_or(t.rc);
             record.rates_code.push(Rates { r: t.r, rc, delta_r: t.r - rc });
         }
-        let features = net.from_spectra(&v);
+        let features = net.spectra_to_signals(&v);
         Ok(Construction { network: net, features, record })
     }
 
@@ -314,7 +314,7 @@ impl<B: Backend> InvariantReduNet<B> {
     }
 
     /// Packed half spectra back to unit-norm signals `[m, C, dims]`.
-    fn from_spectra(&self, v: &Tensor<B>) -> Tensor<B> {
+    fn spectra_to_signals(&self, v: &Tensor<B>) -> Tensor<B> {
         normalise_signals(&self.domain.inverse(&unpack_features(v), FftNorm::Ortho))
     }
 
@@ -513,14 +513,14 @@ impl<B: Backend> InvariantReduNet<B> {
     pub fn transform(&self, x: &Tensor<B>) -> Result<Transformed<B>> {
         self.check_input("invariant ReduNet transform", x)?;
         let (v, yhat, _) = self.run_layers(self.to_spectra(x), false);
-        Ok(Transformed { features: self.from_spectra(&v), yhat, spectra: Vec::new() })
+        Ok(Transformed { features: self.spectra_to_signals(&v), yhat, spectra: Vec::new() })
     }
 
     /// [`Self::transform`] keeping the half spectra `[F, n, C]` entering every layer and leaving the last.
     pub fn transform_traced(&self, x: &Tensor<B>) -> Result<Transformed<B>> {
         self.check_input("invariant ReduNet transform", x)?;
         let (v, yhat, spectra) = self.run_layers(self.to_spectra(x), true);
-        Ok(Transformed { features: self.from_spectra(&v), yhat, spectra })
+        Ok(Transformed { features: self.spectra_to_signals(&v), yhat, spectra })
     }
 
     /// Features of every cyclic shift of every sample, `[n, S, C, dims..]`:

@@ -33,7 +33,9 @@ pub(super) const BLOCK: usize = 32;
 pub(super) fn exp_nonpositive(x: f64) -> f64 {
     // Adding 1.5 * 2^52 rounds to an integer held in the low mantissa bits.
     const SHIFT: f64 = 6_755_399_441_055_744.0;
+    #[allow(clippy::excessive_precision)]
     const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
+    #[allow(clippy::excessive_precision)]
     const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
     const INV_FACT: [f64; 13] = [
         1.0,
