@@ -84,7 +84,7 @@ fn forward_tile<T: CpuElem>(
             let sum = T::exp_shift_sum(row, mx);
             l[r] = l[r] * corr + sum;
             if corr != T::one() {
-                acc[r * dh..(r + 1) * dh].iter_mut().for_each(|a| *a = *a * corr);
+                acc[r * dh..(r + 1) * dh].iter_mut().for_each(|a| *a *= corr);
             }
             m[r] = mx;
         }
@@ -92,7 +92,7 @@ fn forward_tile<T: CpuElem>(
     }
     for r in 0..bq {
         let inv = T::one() / l[r];
-        acc[r * dh..(r + 1) * dh].iter_mut().for_each(|a| *a = *a * inv);
+        acc[r * dh..(r + 1) * dh].iter_mut().for_each(|a| *a *= inv);
         lse[r] = m[r] + l[r].ln();
     }
 }
@@ -141,7 +141,7 @@ pub fn backward<T: CpuElem>(w: &[T], out: &[T], lse: &[T], g: &[T], spec: Attent
                 },
             )
             .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, &y)| *x = *x + y);
+                a.iter_mut().zip(&b).for_each(|(x, &y)| *x += y);
                 a
             });
         if let Some(total) = total {
@@ -197,7 +197,7 @@ fn backward_tile<T: CpuElem>(
         mm(accj, bk, dh, Accum::Add, dsm.transpose(), qm, scale);
         mm(accj, bk, dh, Accum::Add, pm.transpose(), gm, T::one());
     }
-    acc[i0 * dh..(i0 + bq) * dh].iter_mut().zip(&dq).for_each(|(a, &x)| *a = *a + x);
+    acc[i0 * dh..(i0 + bq) * dh].iter_mut().zip(&dq).for_each(|(a, &x)| *a += x);
 }
 
 /// Inclusive cumulative sum along the axis of `v` (backwards when `reverse`).
@@ -213,7 +213,7 @@ pub fn cumsum<T: CpuElem>(x: &[T], v: AxisView, reverse: bool) -> Vec<T> {
         for l in order {
             let prev = if reverse { l + 1 } else { l - 1 };
             for j in 0..inner {
-                blk[l * inner + j] = blk[l * inner + j] + blk[prev * inner + j];
+                blk[l * inner + j] += blk[prev * inner + j];
             }
         }
     };

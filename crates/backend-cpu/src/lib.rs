@@ -6,6 +6,9 @@
 //! loop, one matrix per rayon task, where faer's per-call set-up would
 //! dominate. Elementwise work runs in parallel above a size threshold.
 
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod attention;
 mod fft;
 mod linalg;
@@ -25,7 +28,7 @@ pub trait CpuElem: Element + faer::traits::RealField + rustfft::FftNum {
         let mut sum = Self::zero();
         for x in row.iter_mut() {
             *x = (*x - shift).exp();
-            sum = sum + *x;
+            sum += *x;
         }
         sum
     }

@@ -308,7 +308,8 @@ proptest! {
 
 /// Concave, non-decreasing functions with `f(0) = 0`: `log(1 + 3x)` and
 /// `x/(1+x)` (strictly concave), `sqrt(x)` (infinite slope at 0), `min(x, 1)` (not strictly concave).
-const CONCAVE: [(&str, fn(f64) -> f64); 4] = [
+type Concave = (&'static str, fn(f64) -> f64);
+const CONCAVE: [Concave; 4] = [
     ("log(1 + 3x)", |x| (3.0 * x).ln_1p()),
     ("sqrt(x)", f64::sqrt),
     ("x / (1 + x)", |x| x / (1.0 + x)),

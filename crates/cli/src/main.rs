@@ -1,5 +1,8 @@
 //! The `rate` command: every experiment and job of the rate-reduction networks (ReduNet, invariant ReduNet, CRATE, AoT, TOST).
 
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod invariant_cmd;
 mod plot;
 mod redunet_cmd;

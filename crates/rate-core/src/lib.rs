@@ -4,6 +4,9 @@
 //! CPU (`backend-cpu`) and GPU (`backend-wgpu`) crates implement it, and the
 //! `testing` feature provides the conformance suite every backend must pass.
 
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod attention;
 pub mod backend;
 pub mod circulant;
