@@ -56,10 +56,13 @@ pub(super) fn exp_nonpositive(x: f64) -> f64 {
     let kf = xc * std::f64::consts::LOG2_E + SHIFT;
     let n = kf - SHIFT;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
-    let mut p = INV_FACT[12];
-    for c in INV_FACT[..12].iter().rev() {
-        p = p * r + c;
-    }
+    // Estrin's scheme: a short dependency chain, so that lanes overlap.
+    let c = &INV_FACT;
+    let (r2, q0, q1, q2, q3, q4, q5) =
+        (r * r, c[0] + c[1] * r, c[2] + c[3] * r, c[4] + c[5] * r, c[6] + c[7] * r, c[8] + c[9] * r, c[10] + c[11] * r);
+    let r4 = r2 * r2;
+    let (s0, s1, s2) = (q0 + q1 * r2, q2 + q3 * r2, q4 + q5 * r2 + c[12] * r4);
+    let p = (s0 + s1 * r4) + s2 * (r4 * r4);
     let scale = f64::from_bits((kf.to_bits().wrapping_sub(SHIFT.to_bits()).wrapping_add(1023)) << 52);
     let y = p * scale;
     if x < -708.0 {
@@ -257,6 +260,11 @@ struct Scratch<T> {
     coef: Vec<T>,
     /// Lane accumulators of a covariance.
     lanes: Vec<T>,
+    /// Per-lane work rows: squared norms, the largest exponent, the softmax sum, the compression term.
+    norm2: [T; BLOCK],
+    top: [f64; BLOCK],
+    sum: [f64; BLOCK],
+    clus: [T; BLOCK],
 }
 
 impl<T: Element> Scratch<T> {
@@ -266,6 +274,10 @@ impl<T: Element> Scratch<T> {
             expo: vec![0.0; k * BLOCK],
             coef: vec![T::zero(); k * BLOCK],
             lanes: vec![T::zero(); lane_len(d)],
+            norm2: [T::zero(); BLOCK],
+            top: [0.0; BLOCK],
+            sum: [0.0; BLOCK],
+            clus: [T::zero(); BLOCK],
         }
     }
 }
@@ -287,27 +299,165 @@ impl<T: Element> Kernel<'_, T> {
     /// the argmax membership of each lane into `yhat` when given.
     #[inline]
     fn block(&self, z: &mut [T], sc: &mut Scratch<T>, yhat: Option<&mut [u32]>) {
+        match self.d {
+            1 => self.block_small::<1>(z, sc, yhat),
+            2 => self.block_small::<2>(z, sc, yhat),
+            3 => self.block_small::<3>(z, sc, yhat),
+            4 => self.block_small::<4>(z, sc, yhat),
+            5 => self.block_small::<5>(z, sc, yhat),
+            6 => self.block_small::<6>(z, sc, yhat),
+            7 => self.block_small::<7>(z, sc, yhat),
+            8 => self.block_small::<8>(z, sc, yhat),
+            _ => self.block_any(z, sc, yhat),
+        }
+    }
+
+    /// [`Self::block_any`] with the dimension known at compile time, so that
+    /// the sums over features unroll and each response row is written once.
+    /// Same operations in the same order, so the same values.
+    #[inline]
+    fn block_small<const D: usize>(&self, z: &mut [T], sc: &mut Scratch<T>, yhat: Option<&mut [u32]>) {
+        let k = self.k;
+        let (floor, lambda, eta) = (self.floor, self.lambda, self.eta);
+        let z = &mut z[..D * BLOCK];
+        let w = &self.w[..(k + 1) * D * D];
+        // C_j z, its norm and the exponent -lambda max(||C_j z||, floor) (4.1.11).
+        let top = &mut sc.top;
+        top.fill(f64::NEG_INFINITY);
+        for j in 0..k {
+            let ys = &mut sc.resp[j * D * BLOCK..(j + 1) * D * BLOCK];
+            for r in 0..D {
+                let wr = &w[((j + 1) * D + r) * D..((j + 1) * D + r + 1) * D];
+                let y = &mut ys[r * BLOCK..(r + 1) * BLOCK];
+                for i in 0..BLOCK {
+                    let mut a = wr[0] * z[i];
+                    for c in 1..D {
+                        a = a + wr[c] * z[c * BLOCK + i];
+                    }
+                    y[i] = a;
+                }
+            }
+            let s = &mut sc.expo[j * BLOCK..(j + 1) * BLOCK];
+            for i in 0..BLOCK {
+                let mut n2 = ys[i] * ys[i];
+                for r in 1..D {
+                    n2 = n2 + ys[r * BLOCK + i] * ys[r * BLOCK + i];
+                }
+                let n = n2.sqrt();
+                let v = -lambda * (if n > floor { n } else { floor }).f64();
+                s[i] = v;
+                top[i] = if v > top[i] { v } else { top[i] };
+            }
+        }
+        let sum = &mut sc.sum;
+        sum.fill(0.0);
+        for j in 0..k {
+            let e = &mut sc.expo[j * BLOCK..(j + 1) * BLOCK];
+            for i in 0..BLOCK {
+                let v = exp_nonpositive(e[i] - top[i]);
+                e[i] = v;
+                sum[i] += v;
+            }
+        }
+        if let Some(yhat) = yhat {
+            let best = &mut sc.top;
+            best.fill(f64::NEG_INFINITY);
+            let yhat = &mut yhat[..BLOCK];
+            for j in 0..k {
+                let e = &sc.expo[j * BLOCK..(j + 1) * BLOCK];
+                for i in 0..BLOCK {
+                    let better = e[i] > best[i];
+                    best[i] = if better { e[i] } else { best[i] };
+                    yhat[i] = if better { j as u32 } else { yhat[i] };
+                }
+            }
+        }
+        for v in sum.iter_mut() {
+            *v = 1.0 / *v;
+        }
+        for j in 0..k {
+            let g = self.gamma[j];
+            let e = &sc.expo[j * BLOCK..(j + 1) * BLOCK];
+            let cf = &mut sc.coef[j * BLOCK..(j + 1) * BLOCK];
+            for i in 0..BLOCK {
+                cf[i] = g * T::of(e[i] * sum[i]);
+            }
+        }
+        // sum_j gamma_j pi_j C_j z, E z, the update (4.1.12) and the normalisation.
+        let (resp, u) = sc.resp.split_at_mut(k * D * BLOCK);
+        let u = &mut u[..D * BLOCK];
+        for c in 0..D {
+            let clus = &mut sc.clus;
+            let (cf, y) = (&sc.coef[..BLOCK], &resp[c * BLOCK..(c + 1) * BLOCK]);
+            for i in 0..BLOCK {
+                clus[i] = cf[i] * y[i];
+            }
+            for j in 1..k {
+                let y = &resp[(j * D + c) * BLOCK..(j * D + c + 1) * BLOCK];
+                let cf = &sc.coef[j * BLOCK..(j + 1) * BLOCK];
+                for i in 0..BLOCK {
+                    clus[i] = clus[i] + cf[i] * y[i];
+                }
+            }
+            let we = &w[c * D..(c + 1) * D];
+            let uc = &mut u[c * BLOCK..(c + 1) * BLOCK];
+            for i in 0..BLOCK {
+                let mut ez = we[0] * z[i];
+                for a in 1..D {
+                    ez = ez + we[a] * z[a * BLOCK + i];
+                }
+                uc[i] = z[c * BLOCK + i] + eta * (ez - clus[i]);
+            }
+        }
+        let n2 = &mut sc.norm2;
+        for i in 0..BLOCK {
+            let mut s = u[i] * u[i];
+            for c in 1..D {
+                s = s + u[c * BLOCK + i] * u[c * BLOCK + i];
+            }
+            let n = s.sqrt();
+            n2[i] = T::one() / if n > floor { n } else { floor };
+        }
+        for c in 0..D {
+            for i in 0..BLOCK {
+                z[c * BLOCK + i] = u[c * BLOCK + i] * n2[i];
+            }
+        }
+    }
+
+    /// The layer map for any dimension: every loop runs over the lanes of one
+    /// row of the scratch space, so it vectorises.
+    #[inline]
+    fn block_any(&self, z: &mut [T], sc: &mut Scratch<T>, yhat: Option<&mut [u32]>) {
         let (d, k) = (self.d, self.k);
+        let z = &mut z[..d * BLOCK];
         // Responses E z and C_j z: one (k+1)d x d product per sample.
         for r in 0..(k + 1) * d {
             let wr = &self.w[r * d..(r + 1) * d];
-            let mut acc = [T::zero(); BLOCK];
-            for c in 0..d {
-                let w = wr[c];
-                let zc = &z[c * BLOCK..(c + 1) * BLOCK];
+            let y = &mut sc.resp[r * BLOCK..(r + 1) * BLOCK];
+            let (w0, z0) = (wr[0], &z[..BLOCK]);
+            for i in 0..BLOCK {
+                y[i] = w0 * z0[i];
+            }
+            for c in 1..d {
+                let (w, zc) = (wr[c], &z[c * BLOCK..(c + 1) * BLOCK]);
                 for i in 0..BLOCK {
-                    acc[i] = acc[i] + w * zc[i];
+                    y[i] = y[i] + w * zc[i];
                 }
             }
-            sc.resp[r * BLOCK..(r + 1) * BLOCK].copy_from_slice(&acc);
         }
         // Soft membership (4.1.11): softmax_j(-lambda max(||C_j z||, floor)), max-subtracted.
-        let mut top = [f64::NEG_INFINITY; BLOCK];
+        let top = &mut sc.top;
+        top.fill(f64::NEG_INFINITY);
         for j in 0..k {
-            let mut n2 = [T::zero(); BLOCK];
-            for c in 0..d {
-                let row = (j + 1) * d + c;
-                let y = &sc.resp[row * BLOCK..(row + 1) * BLOCK];
+            let n2 = &mut sc.norm2;
+            let first = (j + 1) * d;
+            let y = &sc.resp[first * BLOCK..(first + 1) * BLOCK];
+            for i in 0..BLOCK {
+                n2[i] = y[i] * y[i];
+            }
+            for c in 1..d {
+                let y = &sc.resp[(first + c) * BLOCK..(first + c + 1) * BLOCK];
                 for i in 0..BLOCK {
                     n2[i] = n2[i] + y[i] * y[i];
                 }
@@ -321,7 +471,8 @@ impl<T: Element> Kernel<'_, T> {
                 top[i] = if v > top[i] { v } else { top[i] };
             }
         }
-        let mut sum = [0.0f64; BLOCK];
+        let sum = &mut sc.sum;
+        sum.fill(0.0);
         for j in 0..k {
             let e = &mut sc.expo[j * BLOCK..(j + 1) * BLOCK];
             for i in 0..BLOCK {
@@ -331,18 +482,18 @@ impl<T: Element> Kernel<'_, T> {
             }
         }
         if let Some(yhat) = yhat {
-            let mut best = [f64::NEG_INFINITY; BLOCK];
-            let mut arg = [0u32; BLOCK];
+            // First index of the largest membership (ties to the lower class).
+            let best = &mut sc.top;
+            best.fill(f64::NEG_INFINITY);
+            let yhat = &mut yhat[..BLOCK];
             for j in 0..k {
                 let e = &sc.expo[j * BLOCK..(j + 1) * BLOCK];
                 for i in 0..BLOCK {
-                    if e[i] > best[i] {
-                        best[i] = e[i];
-                        arg[i] = j as u32;
-                    }
+                    let better = e[i] > best[i];
+                    best[i] = if better { e[i] } else { best[i] };
+                    yhat[i] = if better { j as u32 } else { yhat[i] };
                 }
             }
-            yhat.copy_from_slice(&arg);
         }
         for v in sum.iter_mut() {
             *v = 1.0 / *v;
@@ -356,10 +507,15 @@ impl<T: Element> Kernel<'_, T> {
             }
         }
         // Update z + eta (E z - sum_j gamma_j pi_j C_j z) (4.1.12), then normalise.
-        let mut n2 = [T::zero(); BLOCK];
+        let n2 = &mut sc.norm2;
+        n2.fill(T::zero());
         for c in 0..d {
-            let mut clus = [T::zero(); BLOCK];
-            for j in 0..k {
+            let clus = &mut sc.clus;
+            let (cf, y) = (&sc.coef[..BLOCK], &sc.resp[(d + c) * BLOCK..(d + c + 1) * BLOCK]);
+            for i in 0..BLOCK {
+                clus[i] = cf[i] * y[i];
+            }
+            for j in 1..k {
                 let row = (j + 1) * d + c;
                 let y = &sc.resp[row * BLOCK..(row + 1) * BLOCK];
                 let cf = &sc.coef[j * BLOCK..(j + 1) * BLOCK];
@@ -565,7 +721,21 @@ fn code_rates<T: Element>(
 }
 
 /// Builds the layers with the fused engine (see [`super::ReduNet::build_with`]).
+///
+/// The whole loop runs on a worker of rayon's pool, so that the parallel
+/// pass of each layer is forked from inside the pool (no hand-off to the
+/// pool and back per layer).
 pub(super) fn build<B: Backend>(
+    z: &Tensor<B>,
+    labels: &[usize],
+    cfg: &ReduNetConfig,
+    record: &Record,
+    scales: &Scales,
+) -> Result<(Vec<Layer<B>>, Trace<B>)> {
+    rayon::scope(|_| build_in_pool(z, labels, cfg, record, scales))
+}
+
+fn build_in_pool<B: Backend>(
     z: &Tensor<B>,
     labels: &[usize],
     cfg: &ReduNetConfig,
@@ -764,6 +934,27 @@ mod tests {
         assert_eq!(exp_nonpositive(0.0), 1.0);
         assert_eq!(exp_nonpositive(-800.0), 0.0);
         assert!(exp_nonpositive(f64::NAN).is_nan());
+    }
+
+    /// The compile-time-dimension kernel gives the same values as the general one.
+    #[test]
+    fn small_kernel_equals_general_kernel() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(3);
+        for (d, k) in [(1, 2), (3, 3), (5, 4), (8, 2)] {
+            let w: Vec<f64> = (0..(k + 1) * d * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let gamma: Vec<f64> = (0..k).map(|j| (j + 1) as f64 / 10.0).collect();
+            let kernel = Kernel { d, k, w: &w, gamma: &gamma, eta: 0.5, lambda: 7.0, floor: NORM_FLOOR };
+            let z0: Vec<f64> = (0..d * BLOCK).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let (mut za, mut zb) = (z0.clone(), z0);
+            let (mut ya, mut yb) = ([0u32; BLOCK], [0u32; BLOCK]);
+            let mut sc = Scratch::new(d, k);
+            kernel.block(&mut za, &mut sc, Some(&mut ya));
+            kernel.block_any(&mut zb, &mut sc, Some(&mut yb));
+            assert_eq!(za, zb, "d = {d}, k = {k}");
+            assert_eq!(ya, yb, "d = {d}, k = {k}");
+            assert!(d == 1 || ya.iter().any(|&y| y != ya[0]), "memberships should vary");
+        }
     }
 
     #[test]
