@@ -222,6 +222,74 @@ fn row_offsets(shape: &[usize], sa: &[usize], sb: &[usize]) -> Vec<(usize, usize
     out
 }
 
+/// Elementwise `f(a, b)` over `out_shape` with broadcasting strides (the body
+/// of `Backend::binary`); rows whose inner stride is 1 or 0 run as slice loops.
+fn binary_with<T: CpuElem>(
+    f: impl Fn(T, T) -> T + Sync + Send + Copy,
+    a: &Arc<Vec<T>>,
+    a_strides: &[usize],
+    b: &Arc<Vec<T>>,
+    b_strides: &[usize],
+    out_shape: &[usize],
+) -> Arc<Vec<T>> {
+    let n: usize = out_shape.iter().product();
+    if n == 0 {
+        return Arc::new(Vec::new());
+    }
+    let r = out_shape.len();
+    let contiguous = |s: &[usize]| {
+        let mut acc = 1;
+        (0..r).rev().all(|i| {
+            let ok = s[i] == acc || out_shape[i] == 1;
+            acc *= out_shape[i];
+            ok
+        })
+    };
+    if r == 0 {
+        return Arc::new(vec![f(a[0], b[0])]);
+    }
+    if contiguous(a_strides) && contiguous(b_strides) {
+        let out: Vec<T> = if n >= PAR_THRESHOLD {
+            a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
+        } else {
+            a.iter().zip(b.iter()).map(|(&x, &y)| f(x, y)).collect()
+        };
+        return Arc::new(out);
+    }
+    let inner = out_shape[r - 1];
+    let (ia, ib) = (a_strides[r - 1], b_strides[r - 1]);
+    let rows = row_offsets(out_shape, a_strides, b_strides);
+    let mut out = vec![T::zero(); n];
+    let body = |(row, chunk): (usize, &mut [T])| {
+        let (oa, ob) = rows[row];
+        match (ia, ib) {
+            (1, 1) => {
+                let (ra, rb) = (&a[oa..oa + inner], &b[ob..ob + inner]);
+                chunk.iter_mut().zip(ra.iter().zip(rb)).for_each(|(o, (&x, &y))| *o = f(x, y));
+            }
+            (1, 0) => {
+                let y = b[ob];
+                chunk.iter_mut().zip(&a[oa..oa + inner]).for_each(|(o, &x)| *o = f(x, y));
+            }
+            (0, 1) => {
+                let x = a[oa];
+                chunk.iter_mut().zip(&b[ob..ob + inner]).for_each(|(o, &y)| *o = f(x, y));
+            }
+            _ => {
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    *o = f(a[oa + j * ia], b[ob + j * ib]);
+                }
+            }
+        }
+    };
+    if n >= PAR_THRESHOLD {
+        out.par_chunks_mut(inner).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(inner).enumerate().for_each(body);
+    }
+    Arc::new(out)
+}
+
 impl<T: CpuElem> Backend for CpuBackend<T> {
     type Elem = T;
     type Buffer = Arc<Vec<T>>;
@@ -247,7 +315,21 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
     }
 
     fn unary(&self, op: UnaryOp, x: &Self::Buffer) -> Self::Buffer {
-        Arc::new(map_vec(x, unary_fn::<T>(op)))
+        // the common ops get their own monomorphised loop (no per-element match)
+        Arc::new(match op {
+            UnaryOp::Neg => map_vec(x, |v: T| -v),
+            UnaryOp::Square => map_vec(x, |v: T| v * v),
+            UnaryOp::Recip => map_vec(x, |v: T| T::one() / v),
+            UnaryOp::MulScalar(c) => {
+                let c = T::of(c);
+                map_vec(x, move |v: T| v * c)
+            }
+            UnaryOp::AddScalar(c) => {
+                let c = T::of(c);
+                map_vec(x, move |v: T| v + c)
+            }
+            _ => map_vec(x, unary_fn::<T>(op)),
+        })
     }
 
     fn binary(
@@ -259,47 +341,16 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         b_strides: &[usize],
         out_shape: &[usize],
     ) -> Self::Buffer {
-        let f = binary_fn::<T>(op);
-        let n: usize = out_shape.iter().product();
-        if n == 0 {
-            return Arc::new(Vec::new());
-        }
-        let r = out_shape.len();
-        let contiguous = |s: &[usize]| {
-            let mut acc = 1;
-            (0..r).rev().all(|i| {
-                let ok = s[i] == acc || out_shape[i] == 1;
-                acc *= out_shape[i];
-                ok
-            })
-        };
-        if r == 0 {
-            return Arc::new(vec![f(a[0], b[0])]);
-        }
-        if contiguous(a_strides) && contiguous(b_strides) {
-            let out: Vec<T> = if n >= PAR_THRESHOLD {
-                a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
-            } else {
-                a.iter().zip(b.iter()).map(|(&x, &y)| f(x, y)).collect()
-            };
-            return Arc::new(out);
-        }
-        let inner = out_shape[r - 1];
-        let (ia, ib) = (a_strides[r - 1], b_strides[r - 1]);
-        let rows = row_offsets(out_shape, a_strides, b_strides);
-        let mut out = vec![T::zero(); n];
-        let body = |(row, chunk): (usize, &mut [T])| {
-            let (oa, ob) = rows[row];
-            for (j, o) in chunk.iter_mut().enumerate() {
-                *o = f(a[oa + j * ia], b[ob + j * ib]);
+        // one monomorphised body per op, so the inner loops carry no match and vectorise
+        match op {
+            BinaryOp::Add => binary_with(|x: T, y: T| x + y, a, a_strides, b, b_strides, out_shape),
+            BinaryOp::Sub => binary_with(|x: T, y: T| x - y, a, a_strides, b, b_strides, out_shape),
+            BinaryOp::Mul => binary_with(|x: T, y: T| x * y, a, a_strides, b, b_strides, out_shape),
+            BinaryOp::Div => binary_with(|x: T, y: T| x / y, a, a_strides, b, b_strides, out_shape),
+            BinaryOp::Max | BinaryOp::Min => {
+                binary_with(binary_fn::<T>(op), a, a_strides, b, b_strides, out_shape)
             }
-        };
-        if n >= PAR_THRESHOLD {
-            out.par_chunks_mut(inner).enumerate().for_each(body);
-        } else {
-            out.chunks_mut(inner).enumerate().for_each(body);
         }
-        Arc::new(out)
     }
 
     fn permute(&self, x: &Self::Buffer, shape: &[usize], perm: &[usize]) -> Self::Buffer {

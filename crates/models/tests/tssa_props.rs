@@ -105,6 +105,21 @@ proptest! {
     }
 
     #[test]
+    fn tssa_forward_equals_step_by_step_reference(
+        seed in any::<u64>(), batch in 1usize..3, n in 1usize..30, heads in 1usize..5, dh in 1usize..6, bias in any::<bool>(),
+    ) {
+        let be = B::new();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let dim = heads * dh;
+        let layer = Tssa::new(
+            linear(&be, dim, bias, &mut rng), normal(&be, &[heads, 1], 0.5, 1.0, &mut rng), linear(&be, dim, true, &mut rng), heads,
+        ).unwrap();
+        let x = normal(&be, &[batch, n, dim], 1.0, 0.0, &mut rng);
+        let d = layer.forward(&x).0.sub(&layer.forward_reference(&x)).max_abs();
+        prop_assert!(d < 1e-12, "fast forward differs from the reference by {d}");
+    }
+
+    #[test]
     fn causal_tssa_backward_matches_finite_differences(
         seed in any::<u64>(), batch in 1usize..3, n in 1usize..6, extra in 0usize..3, heads in 1usize..4, dh in 1usize..4,
         bias in any::<bool>(), with_pos in any::<bool>(),

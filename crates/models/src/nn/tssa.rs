@@ -51,13 +51,13 @@ pub struct Tssa<B: Backend> {
 #[derive(Clone, Debug)]
 pub struct TssaCache<B: Backend> {
     x: Tensor<B>,
-    /// `w` `[b, n, h, dh]`.
+    /// `w` `[b, n, dim]`.
     w: Tensor<B>,
-    /// `a = w^2` `[b, n, h, dh]`.
+    /// `a = w^2` `[b, n, dim]`.
     a: Tensor<B>,
-    /// `1 / max(||w[:,c]||, eps)^2` `[b, 1, h, dh]`.
+    /// `1 / max(||w[:,c]||, eps)^2` `[b, h, dh]`.
     inv_norm2: Tensor<B>,
-    /// 1 where the column norm exceeds the clamp, `[b, 1, h, dh]`.
+    /// 1 where the column norm exceeds the clamp, `[b, h, dh]`.
     norm_mask: Tensor<B>,
     /// `sum_c what2` `[b, n, h]`.
     what2_sum: Tensor<B>,
@@ -65,10 +65,10 @@ pub struct TssaCache<B: Backend> {
     pi: Tensor<B>,
     /// `sum_n Pi + 1e-8` `[b, 1, h]`.
     pi_mass: Tensor<B>,
-    /// `1 / (1 + dots)` `[b, 1, h, dh]`.
+    /// `1 / (1 + dots)` `[b, h, dh]`.
     r: Tensor<B>,
-    /// Merged head outputs (input of `to_out`) `[b, n, dim]`.
-    y: Tensor<B>,
+    /// `w Pi` `[b, n, dim]` (so that `to_out` sees `-w Pi r`).
+    w_pi: Tensor<B>,
 }
 
 fn check_params<B: Backend>(
@@ -95,10 +95,7 @@ fn check_params<B: Backend>(
         return bad(format!("temp has shape {:?}, expected [{heads}, 1]", temp.shape()));
     }
     if to_out.weight.shape() != [dim, dim] {
-        return bad(format!(
-            "to_out.0.weight has shape {:?}, expected [{dim}, {dim}]",
-            to_out.weight.shape()
-        ));
+        return bad(format!("to_out.0.weight has shape {:?}, expected [{dim}, {dim}]", to_out.weight.shape()));
     }
     match &to_out.bias {
         Some(b) if b.shape() == [dim] => Ok(dim),
@@ -128,8 +125,7 @@ fn named_params<B: Backend>(
     get: &impl Fn(&str) -> Option<Tensor<B>>,
     what: &str,
 ) -> Result<(Linear<B>, Tensor<B>, Linear<B>)> {
-    let need =
-        |name: &str| get(name).ok_or_else(|| Error::Config(format!("{what}: parameter `{name}` is missing")));
+    let need = |name: &str| get(name).ok_or_else(|| Error::Config(format!("{what}: parameter `{name}` is missing")));
     let qkv = Linear { weight: need("qkv.weight")?, bias: get("qkv.bias") };
     let to_out = Linear { weight: need("to_out.0.weight")?, bias: Some(need("to_out.0.bias")?) };
     Ok((qkv, need("temp")?, to_out))
@@ -176,27 +172,67 @@ impl<B: Backend> Tssa<B> {
     }
 
     /// Forward on `x = [batch, tokens, dim]`: the output and the cache.
+    ///
+    /// The per-head reductions and broadcasts are thin matmuls against
+    /// block-diagonal `[dim, heads]` matrices and the factor `1 / (1 + dots)`
+    /// is folded into the columns of `to_out.0.weight`, so that each
+    /// `tokens x dim` tensor is written once; [`Self::forward_reference`] is
+    /// the same map written step by step.
     pub fn forward(&self, x: &Tensor<B>) -> (Tensor<B>, TssaCache<B>) {
         let dim = self.dim();
         check_input(x, dim, "TSSA");
         let (b, n, h) = (x.dim(0), x.dim(1), self.heads);
         let dh = dim / h;
-        let w = self.qkv.forward(x).reshape(&[b, n, h, dh]);
+        let w = self.qkv.forward(x);
         let a = w.square();
         // column norms over the tokens, clamped as F.normalize does
         let norm = a.sum_axis(1, true).sqrt();
-        let norm_mask = norm.add_scalar(-NORM_EPS).step();
-        let inv_norm2 = norm.clamp_min(NORM_EPS).square().recip();
-        let what2_sum = a.mul(&inv_norm2).sum_axis(-1, false);
+        let norm_mask = norm.add_scalar(-NORM_EPS).step().reshape(&[b, h, dh]);
+        let inv_norm2 = norm.clamp_min(NORM_EPS).square().recip().reshape(&[b, h, dh]);
+        // s[n,h] = temp[h] sum_c a[n,h,c] / norm[h,c]^2
+        let what2_sum = head_dot(&a, &inv_norm2);
         let pi = what2_sum.mul(&self.temp.reshape(&[1, 1, h])).softmax(-1);
         let pi_mass = pi.sum_axis(1, true).add_scalar(PI_EPS);
-        let q = pi.div(&pi_mass);
-        let dots = a.mul(&q.reshape(&[b, n, h, 1])).sum_axis(1, true);
+        // dots[h,c] = sum_n q[n,h] a[n,h,c]
+        let dots = head_weighted_sum(&pi.div(&pi_mass), &a);
         let r = dots.add_scalar(1.0).recip();
-        let y = w.mul(&pi.reshape(&[b, n, h, 1])).mul(&r).neg().reshape(&[b, n, dim]);
-        let out = self.to_out.forward(&y);
-        let cache = TssaCache { x: x.clone(), w, a, inv_norm2, norm_mask, what2_sum, pi, pi_mass, r, y };
+        // y = -w Pi r; to_out(y) = (w Pi) (W_o diag(-r))^T + b_o
+        let w_pi = w.reshape(&[b, n, h, dh]).mul(&pi.reshape(&[b, n, h, 1])).reshape(&[b, n, dim]);
+        let out = w_pi.matmul_t(&self.out_weight(&r), false, true).add(&self.out_bias());
+        let cache = TssaCache { x: x.clone(), w, a, inv_norm2, norm_mask, what2_sum, pi, pi_mass, r, w_pi };
         (out, cache)
+    }
+
+    /// `W_o diag(-r_b)` per batch element, `[b, dim, dim]`.
+    fn out_weight(&self, r: &Tensor<B>) -> Tensor<B> {
+        let (b, dim) = (r.dim(0), self.dim());
+        self.to_out.weight.reshape(&[1, dim, dim]).mul(&r.neg().reshape(&[b, 1, dim]))
+    }
+
+    fn out_bias(&self) -> Tensor<B> {
+        let dim = self.dim();
+        match &self.to_out.bias {
+            Some(bias) => bias.reshape(&[1, 1, dim]),
+            None => Tensor::zeros(self.temp.backend(), &[1, 1, dim]),
+        }
+    }
+
+    /// The forward written step by step as the ToST code does it (README D),
+    /// with plain broadcasts: the reference the fast [`Self::forward`] is
+    /// tested against.
+    pub fn forward_reference(&self, x: &Tensor<B>) -> Tensor<B> {
+        let dim = self.dim();
+        check_input(x, dim, "TSSA");
+        let (b, n, h) = (x.dim(0), x.dim(1), self.heads);
+        let w = self.qkv.forward(x).reshape(&[b, n, h, dim / h]);
+        let w_normed = w.div(&w.norm_axis(1).clamp_min(NORM_EPS));
+        let s = w_normed.square().sum_axis(-1, false).mul(&self.temp.reshape(&[1, 1, h]));
+        let pi = s.softmax(-1);
+        let q = pi.div(&pi.sum_axis(1, true).add_scalar(PI_EPS));
+        let dots = w.square().mul(&q.reshape(&[b, n, h, 1])).sum_axis(1, true);
+        let attn = dots.add_scalar(1.0).recip();
+        let y = w.mul(&pi.reshape(&[b, n, h, 1])).mul(&attn).neg();
+        self.to_out.forward(&y.reshape(&[b, n, dim]))
     }
 
     /// Backward: adds the gradients of `qkv.weight`, `qkv.bias`, `temp`,
@@ -208,8 +244,9 @@ impl<B: Backend> Tssa<B> {
         prefix: &str,
         grads: &mut Grads<B>,
     ) -> Tensor<B> {
-        let TssaCache { x, w, a, inv_norm2, norm_mask, what2_sum, pi, pi_mass, r, y } = cache;
-        let (b, n, h, dh) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
+        let TssaCache { x, w, a, inv_norm2, norm_mask, what2_sum, pi, pi_mass, r, w_pi } = cache;
+        let (b, n, dim) = (w.dim(0), w.dim(1), w.dim(2));
+        let (h, dh) = (self.heads, dim / self.heads);
         assert_eq!(
             grad_out.shape(),
             x.shape(),
@@ -217,19 +254,23 @@ impl<B: Backend> Tssa<B> {
             grad_out.shape(),
             x.shape()
         );
-        let g = self.to_out.backward(y, grad_out, &join(prefix, "to_out.0"), grads).reshape(&[b, n, h, dh]);
+        // out = w_pi W_r^T + b_o with W_r = W_o diag(-r)
+        let out_prefix = join(prefix, "to_out.0");
+        if self.to_out.bias.is_some() {
+            accumulate(grads, join(&out_prefix, "bias"), grad_out.reshape(&[b * n, dim]).sum_axis(0, false));
+        }
+        let d_wr = grad_out.matmul_t(w_pi, true, false);
+        accumulate(grads, join(&out_prefix, "weight"), d_wr.mul(&r.neg().reshape(&[b, 1, dim])).sum_axis(0, false));
+        let dr = d_wr.mul(&self.to_out.weight.reshape(&[1, dim, dim])).sum_axis(1, false).neg().reshape(&[b, h, dh]);
+        let g_wpi = grad_out.matmul(&self.out_weight(r));
+        // w_pi = w Pi
         let pi4 = pi.reshape(&[b, n, h, 1]);
-        // out = -w Pi r
-        let g_r = g.mul(r);
-        let mut dw = g_r.mul(&pi4).neg();
-        let mut dpi = g_r.mul(w).sum_axis(-1, false).neg();
-        let dr = g.mul(w).mul(&pi4).sum_axis(1, true).neg();
-        // r = 1 / (1 + dots)
+        let dw_direct = g_wpi.reshape(&[b, n, h, dh]).mul(&pi4).reshape(&[b, n, dim]);
+        let mut dpi = g_wpi.mul(w).reshape(&[b, n, h, dh]).sum_axis(-1, false);
+        // r = 1 / (1 + dots), dots = sum_n q a
         let ddots = dr.mul(&r.square()).neg();
-        // dots = sum_n q a
         let q = pi.div(pi_mass);
-        let mut da = ddots.mul(&q.reshape(&[b, n, h, 1]));
-        let dq = a.mul(&ddots).sum_axis(-1, false);
+        let dq = head_dot(a, &ddots);
         // q = Pi / pi_mass, pi_mass = sum_n Pi + eps
         let dmass = dq.mul(&q).sum_axis(1, true).div(pi_mass).neg();
         dpi = dpi.add(&dq.div(pi_mass)).add(&dmass);
@@ -238,16 +279,43 @@ impl<B: Backend> Tssa<B> {
         // s = temp * what2_sum
         let dtemp = ds.mul(what2_sum).reshape(&[b * n, h]).sum_axis(0, false).reshape(&[h, 1]);
         accumulate(grads, join(prefix, "temp"), dtemp);
-        let dwhat2 = ds.mul(&self.temp.reshape(&[1, 1, h])).reshape(&[b, n, h, 1]);
-        // what2 = a * inv_norm2, inv_norm2 = 1 / sum_n a where not clamped
-        da = da.add(&dwhat2.mul(inv_norm2));
-        let dinv = dwhat2.mul(a).sum_axis(1, true);
+        let dwhat2 = ds.mul(&self.temp.reshape(&[1, 1, h]));
+        // what2_sum = sum_c a inv_norm2, inv_norm2 = 1 / sum_n a where the norm is not clamped
+        let dinv = head_weighted_sum(&dwhat2, a);
         let dnorm2 = dinv.mul(&inv_norm2.square()).mul(norm_mask).neg();
-        da = da.add(&dnorm2);
-        // a = w^2
-        dw = dw.add(&da.mul(w).scale(2.0));
-        self.qkv.backward(x, &dw.reshape(&[b, n, h * dh]), &join(prefix, "qkv"), grads)
+        // da = q ddots + dwhat2 inv_norm2 + dnorm2 (broadcast over tokens), times 2 for a = w^2
+        let coef = Tensor::cat(&[q.clone(), dwhat2, Tensor::full(w.backend(), &[b, n, 1], 1.0)].iter().collect::<Vec<_>>(), -1);
+        let rows = Tensor::cat(
+            &[block_diag(&ddots).t(), block_diag(inv_norm2).t(), dnorm2.reshape(&[b, 1, dim])].iter().collect::<Vec<_>>(),
+            1,
+        );
+        let da2 = coef.matmul(&rows.scale(2.0));
+        let dw = dw_direct.add(&da2.mul(w));
+        self.qkv.backward(x, &dw, &join(prefix, "qkv"), grads)
     }
+}
+
+/// The block-diagonal `[b, h dh, h]` matrix whose column `k` holds `v[b, k, :]`
+/// in the rows of head `k`.
+fn block_diag<B: Backend>(v: &Tensor<B>) -> Tensor<B> {
+    let (b, h, dh) = (v.dim(0), v.dim(1), v.dim(2));
+    let eye = Tensor::eye(v.backend(), h).reshape(&[1, h, 1, h]);
+    v.reshape(&[b, h, dh, 1]).mul(&eye).reshape(&[b, h * dh, h])
+}
+
+/// `out[b, n, k] = sum_c x[b, n, k dh + c] v[b, k, c]`: per-head dot products
+/// of the tokens `x` (`[b, n, h dh]`) with `v` (`[b, h, dh]`).
+fn head_dot<B: Backend>(x: &Tensor<B>, v: &Tensor<B>) -> Tensor<B> {
+    x.matmul(&block_diag(v))
+}
+
+/// `out[b, k, c] = sum_n u[b, n, k] x[b, n, k dh + c]`: per-head weighted sums
+/// over the tokens (the diagonal blocks of `u^T x`).
+fn head_weighted_sum<B: Backend>(u: &Tensor<B>, x: &Tensor<B>) -> Tensor<B> {
+    let (b, h) = (u.dim(0), u.dim(2));
+    let dh = x.dim(2) / h;
+    let eye = Tensor::eye(u.backend(), h).reshape(&[1, h, h, 1]);
+    u.matmul_t(x, true, false).reshape(&[b, h, h, dh]).mul(&eye).sum_axis(2, false)
 }
 
 impl<B: Backend> Module<B> for Tssa<B> {
@@ -389,9 +457,9 @@ impl<B: Backend> CausalTssa<B> {
 
     fn check_len(&self, n: usize) -> Result<()> {
         match self.max_tokens() {
-            Some(t) if n > t => {
-                Err(Error::Config(format!("causal TSSA: {n} tokens exceed the {t} positions of denom_bias")))
-            }
+            Some(t) if n > t => Err(Error::Config(format!(
+                "causal TSSA: {n} tokens exceed the {t} positions of denom_bias"
+            ))),
             _ => Ok(()),
         }
     }
@@ -399,9 +467,9 @@ impl<B: Backend> CausalTssa<B> {
     /// `dh * denom_bias[h, start .. start + n]` as `[1, n, h]` (zero if absent).
     fn position_offset(&self, start: usize, n: usize) -> Option<Tensor<B>> {
         let dh = (self.dim() / self.heads) as f64;
-        self.denom_bias.as_ref().map(|d| {
-            d.narrow(1, start, n).reshape(&[self.heads, n]).t().reshape(&[1, n, self.heads]).scale(dh)
-        })
+        self.denom_bias
+            .as_ref()
+            .map(|d| d.narrow(1, start, n).reshape(&[self.heads, n]).t().reshape(&[1, n, self.heads]).scale(dh))
     }
 
     /// Whole-sequence forward on `x = [batch, tokens, dim]`; errors if the
@@ -474,11 +542,7 @@ impl<B: Backend> CausalTssa<B> {
         if let Some(bias) = &self.denom_bias {
             let t = bias.dim(1);
             let dpos = ds_t.sum_axis(0, false).scale(dh as f64).t().reshape(&[h, n, 1]);
-            let dpos = if t > n {
-                Tensor::cat(&[&dpos, &Tensor::zeros(bias.backend(), &[h, t - n, 1])], 1)
-            } else {
-                dpos
-            };
+            let dpos = if t > n { Tensor::cat(&[&dpos, &Tensor::zeros(bias.backend(), &[h, t - n, 1])], 1) } else { dpos };
             accumulate(grads, join(prefix, "denom_bias"), dpos);
         }
         let dwhat2 = ds_t.reshape(&[b, n, h, 1]);
@@ -508,12 +572,7 @@ impl<B: Backend> CausalTssa<B> {
     pub fn step(&self, state: &mut CausalTssaState<B>, x: &Tensor<B>) -> Result<Tensor<B>> {
         let (dim, h) = (self.dim(), self.heads);
         let streams = state.sum_pi.dim(0);
-        assert_eq!(
-            x.shape(),
-            [streams, dim],
-            "causal TSSA step: token {:?} is not [{streams}, {dim}]",
-            x.shape()
-        );
+        assert_eq!(x.shape(), [streams, dim], "causal TSSA step: token {:?} is not [{streams}, {dim}]", x.shape());
         self.check_len(state.pos + 1)?;
         let dh = dim / h;
         let w = self.qkv.forward(x).reshape(&[streams, h, dh]);
