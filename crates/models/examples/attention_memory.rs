@@ -117,7 +117,11 @@ fn point(kind: &str, n: usize, backward: bool) -> Result<(), String> {
             }
         }
         "mssa-dense" | "mssa-tiled" => {
-            let m = Mssa { qkv: linear(&be, false, &mut rng), to_out: linear(&be, true, &mut rng), tiled: kind == "mssa-tiled" };
+            let m = Mssa {
+                qkv: linear(&be, false, &mut rng),
+                to_out: linear(&be, true, &mut rng),
+                tiled: kind == "mssa-tiled",
+            };
             let x = x.clone();
             if backward {
                 Box::new(move || m.train_step(&x))

@@ -58,8 +58,15 @@ pub(super) fn exp_nonpositive(x: f64) -> f64 {
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     // Estrin's scheme: a short dependency chain, so that lanes overlap.
     let c = &INV_FACT;
-    let (r2, q0, q1, q2, q3, q4, q5) =
-        (r * r, c[0] + c[1] * r, c[2] + c[3] * r, c[4] + c[5] * r, c[6] + c[7] * r, c[8] + c[9] * r, c[10] + c[11] * r);
+    let (r2, q0, q1, q2, q3, q4, q5) = (
+        r * r,
+        c[0] + c[1] * r,
+        c[2] + c[3] * r,
+        c[4] + c[5] * r,
+        c[6] + c[7] * r,
+        c[8] + c[9] * r,
+        c[10] + c[11] * r,
+    );
     let r4 = r2 * r2;
     let (s0, s1, s2) = (q0 + q1 * r2, q2 + q3 * r2, q4 + q5 * r2 + c[12] * r4);
     let p = (s0 + s1 * r4) + s2 * (r4 * r4);
