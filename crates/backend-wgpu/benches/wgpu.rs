@@ -1,4 +1,5 @@
 //! Criterion benches of the wgpu backend: matmul GFLOP/s, batched and large SPD inverses, batched FFTs (the adapter is printed and named in each group).
+#![allow(missing_docs)] // criterion_group! generates an undocumented public function
 
 use backend_wgpu::WgpuBackend;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -47,7 +48,16 @@ fn benches(c: &mut Criterion) {
     for n in [256usize, 512, 1024] {
         let a = g.upload(&lcg(n * n, 1));
         let b = g.upload(&lcg(n * n, 2));
-        let spec = MatmulSpec { batch: 1, m: n, k: n, n, trans_a: false, trans_b: false, a_batched: true, b_batched: true };
+        let spec = MatmulSpec {
+            batch: 1,
+            m: n,
+            k: n,
+            n,
+            trans_a: false,
+            trans_b: false,
+            a_batched: true,
+            b_batched: true,
+        };
         grp.throughput(Throughput::Elements((2 * n * n * n) as u64)); // "elements" = flops
         grp.bench_function(format!("{n}x{n}x{n} (flops)"), |bch| {
             bch.iter(|| {

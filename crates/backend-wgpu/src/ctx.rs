@@ -195,11 +195,10 @@ impl Ctx {
                 )?
             }
             None => adapters.into_iter().next().ok_or_else(|| {
-                err(format!(
-                    "no wgpu adapter found: looked for Vulkan, Metal and DX12 adapters of any kind \
+                err("no wgpu adapter found: looked for Vulkan, Metal and DX12 adapters of any kind \
                      (discrete, integrated, virtual, software such as llvmpipe); on Linux install a \
                      Vulkan driver, e.g. Debian's mesa-vulkan-drivers"
-                ))
+                    .to_string())
             })?,
         };
         let info = adapter.get_info();
@@ -244,7 +243,9 @@ impl Ctx {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size: class,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         });
@@ -299,12 +300,18 @@ impl Ctx {
 
     /// Downloads `len` f32 values.
     pub fn read_f32(&self, buf: &Buf, len: usize) -> Vec<f32> {
-        self.read_bytes(buf, len).chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        self.read_bytes(buf, len)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     }
 
     /// Downloads `len` u32 values.
     pub fn read_u32(&self, buf: &Buf, len: usize) -> Vec<u32> {
-        self.read_bytes(buf, len).chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        self.read_bytes(buf, len)
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     }
 
     /// Blocks until every submitted job has finished.
@@ -333,8 +340,9 @@ impl Ctx {
         for (i, a) in k.bindings.iter().enumerate() {
             entries.push(storage_entry(i as u32 + 1, *a == Access::Read));
         }
-        let layout =
-            self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
         let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: None,
             bind_group_layouts: &[Some(&layout)],

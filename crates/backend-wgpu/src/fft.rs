@@ -123,14 +123,24 @@ fn record_pow2(job: &mut Job, work: Buf, signals: usize, m: usize, inverse: bool
     let logm = m.trailing_zeros() as usize;
     if m <= SHARED_MAX {
         let d = job.dummy();
-        job.dispatch_groups(&k::FFT_SHARED, &[u(m), u(logm), u(signals), inverse as u32], &[&tw, &work, &d], signals);
+        job.dispatch_groups(
+            &k::FFT_SHARED,
+            &[u(m), u(logm), u(signals), inverse as u32],
+            &[&tw, &work, &d],
+            signals,
+        );
         return work;
     }
     let mut src = work;
     let mut dst = ctx.alloc(2 * signals * m);
     let mut ns = 1;
     while ns < m {
-        job.dispatch_1d(&k::FFT_PASS, &[u(m), u(ns), u(signals), inverse as u32], &[&tw, &src, &dst], signals * m / 2);
+        job.dispatch_1d(
+            &k::FFT_PASS,
+            &[u(m), u(ns), u(signals), inverse as u32],
+            &[&tw, &src, &dst],
+            signals * m / 2,
+        );
         std::mem::swap(&mut src, &mut dst);
         ns *= 2;
     }
@@ -211,15 +221,8 @@ pub fn transform(
     let d1 = job.dummy();
     let d2 = job.dummy();
     let im_slot = if want_im { out_im.clone() } else { job.dummy() };
-    let p = [
-        u(v.outer),
-        u(keep),
-        u(v.inner),
-        u(m),
-        chirp_mode,
-        fbits(scale(n, inverse, norm)),
-        want_im as u32,
-    ];
+    let p =
+        [u(v.outer), u(keep), u(v.inner), u(m), chirp_mode, fbits(scale(n, inverse, norm)), want_im as u32];
     job.dispatch_1d(&k::SCATTER, &p, &[&d1, &d2, &tab, &res, &out_re, &im_slot], out_len);
     job.submit();
     (out_re, out_im)

@@ -25,7 +25,11 @@ fn unknown_adapter_name_is_a_backend_error_and_a_known_one_is_chosen() {
             std::env::set_var(ADAPTER_ENV, &piece);
             let again = WgpuBackend::new().expect("adapter chosen by name");
             assert!(again.adapter_name().to_uppercase().contains(&piece));
-            assert!(again.name().contains(again.adapter_name()), "name() names the adapter: {}", again.name());
+            assert!(
+                again.name().contains(again.adapter_name()),
+                "name() names the adapter: {}",
+                again.name()
+            );
         }
         Err(e) => {
             if std::env::var("RATE_REQUIRE_GPU").is_ok_and(|v| v == "1") {

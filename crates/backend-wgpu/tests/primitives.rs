@@ -58,7 +58,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}", got.len(), want.len());
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
-        if !(err <= atol + rtol * w.abs()) {
+        if err.is_nan() || err > atol + rtol * w.abs() {
             panic!("{what}: element {i}: wgpu {g} vs f64 reference {w} (|diff| {err:.3e}, atol {atol:e}, rtol {rtol:e})");
         }
     }
@@ -255,7 +255,8 @@ fn reductions_and_softmax() {
     let got = g.download(&g.reduce(ReduceOp::ArgMax, &g.upload(&x), AxisView { outer: 1, len: 4, inner: 1 }));
     assert_eq!(got, vec![1.0]);
     let xl: Vec<f32> = (0..1000).map(|i| if i == 300 || i == 700 { 5.0 } else { 0.0 }).collect();
-    let got = g.download(&g.reduce(ReduceOp::ArgMax, &g.upload(&xl), AxisView { outer: 1, len: 1000, inner: 1 }));
+    let got =
+        g.download(&g.reduce(ReduceOp::ArgMax, &g.upload(&xl), AxisView { outer: 1, len: 1000, inner: 1 }));
     assert_eq!(got, vec![300.0]);
 }
 
@@ -265,7 +266,8 @@ fn matmul_all_variants() {
     let g = gpu_or_skip!();
     let c = cpu();
     let mut rng = StdRng::seed_from_u64(6);
-    let sizes = [(1usize, 1usize, 1usize, 1usize), (3, 5, 7, 4), (2, 17, 33, 19), (2, 70, 65, 130), (1, 128, 64, 96)];
+    let sizes =
+        [(1usize, 1usize, 1usize, 1usize), (3, 5, 7, 4), (2, 17, 33, 19), (2, 70, 65, 130), (1, 128, 64, 96)];
     for (batch, m, k, n) in sizes {
         for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
             for (a_batched, b_batched) in [(true, true), (false, true), (true, false)] {
@@ -281,7 +283,16 @@ fn matmul_all_variants() {
         }
     }
     // k = 0 gives zeros.
-    let spec = MatmulSpec { batch: 1, m: 2, k: 0, n: 3, trans_a: false, trans_b: false, a_batched: true, b_batched: true };
+    let spec = MatmulSpec {
+        batch: 1,
+        m: 2,
+        k: 0,
+        n: 3,
+        trans_a: false,
+        trans_b: false,
+        a_batched: true,
+        b_batched: true,
+    };
     assert_eq!(g.download(&g.matmul(&g.upload(&[]), &g.upload(&[]), spec)), vec![0.0; 6]);
 }
 
@@ -293,7 +304,9 @@ fn spd_cholesky_solve_inverse_logdet() {
     let c = cpu();
     let mut rng = StdRng::seed_from_u64(7);
     // n <= 64: one workgroup per matrix; n > 64: blocked (with a ragged last block for 100).
-    for (batch, n, nrhs) in [(1usize, 1usize, 1usize), (5, 3, 2), (40, 20, 3), (3, 64, 5), (2, 100, 7), (1, 160, 1)] {
+    for (batch, n, nrhs) in
+        [(1usize, 1usize, 1usize), (5, 3, 2), (40, 20, 3), (3, 64, 5), (2, 100, 7), (1, 160, 1)]
+    {
         let (a64, a32) = spd_batch(&mut rng, batch, n);
         let (b64, b32) = rand_vec(&mut rng, batch * n * nrhs, -1.0, 1.0);
         let (ga, ca) = (g.upload(&a32), c.upload(&a64));
@@ -392,8 +405,9 @@ fn hermitian_inverse_solve_logdet() {
         assert_close(&format!("herm_inverse im {what}"), &g.download(&xi), &c.download(&wi), tol, 1e-5);
         let (br64, br32) = rand_vec(&mut rng, batch * n * nrhs, -1.0, 1.0);
         let (bi64, bi32) = rand_vec(&mut rng, batch * n * nrhs, -1.0, 1.0);
-        let (xr, xi) =
-            g.herm_solve((&gr, &gi), (&g.upload(&br32), &g.upload(&bi32)), batch, n, nrhs).expect("wgpu herm_solve");
+        let (xr, xi) = g
+            .herm_solve((&gr, &gi), (&g.upload(&br32), &g.upload(&bi32)), batch, n, nrhs)
+            .expect("wgpu herm_solve");
         let (wr, wi) = c
             .herm_solve((&cr, &ci), (&c.upload(&br64), &c.upload(&bi64)), batch, n, nrhs)
             .expect("cpu herm_solve");
@@ -438,13 +452,24 @@ fn sym_eigen_matches_the_reference() {
         let (cv, _) = c.sym_eigen(&c.upload(&a64), batch, n).expect("cpu sym_eigen");
         let (vals, vecs) = (g.download(&gv), g.download(&gu));
         let want = c.download(&cv);
-        assert_close(&format!("eigenvalues batch {batch} n {n}"), &vals, &want, 1e-5 * max_abs(&want).max(1.0), 0.0);
+        assert_close(
+            &format!("eigenvalues batch {batch} n {n}"),
+            &vals,
+            &want,
+            1e-5 * max_abs(&want).max(1.0),
+            0.0,
+        );
         for b in 0..batch {
             for col in 0..n {
                 for i in 0..n {
-                    let av: f64 = (0..n).map(|q| a64[b * n * n + i * n + q] * vecs[b * n * n + q * n + col] as f64).sum();
+                    let av: f64 = (0..n)
+                        .map(|q| a64[b * n * n + i * n + q] * vecs[b * n * n + q * n + col] as f64)
+                        .sum();
                     let lv = vals[b * n + col] as f64 * vecs[b * n * n + i * n + col] as f64;
-                    assert!((av - lv).abs() < 1e-5, "A v != lambda v: matrix {b} vector {col} row {i}: {av} vs {lv}");
+                    assert!(
+                        (av - lv).abs() < 1e-5,
+                        "A v != lambda v: matrix {b} vector {col} row {i}: {av} vs {lv}"
+                    );
                 }
             }
         }
@@ -476,7 +501,8 @@ fn complex_fft() {
                     let (wr, wi) = (c.download(&wr), c.download(&wi));
                     let scale = max_abs(&wr).max(max_abs(&wi)).max(1.0);
                     let tol = fft_tol(len, scale);
-                    let what = format!("fft len {len} outer {outer} inner {inner} inverse {inverse} {norm:?}");
+                    let what =
+                        format!("fft len {len} outer {outer} inner {inner} inverse {inverse} {norm:?}");
                     assert_close(&format!("{what} re"), &g.download(&yr), &wr, tol, 0.0);
                     assert_close(&format!("{what} im"), &g.download(&yi), &wi, tol, 0.0);
                 }
@@ -531,7 +557,16 @@ fn chained_ops_without_readback() {
     let c = cpu();
     let mut rng = StdRng::seed_from_u64(13);
     let (a64, a32) = rand_vec(&mut rng, 30 * 20, -1.0, 1.0);
-    let spec = MatmulSpec { batch: 1, m: 20, k: 30, n: 20, trans_a: true, trans_b: false, a_batched: true, b_batched: true };
+    let spec = MatmulSpec {
+        batch: 1,
+        m: 20,
+        k: 30,
+        n: 20,
+        trans_a: true,
+        trans_b: false,
+        a_batched: true,
+        b_batched: true,
+    };
     // S = A^T A / 30 + I; then inverse, then S^-1 S = I, then row sums.
     let run_g = || {
         let a = g.upload(&a32);
