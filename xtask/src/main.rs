@@ -28,9 +28,8 @@ Commands:
   bench --collect-only
                   Writes BENCHMARKS.md from every result already in target/criterion,
                   without running anything.
-  test-gpu        cargo test -p backend-wgpu
-                  (will become `cargo test -p backend-wgpu --features gpu-tests` once the
-                  wgpu backend has its GPU test feature; for now the crate's plain tests).
+  test-gpu        RATE_REQUIRE_GPU=1 cargo test -p backend-wgpu --features gpu --release
+                  (the wgpu backend's tests; they fail rather than skip without an adapter).
   help            This text.
 ";
 
@@ -94,8 +93,12 @@ fn ci(root: &Path) -> Result<(), String> {
 }
 
 fn test_gpu(root: &Path) -> Result<(), String> {
-    eprintln!("xtask test-gpu: the wgpu backend has no `gpu-tests` feature yet; running its plain tests");
-    run_cargo(root, "test-gpu", &["test", "-p", "backend-wgpu"], &[])
+    run_cargo(
+        root,
+        "test-gpu",
+        &["test", "-p", "backend-wgpu", "--features", "gpu", "--release"],
+        &[("RATE_REQUIRE_GPU", "1")],
+    )
 }
 
 fn bench(root: &Path, args: &[String]) -> Result<(), String> {

@@ -100,8 +100,7 @@ fn errors_exit_with_status_2_and_one_line_naming_the_problem() {
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(err.contains("ragged.csv") && err.contains("line 2"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let st =
-        rate().args(["redunet", "gaussians", "--eta=-1", "--out"]).arg(dir.join("g")).output().unwrap();
+    let st = rate().args(["redunet", "gaussians", "--eta=-1", "--out"]).arg(dir.join("g")).output().unwrap();
     assert_eq!(st.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&st.stderr).contains("eta"));
     let st = rate()
