@@ -13,10 +13,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 type Plan<T> = Arc<dyn Fft<T>>;
+/// The planner and the plans it made, by (length, inverse).
+type PlanCache<T> = (FftPlanner<T>, HashMap<(usize, bool), Plan<T>>);
 
 /// Cached FFT plans.
 pub struct Plans<T: CpuElem> {
-    planner: Mutex<(FftPlanner<T>, HashMap<(usize, bool), Plan<T>>)>,
+    planner: Mutex<PlanCache<T>>,
 }
 
 impl<T: CpuElem> Default for Plans<T> {
@@ -72,7 +74,7 @@ impl<T: CpuElem> Plans<T> {
             plan.process_with_scratch(chunk, &mut scratch);
             if let Some(s) = s {
                 for c in chunk.iter_mut() {
-                    *c = *c * s;
+                    *c *= s;
                 }
             }
         };

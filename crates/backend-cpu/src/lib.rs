@@ -6,20 +6,68 @@
 //! loop, one matrix per rayon task, where faer's per-call set-up would
 //! dominate. Elementwise work runs in parallel above a size threshold.
 
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod attention;
 mod blocked;
 mod fft;
 mod linalg;
 mod nn;
 
-use rate_core::{AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, Result, UnaryOp};
+use rate_core::{
+    AttentionSpec, AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, Result, UnaryOp,
+};
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// Element types the CPU backend computes in (f32 and f64).
-pub trait CpuElem: Element + faer::traits::RealField + rustfft::FftNum {}
-impl CpuElem for f32 {}
+pub trait CpuElem: Element + faer::traits::RealField + rustfft::FftNum {
+    /// Replaces each `x` of `row` by `exp(x - shift)` and returns their sum
+    /// (the inner loop of the attention softmax).
+    fn exp_shift_sum(row: &mut [Self], shift: Self) -> Self {
+        let mut sum = Self::zero();
+        for x in row.iter_mut() {
+            *x = (*x - shift).exp();
+            sum += *x;
+        }
+        sum
+    }
+}
+
+impl CpuElem for f32 {
+    fn exp_shift_sum(row: &mut [f32], shift: f32) -> f32 {
+        // branch-free so that it vectorises; relative error ~2e-7
+        let mut sum = 0.0f32;
+        for x in row.iter_mut() {
+            *x = exp_f32(*x - shift);
+            sum += *x;
+        }
+        sum
+    }
+}
 impl CpuElem for f64 {}
+
+/// `e^x` in f32 by range reduction `x = k ln 2 + r`, `|r| <= ln 2 / 2`, and a
+/// degree-6 Taylor polynomial for `e^r` (relative error below 2.5e-7 on
+/// the whole range); arguments below -87.3 give the smallest normal number
+/// instead of 0, above 88 the value at 88.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.336_54, 88.0);
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0
+        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    p * two_k
+}
 
 /// The CPU backend in precision `T`.
 #[derive(Clone, Debug)]
@@ -253,6 +301,80 @@ fn row_offsets(shape: &[usize], sa: &[usize], sb: &[usize]) -> Vec<(usize, usize
     out
 }
 
+/// Elementwise `f(a, b)` over `out_shape` with broadcasting strides (the body
+/// of `Backend::binary`); rows whose inner stride is 1 or 0 run as slice loops.
+fn binary_with<T: CpuElem>(
+    f: impl Fn(T, T) -> T + Sync + Send + Copy,
+    a: &Arc<Vec<T>>,
+    a_strides: &[usize],
+    b: &Arc<Vec<T>>,
+    b_strides: &[usize],
+    out_shape: &[usize],
+) -> Arc<Vec<T>> {
+    let n: usize = out_shape.iter().product();
+    if n == 0 {
+        return Arc::new(Vec::new());
+    }
+    let r = out_shape.len();
+    let contiguous = |s: &[usize]| {
+        let mut acc = 1;
+        (0..r).rev().all(|i| {
+            let ok = s[i] == acc || out_shape[i] == 1;
+            acc *= out_shape[i];
+            ok
+        })
+    };
+    if r == 0 {
+        return Arc::new(vec![f(a[0], b[0])]);
+    }
+    if let Some(period) = repeated_block(b_strides, out_shape).filter(|_| contiguous(a_strides)) {
+        // b is one contiguous block repeated along the leading axes (a bias row)
+        let mut out = a.to_vec();
+        let body = |o: &mut [T]| o.iter_mut().zip(b.iter()).for_each(|(x, &y)| *x = f(*x, y));
+        if n >= PAR_THRESHOLD {
+            out.par_chunks_mut(period).for_each(body);
+        } else {
+            out.chunks_mut(period).for_each(body);
+        }
+        return Arc::new(out);
+    }
+    if contiguous(a_strides) && contiguous(b_strides) {
+        return Arc::new(zip_map(a, b, f));
+    }
+    let inner = out_shape[r - 1];
+    let (ia, ib) = (a_strides[r - 1], b_strides[r - 1]);
+    let rows = row_offsets(out_shape, a_strides, b_strides);
+    let mut out = vec![T::zero(); n];
+    let body = |(row, chunk): (usize, &mut [T])| {
+        let (oa, ob) = rows[row];
+        match (ia, ib) {
+            (1, 1) => {
+                let (ra, rb) = (&a[oa..oa + inner], &b[ob..ob + inner]);
+                chunk.iter_mut().zip(ra.iter().zip(rb)).for_each(|(o, (&x, &y))| *o = f(x, y));
+            }
+            (1, 0) => {
+                let y = b[ob];
+                chunk.iter_mut().zip(&a[oa..oa + inner]).for_each(|(o, &x)| *o = f(x, y));
+            }
+            (0, 1) => {
+                let x = a[oa];
+                chunk.iter_mut().zip(&b[ob..ob + inner]).for_each(|(o, &y)| *o = f(x, y));
+            }
+            _ => {
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    *o = f(a[oa + j * ia], b[ob + j * ib]);
+                }
+            }
+        }
+    };
+    if n >= PAR_THRESHOLD {
+        out.par_chunks_mut(inner).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(inner).enumerate().for_each(body);
+    }
+    Arc::new(out)
+}
+
 impl<T: CpuElem> Backend for CpuBackend<T> {
     type Elem = T;
     type Buffer = Arc<Vec<T>>;
@@ -307,59 +429,16 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         b_strides: &[usize],
         out_shape: &[usize],
     ) -> Self::Buffer {
-        let f = binary_fn::<T>(op);
-        let n: usize = out_shape.iter().product();
-        if n == 0 {
-            return Arc::new(Vec::new());
-        }
-        let r = out_shape.len();
-        let contiguous = |s: &[usize]| {
-            let mut acc = 1;
-            (0..r).rev().all(|i| {
-                let ok = s[i] == acc || out_shape[i] == 1;
-                acc *= out_shape[i];
-                ok
-            })
-        };
-        if r == 0 {
-            return Arc::new(vec![f(a[0], b[0])]);
-        }
-        if let Some(period) = repeated_block(b_strides, out_shape).filter(|_| contiguous(a_strides)) {
-            // b is one contiguous block repeated along the leading axes (a bias row)
-            let mut out = a.to_vec();
-            let body = |o: &mut [T]| o.iter_mut().zip(b.iter()).for_each(|(x, &y)| *x = f(*x, y));
-            if n >= PAR_THRESHOLD {
-                out.par_chunks_mut(period).for_each(body);
-            } else {
-                out.chunks_mut(period).for_each(body);
+        // one monomorphised body per op, so the inner loops carry no match and vectorise
+        match op {
+            BinaryOp::Add => binary_with(|x: T, y: T| x + y, a, a_strides, b, b_strides, out_shape),
+            BinaryOp::Sub => binary_with(|x: T, y: T| x - y, a, a_strides, b, b_strides, out_shape),
+            BinaryOp::Mul => binary_with(|x: T, y: T| x * y, a, a_strides, b, b_strides, out_shape),
+            BinaryOp::Div => binary_with(|x: T, y: T| x / y, a, a_strides, b, b_strides, out_shape),
+            BinaryOp::Max | BinaryOp::Min => {
+                binary_with(binary_fn::<T>(op), a, a_strides, b, b_strides, out_shape)
             }
-            return Arc::new(out);
         }
-        if contiguous(a_strides) && contiguous(b_strides) {
-            return Arc::new(match op {
-                BinaryOp::Add => zip_map(a, b, |x, y| x + y),
-                BinaryOp::Sub => zip_map(a, b, |x, y| x - y),
-                BinaryOp::Mul => zip_map(a, b, |x, y| x * y),
-                BinaryOp::Div => zip_map(a, b, |x, y| x / y),
-                _ => zip_map(a, b, f),
-            });
-        }
-        let inner = out_shape[r - 1];
-        let (ia, ib) = (a_strides[r - 1], b_strides[r - 1]);
-        let rows = row_offsets(out_shape, a_strides, b_strides);
-        let mut out = vec![T::zero(); n];
-        let body = |(row, chunk): (usize, &mut [T])| {
-            let (oa, ob) = rows[row];
-            for (j, o) in chunk.iter_mut().enumerate() {
-                *o = f(a[oa + j * ia], b[ob + j * ib]);
-            }
-        };
-        if n >= PAR_THRESHOLD {
-            out.par_chunks_mut(inner).enumerate().for_each(body);
-        } else {
-            out.chunks_mut(inner).enumerate().for_each(body);
-        }
-        Arc::new(out)
     }
 
     fn permute(&self, x: &Self::Buffer, shape: &[usize], perm: &[usize]) -> Self::Buffer {
@@ -436,7 +515,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                 let src = (o * v.len + k) * v.inner;
                 let dst = (o * len + i) * v.inner;
                 for j in 0..v.inner {
-                    out[dst + j] = out[dst + j] + x[src + j];
+                    out[dst + j] += x[src + j];
                 }
             }
         }
@@ -453,7 +532,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                     for l in 0..len {
                         let row = &block[l * inner..(l + 1) * inner];
                         for (d, &s) in dst.iter_mut().zip(row) {
-                            *d = *d + s;
+                            *d += s;
                         }
                     }
                 }
@@ -508,11 +587,11 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                 for l in 0..len {
                     let e = (src[l * inner + j] - mx).exp();
                     dst[l * inner + j] = e;
-                    s = s + e;
+                    s += e;
                 }
                 let r = T::one() / s;
                 for l in 0..len {
-                    dst[l * inner + j] = dst[l * inner + j] * r;
+                    dst[l * inner + j] *= r;
                 }
             }
         };
@@ -547,7 +626,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
     }
 
     fn cholesky(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer> {
-        let out = linalg::cholesky_batch(a, batch, n, "cholesky");
+        let out = linalg::cholesky_batch(self, a, batch, n, "cholesky");
         clear_after_factorisation(n);
         out.map(Arc::new)
     }
@@ -572,7 +651,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
     }
 
     fn spd_logdet(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer> {
-        let out = linalg::spd_logdet(a, batch, n).map(Arc::new);
+        let out = linalg::spd_logdet(self, a, batch, n).map(Arc::new);
         clear_after_factorisation(n);
         out
     }
@@ -677,5 +756,25 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         len: usize,
     ) -> Self::Buffer {
         Arc::new(nn::softmax_backward(y, grad, len))
+    }
+
+    fn cumsum(&self, x: &Self::Buffer, v: AxisView, reverse: bool) -> Self::Buffer {
+        Arc::new(attention::cumsum(x, v, reverse))
+    }
+
+    fn attention_tiled(&self, w: &Self::Buffer, spec: AttentionSpec) -> (Self::Buffer, Self::Buffer) {
+        let (o, l) = attention::forward(w, spec);
+        (Arc::new(o), Arc::new(l))
+    }
+
+    fn attention_tiled_backward(
+        &self,
+        w: &Self::Buffer,
+        out: &Self::Buffer,
+        lse: &Self::Buffer,
+        grad_out: &Self::Buffer,
+        spec: AttentionSpec,
+    ) -> Self::Buffer {
+        Arc::new(attention::backward(w, out, lse, grad_out, spec))
     }
 }

@@ -4,8 +4,9 @@
 //! matrix per rayon task; larger ones go to faer's blocked `Llt`.
 
 use crate::{CpuBackend, CpuElem};
-use faer::linalg::solvers::{DenseSolveCore, SolveCore};
-use faer::{Accum, MatMut, MatRef, Side};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt;
+use faer::{Accum, Mat, MatMut, MatRef, Side};
 use num_complex::Complex;
 use rate_core::{Error, MatmulSpec, Result};
 use rayon::prelude::*;
@@ -54,14 +55,28 @@ fn not_pd(op: &'static str, index: usize, n: usize, row: usize, pivot: f64) -> E
     Error::NotPositiveDefinite { op, index, n, row, pivot }
 }
 
+/// Fails with [`Error::NonFinite`] if matrix `index` of a batch holds NaN or an
+/// infinity: a factorisation reads one triangle only, so it would otherwise
+/// ignore such a value or carry it into the result.
+fn check_finite<T: CpuElem>(a: &[T], index: usize, op: &'static str) -> Result<()> {
+    match a.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(Error::NonFinite {
+            what: format!("{op}: matrix {index} of the batch"),
+            index: i,
+            value: a[i].f64(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// In-place lower Cholesky of one row-major `n x n` matrix; zeroes the upper triangle.
 fn chol_small<T: CpuElem>(l: &mut [T], n: usize) -> std::result::Result<(), (usize, f64)> {
     for j in 0..n {
         let mut d = l[j * n + j];
         for k in 0..j {
-            d = d - l[j * n + k] * l[j * n + k];
+            d -= l[j * n + k] * l[j * n + k];
         }
-        if !(d > T::zero()) {
+        if d.is_nan() || d <= T::zero() {
             return Err((j, d.f64()));
         }
         let d = d.sqrt();
@@ -70,7 +85,7 @@ fn chol_small<T: CpuElem>(l: &mut [T], n: usize) -> std::result::Result<(), (usi
         for i in j + 1..n {
             let mut s = l[i * n + j];
             for k in 0..j {
-                s = s - l[i * n + k] * l[j * n + k];
+                s -= l[i * n + k] * l[j * n + k];
             }
             l[i * n + j] = s * inv;
         }
@@ -82,43 +97,76 @@ fn chol_small<T: CpuElem>(l: &mut [T], n: usize) -> std::result::Result<(), (usi
 }
 
 /// Lower Cholesky factor of one matrix, small loop or faer.
-fn chol_one<T: CpuElem>(a: &[T], n: usize, index: usize, op: &'static str) -> Result<Vec<T>> {
-    if n <= SMALL {
-        let mut l = a.to_vec();
-        chol_small(&mut l, n).map_err(|(row, p)| not_pd(op, index, n, row, p))?;
-        return Ok(l);
-    }
-    let llt = faer_llt(a, n, index, op)?;
-    let mut out = vec![T::zero(); n * n];
-    MatMut::from_row_major_slice_mut(&mut out, n, n).copy_from(llt.L());
-    Ok(out)
-}
-
-fn faer_llt<T: CpuElem>(
+fn chol_one<T: CpuElem>(
+    be: &CpuBackend<T>,
     a: &[T],
     n: usize,
     index: usize,
     op: &'static str,
-) -> Result<faer::linalg::solvers::Llt<T>> {
+) -> Result<Vec<T>> {
+    if n <= SMALL {
+        check_finite(a, index, op)?;
+        let mut l = a.to_vec();
+        chol_small(&mut l, n).map_err(|(row, p)| not_pd(op, index, n, row, p))?;
+        return Ok(l);
+    }
+    let (l, _) = faer_llt(be, a, n, index, op)?;
+    let mut out = vec![T::zero(); n * n];
+    MatMut::from_row_major_slice_mut(&mut out, n, n).copy_from(&l);
+    Ok(out)
+}
+
+/// faer's blocked Cholesky of one row-major SPD matrix: the lower factor `L`
+/// (upper triangle zero) and the parallelism it was computed with, which is
+/// the backend's (`CpuBackend::sequential` keeps it on the calling thread;
+/// faer's high-level `Llt` would use its global rayon setting instead).
+fn faer_llt<T: CpuElem>(
+    be: &CpuBackend<T>,
+    a: &[T],
+    n: usize,
+    index: usize,
+    op: &'static str,
+) -> Result<(Mat<T>, faer::Par)> {
     // faer reports NaN pivots as success in some paths: check the input first.
-    if let Some(i) = (0..n).find(|&i| !(a[i * n + i] > T::zero())) {
+    check_finite(a, index, op)?;
+    if let Some(i) = (0..n).find(|&i| a[i * n + i].is_nan() || a[i * n + i] <= T::zero()) {
         return Err(not_pd(op, index, n, i, a[i * n + i].f64()));
     }
-    let m = MatRef::from_row_major_slice(a, n, n);
-    let llt = m.llt(Side::Lower).map_err(|e| {
-        let faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index: row } = e;
+    let par = be.par_for(n * n * n);
+    let mut l = Mat::<T>::zeros(n, n);
+    l.copy_from_triangular_lower(MatRef::from_row_major_slice(a, n, n));
+    let mut mem = MemBuffer::new(llt::factor::cholesky_in_place_scratch::<T>(n, par, Default::default()));
+    llt::factor::cholesky_in_place(
+        l.as_mut(),
+        Default::default(),
+        par,
+        MemStack::new(&mut mem),
+        Default::default(),
+    )
+    .map_err(|e| {
+        let llt::factor::LltError::NonPositivePivot { index: row } = e;
         not_pd(op, index, n, row, f64::NAN)
     })?;
-    let l = llt.L();
+    for j in 1..n {
+        for i in 0..j {
+            l[(i, j)] = T::zero();
+        }
+    }
     if let Some(i) = (0..n).find(|&i| !l[(i, i)].is_finite()) {
         return Err(not_pd(op, index, n, i, l[(i, i)].f64()));
     }
-    Ok(llt)
+    Ok((l, par))
 }
 
-pub fn cholesky_batch<T: CpuElem>(a: &[T], batch: usize, n: usize, op: &'static str) -> Result<Vec<T>> {
+pub fn cholesky_batch<T: CpuElem>(
+    be: &CpuBackend<T>,
+    a: &[T],
+    batch: usize,
+    n: usize,
+    op: &'static str,
+) -> Result<Vec<T>> {
     let parts: Result<Vec<Vec<T>>> =
-        (0..batch).into_par_iter().map(|b| chol_one(&a[b * n * n..(b + 1) * n * n], n, b, op)).collect();
+        (0..batch).into_par_iter().map(|b| chol_one(be, &a[b * n * n..(b + 1) * n * n], n, b, op)).collect();
     Ok(parts?.concat())
 }
 
@@ -129,12 +177,12 @@ fn chol_solve_small<T: CpuElem>(l: &[T], x: &mut [T], n: usize, nrhs: usize) {
         for k in 0..i {
             let lik = l[i * n + k];
             for c in 0..nrhs {
-                x[i * nrhs + c] = x[i * nrhs + c] - lik * x[k * nrhs + c];
+                x[i * nrhs + c] -= lik * x[k * nrhs + c];
             }
         }
         let inv = T::one() / l[i * n + i];
         for c in 0..nrhs {
-            x[i * nrhs + c] = x[i * nrhs + c] * inv;
+            x[i * nrhs + c] *= inv;
         }
     }
     // backward: L^T X = Y
@@ -142,18 +190,18 @@ fn chol_solve_small<T: CpuElem>(l: &[T], x: &mut [T], n: usize, nrhs: usize) {
         for k in i + 1..n {
             let lki = l[k * n + i];
             for c in 0..nrhs {
-                x[i * nrhs + c] = x[i * nrhs + c] - lki * x[k * nrhs + c];
+                x[i * nrhs + c] -= lki * x[k * nrhs + c];
             }
         }
         let inv = T::one() / l[i * n + i];
         for c in 0..nrhs {
-            x[i * nrhs + c] = x[i * nrhs + c] * inv;
+            x[i * nrhs + c] *= inv;
         }
     }
 }
 
 pub fn spd_solve<T: CpuElem>(
-    _be: &CpuBackend<T>,
+    be: &CpuBackend<T>,
     a: &[T],
     b: &[T],
     batch: usize,
@@ -166,16 +214,23 @@ pub fn spd_solve<T: CpuElem>(
             let am = &a[bi * n * n..(bi + 1) * n * n];
             let bm = &b[bi * n * nrhs..(bi + 1) * n * nrhs];
             if n <= SMALL {
-                let l = chol_one(am, n, bi, "spd_solve")?;
+                let l = chol_one(be, am, n, bi, "spd_solve")?;
                 let mut x = bm.to_vec();
                 chol_solve_small(&l, &mut x, n, nrhs);
                 Ok(x)
             } else {
-                let llt = faer_llt(am, n, bi, "spd_solve")?;
+                let (l, par) = faer_llt(be, am, n, bi, "spd_solve")?;
                 let mut x = vec![T::zero(); n * nrhs];
                 let mut xm = MatMut::from_row_major_slice_mut(&mut x, n, nrhs);
                 xm.copy_from(MatRef::from_row_major_slice(bm, n, nrhs));
-                llt.solve_in_place_with_conj(faer::Conj::No, xm);
+                let mut mem = MemBuffer::new(llt::solve::solve_in_place_scratch::<T>(n, nrhs, par));
+                llt::solve::solve_in_place_with_conj(
+                    l.as_ref(),
+                    faer::Conj::No,
+                    xm,
+                    par,
+                    MemStack::new(&mut mem),
+                );
                 Ok(x)
             }
         })
@@ -183,13 +238,13 @@ pub fn spd_solve<T: CpuElem>(
     Ok(parts?.concat())
 }
 
-pub fn spd_inverse<T: CpuElem>(_be: &CpuBackend<T>, a: &[T], batch: usize, n: usize) -> Result<Vec<T>> {
+pub fn spd_inverse<T: CpuElem>(be: &CpuBackend<T>, a: &[T], batch: usize, n: usize) -> Result<Vec<T>> {
     let parts: Result<Vec<Vec<T>>> = (0..batch)
         .into_par_iter()
         .map(|bi| {
             let am = &a[bi * n * n..(bi + 1) * n * n];
             if n <= SMALL {
-                let l = chol_one(am, n, bi, "spd_inverse")?;
+                let l = chol_one(be, am, n, bi, "spd_inverse")?;
                 let mut x = vec![T::zero(); n * n];
                 for i in 0..n {
                     x[i * n + i] = T::one();
@@ -197,10 +252,18 @@ pub fn spd_inverse<T: CpuElem>(_be: &CpuBackend<T>, a: &[T], batch: usize, n: us
                 chol_solve_small(&l, &mut x, n, n);
                 Ok(x)
             } else {
-                let llt = faer_llt(am, n, bi, "spd_inverse")?;
-                let inv = llt.inverse();
+                let (l, par) = faer_llt(be, am, n, bi, "spd_inverse")?;
+                // faer writes the lower triangle of A^-1 = L^-T L^-1; mirror it.
+                let mut inv = Mat::<T>::zeros(n, n);
+                let mut mem = MemBuffer::new(llt::inverse::inverse_scratch::<T>(n, par));
+                llt::inverse::inverse(inv.as_mut(), l.as_ref(), par, MemStack::new(&mut mem));
                 let mut x = vec![T::zero(); n * n];
-                MatMut::from_row_major_slice_mut(&mut x, n, n).copy_from(&inv);
+                for i in 0..n {
+                    for j in 0..=i {
+                        x[i * n + j] = inv[(i, j)];
+                        x[j * n + i] = inv[(i, j)];
+                    }
+                }
                 Ok(x)
             }
         })
@@ -208,8 +271,8 @@ pub fn spd_inverse<T: CpuElem>(_be: &CpuBackend<T>, a: &[T], batch: usize, n: us
     Ok(parts?.concat())
 }
 
-pub fn spd_logdet<T: CpuElem>(a: &[T], batch: usize, n: usize) -> Result<Vec<T>> {
-    let l = cholesky_batch(a, batch, n, "spd_logdet")?;
+pub fn spd_logdet<T: CpuElem>(be: &CpuBackend<T>, a: &[T], batch: usize, n: usize) -> Result<Vec<T>> {
+    let l = cholesky_batch(be, a, batch, n, "spd_logdet")?;
     Ok((0..batch)
         .map(|b| {
             let lb = &l[b * n * n..];
@@ -271,9 +334,9 @@ fn herm_chol<T: CpuElem>(l: &mut [Complex<T>], n: usize) -> std::result::Result<
     for j in 0..n {
         let mut d = l[j * n + j].re;
         for k in 0..j {
-            d = d - l[j * n + k].norm_sqr();
+            d -= l[j * n + k].norm_sqr();
         }
-        if !(d > T::zero()) {
+        if d.is_nan() || d <= T::zero() {
             return Err((j, d.f64()));
         }
         let d = d.sqrt();
@@ -282,7 +345,7 @@ fn herm_chol<T: CpuElem>(l: &mut [Complex<T>], n: usize) -> std::result::Result<
         for i in j + 1..n {
             let mut s = l[i * n + j];
             for k in 0..j {
-                s = s - l[i * n + k] * l[j * n + k].conj();
+                s -= l[i * n + k] * l[j * n + k].conj();
             }
             l[i * n + j] = s * inv;
         }
@@ -299,24 +362,24 @@ fn herm_chol_solve<T: CpuElem>(l: &[Complex<T>], x: &mut [Complex<T>], n: usize,
         for k in 0..i {
             let lik = l[i * n + k];
             for c in 0..nrhs {
-                x[i * nrhs + c] = x[i * nrhs + c] - lik * x[k * nrhs + c];
+                x[i * nrhs + c] -= lik * x[k * nrhs + c];
             }
         }
         let inv = T::one() / l[i * n + i].re;
         for c in 0..nrhs {
-            x[i * nrhs + c] = x[i * nrhs + c] * inv;
+            x[i * nrhs + c] *= inv;
         }
     }
     for i in (0..n).rev() {
         for k in i + 1..n {
             let lki = l[k * n + i].conj();
             for c in 0..nrhs {
-                x[i * nrhs + c] = x[i * nrhs + c] - lki * x[k * nrhs + c];
+                x[i * nrhs + c] -= lki * x[k * nrhs + c];
             }
         }
         let inv = T::one() / l[i * n + i].re;
         for c in 0..nrhs {
-            x[i * nrhs + c] = x[i * nrhs + c] * inv;
+            x[i * nrhs + c] *= inv;
         }
     }
 }
@@ -329,6 +392,8 @@ fn herm_factor<T: CpuElem>(
     op: &'static str,
 ) -> Result<Vec<Complex<T>>> {
     let r = bi * n * n..(bi + 1) * n * n;
+    check_finite(&re[r.clone()], bi, op)?;
+    check_finite(&im[r.clone()], bi, op)?;
     let mut l = to_complex(&re[r.clone()], &im[r]);
     herm_chol(&mut l, n).map_err(|(row, p)| not_pd(op, bi, n, row, p))?;
     Ok(l)

@@ -3,6 +3,9 @@
 //! Every layer is written out: forward constructions for ReduNet, and an
 //! explicit forward plus a hand-derived backward for the transformer layers.
 
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod classify;
 pub mod data;
 pub mod fixtures;

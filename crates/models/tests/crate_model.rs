@@ -264,7 +264,7 @@ fn measurements_follow_the_reference_definitions() {
         assert!((lm.sparsity - mean).abs() < 1e-15);
         // coding rate: the authors' formula on the n x n Gram of unit tokens, summed over heads
         let w = cache.layers[l].attn.w.to_f64_vec();
-        let mut totals = vec![0.0; 3];
+        let mut totals = [0.0; 3];
         for b in 0..3 {
             for h in 0..heads {
                 let mut z: Vec<f64> = w[(b * heads + h) * n * p..(b * heads + h + 1) * n * p].to_vec();

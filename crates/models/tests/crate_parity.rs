@@ -32,7 +32,7 @@ fn assert_grad(what: &str, got: &Tensor<B>, f: &TensorFile, name: &str) {
     }
 }
 
-fn param<'a>(f: &'a TensorFile, name: &str) -> Tensor<B> {
+fn param(f: &TensorFile, name: &str) -> Tensor<B> {
     f.tensor(&B::new(), name).unwrap()
 }
 

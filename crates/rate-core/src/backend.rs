@@ -6,6 +6,8 @@
 //! around the axis). Host memory is reached only through [`Backend::upload`]
 //! and [`Backend::download`], so a buffer may live on a GPU.
 
+use crate::attention::AttentionSpec;
+use crate::tensor::Tensor;
 use crate::Result;
 use std::fmt::{Debug, Display};
 
@@ -302,7 +304,9 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// frequencies of the conjugate-symmetric spectrum.
     fn rfft(&self, x: &Self::Buffer, view: AxisView, norm: FftNorm) -> (Self::Buffer, Self::Buffer);
     /// Inverse of [`Self::rfft`]: `view.len` is the half-spectrum length and
-    /// `n` the signal length (`n / 2 + 1 == view.len`).
+    /// `n` the signal length (`n / 2 + 1 == view.len`). As in NumPy, the
+    /// spectrum is extended by `X_{n-k} = conj X_k`, and the imaginary parts of
+    /// bins 0 and `n / 2` (even `n`), which no real signal has, are ignored.
     fn irfft(
         &self,
         re: &Self::Buffer,
@@ -370,5 +374,48 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     ) -> Self::Buffer {
         let t = |b: &Self::Buffer| crate::Tensor::from_buffer(self, b.clone(), &[rows, len]);
         crate::layer_ops::softmax_backward_reference(&t(y), &t(grad)).buffer().clone()
+    }
+
+    // ---- composite kernels with default bodies (a backend may override them for speed) ----
+
+    /// Inclusive cumulative sum along the axis of `view`, from the last entry
+    /// backwards when `reverse`. The default adds shifted copies
+    /// (`ceil(log2 len)` passes).
+    fn cumsum(&self, x: &Self::Buffer, view: AxisView, reverse: bool) -> Self::Buffer {
+        let t = Tensor::from_buffer(self, x.clone(), &[view.outer, view.len, view.inner]);
+        crate::attention::cumsum_by_doubling(&t, reverse).buffer().clone()
+    }
+
+    /// Tiled shared-QKV attention `softmax(s W W^T) W` of `spec.batch`
+    /// problems `W` (`n x dh`): the output and the row log-sum-exp of the
+    /// logits (`batch x n`), never forming an `n x n` matrix (see
+    /// [`crate::attention`]).
+    fn attention_tiled(&self, w: &Self::Buffer, spec: AttentionSpec) -> (Self::Buffer, Self::Buffer) {
+        let t = Tensor::from_buffer(self, w.clone(), &[spec.batch, spec.n, spec.dh]);
+        let (o, l) = crate::attention::tiled_forward(&t, spec);
+        (o.buffer().clone(), l.buffer().clone())
+    }
+
+    /// Backward of [`Self::attention_tiled`]: `dL/dW` (`batch x n x dh`) from
+    /// the tokens, the output, the row log-sum-exp and `dL/d(output)`.
+    fn attention_tiled_backward(
+        &self,
+        w: &Self::Buffer,
+        out: &Self::Buffer,
+        lse: &Self::Buffer,
+        grad_out: &Self::Buffer,
+        spec: AttentionSpec,
+    ) -> Self::Buffer {
+        let shape = [spec.batch, spec.n, spec.dh];
+        let t = |b: &Self::Buffer, s: &[usize]| Tensor::from_buffer(self, b.clone(), s);
+        crate::attention::tiled_backward(
+            &t(w, &shape),
+            &t(out, &shape),
+            &t(lse, &[spec.batch, spec.n]),
+            &t(grad_out, &shape),
+            spec,
+        )
+        .buffer()
+        .clone()
     }
 }

@@ -30,12 +30,12 @@ fn check_signals<B: Backend>(v: &Tensor<B>, eps_sq: f64, op: &'static str) -> Re
             reason: "signals must be a non-empty samples x channels x length tensor".into(),
         });
     }
-    if !(eps_sq > 0.0 && eps_sq.is_finite()) {
+    if !(eps_sq > 0.0 && eps_sq.is_finite() && (1.0 / eps_sq).is_finite()) {
         return Err(Error::InvalidArgument {
             op,
             name: "eps_sq",
             value: eps_sq.to_string(),
-            reason: "must be positive and finite".into(),
+            reason: "must be positive and finite, with a finite reciprocal".into(),
         });
     }
     v.check_finite(op)?;
@@ -81,6 +81,14 @@ fn class_index(labels: &[usize], classes: usize) -> Vec<Vec<usize>> {
 }
 
 fn check_labels(labels: &[usize], m: usize, classes: usize, op: &'static str) -> Result<()> {
+    if classes == 0 {
+        return Err(Error::InvalidArgument {
+            op,
+            name: "classes",
+            value: "0".into(),
+            reason: "there must be at least one class".into(),
+        });
+    }
     if labels.len() != m {
         return Err(Error::InvalidShape {
             op,

@@ -4,6 +4,10 @@
 //! CPU (`backend-cpu`) and GPU (`backend-wgpu`) crates implement it, and the
 //! `testing` feature provides the conformance suite every backend must pass.
 
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod attention;
 pub mod backend;
 pub mod circulant;
 pub mod error;
@@ -13,6 +17,7 @@ pub mod tensor;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use attention::{attention_tiled, attention_tiled_backward, AttentionSpec};
 pub use backend::{AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, UnaryOp};
 pub use error::{Error, Result};
 pub use rate::{

@@ -44,6 +44,14 @@ impl<B: Backend> Membership<'_, B> {
     fn check(&self, m: usize, op: &'static str) -> Result<()> {
         match self {
             Membership::Hard { labels, classes } => {
+                if *classes == 0 {
+                    return Err(Error::InvalidArgument {
+                        op,
+                        name: "classes",
+                        value: "0".into(),
+                        reason: "there must be at least one class".into(),
+                    });
+                }
                 if labels.len() != m {
                     return Err(Error::InvalidShape {
                         op,
@@ -62,11 +70,22 @@ impl<B: Backend> Membership<'_, B> {
                 Ok(())
             }
             Membership::Soft(p) => {
-                if p.rank() != 2 || p.dim(1) != m {
+                if p.rank() != 2 || p.dim(1) != m || p.dim(0) == 0 {
                     return Err(Error::InvalidShape {
                         op,
                         shape: p.shape().to_vec(),
-                        reason: format!("soft membership must be classes x {m}"),
+                        reason: format!("soft membership must be classes x {m} with at least one class"),
+                    });
+                }
+                // A negative or NaN weight would reach sqrt(pi) and come back as NaN.
+                if let Some((i, v)) =
+                    p.to_f64_vec().into_iter().enumerate().find(|(_, v)| !(*v >= 0.0 && v.is_finite()))
+                {
+                    return Err(Error::InvalidArgument {
+                        op,
+                        name: "memberships",
+                        value: format!("pi[{}, {}] = {v}", i / m, i % m),
+                        reason: "soft memberships must be finite and non-negative".into(),
                     });
                 }
                 Ok(())
@@ -109,12 +128,12 @@ fn check_z<B: Backend>(z: &Tensor<B>, eps_sq: f64, op: &'static str) -> Result<(
             reason: "features must be a non-empty samples x features matrix".into(),
         });
     }
-    if !(eps_sq > 0.0 && eps_sq.is_finite()) {
+    if !(eps_sq > 0.0 && eps_sq.is_finite() && (1.0 / eps_sq).is_finite()) {
         return Err(Error::InvalidArgument {
             op,
             name: "eps_sq",
             value: eps_sq.to_string(),
-            reason: "must be positive and finite".into(),
+            reason: "must be positive and finite, with a finite reciprocal".into(),
         });
     }
     z.check_finite(op)?;
@@ -238,8 +257,9 @@ pub fn compression_rate_grad<B: Backend>(
     pi: &Membership<'_, B>,
     eps_sq: f64,
 ) -> Result<Tensor<B>> {
-    let (m, d) = (z.dim(0), z.dim(1));
+    // The operators validate the input before its shape is read.
     let (c, gam) = compression_operators(z, pi, eps_sq)?;
+    let (m, d) = (z.dim(0), z.dim(1));
     let mut g = Tensor::zeros(z.backend(), &[m, d]);
     for (j, &gj) in gam.iter().enumerate() {
         if gj == 0.0 {

@@ -405,6 +405,7 @@ impl<B: Backend> Tensor<B> {
     /// Mean along `axis`.
     pub fn mean_axis(&self, axis: isize, keepdim: bool) -> Self {
         let n = self.dim(axis);
+        assert!(n > 0, "mean_axis: axis {axis} of shape {:?} is empty", self.shape);
         self.sum_axis(axis, keepdim).scale(1.0 / n as f64)
     }
     /// Maximum along `axis`.
@@ -433,6 +434,11 @@ impl<B: Backend> Tensor<B> {
             return 0.0;
         }
         self.abs().reshape(&[self.numel()]).max_axis(0, false).scalar()
+    }
+    /// Inclusive cumulative sum along `axis` (from the last entry backwards when `reverse`).
+    pub fn cumsum(&self, axis: isize, reverse: bool) -> Self {
+        let a = self.axis(axis, "cumsum");
+        self.with(self.backend.cumsum(&self.buf, self.view(a), reverse), self.shape.clone())
     }
     /// Softmax along `axis`.
     pub fn softmax(&self, axis: isize) -> Self {

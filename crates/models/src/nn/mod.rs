@@ -10,6 +10,9 @@
 //! * [`Module::visit`] and [`Module::visit_mut`] walk the parameters by their
 //!   PyTorch names (checkpoint loading, optimisers).
 
+pub mod flash;
+pub mod tssa;
+
 use crate::{Backend, Tensor};
 use std::collections::BTreeMap;
 

@@ -1,0 +1,153 @@
+// Batched matrix product C = op(A) op(B) with workgroup-memory tiles: 16x16 tiles (one output per thread) and 64x64 tiles (4x4 outputs per thread).
+
+@group(0) @binding(0) var<storage, read> p: array<u32>;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+// p = [m, k, n, trans_a, trans_b, a_batch_stride, b_batch_stride, batch_offset]
+
+// op(A)[i, q]
+fn load_a(base: u32, i: u32, q: u32) -> f32 {
+    let m = p[0];
+    let k = p[1];
+    if (i >= m || q >= k) {
+        return 0.0;
+    }
+    if (p[3] != 0u) {
+        return a[base + q * m + i];
+    }
+    return a[base + i * k + q];
+}
+
+// op(B)[q, j]
+fn load_b(base: u32, q: u32, j: u32) -> f32 {
+    let k = p[1];
+    let n = p[2];
+    if (q >= k || j >= n) {
+        return 0.0;
+    }
+    if (p[4] != 0u) {
+        return b[base + j * k + q];
+    }
+    return b[base + q * n + j];
+}
+
+var<workgroup> sa: array<f32, 256>;
+var<workgroup> sb: array<f32, 256>;
+
+@compute @workgroup_size(16, 16)
+fn mm_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let m = p[0];
+    let k = p[1];
+    let n = p[2];
+    let bi = wid.z + p[7];
+    let abase = bi * p[5];
+    let bbase = bi * p[6];
+    let row0 = wid.y * 16u;
+    let col0 = wid.x * 16u;
+    var acc = 0.0;
+    for (var k0 = 0u; k0 < k; k0 += 16u) {
+        // Tiles stored [q][i] and [q][j]; the thread-to-element map follows the memory order.
+        if (p[3] != 0u) {
+            sa[lid.y * 16u + lid.x] = load_a(abase, row0 + lid.x, k0 + lid.y);
+        } else {
+            sa[lid.x * 16u + lid.y] = load_a(abase, row0 + lid.y, k0 + lid.x);
+        }
+        if (p[4] != 0u) {
+            sb[lid.x * 16u + lid.y] = load_b(bbase, k0 + lid.x, col0 + lid.y);
+        } else {
+            sb[lid.y * 16u + lid.x] = load_b(bbase, k0 + lid.y, col0 + lid.x);
+        }
+        workgroupBarrier();
+        for (var q = 0u; q < 16u; q++) {
+            acc += sa[q * 16u + lid.y] * sb[q * 16u + lid.x];
+        }
+        workgroupBarrier();
+    }
+    let row = row0 + lid.y;
+    let col = col0 + lid.x;
+    if (row < m && col < n) {
+        c[bi * m * n + row * n + col] = acc;
+    }
+}
+
+var<workgroup> la: array<f32, 1024>;
+var<workgroup> lb: array<f32, 1024>;
+
+@compute @workgroup_size(16, 16)
+fn mm_large(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let m = p[0];
+    let k = p[1];
+    let n = p[2];
+    let bi = wid.z + p[7];
+    let abase = bi * p[5];
+    let bbase = bi * p[6];
+    let row0 = wid.y * 64u;
+    let col0 = wid.x * 64u;
+    let tid = lid.y * 16u + lid.x;
+    var acc: array<f32, 16>;
+    for (var r = 0u; r < 16u; r++) {
+        acc[r] = 0.0;
+    }
+    for (var k0 = 0u; k0 < k; k0 += 16u) {
+        for (var r = 0u; r < 4u; r++) {
+            let e = tid + r * 256u;
+            if (p[3] != 0u) {
+                let i = e % 64u;
+                let q = e / 64u;
+                la[q * 64u + i] = load_a(abase, row0 + i, k0 + q);
+            } else {
+                let i = e / 16u;
+                let q = e % 16u;
+                la[q * 64u + i] = load_a(abase, row0 + i, k0 + q);
+            }
+            if (p[4] != 0u) {
+                let j = e / 16u;
+                let q = e % 16u;
+                lb[q * 64u + j] = load_b(bbase, k0 + q, col0 + j);
+            } else {
+                let j = e % 64u;
+                let q = e / 64u;
+                lb[q * 64u + j] = load_b(bbase, k0 + q, col0 + j);
+            }
+        }
+        workgroupBarrier();
+        for (var q = 0u; q < 16u; q++) {
+            let a0 = la[q * 64u + lid.y];
+            let a1 = la[q * 64u + lid.y + 16u];
+            let a2 = la[q * 64u + lid.y + 32u];
+            let a3 = la[q * 64u + lid.y + 48u];
+            let b0 = lb[q * 64u + lid.x];
+            let b1 = lb[q * 64u + lid.x + 16u];
+            let b2 = lb[q * 64u + lid.x + 32u];
+            let b3 = lb[q * 64u + lid.x + 48u];
+            acc[0] += a0 * b0;
+            acc[1] += a0 * b1;
+            acc[2] += a0 * b2;
+            acc[3] += a0 * b3;
+            acc[4] += a1 * b0;
+            acc[5] += a1 * b1;
+            acc[6] += a1 * b2;
+            acc[7] += a1 * b3;
+            acc[8] += a2 * b0;
+            acc[9] += a2 * b1;
+            acc[10] += a2 * b2;
+            acc[11] += a2 * b3;
+            acc[12] += a3 * b0;
+            acc[13] += a3 * b1;
+            acc[14] += a3 * b2;
+            acc[15] += a3 * b3;
+        }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let row = row0 + lid.y + 16u * r;
+        for (var cc = 0u; cc < 4u; cc++) {
+            let col = col0 + lid.x + 16u * cc;
+            if (row < m && col < n) {
+                c[bi * m * n + row * n + col] = acc[r * 4u + cc];
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Adapter selection: `RATE_WGPU_ADAPTER` naming no adapter is a clear `Error::Backend`, never a panic (own process: it sets the variable).
+
+use backend_wgpu::{WgpuBackend, ADAPTER_ENV};
+use rate_core::{Backend, Error};
+
+#[test]
+fn unknown_adapter_name_is_a_backend_error_and_a_known_one_is_chosen() {
+    // Which adapter the default choice is (if any), before the variable is set.
+    let default = WgpuBackend::new();
+    // SAFETY of the test: this file holds one test, so no other thread reads the environment meanwhile.
+    std::env::set_var(ADAPTER_ENV, "no-such-adapter-xyz");
+    match WgpuBackend::new() {
+        Err(Error::Backend { backend, message }) => {
+            assert_eq!(backend, "wgpu");
+            assert!(message.contains("no-such-adapter-xyz") && message.contains(ADAPTER_ENV), "{message}");
+        }
+        Err(other) => panic!("expected Error::Backend, got {other}"),
+        Ok(b) => panic!("expected no adapter to match, got {}", b.name()),
+    }
+    match default {
+        Ok(b) => {
+            // Selecting the default adapter by a piece of its name finds it again.
+            let name = b.adapter_name().to_string();
+            let piece: String = name.chars().take(6).collect::<String>().to_uppercase();
+            std::env::set_var(ADAPTER_ENV, &piece);
+            let again = WgpuBackend::new().expect("adapter chosen by name");
+            assert!(again.adapter_name().to_uppercase().contains(&piece));
+            assert!(
+                again.name().contains(again.adapter_name()),
+                "name() names the adapter: {}",
+                again.name()
+            );
+        }
+        Err(e) => {
+            if std::env::var("RATE_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("RATE_REQUIRE_GPU=1 but no wgpu adapter could be opened: {e}");
+            }
+            eprintln!("no wgpu adapter found: skipped ({e})");
+        }
+    }
+    std::env::remove_var(ADAPTER_ENV);
+}

@@ -1,0 +1,230 @@
+//! PNG plots for the experiments (line curves, 2-D scatter by class, heat maps), drawn with plotters and a bundled DejaVu Sans font.
+//!
+//! The font is compiled into the binary so plots render on a machine with no
+//! system fonts.
+
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+fn register_font() {
+    REGISTER.call_once(|| {
+        // The font is a compile-time constant known to parse; a failure only loses text.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// A plotting failure, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: cannot draw plot: {message}")]
+pub struct PlotError {
+    /// The output file.
+    pub path: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> PlotError {
+    PlotError { path: path.display().to_string(), message: e.to_string() }
+}
+
+/// Distinct colours for series and classes.
+pub fn palette(i: usize) -> RGBColor {
+    const P: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    P[i % P.len()]
+}
+
+/// One named curve.
+pub struct Series<'a> {
+    /// Legend label.
+    pub name: &'a str,
+    /// Points `(x, y)`.
+    pub points: Vec<(f64, f64)>,
+    /// Draw markers instead of a line.
+    pub markers: bool,
+}
+
+fn range(vals: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in vals.filter(|v| v.is_finite() && (!log || *v > 0.0)) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    if log {
+        return (lo / 1.5, hi * 1.5);
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    (lo - pad, hi + pad)
+}
+
+/// Line (or marker) plot of several series, optionally log-log.
+pub fn lines(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[Series<'_>],
+    loglog: bool,
+) -> Result<(), PlotError> {
+    register_font();
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let (x0, x1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)), loglog);
+    let (y0, y1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)), loglog);
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(xlabel)
+                .y_desc(ylabel)
+                .label_style(("sans-serif", 14))
+                .draw()
+                .map_err(|e| err(path, e))?;
+            for (i, s) in series.iter().enumerate() {
+                let c = palette(i);
+                let pts = s.points.iter().copied().filter(|(x, y)| !loglog || (*x > 0.0 && *y > 0.0));
+                if s.markers {
+                    chart
+                        .draw_series(pts.map(|p| Circle::new(p, 4, c.filled())))
+                        .map_err(|e| err(path, e))?
+                        .label(s.name)
+                        .legend(move |(x, y)| Circle::new((x + 10, y), 4, c.filled()));
+                } else {
+                    chart
+                        .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+                        .map_err(|e| err(path, e))?
+                        .label(s.name)
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                }
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw()
+                .map_err(|e| err(path, e))?;
+        }};
+    }
+    let mut builder = ChartBuilder::on(&root);
+    builder.caption(title, ("sans-serif", 22)).margin(15).x_label_area_size(45).y_label_area_size(70);
+    if loglog {
+        draw!(builder
+            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+            .map_err(|e| err(path, e))?);
+    } else {
+        draw!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(|e| err(path, e))?);
+    }
+    root.present().map_err(|e| err(path, e))
+}
+
+/// Scatter of 2-D points coloured by class label.
+pub fn scatter(path: &Path, title: &str, points: &[(f64, f64)], labels: &[usize]) -> Result<(), PlotError> {
+    register_font();
+    let root = BitMapBackend::new(path, (700, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let (x0, x1) = range(points.iter().map(|p| p.0), false);
+    let (y0, y1) = range(points.iter().map(|p| p.1), false);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(path, e))?;
+    chart.configure_mesh().label_style(("sans-serif", 13)).draw().map_err(|e| err(path, e))?;
+    chart
+        .draw_series(
+            points.iter().zip(labels).map(|(&p, &l)| Circle::new(p, 3, palette(l).mix(0.7).filled())),
+        )
+        .map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// Heat map of an `n x n` row-major matrix of values in `[0, vmax]` (white to dark blue).
+pub fn heatmap(path: &Path, title: &str, values: &[f64], n: usize, vmax: f64) -> Result<(), PlotError> {
+    register_font();
+    if values.len() != n * n {
+        return Err(err(path, format!("heat map needs {n}x{n} values, got {}", values.len())));
+    }
+    let side = 700u32;
+    let root = BitMapBackend::new(path, (side, side + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .build_cartesian_2d(0..n, 0..n)
+        .map_err(|e| err(path, e))?;
+    let vmax = if vmax > 0.0 { vmax } else { 1.0 };
+    chart
+        .draw_series((0..n).flat_map(|i| {
+            (0..n).map(move |j| {
+                let v = (values[i * n + j] / vmax).clamp(0.0, 1.0);
+                let shade = |a: f64, b: f64| (a + (b - a) * v) as u8;
+                let c = RGBColor(shade(255.0, 8.0), shade(255.0, 48.0), shade(255.0, 107.0));
+                // row i drawn from the top
+                Rectangle::new([(j, n - 1 - i), (j + 1, n - i)], c.filled())
+            })
+        }))
+        .map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("rate-plot-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d.join(name)
+    }
+
+    fn is_png(p: &Path) -> bool {
+        std::fs::read(p).map(|b| b.len() > 1000 && b.starts_with(&[0x89, b'P', b'N', b'G'])).unwrap_or(false)
+    }
+
+    #[test]
+    fn draws_every_kind_of_plot_as_png() {
+        let p = tmp("lines.png");
+        let s = Series {
+            name: "curve",
+            points: (1..50).map(|i| (i as f64, (i as f64).ln())).collect(),
+            markers: false,
+        };
+        let m = Series { name: "pts", points: vec![(2.0, 1.0), (10.0, 2.0)], markers: true };
+        lines(&p, "a title", "x", "y", &[s, m], false).expect("lines");
+        assert!(is_png(&p));
+        let s = Series {
+            name: "loglog",
+            points: (1..50).map(|i| (i as f64, (i * i) as f64)).collect(),
+            markers: false,
+        };
+        lines(&tmp("loglog.png"), "log", "n", "t", &[s], true).expect("loglog");
+        let q = tmp("scatter.png");
+        scatter(&q, "scatter", &[(0.0, 0.0), (1.0, 1.0), (0.5, -1.0)], &[0, 1, 2]).expect("scatter");
+        assert!(is_png(&q));
+        let h = tmp("heat.png");
+        heatmap(&h, "heat", &[1.0, 0.5, 0.0, 1.0], 2, 1.0).expect("heat");
+        assert!(is_png(&h));
+        assert!(heatmap(&h, "bad", &[1.0], 2, 1.0).is_err());
+    }
+}

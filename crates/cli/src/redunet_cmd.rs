@@ -1,0 +1,532 @@
+//! `rate redunet gaussians|fit|transform`: the vector ReduNet (4.1.13) on synthetic and real data, with metrics and plots.
+
+use crate::plot::{self, Series};
+use crate::util::{dispatch, ensure_dir, write_json, BackendOpts, CliError, CliResult, Job};
+use clap::{Args, Subcommand};
+use models::classify::{accuracy, knn_predict, NearestSubspace};
+use models::data::{self, Dataset};
+use models::redunet::{gaussians, Depth, Record, ReduNet, ReduNetConfig, Trace};
+use rate_core::{Backend, Rates, Tensor};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Hyperparameters shared by the ReduNet commands.
+#[derive(Args, Debug, Clone)]
+pub struct NetArgs {
+    /// Number of layers (the maximum when --min-gain is given).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Step size eta of each layer's gradient step (4.1.12).
+    #[arg(long, default_value_t = 0.5)]
+    pub eta: f64,
+    /// Quantisation epsilon^2 of the coding rate.
+    #[arg(long = "eps-sq", default_value_t = 0.1)]
+    pub eps_sq: f64,
+    /// Sharpness lambda of the soft class membership (4.1.11).
+    #[arg(long, default_value_t = 500.0)]
+    pub lambda: f64,
+    /// Stop adding layers once the rate reduction gains less than this over --window layers.
+    #[arg(long = "min-gain")]
+    pub min_gain: Option<f64>,
+    /// Window (in layers) of the --min-gain rule.
+    #[arg(long, default_value_t = 10)]
+    pub window: usize,
+}
+
+impl NetArgs {
+    fn config(&self, classes: usize, default_layers: usize) -> ReduNetConfig {
+        let layers = self.layers.unwrap_or(default_layers);
+        let mut c = ReduNetConfig::new(classes, layers);
+        c.eta = self.eta;
+        c.eps_sq = self.eps_sq;
+        c.lambda = self.lambda;
+        if let Some(min_gain) = self.min_gain {
+            c.depth = Depth::Adaptive { max_layers: layers, window: self.window.min(layers), min_gain };
+        }
+        c
+    }
+}
+
+/// The vector ReduNet commands.
+#[derive(Subcommand, Debug)]
+pub enum RedunetCmd {
+    /// Reproduce Figure 4.5: Gaussians around the axes, built layer by layer.
+    Gaussians(GaussiansArgs),
+    /// Build a ReduNet on a data set (embedded name or file) and evaluate it.
+    Fit(FitArgs),
+    /// Apply a saved ReduNet to data; writes `Z` and `yhat` to a safetensors file.
+    Transform(TransformArgs),
+    /// The rotation-invariant MNIST experiment (Figures 4.10-4.11): polar digits, lifting, 1-D invariant ReduNet.
+    Rotation(crate::invariant_cmd::RotationArgs),
+    /// The 2-D translation-invariant ReduNet on small images, evaluated on all cyclic translations.
+    Translation(crate::invariant_cmd::TranslationArgs),
+}
+
+/// Options of `rate redunet gaussians`.
+#[derive(Args, Debug)]
+pub struct GaussiansArgs {
+    /// Output directory (metrics.json and PNG plots).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of classes (one Gaussian around each axis e_j).
+    #[arg(long, default_value_t = 3)]
+    pub classes: usize,
+    /// Ambient dimension (at least the number of classes).
+    #[arg(long, default_value_t = 3)]
+    pub dim: usize,
+    /// Training samples per class.
+    #[arg(long = "per-class", default_value_t = 500)]
+    pub per_class: usize,
+    /// Test samples per class (drawn with seed + 1).
+    #[arg(long = "test-per-class", default_value_t = 500)]
+    pub test_per_class: usize,
+    /// Standard deviation of the isotropic noise.
+    #[arg(long, default_value_t = 0.1)]
+    pub noise: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// Options of `rate redunet fit`.
+#[derive(Args, Debug)]
+pub struct FitArgs {
+    /// Training data: `digits`, `mnist5k`, `fashion-mnist`, or a file (IDX, CSV, safetensors X/y, CIFAR-10 .bin).
+    #[arg(long)]
+    pub data: String,
+    /// Test data (same forms); without it a seeded stratified split of --data is used.
+    #[arg(long)]
+    pub test: Option<String>,
+    /// Share of --data held out for testing when --test is not given.
+    #[arg(long = "test-fraction", default_value_t = 0.2)]
+    pub test_fraction: f64,
+    /// Use at most this many training samples per class (seeded).
+    #[arg(long = "per-class")]
+    pub per_class: Option<usize>,
+    /// Seed of the split and subsampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Rank of each class subspace in the nearest-subspace classifier.
+    #[arg(long, default_value_t = 8)]
+    pub components: usize,
+    /// Neighbours of the cosine kNN classifier.
+    #[arg(long, default_value_t = 5)]
+    pub knn: usize,
+    /// Output directory (model, metrics.json, plots).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// Options of `rate redunet transform`.
+#[derive(Args, Debug)]
+pub struct TransformArgs {
+    /// Directory written by `rate redunet fit` (holds model.safetensors and model.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data to transform (embedded name or file).
+    #[arg(long)]
+    pub data: String,
+    /// Output safetensors file with `Z` (samples x features) and `yhat`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs a `rate redunet` command.
+pub fn run(cmd: RedunetCmd, opts: BackendOpts, json_out: bool) -> CliResult<()> {
+    let summary = match cmd {
+        RedunetCmd::Gaussians(a) => dispatch(opts, GaussiansJob(a))?,
+        RedunetCmd::Fit(a) => dispatch(opts, FitJob(a))?,
+        RedunetCmd::Transform(a) => dispatch(opts, TransformJob(a))?,
+        RedunetCmd::Rotation(a) => crate::invariant_cmd::rotation(a, opts)?,
+        RedunetCmd::Translation(a) => crate::invariant_cmd::translation(a, opts)?,
+    };
+    if json_out {
+        println!("{summary}");
+    } else if let Some(obj) = summary.as_object() {
+        for (k, v) in obj {
+            println!("{k}: {v}");
+        }
+    }
+    Ok(())
+}
+
+fn rates_json(rates: &[Rates]) -> serde_json::Value {
+    json!({
+        "R": rates.iter().map(|r| r.r).collect::<Vec<_>>(),
+        "Rc": rates.iter().map(|r| r.rc).collect::<Vec<_>>(),
+        "delta_R": rates.iter().map(|r| r.delta_r).collect::<Vec<_>>(),
+    })
+}
+
+/// Rows of `z` normalised to unit length (zero rows stay zero).
+fn normalise_rows<B: Backend>(z: &Tensor<B>) -> Tensor<B> {
+    z.div(&z.norm_axis(1).clamp_min(1e-8))
+}
+
+/// Pairwise angles in degrees between the class mean directions of `z`.
+pub fn class_angles(z: &[f64], d: usize, labels: &[usize], k: usize) -> Vec<Vec<f64>> {
+    let mut means = vec![vec![0.0; d]; k];
+    for (i, &l) in labels.iter().enumerate() {
+        for c in 0..d {
+            means[l][c] += z[i * d + c];
+        }
+    }
+    for m in &mut means {
+        let n = m.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
+        m.iter_mut().for_each(|x| *x /= n);
+    }
+    (0..k)
+        .map(|a| {
+            (0..k)
+                .map(|b| {
+                    let cos: f64 = (0..d).map(|c| means[a][c] * means[b][c]).sum();
+                    cos.clamp(-1.0, 1.0).acos().to_degrees()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Projects rows onto the top two principal directions (centred), for scatter plots.
+fn project_2d(z: &[f64], m: usize, d: usize) -> Vec<(f64, f64)> {
+    if d == 1 {
+        return (0..m).map(|i| (z[i], 0.0)).collect();
+    }
+    let mut mean = vec![0.0; d];
+    for i in 0..m {
+        for c in 0..d {
+            mean[c] += z[i * d + c] / m as f64;
+        }
+    }
+    let mut cov = vec![0.0; d * d];
+    for i in 0..m {
+        for a in 0..d {
+            for b in 0..d {
+                cov[a * d + b] += (z[i * d + a] - mean[a]) * (z[i * d + b] - mean[b]);
+            }
+        }
+    }
+    let be = backend_cpu::CpuBackend::<f64>::new();
+    let u = Tensor::from_f64(&be, &cov, &[d, d]).sym_eigen().map(|(_, v)| v.to_f64_vec()).ok();
+    let u = u.unwrap_or_else(|| {
+        let mut e = vec![0.0; d * d];
+        (0..d).for_each(|i| e[i * d + i] = 1.0);
+        e
+    });
+    (0..m)
+        .map(|i| {
+            let p = |col: usize| (0..d).map(|c| (z[i * d + c] - mean[c]) * u[c * d + col]).sum::<f64>();
+            (p(0), p(1))
+        })
+        .collect()
+}
+
+/// `|Z Z^T|` with samples sorted by class, average-pooled to at most `max_side` cells a side.
+pub fn gram_heatmap(z: &[f64], m: usize, d: usize, labels: &[usize], max_side: usize) -> (Vec<f64>, usize) {
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by_key(|&i| (labels[i], i));
+    let side = m.min(max_side).max(1);
+    let mut out = vec![0.0; side * side];
+    let mut cnt = vec![0.0; side * side];
+    for (a, &i) in order.iter().enumerate() {
+        let ba = a * side / m;
+        for (b, &j) in order.iter().enumerate() {
+            let bb = b * side / m;
+            let dot: f64 = (0..d).map(|c| z[i * d + c] * z[j * d + c]).sum();
+            out[ba * side + bb] += dot.abs();
+            cnt[ba * side + bb] += 1.0;
+        }
+    }
+    for (o, c) in out.iter_mut().zip(&cnt) {
+        if *c > 0.0 {
+            *o /= c;
+        }
+    }
+    (out, side)
+}
+
+fn rate_plot(path: &Path, title: &str, rates: &[Rates]) -> CliResult<()> {
+    let pts =
+        |f: fn(&Rates) -> f64| rates.iter().enumerate().map(|(l, r)| (l as f64, f(r))).collect::<Vec<_>>();
+    plot::lines(
+        path,
+        title,
+        "layer",
+        "nats",
+        &[
+            Series { name: "R (expansion)", points: pts(|r| r.r), markers: false },
+            Series { name: "Rc (compression)", points: pts(|r| r.rc), markers: false },
+            Series { name: "delta R", points: pts(|r| r.delta_r), markers: false },
+        ],
+        false,
+    )?;
+    Ok(())
+}
+
+fn last_yhat<B: Backend>(trace: &Trace<B>) -> Option<Vec<usize>> {
+    let l = trace.yhat_layers();
+    if l == 0 {
+        return None;
+    }
+    trace.yhat(l - 1).map(|y| y.iter().map(|&v| v as usize).collect())
+}
+
+struct GaussiansJob(GaussiansArgs);
+
+impl Job for GaussiansJob {
+    type Output = serde_json::Value;
+    fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
+        let a = self.0;
+        if a.dim < a.classes {
+            return Err(CliError::Usage(format!(
+                "--dim {} must be at least --classes {} (class j is centred on axis e_j)",
+                a.dim, a.classes
+            )));
+        }
+        ensure_dir(&a.out)?;
+        let train = gaussians(a.classes, a.dim, a.per_class, a.noise, a.seed)?;
+        let test = gaussians(a.classes, a.dim, a.test_per_class, a.noise, a.seed.wrapping_add(1))?;
+        let config = a.net.config(a.classes, 2000);
+        let x = train.tensor(be);
+        let t0 = Instant::now();
+        let (net, trace) = ReduNet::build(&x, &train.labels, config)?;
+        let build_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let test_trace = net.transform_with(
+            &test.tensor(be),
+            &Record { rates: false, yhat: true, features: Default::default() },
+        )?;
+        let transform_s = t1.elapsed().as_secs_f64();
+
+        let (m, d) = (train.samples(), a.dim);
+        let z = trace.output.to_f64_vec();
+        let train_pred = last_yhat(&trace).unwrap_or_default();
+        let test_pred = last_yhat(&test_trace).unwrap_or_default();
+        let train_acc = accuracy(&train_pred, &train.labels)?;
+        let test_acc = accuracy(&test_pred, &test.labels)?;
+        let ns = NearestSubspace::fit(&trace.output, &train.labels, a.classes, 1)?;
+        let test_acc_ns = accuracy(&ns.predict(&test_trace.output)?, &test.labels)?;
+        let angles = class_angles(&z, d, &train.labels, a.classes);
+        let angles_in = class_angles(&train.x, d, &train.labels, a.classes);
+        let off_diag: Vec<f64> = (0..a.classes)
+            .flat_map(|i| (0..a.classes).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| angles[i][j])
+            .collect();
+
+        rate_plot(&a.out.join("rates.png"), "Rate reduction per layer (Figure 4.5)", &trace.rates_true)?;
+        let labels = &train.labels;
+        plot::scatter(
+            &a.out.join("features_before.png"),
+            "Input features (PCA projection)",
+            &project_2d(&train.x, m, d),
+            labels,
+        )?;
+        plot::scatter(
+            &a.out.join("features_after.png"),
+            "Output features (PCA projection)",
+            &project_2d(&z, m, d),
+            labels,
+        )?;
+        let (h, side) = gram_heatmap(&z, m, d, labels, 300);
+        plot::heatmap(
+            &a.out.join("gram_after.png"),
+            "|Z^T Z| of the output, sorted by class",
+            &h,
+            side,
+            1.0,
+        )?;
+        let (h0, side0) = gram_heatmap(&train.x, m, d, labels, 300);
+        plot::heatmap(
+            &a.out.join("gram_before.png"),
+            "|Z^T Z| of the input, sorted by class",
+            &h0,
+            side0,
+            1.0,
+        )?;
+
+        let metrics = json!({
+            "experiment": "redunet_gaussians",
+            "backend": be.name(),
+            "config": {
+                "classes": a.classes, "dim": a.dim, "per_class": a.per_class, "test_per_class": a.test_per_class,
+                "noise": a.noise, "seed": a.seed, "layers": net.depth(), "eta": a.net.eta,
+                "eps_sq": a.net.eps_sq, "lambda": a.net.lambda,
+            },
+            "layers_built": net.depth(),
+            "rates_true": rates_json(&trace.rates_true),
+            "rates_code": rates_json(&trace.rates_code),
+            "train_accuracy": train_acc,
+            "test_accuracy": test_acc,
+            "test_accuracy_nearest_subspace": test_acc_ns,
+            "class_angles_deg": angles,
+            "class_angles_input_deg": angles_in,
+            "timings": { "build_s": build_s, "transform_s": transform_s },
+        });
+        write_json(&a.out.join("metrics.json"), &metrics)?;
+        let min_angle = off_diag.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max_angle = off_diag.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        Ok(json!({
+            "out": a.out.display().to_string(),
+            "layers": net.depth(),
+            "delta_R_first": trace.rates_true.first().map(|r| r.delta_r),
+            "delta_R_last": trace.rates_true.last().map(|r| r.delta_r),
+            "train_accuracy": train_acc,
+            "test_accuracy": test_acc,
+            "class_angle_min_deg": min_angle,
+            "class_angle_max_deg": max_angle,
+            "build_s": build_s,
+            "transform_s": transform_s,
+        }))
+    }
+}
+
+/// Loads `--data`/`--test` as (train, test) with the split rule of `fit`.
+fn load_split(a: &FitArgs) -> CliResult<(Dataset, Dataset)> {
+    let full = data::source(&a.data)?;
+    let (mut train, test) = match &a.test {
+        Some(t) => {
+            let test = data::source(t)?;
+            if test.num_features() != full.num_features() {
+                return Err(CliError::Usage(format!(
+                    "--test {t} has {} features per sample but --data {} has {}",
+                    test.num_features(),
+                    a.data,
+                    full.num_features()
+                )));
+            }
+            (full, test)
+        }
+        None => data::split(&full, a.test_fraction, a.seed)?,
+    };
+    if let Some(n) = a.per_class {
+        train = train.take_per_class(n, a.seed)?;
+    }
+    Ok((train, test))
+}
+
+struct FitJob(FitArgs);
+
+impl Job for FitJob {
+    type Output = serde_json::Value;
+    fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
+        let a = self.0;
+        ensure_dir(&a.out)?;
+        let (train, test) = load_split(&a)?;
+        let k = train.num_classes().max(test.num_classes());
+        let x = normalise_rows(&train.to_tensor(be));
+        let xt = normalise_rows(&test.to_tensor(be));
+        let config = a.net.config(k, 30);
+        let t0 = Instant::now();
+        let (net, trace) = ReduNet::build(&x, train.labels(), config)?;
+        let build_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let test_trace =
+            net.transform_with(&xt, &Record { rates: false, yhat: true, features: Default::default() })?;
+        let transform_s = t1.elapsed().as_secs_f64();
+        net.save(a.out.join("model.safetensors"))?;
+
+        let comps = a.components.min(train.num_features());
+        let ns_raw = NearestSubspace::fit(&x, train.labels(), k, comps)?;
+        let acc_raw = accuracy(&ns_raw.predict(&xt)?, test.labels())?;
+        let ns = NearestSubspace::fit(&trace.output, train.labels(), k, comps)?;
+        let acc_feat = accuracy(&ns.predict(&test_trace.output)?, test.labels())?;
+        let knn_raw = accuracy(&knn_predict(&x, train.labels(), &xt, a.knn)?, test.labels())?;
+        let knn_feat =
+            accuracy(&knn_predict(&trace.output, train.labels(), &test_trace.output, a.knn)?, test.labels())?;
+        let memb = last_yhat(&test_trace).map(|p| accuracy(&p, test.labels())).transpose()?;
+
+        rate_plot(
+            &a.out.join("rates.png"),
+            &format!("Rate reduction per layer ({})", a.data),
+            &trace.rates_true,
+        )?;
+        let z = trace.output.to_f64_vec();
+        let (h, side) = gram_heatmap(&z, train.len(), net.dim(), train.labels(), 300);
+        plot::heatmap(
+            &a.out.join("gram_after.png"),
+            "|Z^T Z| of the output, sorted by class",
+            &h,
+            side,
+            1.0,
+        )?;
+        let x0 = x.to_f64_vec();
+        let (h0, side0) = gram_heatmap(&x0, train.len(), net.dim(), train.labels(), 300);
+        plot::heatmap(
+            &a.out.join("gram_before.png"),
+            "|Z^T Z| of the input, sorted by class",
+            &h0,
+            side0,
+            1.0,
+        )?;
+
+        let metrics = json!({
+            "experiment": "redunet_fit",
+            "backend": be.name(),
+            "data": a.data, "test": a.test, "train_samples": train.len(), "test_samples": test.len(),
+            "features": net.dim(), "classes": k, "layers_built": net.depth(),
+            "config": net.config(),
+            "rates_true": rates_json(&trace.rates_true),
+            "rates_code": rates_json(&trace.rates_code),
+            "test_accuracy": {
+                "nearest_subspace_raw": acc_raw,
+                "nearest_subspace_features": acc_feat,
+                "knn_cosine_raw": knn_raw,
+                "knn_cosine_features": knn_feat,
+                "membership_last_layer": memb,
+                "components": comps, "knn_k": a.knn,
+            },
+            "timings": { "build_s": build_s, "transform_s": transform_s },
+        });
+        write_json(&a.out.join("metrics.json"), &metrics)?;
+        Ok(json!({
+            "out": a.out.display().to_string(),
+            "layers": net.depth(),
+            "nearest_subspace_raw": acc_raw,
+            "nearest_subspace_features": acc_feat,
+            "knn_cosine_raw": knn_raw,
+            "knn_cosine_features": knn_feat,
+            "build_s": build_s,
+        }))
+    }
+}
+
+struct TransformJob(TransformArgs);
+
+impl Job for TransformJob {
+    type Output = serde_json::Value;
+    fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
+        let a = self.0;
+        let net = ReduNet::load(be, a.model.join("model.safetensors"))?;
+        let ds = data::source(&a.data)?;
+        if ds.num_features() != net.dim() {
+            return Err(CliError::Usage(format!(
+                "--data {} has {} features per sample but the model in {} expects {}",
+                a.data,
+                ds.num_features(),
+                a.model.display(),
+                net.dim()
+            )));
+        }
+        let x = normalise_rows(&ds.to_tensor(be));
+        let trace =
+            net.transform_with(&x, &Record { rates: false, yhat: true, features: Default::default() })?;
+        let yhat: Vec<i64> = last_yhat(&trace).unwrap_or_default().into_iter().map(|v| v as i64).collect();
+        let mut arrays = std::collections::BTreeMap::new();
+        arrays.insert(
+            "Z".to_string(),
+            models::io::OutArray::f64(&[ds.len(), net.dim()], trace.output.to_f64_vec()),
+        );
+        arrays.insert("yhat".to_string(), models::io::OutArray::i64(&[yhat.len()], &yhat));
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("model".to_string(), a.model.display().to_string());
+        meta.insert("data".to_string(), a.data.clone());
+        models::io::write_safetensors(&a.out, &arrays, &meta)?;
+        let acc = accuracy(&yhat.iter().map(|&v| v as usize).collect::<Vec<_>>(), ds.labels()).ok();
+        Ok(json!({ "out": a.out.display().to_string(), "samples": ds.len(), "membership_accuracy": acc }))
+    }
+}

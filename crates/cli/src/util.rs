@@ -1,0 +1,106 @@
+//! Shared plumbing of the `rate` command: the error type, backend dispatch, progress bars and atomic JSON output.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::Path;
+
+/// A failure of a `rate` command: printed as one line, exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// From the models crate (data, files, numerics).
+    #[error(transparent)]
+    Models(#[from] models::Error),
+    /// From rate-core.
+    #[error(transparent)]
+    Core(#[from] rate_core::Error),
+    /// Drawing a plot.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+    /// A bad argument or combination.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// `Result` with [`CliError`].
+pub type CliResult<T> = Result<T, CliError>;
+
+/// Which backend computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// faer + rustfft + rayon on the CPU.
+    Cpu,
+    /// WGSL compute shaders through wgpu (f32; needs the `wgpu` feature).
+    Wgpu,
+}
+
+/// Floating-point precision of the CPU backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// Double precision (reference results).
+    F64,
+    /// Single precision (faster, about 1e-5 relative).
+    F32,
+}
+
+/// Backend options shared by every computing command.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct BackendOpts {
+    /// Backend that computes.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu, global = true)]
+    pub backend: BackendKind,
+    /// Precision on the CPU backend (wgpu is always f32).
+    #[arg(long, value_enum, default_value_t = Precision::F64, global = true)]
+    pub precision: Precision,
+}
+
+/// A job that runs on any backend: the one place where the generic parameter is chosen.
+pub trait Job {
+    /// What the job returns.
+    type Output;
+    /// Runs on backend `B`.
+    fn run<B: rate_core::Backend>(self, backend: &B) -> CliResult<Self::Output>;
+}
+
+/// Runs `job` on the backend the options name.
+pub fn dispatch<J: Job>(opts: BackendOpts, job: J) -> CliResult<J::Output> {
+    use backend_cpu::CpuBackend;
+    match (opts.backend, opts.precision) {
+        (BackendKind::Cpu, Precision::F64) => job.run(&CpuBackend::<f64>::new()),
+        (BackendKind::Cpu, Precision::F32) => job.run(&CpuBackend::<f32>::new()),
+        (BackendKind::Wgpu, _) => Err(CliError::Usage(
+            "the wgpu backend is not compiled into this build of `rate` (it is not implemented yet); use --backend cpu".into(),
+        )),
+    }
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(
+        Some(len),
+        if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    if let Ok(style) = ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({elapsed}, eta {eta})")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Writes a JSON value to `path` atomically (pretty-printed).
+pub fn write_json(path: &Path, value: &serde_json::Value) -> CliResult<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::Usage(format!("cannot encode JSON: {e}")))?;
+    models::io::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// Creates the output directory, with an error naming it.
+pub fn ensure_dir(dir: &Path) -> CliResult<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::Models(models::Error::Io { path: dir.display().to_string(), source: e }))
+}

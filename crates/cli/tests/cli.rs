@@ -1,0 +1,114 @@
+//! End-to-end runs of the `rate` binary: the experiments write metrics.json and PNG plots, and errors exit with status 2 and one line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn rate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rate"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rate-cli-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn is_png(p: &Path) -> bool {
+    std::fs::read(p).map(|b| b.starts_with(&[0x89, b'P', b'N', b'G'])).unwrap_or(false)
+}
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json written");
+    serde_json::from_str(&text).expect("metrics.json is JSON")
+}
+
+#[test]
+fn gaussians_separates_the_classes_into_orthogonal_directions() {
+    let out = tmp("gaussians");
+    let st = rate()
+        .args([
+            "redunet",
+            "gaussians",
+            "--per-class",
+            "100",
+            "--test-per-class",
+            "50",
+            "--layers",
+            "300",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let m = metrics(&out);
+    assert!(m["test_accuracy"].as_f64().unwrap() >= 0.99, "{}", m["test_accuracy"]);
+    let angles = m["class_angles_deg"].as_array().unwrap();
+    for (i, row) in angles.iter().enumerate() {
+        for (j, a) in row.as_array().unwrap().iter().enumerate() {
+            if i != j {
+                let a = a.as_f64().unwrap();
+                assert!((a - 90.0).abs() < 3.0, "angle {i},{j} = {a}");
+            }
+        }
+    }
+    let dr = m["rates_true"]["delta_R"].as_array().unwrap();
+    let (first, last) = (dr[0].as_f64().unwrap(), dr[dr.len() - 1].as_f64().unwrap());
+    assert!(last > first + 0.1, "rate reduction did not rise: {first} -> {last}");
+    assert!(m["timings"]["build_s"].as_f64().is_some());
+    for p in ["rates.png", "features_before.png", "features_after.png", "gram_after.png"] {
+        assert!(is_png(&out.join(p)), "{p} missing");
+    }
+}
+
+#[test]
+fn fit_then_transform_on_embedded_digits() {
+    let out = tmp("fit");
+    let st = rate()
+        .args(["--json", "redunet", "fit", "--data", "digits", "--per-class", "30", "--layers", "5", "--out"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&st.stdout).expect("--json prints JSON");
+    assert!(summary["nearest_subspace_features"].as_f64().unwrap() > 0.8);
+    let m = metrics(&out);
+    assert!(m["test_accuracy"]["nearest_subspace_raw"].as_f64().is_some());
+    let z = out.join("z.safetensors");
+    let st = rate()
+        .args(["redunet", "transform", "--model"])
+        .arg(&out)
+        .args(["--data", "digits", "--out"])
+        .arg(&z)
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let f = models::io::TensorFile::read(&z).expect("readable");
+    assert_eq!(f.get("Z").unwrap().shape, vec![1797, 64]);
+    assert_eq!(f.get("yhat").unwrap().shape, vec![1797]);
+}
+
+#[test]
+fn errors_exit_with_status_2_and_one_line_naming_the_problem() {
+    let dir = tmp("errors");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("ragged.csv");
+    std::fs::write(&bad, "1,2,0\n3,1\n").unwrap();
+    let st =
+        rate().args(["redunet", "fit", "--data"]).arg(&bad).arg("--out").arg(dir.join("o")).output().unwrap();
+    assert_eq!(st.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.contains("ragged.csv") && err.contains("line 2"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let st = rate().args(["redunet", "gaussians", "--eta=-1", "--out"]).arg(dir.join("g")).output().unwrap();
+    assert_eq!(st.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("eta"));
+    let st = rate()
+        .args(["redunet", "transform", "--model"])
+        .arg(dir.join("nothing"))
+        .args(["--data", "digits", "--out"])
+        .arg(dir.join("z.st"))
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(2));
+}

@@ -1,0 +1,684 @@
+//! The shift-invariant ReduNet in the frequency domain (4.1.20-4.1.22 with the layer 4.1.13): per-frequency `E(t)`, `C^j(t)` and the update, FFT once on entry and once on exit.
+//!
+//! Features are kept as half spectra `v(f) in C^C` at the `F` stored
+//! frequencies, packed for real arithmetic as `[F, samples, 2C]` (real parts,
+//! then imaginary parts). A layer built from features `V` with true labels is
+//!
+//! * `S(f) = sum_i v_i(f) v_i(f)^H`, `S_j(f)` over class `j` only (`C x C`, Hermitian);
+//! * `E(f) = alpha (I + alpha S(f))^-1`, `C^j(f) = alpha_j (I + alpha_j S_j(f))^-1`,
+//!   `alpha = C / (m eps^2)`, `alpha_j = C / (m_j eps^2)` (batched complex Cholesky);
+//! * `gamma_j = m_j / m`;
+//!
+//! and maps every sample `v` (training or test) to
+//!
+//! * `pi_j = softmax_j(-lambda max(||C^j v||, 1e-8))`, norms over the full spectrum;
+//! * `v <- normalise(v + eta (E v - sum_j gamma_j pi_j C^j v))`.
+//!
+//! The `k + 1` operators of a layer are applied in one real batched product
+//! per frequency: `[Re v, Im v] (n x 2C)` times
+//! `[[Re A^T, Im A^T], [-Im A^T, Re A^T]]` stacked over the operators
+//! (`2C x 2(k+1)C`). Operators are stored Hermitian-packed: `C^2` reals per
+//! operator and frequency (upper triangle of the real part, strict lower
+//! triangle of the imaginary part), and unpacked once per layer application.
+
+use super::domain::Domain;
+use crate::{Error, Result};
+use rate_core::{Backend, ComplexTensor, FftNorm, Rates, Tensor};
+
+/// Hyperparameters of the invariant ReduNet, validated by [`InvariantConfig::validate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvariantConfig {
+    /// Number of layers `L`.
+    pub layers: usize,
+    /// Step size `eta`.
+    pub eta: f64,
+    /// `eps^2` (the reference code's `eps`).
+    pub eps_sq: f64,
+    /// Softmax sharpness `lambda` of the membership estimate.
+    pub lambda: f64,
+    /// Samples pushed through a layer at once (bounds the working memory).
+    pub chunk: usize,
+    /// Keep the frequency-domain features of every layer in the records (for inspection and parity checks).
+    pub keep_spectra: bool,
+}
+
+impl Default for InvariantConfig {
+    /// The chapter's rotation-MNIST settings: 40 layers, `eta = 0.5`, `eps^2 = 0.1`, `lambda = 500`.
+    fn default() -> Self {
+        InvariantConfig { layers: 40, eta: 0.5, eps_sq: 0.1, lambda: 500.0, chunk: 64, keep_spectra: false }
+    }
+}
+
+impl InvariantConfig {
+    /// Checks every field, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &str, value: String, why: &str| {
+            Err(Error::Config(format!("invariant ReduNet: `{name}` = {value} {why}")))
+        };
+        if self.layers == 0 {
+            return bad("layers", "0".into(), "must be at least 1");
+        }
+        if !(self.eta.is_finite() && self.eta > 0.0) {
+            return bad("eta", self.eta.to_string(), "must be positive and finite");
+        }
+        if !(self.eps_sq.is_finite() && self.eps_sq > 0.0) {
+            return bad("eps_sq", self.eps_sq.to_string(), "must be positive and finite");
+        }
+        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
+            return bad("lambda", self.lambda.to_string(), "must be non-negative and finite");
+        }
+        if self.chunk == 0 {
+            return bad("chunk", "0".into(), "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// One layer: the Hermitian-packed operators `E(f), C^1(f), .., C^k(f)`.
+#[derive(Clone, Debug)]
+pub struct InvariantLayer<B: Backend> {
+    /// `[F, k+1, C, C]`: entry `[f, j, a, b]` is `Re A_j(f)[a][b]` for `a <= b`
+    /// and `Im A_j(f)[a][b]` for `a > b`; `A_0 = E`, `A_j = C^j`.
+    packed: Tensor<B>,
+}
+
+impl<B: Backend> InvariantLayer<B> {
+    /// The packed operators `[F, k+1, C, C]` (see the type's docs).
+    pub fn packed(&self) -> &Tensor<B> {
+        &self.packed
+    }
+
+    /// Bytes the stored operators take.
+    pub fn bytes(&self) -> usize {
+        self.packed.numel() * std::mem::size_of::<B::Elem>()
+    }
+}
+
+/// What the construction records per layer.
+#[derive(Clone, Debug)]
+pub struct ConstructionRecord<B: Backend> {
+    /// Rates of the features entering layer `0..L` and leaving the last
+    /// (`L + 1` entries) with the true labels and `w_j = m_j / m`.
+    pub rates_true: Vec<Rates>,
+    /// Rates the reference code logs after layer `l` (`L` entries): the layer
+    /// output with the layer's predicted labels `yhat` and `w_j` their class fractions.
+    pub rates_code: Vec<Rates>,
+    /// `argmax_j pi_j` of each training sample inside each layer (`L x m`).
+    pub yhat: Vec<Vec<usize>>,
+    /// With [`InvariantConfig::keep_spectra`]: the half spectra `[F, m, C]`
+    /// entering layer `0..L` and leaving the last (`L + 1` entries).
+    pub spectra: Vec<ComplexTensor<B>>,
+}
+
+/// The result of [`InvariantReduNet::construct`].
+#[derive(Clone, Debug)]
+pub struct Construction<B: Backend> {
+    /// The network.
+    pub network: InvariantReduNet<B>,
+    /// Training features after the last layer, in the signal domain, unit norm.
+    pub features: Tensor<B>,
+    /// Per-layer rates, memberships and (optionally) spectra.
+    pub record: ConstructionRecord<B>,
+}
+
+/// The result of [`InvariantReduNet::transform`].
+#[derive(Clone, Debug)]
+pub struct Transformed<B: Backend> {
+    /// Features after the last layer, in the signal domain, unit norm.
+    pub features: Tensor<B>,
+    /// `argmax_j pi_j` of each sample inside each layer (`L x n`).
+    pub yhat: Vec<Vec<usize>>,
+    /// From [`InvariantReduNet::transform_traced`]: half spectra `[F, n, C]` entering each layer and leaving the last.
+    pub spectra: Vec<ComplexTensor<B>>,
+}
+
+/// A constructed shift-invariant ReduNet (1-D shifts or 2-D translations).
+#[derive(Clone, Debug)]
+pub struct InvariantReduNet<B: Backend> {
+    domain: Domain,
+    channels: usize,
+    classes: usize,
+    config: InvariantConfig,
+    gamma: Vec<f64>,
+    layers: Vec<InvariantLayer<B>>,
+    /// Frequency weights `[F, 1]`.
+    weights: Tensor<B>,
+    /// `gamma` as a `[1, k]` row.
+    gamma_row: Tensor<B>,
+    /// Gather indices and signs turning packed operators into the real product operand.
+    unpack_index: Vec<usize>,
+    unpack_sign: Tensor<B>,
+}
+
+/// Per-sample Euclidean normalisation of signals `[m, ..]`, clamped below at 1e-8.
+pub(crate) fn normalise_signals<B: Backend>(x: &Tensor<B>) -> Tensor<B> {
+    let m = x.dim(0);
+    let flat = x.reshape(&[m, x.numel() / m.max(1)]);
+    flat.div(&flat.norm_axis(1).clamp_min(1e-8)).reshape(x.shape())
+}
+
+fn check_labels(labels: &[usize], m: usize, classes: usize) -> Result<Vec<Vec<usize>>> {
+    if classes == 0 {
+        return Err(Error::Config("invariant ReduNet: `classes` must be at least 1".into()));
+    }
+    if labels.len() != m {
+        return Err(Error::Config(format!("invariant ReduNet: {} labels for {m} samples", labels.len())));
+    }
+    let mut groups = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        if l >= classes {
+            return Err(Error::Config(format!(
+                "invariant ReduNet: labels[{i}] = {l} is not below the class count {classes}"
+            )));
+        }
+        groups[l].push(i);
+    }
+    if let Some(j) = groups.iter().position(|g| g.is_empty()) {
+        return Err(Error::Config(format!(
+            "invariant ReduNet: class {j} has no training samples (C^{j} = alpha_j (I + alpha_j S_j)^-1 needs m_j > 0)"
+        )));
+    }
+    Ok(groups)
+}
+
+/// Gather indices and signs from packed `[k+1, C, C]` to the real operand `[2C, 2(k+1)C]`.
+fn unpack_plan(ops: usize, c: usize) -> (Vec<usize>, Vec<f64>) {
+    let cols = 2 * ops * c;
+    let mut idx = Vec::with_capacity(2 * c * cols);
+    let mut sign = Vec::with_capacity(2 * c * cols);
+    // Im A[r][col] from the packed strict lower triangle.
+    let im = |base: usize, r: usize, col: usize| -> (usize, f64) {
+        match r.cmp(&col) {
+            std::cmp::Ordering::Greater => (base + r * c + col, 1.0),
+            std::cmp::Ordering::Less => (base + col * c + r, -1.0),
+            std::cmp::Ordering::Equal => (base, 0.0),
+        }
+    };
+    for row in 0..2 * c {
+        let (rb, r) = (row / c, row % c);
+        for col in 0..cols {
+            let cb = col / (ops * c);
+            let j = (col % (ops * c)) / c;
+            let oc = col % c;
+            let base = j * c * c;
+            let (i, s) = match (rb, cb) {
+                (0, 0) | (1, 1) => (base + r.min(oc) * c + r.max(oc), 1.0),
+                (0, _) => {
+                    let (i, s) = im(base, r, oc);
+                    (i, -s)
+                }
+                _ => im(base, r, oc),
+            };
+            idx.push(i);
+            sign.push(s);
+        }
+    }
+    (idx, sign)
+}
+
+/// Splits packed features `[F, n, 2C]` into the complex half spectrum `[F, n, C]`.
+pub(crate) fn unpack_features<B: Backend>(v: &Tensor<B>) -> ComplexTensor<B> {
+    let c = v.dim(2) / 2;
+    ComplexTensor::new(v.narrow(2, 0, c), v.narrow(2, c, c))
+}
+
+/// Packs a complex half spectrum `[F, n, C]` as `[F, n, 2C]`.
+pub(crate) fn pack_features<B: Backend>(v: &ComplexTensor<B>) -> Tensor<B> {
+    Tensor::cat(&[&v.re, &v.im], 2)
+}
+
+impl<B: Backend> InvariantReduNet<B> {
+    fn empty(backend: &B, domain: Domain, channels: usize, classes: usize, config: InvariantConfig) -> Self {
+        let w = domain.weights();
+        let (unpack_index, sign) = unpack_plan(classes + 1, channels);
+        InvariantReduNet {
+            domain,
+            channels,
+            classes,
+            config,
+            gamma: Vec::new(),
+            layers: Vec::new(),
+            weights: Tensor::from_f64(backend, &w, &[w.len(), 1]),
+            gamma_row: Tensor::zeros(backend, &[1, classes]),
+            unpack_index,
+            unpack_sign: Tensor::from_f64(backend, &sign, &[1, sign.len()]),
+        }
+    }
+
+    /// Builds the network layer by layer from training signals `x`
+    /// (`[m, C, T]` or `[m, C, H, W]`) with their true labels `0..classes`.
+    ///
+    /// Samples are normalised, transformed once to the half spectrum, pushed
+    /// through `config.layers` layers (each built from the features entering
+    /// it), and transformed back once. Every class needs a sample.
+    pub fn construct(
+        x: &Tensor<B>,
+        labels: &[usize],
+        classes: usize,
+        config: &InvariantConfig,
+    ) -> Result<Construction<B>> {
+        config.validate()?;
+        let (m, c, domain) = Domain::of_signals("invariant ReduNet construct", x.shape())?;
+        let groups = check_labels(labels, m, classes)?;
+        x.check_finite("invariant ReduNet construct: input")?;
+        let mut net = Self::empty(x.backend(), domain, c, classes, config.clone());
+        net.gamma = groups.iter().map(|g| g.len() as f64 / m as f64).collect();
+        net.gamma_row = Tensor::from_f64(x.backend(), &net.gamma, &[1, classes]);
+
+        let mut v = net.to_spectra(x);
+        let mut record = ConstructionRecord {
+            rates_true: Vec::with_capacity(config.layers + 1),
+            rates_code: Vec::with_capacity(config.layers),
+            yhat: Vec::with_capacity(config.layers),
+            spectra: Vec::new(),
+        };
+        // Rc of the layer output with predicted labels, when they differ from the true ones.
+        let mut rc_predicted: Vec<Option<f64>> = Vec::with_capacity(config.layers);
+        for _ in 0..config.layers {
+            if config.keep_spectra {
+                record.spectra.push(unpack_features(&v));
+            }
+            let (layer, rates) = net.build_layer(&v, &groups)?;
+            record.rates_true.push(rates);
+            let w = net.real_operand(&layer);
+            net.layers.push(layer);
+            let (next, yhat) = net.apply_chunked(&w, &v);
+            v = next;
+            rc_predicted.push(if yhat == labels {
+                None
+            } else {
+                let mut pg = vec![Vec::new(); classes];
+                for (i, &l) in yhat.iter().enumerate() {
+                    pg[l].push(i);
+                }
+                Some(net.rates_of(&v, &pg)?.rc)
+            });
+            record.yhat.push(yhat);
+        }
+        if config.keep_spectra {
+            record.spectra.push(unpack_features(&v));
+        }
+        record.rates_true.push(net.rates_of(&v, &groups)?);
+        for (l, rc) in rc_predicted.into_iter().enumerate() {
+            let t = record.rates_true[l + 1];
+            let rc = rc.unwrap_or(t.rc);
+            record.rates_code.push(Rates { r: t.r, rc, delta_r: t.r - rc });
+        }
+        let features = net.spectra_to_signals(&v);
+        Ok(Construction { network: net, features, record })
+    }
+
+    /// Normalised signals to packed half spectra `[F, m, 2C]` (unitary DFT).
+    fn to_spectra(&self, x: &Tensor<B>) -> Tensor<B> {
+        pack_features(&self.domain.forward(&normalise_signals(x), FftNorm::Ortho))
+    }
+
+    /// Packed half spectra back to unit-norm signals `[m, C, dims]`.
+    fn spectra_to_signals(&self, v: &Tensor<B>) -> Tensor<B> {
+        normalise_signals(&self.domain.inverse(&unpack_features(v), FftNorm::Ortho))
+    }
+
+    /// `I + a_g S_g(f)` for each group (`None` = all samples), stacked `[groups, F, C, C]`.
+    fn regularised_covariances(&self, v: &Tensor<B>, groups: &[(Option<&[usize]>, f64)]) -> ComplexTensor<B> {
+        let c = self.channels;
+        let eye = Tensor::eye(v.backend(), c);
+        let (mut res, mut ims) = (Vec::new(), Vec::new());
+        for &(idx, a) in groups {
+            let xg = match idx {
+                Some(i) => v.index_select(1, i),
+                None => v.clone(),
+            };
+            // G = X^T X = [[RR, RI], [IR, II]]; S = sum v v^H: Re = RR + II, Im = IR - RI.
+            let g = xg.matmul_t(&xg, true, false);
+            let top = g.narrow(1, 0, c);
+            let bottom = g.narrow(1, c, c);
+            let (rr, ri) = (top.narrow(2, 0, c), top.narrow(2, c, c));
+            let (ir, ii) = (bottom.narrow(2, 0, c), bottom.narrow(2, c, c));
+            let f = g.dim(0);
+            res.push(rr.add(&ii).scale(a).add(&eye).reshape(&[1, f, c, c]));
+            ims.push(ir.sub(&ri).scale(a).reshape(&[1, f, c, c]));
+        }
+        let res: Vec<&Tensor<B>> = res.iter().collect();
+        let ims: Vec<&Tensor<B>> = ims.iter().collect();
+        ComplexTensor::new(Tensor::cat(&res, 0), Tensor::cat(&ims, 0))
+    }
+
+    fn alpha(&self, samples: usize) -> f64 {
+        self.channels as f64 / (samples as f64 * self.config.eps_sq)
+    }
+
+    /// `sum_f w_f logdet M_g(f)` for each group.
+    fn weighted_logdets(&self, m: &ComplexTensor<B>) -> Result<Vec<f64>> {
+        let ld = m.herm_logdet()?; // [groups, F]
+        let w = self.weights.reshape(&[1, self.domain.stored_frequencies()]);
+        Ok(ld.mul(&w).sum_axis(1, false).to_f64_vec())
+    }
+
+    /// Rates from the weighted log-determinants of (all, class 1, .., class k).
+    fn rates_from(&self, ld: &[f64], sizes: &[usize], m: usize) -> Rates {
+        let scale = 1.0 / (2.0 * self.domain.size() as f64);
+        let r = ld[0] * scale;
+        let rc = sizes.iter().zip(&ld[1..]).map(|(&mj, l)| mj as f64 / m as f64 * l * scale).sum::<f64>();
+        Rates { r, rc, delta_r: r - rc }
+    }
+
+    /// Rates of packed features with the given class groups (empty classes contribute nothing).
+    fn rates_of(&self, v: &Tensor<B>, groups: &[Vec<usize>]) -> Result<Rates> {
+        let m = v.dim(1);
+        let mut spec: Vec<(Option<&[usize]>, f64)> = vec![(None, self.alpha(m))];
+        let mut sizes = Vec::new();
+        for g in groups.iter().filter(|g| !g.is_empty()) {
+            spec.push((Some(g.as_slice()), self.alpha(g.len())));
+            sizes.push(g.len());
+        }
+        let ld = self.weighted_logdets(&self.regularised_covariances(v, &spec))?;
+        Ok(self.rates_from(&ld, &sizes, m))
+    }
+
+    /// Builds one layer's operators from the features entering it, with the rates of those features.
+    fn build_layer(&self, v: &Tensor<B>, groups: &[Vec<usize>]) -> Result<(InvariantLayer<B>, Rates)> {
+        let m = v.dim(1);
+        let c = self.channels;
+        let mut spec: Vec<(Option<&[usize]>, f64)> = vec![(None, self.alpha(m))];
+        spec.extend(groups.iter().map(|g| (Some(g.as_slice()), self.alpha(g.len()))));
+        let alphas: Vec<f64> = spec.iter().map(|s| s.1).collect();
+        let mats = self.regularised_covariances(v, &spec);
+        let ld = self.weighted_logdets(&mats)?;
+        let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        let rates = self.rates_from(&ld, &sizes, m);
+        let g = alphas.len();
+        let a = Tensor::from_f64(v.backend(), &alphas, &[g, 1, 1, 1]);
+        let inv = mats.herm_inverse()?; // [g, F, C, C]
+        let (re, im) = (inv.re.mul(&a).permute(&[1, 0, 2, 3]), inv.im.mul(&a).permute(&[1, 0, 2, 3]));
+        let (upper, lower) = triangle_masks(v.backend(), c);
+        let packed = re.mul(&upper).add(&im.mul(&lower));
+        Ok((InvariantLayer { packed }, rates))
+    }
+
+    /// The real operand `[F, 2C, 2(k+1)C]` of a layer's batched product.
+    fn real_operand(&self, layer: &InvariantLayer<B>) -> Tensor<B> {
+        let f = self.domain.stored_frequencies();
+        let (c, g) = (self.channels, self.classes + 1);
+        layer
+            .packed
+            .reshape(&[f, g * c * c])
+            .index_select(1, &self.unpack_index)
+            .mul(&self.unpack_sign)
+            .reshape(&[f, 2 * c, 2 * g * c])
+    }
+
+    /// Per-sample norms over the full spectrum of packed features `[F, n, D]`: `[n]`.
+    fn spectral_norms(&self, v: &Tensor<B>) -> Tensor<B> {
+        v.square().sum_axis(2, false).mul(&self.weights).sum_axis(0, false).sqrt()
+    }
+
+    fn normalise_spectra(&self, v: &Tensor<B>) -> Tensor<B> {
+        let n = v.dim(1);
+        v.div(&self.spectral_norms(v).clamp_min(1e-8).reshape(&[1, n, 1]))
+    }
+
+    /// One layer on packed features `[F, n, 2C]`: the new features and `pi` (`[n, k]`).
+    fn apply(&self, w: &Tensor<B>, v: &Tensor<B>) -> (Tensor<B>, Tensor<B>) {
+        let (f, n, c2) = (v.dim(0), v.dim(1), v.dim(2));
+        let (c, k) = (c2 / 2, self.classes);
+        let g = k + 1;
+        let (eta, lambda) = (self.config.eta, self.config.lambda);
+        // [Re | Im] of (E v, C^1 v, .., C^k v) at every frequency.
+        let y = v.matmul(w).reshape(&[f, n, 2, g, c]);
+        // ||A_j v||^2 over the full spectrum, [n, g].
+        let sq = y.square().sum_axis(4, false).sum_axis(2, false).mul(&self.weights.reshape(&[f, 1, 1]));
+        let norms = sq.sum_axis(0, false).narrow(1, 1, k).sqrt().clamp_min(1e-8);
+        let pi = norms.scale(-lambda).softmax(1);
+        // v + eta E v - eta sum_j gamma_j pi_j C^j v
+        let be = v.backend();
+        let coef = Tensor::cat(&[&Tensor::full(be, &[n, 1], eta), &pi.mul(&self.gamma_row).scale(-eta)], 1);
+        let delta = y.mul(&coef.reshape(&[1, n, 1, g, 1])).sum_axis(3, false).reshape(&[f, n, c2]);
+        (self.normalise_spectra(&v.add(&delta)), pi)
+    }
+
+    /// [`Self::apply`] over chunks of samples; returns the features and `yhat`.
+    fn apply_chunked(&self, w: &Tensor<B>, v: &Tensor<B>) -> (Tensor<B>, Vec<usize>) {
+        let n = v.dim(1);
+        let chunk = self.config.chunk;
+        if n <= chunk {
+            let (out, pi) = self.apply(w, v);
+            return (out, pi.argmax_axis(1));
+        }
+        let mut parts = Vec::new();
+        let mut yhat = Vec::with_capacity(n);
+        for start in (0..n).step_by(chunk) {
+            let len = chunk.min(n - start);
+            let (out, pi) = self.apply(w, &v.narrow(1, start, len));
+            yhat.extend(pi.argmax_axis(1));
+            parts.push(out);
+        }
+        let parts: Vec<&Tensor<B>> = parts.iter().collect();
+        (Tensor::cat(&parts, 1), yhat)
+    }
+
+    fn check_input(&self, what: &str, x: &Tensor<B>) -> Result<usize> {
+        let (m, c, domain) = Domain::of_signals(what, x.shape())?;
+        if c != self.channels || domain != self.domain {
+            return Err(Error::Config(format!(
+                "{what}: signals of shape {:?} do not match the network ({} channels over {:?})",
+                x.shape(),
+                self.channels,
+                self.domain.dims()
+            )));
+        }
+        x.check_finite(what)?;
+        Ok(m)
+    }
+
+    /// Pushes packed spectra through every layer, in chunks of samples (each
+    /// layer's operand is unpacked once for all chunks).
+    fn run_layers(&self, v: Tensor<B>, keep: bool) -> (Tensor<B>, Vec<Vec<usize>>, Vec<ComplexTensor<B>>) {
+        let n = v.dim(1);
+        let chunk = self.config.chunk;
+        let mut parts: Vec<Tensor<B>> = if n <= chunk {
+            vec![v]
+        } else {
+            (0..n).step_by(chunk).map(|s| v.narrow(1, s, chunk.min(n - s))).collect()
+        };
+        let join = |parts: &[Tensor<B>]| {
+            if parts.len() == 1 {
+                parts[0].clone()
+            } else {
+                Tensor::cat(&parts.iter().collect::<Vec<_>>(), 1)
+            }
+        };
+        let mut spectra = Vec::new();
+        let mut yhat = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            if keep {
+                spectra.push(unpack_features(&join(&parts)));
+            }
+            let w = self.real_operand(layer);
+            let mut y = Vec::with_capacity(n);
+            for p in parts.iter_mut() {
+                let (out, pi) = self.apply(&w, p);
+                y.extend(pi.argmax_axis(1));
+                *p = out;
+            }
+            yhat.push(y);
+        }
+        let v = join(&parts);
+        if keep {
+            spectra.push(unpack_features(&v));
+        }
+        (v, yhat, spectra)
+    }
+
+    /// Maps signals (same channels and domain as the training ones) through the frozen layers.
+    pub fn transform(&self, x: &Tensor<B>) -> Result<Transformed<B>> {
+        self.check_input("invariant ReduNet transform", x)?;
+        let (v, yhat, _) = self.run_layers(self.to_spectra(x), false);
+        Ok(Transformed { features: self.spectra_to_signals(&v), yhat, spectra: Vec::new() })
+    }
+
+    /// [`Self::transform`] keeping the half spectra `[F, n, C]` entering every layer and leaving the last.
+    pub fn transform_traced(&self, x: &Tensor<B>) -> Result<Transformed<B>> {
+        self.check_input("invariant ReduNet transform", x)?;
+        let (v, yhat, spectra) = self.run_layers(self.to_spectra(x), true);
+        Ok(Transformed { features: self.spectra_to_signals(&v), yhat, spectra })
+    }
+
+    /// Features of every cyclic shift of every sample, `[n, S, C, dims..]`:
+    /// entry `[i, s]` equals the features of `roll(x_i, shifts[s])`.
+    ///
+    /// The network is shift-equivariant (every operator is block-circulant
+    /// and the memberships depend on shift-invariant norms), so the samples
+    /// go through the layers once and each shift is a phase `e^{-i theta(f)}`
+    /// applied to the final spectrum: `S` times less work than transforming
+    /// the shifted copies (the test suite checks the two agree).
+    pub fn transform_shifted(&self, x: &Tensor<B>, shifts: &[Vec<isize>]) -> Result<Tensor<B>> {
+        let n = self.check_input("invariant ReduNet transform_shifted", x)?;
+        if shifts.is_empty() {
+            return Err(Error::Config("invariant ReduNet transform_shifted: no shifts given".into()));
+        }
+        let f = self.domain.stored_frequencies();
+        let (mut cos, mut sin) = (Vec::with_capacity(shifts.len() * f), Vec::with_capacity(shifts.len() * f));
+        for s in shifts {
+            let theta = self.domain.shift_phases(s)?;
+            cos.extend(theta.iter().map(|t| t.cos()));
+            sin.extend(theta.iter().map(|t| t.sin()));
+        }
+        let ns = shifts.len();
+        let be = x.backend();
+        // [F, 1, S, 1] after a transpose of the host layout [S, F].
+        let cos = Tensor::from_f64(be, &cos, &[ns, f]).t().reshape(&[f, 1, ns, 1]);
+        let sin = Tensor::from_f64(be, &sin, &[ns, f]).t().reshape(&[f, 1, ns, 1]);
+        let (v, _, _) = self.run_layers(self.to_spectra(x), false);
+        let c = self.channels;
+        let per = (self.config.chunk / ns).max(1);
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(per) {
+            let len = per.min(n - start);
+            let spec = unpack_features(&v.narrow(1, start, len));
+            let (re, im) = (spec.re.reshape(&[f, len, 1, c]), spec.im.reshape(&[f, len, 1, c]));
+            // roll by s multiplies v(f) by cos(theta) - i sin(theta)
+            let sre = re.mul(&cos).add(&im.mul(&sin)).reshape(&[f, len, ns * c]);
+            let sim = im.mul(&cos).sub(&re.mul(&sin)).reshape(&[f, len, ns * c]);
+            let sig = self.domain.inverse(&ComplexTensor::new(sre, sim), FftNorm::Ortho);
+            let mut shape = vec![len * ns, c];
+            shape.extend(self.domain.dims());
+            parts.push(normalise_signals(&sig.reshape(&shape)));
+        }
+        let parts: Vec<&Tensor<B>> = parts.iter().collect();
+        let mut shape = vec![n, ns, c];
+        shape.extend(self.domain.dims());
+        Ok(Tensor::cat(&parts, 0).reshape(&shape))
+    }
+
+    /// The signal domain.
+    pub fn domain(&self) -> Domain {
+        self.domain
+    }
+
+    /// Channels `C`.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Classes `k`.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Class weights `gamma_j = m_j / m` of the training labels.
+    pub fn gamma(&self) -> &[f64] {
+        &self.gamma
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &InvariantConfig {
+        &self.config
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[InvariantLayer<B>] {
+        &self.layers
+    }
+
+    /// Bytes of stored operators per layer: `(k+1) F C^2` elements.
+    pub fn operator_bytes_per_layer(&self) -> usize {
+        (self.classes + 1)
+            * self.domain.stored_frequencies()
+            * self.channels
+            * self.channels
+            * std::mem::size_of::<B::Elem>()
+    }
+
+    /// Bytes of all stored operators.
+    pub fn operator_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.bytes()).sum()
+    }
+
+    fn layer(&self, l: usize) -> Result<&InvariantLayer<B>> {
+        self.layers.get(l).ok_or_else(|| {
+            Error::Config(format!("invariant ReduNet: layer {l} out of range ({} layers)", self.layers.len()))
+        })
+    }
+
+    /// All operators of layer `l` at the stored frequencies, `[k+1, F, C, C]`
+    /// (index 0 is `E(f)`, index `j` is `C^j(f)`), unpacked.
+    pub fn operators(&self, l: usize) -> Result<ComplexTensor<B>> {
+        let layer = self.layer(l)?;
+        let (c, g, f) = (self.channels, self.classes + 1, self.domain.stored_frequencies());
+        let mut ri = Vec::with_capacity(c * c);
+        let mut ii = Vec::with_capacity(c * c);
+        let mut is = Vec::with_capacity(c * c);
+        for a in 0..c {
+            for b in 0..c {
+                ri.push(a.min(b) * c + a.max(b));
+                let (i, s) = match a.cmp(&b) {
+                    std::cmp::Ordering::Greater => (a * c + b, 1.0),
+                    std::cmp::Ordering::Less => (b * c + a, -1.0),
+                    std::cmp::Ordering::Equal => (0, 0.0),
+                };
+                ii.push(i);
+                is.push(s);
+            }
+        }
+        let p = layer.packed.reshape(&[f, g, c * c]);
+        let sign = Tensor::from_f64(p.backend(), &is, &[1, 1, c * c]);
+        let re = p.index_select(2, &ri).reshape(&[f, g, c, c]).permute(&[1, 0, 2, 3]);
+        let im = p.index_select(2, &ii).mul(&sign).reshape(&[f, g, c, c]).permute(&[1, 0, 2, 3]);
+        Ok(ComplexTensor::new(re, im))
+    }
+
+    /// `E(f)` of layer `l` at the stored frequencies, `[F, C, C]`.
+    pub fn expansion_operator(&self, l: usize) -> Result<ComplexTensor<B>> {
+        let ops = self.operators(l)?;
+        let (f, c) = (self.domain.stored_frequencies(), self.channels);
+        Ok(ComplexTensor::new(ops.re.narrow(0, 0, 1), ops.im.narrow(0, 0, 1)).reshape(&[f, c, c]))
+    }
+
+    /// `C^j(f)` of layer `l` at the stored frequencies, `[k, F, C, C]`.
+    pub fn compression_operators(&self, l: usize) -> Result<ComplexTensor<B>> {
+        let ops = self.operators(l)?;
+        let k = self.classes;
+        Ok(ComplexTensor::new(ops.re.narrow(0, 1, k), ops.im.narrow(0, 1, k)))
+    }
+
+    /// The multichannel convolution kernels of layer `l` (Proposition of
+    /// 4.1.22): `[k+1, C, C, dims..]`, entry `[j, c, c']` the first column of
+    /// the circulant block `(c, c')` of the dense operator `A_j`, so that
+    /// `(A_j z)[c] = sum_c' kernel[j, c, c'] (*) z[c']` (circular convolution).
+    pub fn convolution_kernels(&self, l: usize) -> Result<Tensor<B>> {
+        let ops = self.operators(l)?; // [g, F, C, C]
+        let (c, g, f) = (self.channels, self.classes + 1, self.domain.stored_frequencies());
+        let per_freq = ops.permute(&[1, 0, 2, 3]).reshape(&[f, g * c, c]);
+        let k = self.domain.inverse(&per_freq, FftNorm::Backward);
+        let mut shape = vec![g, c, c];
+        shape.extend(self.domain.dims());
+        Ok(k.reshape(&shape))
+    }
+}
+
+/// `[C, C]` masks of the upper triangle with the diagonal and of the strict lower triangle.
+fn triangle_masks<B: Backend>(backend: &B, c: usize) -> (Tensor<B>, Tensor<B>) {
+    let up: Vec<f64> = (0..c * c).map(|i| if i / c <= i % c { 1.0 } else { 0.0 }).collect();
+    let lo: Vec<f64> = up.iter().map(|u| 1.0 - u).collect();
+    (Tensor::from_f64(backend, &up, &[c, c]), Tensor::from_f64(backend, &lo, &[c, c]))
+}

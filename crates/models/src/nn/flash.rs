@@ -1,0 +1,148 @@
+//! Shared-QKV attention of the MSSA head, `softmax(s W W^T) W` (4.2.20, AoT 4.3.2): a dense reference that forms the `n x n` matrix and the tiled flash-attention kernel with memory linear in `n`, each with its explicit backward.
+//!
+//! Tokens are `W = [problems, n, dh]` (problems = batch x heads), the same
+//! `W` serves as query, key and value, and `s` is the logit scale (the
+//! chapter's `dh^-1/2`). With `A = softmax_rows(s W W^T)` and `O = A W`,
+//! for `G = dL/dO`:
+//!
+//! ```text
+//! dA = G W^T,   dS = A * (dA - rowsum(dA * A)),   dW = A^T G + s (dS + dS^T) W
+//! ```
+//!
+//! (the three terms are the value, query and key contributions). The tiled
+//! path computes the same thing without the `n x n` matrix: see
+//! `rate_core::attention` for the online-softmax recurrence and the
+//! recomputing backward. [`forward`] / [`backward`] pick the dense path up to
+//! [`DENSE_MAX_TOKENS`] tokens and the tiled path above.
+
+use crate::{Backend, Tensor};
+use rate_core::{attention_tiled, attention_tiled_backward, AttentionSpec};
+
+/// Largest token count [`forward`] sends to the dense path; above it the
+/// `n x n` matrix is never formed.
+pub const DENSE_MAX_TOKENS: usize = 512;
+/// Query rows per tile of the tiled path.
+pub const Q_TILE: usize = 64;
+/// Key rows per tile of the tiled path.
+pub const K_TILE: usize = 256;
+
+/// What the dense backward needs.
+#[derive(Clone, Debug)]
+pub struct DenseCache<B: Backend> {
+    /// Tokens `W` `[problems, n, dh]`.
+    pub w: Tensor<B>,
+    /// Attention matrix `A = softmax(s W W^T)` `[problems, n, n]`.
+    pub attn: Tensor<B>,
+    /// Logit scale `s`.
+    pub scale: f64,
+}
+
+/// What the tiled backward needs: `O(n dh)` values.
+#[derive(Clone, Debug)]
+pub struct TiledCache<B: Backend> {
+    /// Tokens `W` `[problems, n, dh]`.
+    pub w: Tensor<B>,
+    /// Output `O` `[problems, n, dh]`.
+    pub out: Tensor<B>,
+    /// Row log-sum-exp of `s W W^T`, `[problems, n]`.
+    pub lse: Tensor<B>,
+    /// Sizes, scale and tiling.
+    pub spec: AttentionSpec,
+}
+
+/// The cache of [`forward`]: whichever path ran.
+#[derive(Clone, Debug)]
+pub enum AttentionCache<B: Backend> {
+    /// The dense path ran.
+    Dense(DenseCache<B>),
+    /// The tiled path ran.
+    Tiled(TiledCache<B>),
+}
+
+fn check_tokens<B: Backend>(w: &Tensor<B>, op: &str) {
+    assert!(w.rank() == 3 && w.dim(1) > 0, "{op}: tokens {:?} are not [problems, n > 0, dh]", w.shape());
+}
+
+/// Dense reference: `O = softmax(s W W^T) W`, forming the `n x n` matrix.
+pub fn dense_forward<B: Backend>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, DenseCache<B>) {
+    check_tokens(w, "dense attention");
+    let attn = w.matmul_t(w, false, true).scale(scale).softmax(-1);
+    let out = attn.matmul(w);
+    (out, DenseCache { w: w.clone(), attn, scale })
+}
+
+/// Backward of [`dense_forward`]: `dL/dW` from `dL/dO`.
+pub fn dense_backward<B: Backend>(cache: &DenseCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
+    let DenseCache { w, attn, scale } = cache;
+    assert_eq!(
+        grad_out.shape(),
+        w.shape(),
+        "dense attention backward: gradient {:?} vs tokens {:?}",
+        grad_out.shape(),
+        w.shape()
+    );
+    // value path: A^T G
+    let dv = attn.matmul_t(grad_out, true, false);
+    // softmax backward: dS = A * (G W^T - rowsum(A * G W^T))
+    let da = grad_out.matmul_t(w, false, true);
+    let ds = attn.mul(&da.sub(&attn.mul(&da).sum_axis(-1, true)));
+    // query and key paths: s (dS + dS^T) W
+    let dqk = ds.add(&ds.t()).matmul(w).scale(*scale);
+    dv.add(&dqk)
+}
+
+/// Tiled forward with the default tiles.
+pub fn tiled_forward<B: Backend>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, TiledCache<B>) {
+    tiled_forward_with(w, scale, Q_TILE, K_TILE)
+}
+
+/// Tiled forward with `q_tile` query rows and `k_tile` key rows per tile
+/// (any positive sizes; `n` need not be a multiple of them).
+pub fn tiled_forward_with<B: Backend>(
+    w: &Tensor<B>,
+    scale: f64,
+    q_tile: usize,
+    k_tile: usize,
+) -> (Tensor<B>, TiledCache<B>) {
+    check_tokens(w, "tiled attention");
+    let spec = AttentionSpec::for_tokens(w, scale, q_tile, k_tile);
+    let (out, lse) = attention_tiled(w, spec);
+    (out.clone(), TiledCache { w: w.clone(), out, lse, spec })
+}
+
+/// Backward of [`tiled_forward`]: recomputes the tiles, `O(n dh)` memory.
+pub fn tiled_backward<B: Backend>(cache: &TiledCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
+    attention_tiled_backward(&cache.w, &cache.out, &cache.lse, grad_out, cache.spec)
+}
+
+/// `softmax(s W W^T) W` for `W = [problems, n, dh]`, dense up to
+/// [`DENSE_MAX_TOKENS`] tokens and tiled above, with the cache for [`backward`].
+pub fn forward<B: Backend>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, AttentionCache<B>) {
+    check_tokens(w, "attention");
+    if w.dim(1) <= DENSE_MAX_TOKENS {
+        let (o, c) = dense_forward(w, scale);
+        (o, AttentionCache::Dense(c))
+    } else {
+        let (o, c) = tiled_forward(w, scale);
+        (o, AttentionCache::Tiled(c))
+    }
+}
+
+/// Backward of [`forward`]: `dL/dW` from `dL/dO`.
+pub fn backward<B: Backend>(cache: &AttentionCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
+    match cache {
+        AttentionCache::Dense(c) => dense_backward(c, grad_out),
+        AttentionCache::Tiled(c) => tiled_backward(c, grad_out),
+    }
+}
+
+/// Inference only: `softmax(s W W^T) W` by the same dispatch as [`forward`],
+/// keeping no cache.
+pub fn attention<B: Backend>(w: &Tensor<B>, scale: f64) -> Tensor<B> {
+    check_tokens(w, "attention");
+    if w.dim(1) <= DENSE_MAX_TOKENS {
+        w.matmul_t(w, false, true).scale(scale).softmax(-1).matmul(w)
+    } else {
+        attention_tiled(w, AttentionSpec::for_tokens(w, scale, Q_TILE, K_TILE)).0
+    }
+}
