@@ -119,7 +119,8 @@ fn nearest_subspace_small_gram_path_matches_the_covariance_path() {
     // orthonormal, span each class, and equal the d x d covariance path's subspaces.
     let be = CpuBackend::<f64>::new();
     let (m, d) = (12, 9);
-    let data: Vec<f64> = (0..m * d).map(|i| ((i * 7919) % 23) as f64 / 7.0 - 1.5).collect();
+    // A seeded generic matrix (an integer pattern such as (7i mod 23) has low rank).
+    let data: Vec<f64> = (0..m * d).map(|i| ((i as f64 + 1.0) * 12.9898).sin() * 43.758_5 % 1.0).collect();
     let labels: Vec<usize> = (0..m).map(|i| i % 2).collect();
     let z = Tensor::from_f64(&be, &data, &[m, d]);
     let ns = NearestSubspace::fit(&z, &labels, 2, 6).unwrap();
