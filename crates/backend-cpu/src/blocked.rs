@@ -107,7 +107,7 @@ pub fn matmul<T: CpuElem>(a: &[T], b: &[T], s: MatmulSpec) -> Option<Vec<T>> {
     let mut parts = partials.into_iter();
     let mut out = parts.next()?;
     for p in parts {
-        out.iter_mut().zip(&p).for_each(|(o, &v)| *o = *o + v);
+        out.iter_mut().zip(&p).for_each(|(o, &v)| *o += v);
     }
     Some(out)
 }

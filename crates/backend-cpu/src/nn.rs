@@ -84,8 +84,8 @@ pub fn layer_norm_backward<T: CpuElem>(
                 for j in 0..dim {
                     xhat[j] = (xr[j] - mu) * rs;
                     dxr[j] = gr[j] * weight[j];
-                    dw[j] = dw[j] + gr[j] * xhat[j];
-                    db[j] = db[j] + gr[j];
+                    dw[j] += gr[j] * xhat[j];
+                    db[j] += gr[j];
                 }
                 let m1 = lanes_sum(dxr) * inv_d;
                 let m2 = lanes_dot(dxr, &xhat) * inv_d;
@@ -100,8 +100,8 @@ pub fn layer_norm_backward<T: CpuElem>(
     let mut db = vec![T::zero(); dim];
     for (pw, pb) in partials {
         for j in 0..dim {
-            dw[j] = dw[j] + pw[j];
-            db[j] = db[j] + pb[j];
+            dw[j] += pw[j];
+            db[j] += pb[j];
         }
     }
     (dx, dw, db)
@@ -128,7 +128,7 @@ fn softmax_row<T: CpuElem>(row: &mut [T], exp: impl Fn(T) -> T) {
     let mx = lanes_max(row);
     row.iter_mut().for_each(|v| *v = exp(*v - mx));
     let r = T::one() / lanes_sum(row);
-    row.iter_mut().for_each(|v| *v = *v * r);
+    row.iter_mut().for_each(|v| *v *= r);
 }
 
 /// Maximum of a row with eight independent accumulators (vectorisable).
@@ -152,7 +152,7 @@ fn lanes_sum<T: CpuElem>(row: &[T]) -> T {
     for c in &mut chunks {
         if let Ok(c) = <&[T; 8]>::try_from(c) {
             for j in 0..8 {
-                acc[j] = acc[j] + c[j];
+                acc[j] += c[j];
             }
         }
     }
@@ -166,7 +166,7 @@ fn lanes_dot<T: CpuElem>(a: &[T], b: &[T]) -> T {
     for (x, y) in (&mut ca).zip(&mut cb) {
         if let (Ok(x), Ok(y)) = (<&[T; 8]>::try_from(x), <&[T; 8]>::try_from(y)) {
             for j in 0..8 {
-                acc[j] = acc[j] + x[j] * y[j];
+                acc[j] += x[j] * y[j];
             }
         }
     }

@@ -5,6 +5,9 @@
 //! * `mnist`: 28 px grey, patch 4 (50 tokens), dim 128, depth 6, 4 heads.
 //!
 //! Seeds are fixed and the inputs are built outside the timed loop.
+
+#![allow(missing_docs)] // criterion's macros generate undocumented items
+
 use backend_cpu::CpuBackend;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use models::nn::crate_model::{Crate, CrateConfig};

@@ -11,7 +11,11 @@ fn main() {
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
     let train = args.get(3).map(|s| s == "train").unwrap_or(false);
     let mb: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let exec = if mb > 0 { models::nn::crate_model::Execution::parallel_micro_batches(mb) } else { Default::default() };
+    let exec = if mb > 0 {
+        models::nn::crate_model::Execution::parallel_micro_batches(mb)
+    } else {
+        Default::default()
+    };
     let config = CrateConfig::cifar_small();
     let model = Crate::<CpuBackend<f32>>::new(&be, &config, 0).unwrap();
     let n = batch * 3 * 32 * 32;

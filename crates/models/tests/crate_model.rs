@@ -371,6 +371,8 @@ fn micro_batches_give_the_whole_batch_results() {
         }
         assert!(models::fixtures::max_abs_diff(&g.input.to_f64_vec(), &want.input.to_f64_vec()) < 1e-13);
     }
-    let e = model.loss_and_gradients_with(&images, &labels[..3], &ce, &Execution::parallel_micro_batches(2)).unwrap_err();
+    let e = model
+        .loss_and_gradients_with(&images, &labels[..3], &ce, &Execution::parallel_micro_batches(2))
+        .unwrap_err();
     assert!(e.to_string().contains("3 labels for a batch of 7 images"), "{e}");
 }

@@ -374,7 +374,12 @@ impl<B: Backend> CrateLayer<B> {
 
     /// The layer output of the first `queries` tokens only (`[batch, queries, dim]`;
     /// attention still reads every token), with the cache; `weights` from [`Self::prepare`].
-    pub fn forward_queries(&self, z: &Tensor<B>, queries: usize, weights: &LayerWeights<B>) -> (Tensor<B>, CrateLayerCache<B>) {
+    pub fn forward_queries(
+        &self,
+        z: &Tensor<B>,
+        queries: usize,
+        weights: &LayerWeights<B>,
+    ) -> (Tensor<B>, CrateLayerCache<B>) {
         let (a_in, norm1) = self.norm1.forward(z);
         let (a_out, attn) = self.attn.forward_queries(&a_in, queries, &weights.attn);
         let z_q = if queries == z.dim(1) { z.clone() } else { z.narrow(1, 0, queries) };
@@ -678,7 +683,12 @@ impl<B: Backend> Crate<B> {
         self.run(images, self.last_layer_queries(), &self.prepare())
     }
 
-    fn run(&self, images: &Tensor<B>, last_queries: usize, weights: &[LayerWeights<B>]) -> Result<(Tensor<B>, CrateCache<B>)> {
+    fn run(
+        &self,
+        images: &Tensor<B>,
+        last_queries: usize,
+        weights: &[LayerWeights<B>],
+    ) -> Result<(Tensor<B>, CrateCache<B>)> {
         self.check_images(images)?;
         let (z0, embedding) = self.embed(images);
         let mut tokens = vec![z0];
@@ -734,9 +744,13 @@ impl<B: Backend> Crate<B> {
             return self.logits(images);
         }
         let weights = self.prepare();
-        let run = |&(start, len): &(usize, usize)| self.logits_prepared(&images.narrow(0, start, len), &weights);
-        let parts: Result<Vec<Tensor<B>>> =
-            if exec.parallel { ranges.par_iter().map(run).collect() } else { ranges.iter().map(run).collect() };
+        let run =
+            |&(start, len): &(usize, usize)| self.logits_prepared(&images.narrow(0, start, len), &weights);
+        let parts: Result<Vec<Tensor<B>>> = if exec.parallel {
+            ranges.par_iter().map(run).collect()
+        } else {
+            ranges.iter().map(run).collect()
+        };
         let parts = parts?;
         Ok(Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0))
     }
@@ -762,14 +776,18 @@ impl<B: Backend> Crate<B> {
         // each micro-batch's mean loss weighs len / batch in the batch mean
         let weights = self.prepare();
         let run = |&(start, len): &(usize, usize)| -> Result<(f64, Grads<B>, Tensor<B>)> {
-            let (logits, cache) = self.run(&images.narrow(0, start, len), self.last_layer_queries(), &weights)?;
+            let (logits, cache) =
+                self.run(&images.narrow(0, start, len), self.last_layer_queries(), &weights)?;
             let (value, ce) = loss.forward(&logits, &labels[start..start + len])?;
             let w = len as f64 / batch as f64;
             let g = self.backward(&cache, &loss.backward(&ce, w));
             Ok((value * w, g.params, g.input))
         };
-        let parts: Vec<Result<(f64, Grads<B>, Tensor<B>)>> =
-            if exec.parallel { ranges.par_iter().map(run).collect() } else { ranges.iter().map(run).collect() };
+        let parts: Vec<Result<(f64, Grads<B>, Tensor<B>)>> = if exec.parallel {
+            ranges.par_iter().map(run).collect()
+        } else {
+            ranges.iter().map(run).collect()
+        };
         let mut total = 0.0;
         let mut params = Grads::new();
         let mut inputs = Vec::with_capacity(parts.len());

@@ -107,14 +107,22 @@ impl<B: Backend> Mssa<B> {
         let c = self.weight_scale();
         MssaWeights {
             qkv: self.qkv.weight.scale(c),
-            to_out: self.to_out.as_ref().map(|l| Linear { weight: l.weight.scale(1.0 / c), bias: l.bias.clone() }),
+            to_out: self
+                .to_out
+                .as_ref()
+                .map(|l| Linear { weight: l.weight.scale(1.0 / c), bias: l.bias.clone() }),
         }
     }
 
     /// MSSA output of the first `queries` tokens only (`[batch, queries, dim]`),
     /// attending to all tokens, with the cache for [`Self::backward`];
     /// `weights` from [`Self::prepare`].
-    pub fn forward_queries(&self, x: &Tensor<B>, queries: usize, weights: &MssaWeights<B>) -> (Tensor<B>, MssaCache<B>) {
+    pub fn forward_queries(
+        &self,
+        x: &Tensor<B>,
+        queries: usize,
+        weights: &MssaWeights<B>,
+    ) -> (Tensor<B>, MssaCache<B>) {
         let (b, n) = self.dims(x);
         assert!(queries >= 1 && queries <= n, "Mssa: {queries} queries for {n} tokens");
         let (h, dh) = (self.heads, self.dim_head);
