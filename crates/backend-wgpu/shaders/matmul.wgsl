@@ -1,11 +1,11 @@
-// Batched matrix product C = op(A) op(B) with workgroup-memory tiles: 16x16 tiles (one output per thread) and 64x64 tiles (4x4 outputs per thread).
+// Batched matrix product C = op(A) op(B): one thread per output for tiny matrices, and workgroup-memory tiles of 16x16 (one output per thread) or 64x64 (4x4 outputs per thread).
 
 @group(0) @binding(0) var<storage, read> p: array<u32>;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-// p = [m, k, n, trans_a, trans_b, a_batch_stride, b_batch_stride, batch_offset]
+// p = [m, k, n, trans_a, trans_b, a_batch_stride, b_batch_stride, batch_offset, batch]
 
 // op(A)[i, q]
 fn load_a(base: u32, i: u32, q: u32) -> f32 {
@@ -150,4 +150,28 @@ fn mm_large(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
             }
         }
     }
+}
+
+// One thread per output of the whole batch, straight from global memory (tiny m, n).
+// p as above; batch_offset is unused and the thread count is batch * m * n.
+@compute @workgroup_size(256)
+fn mm_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let m = p[0];
+    let k = p[1];
+    let n = p[2];
+    if (t >= p[8] * m * n) {
+        return;
+    }
+    let bi = t / (m * n);
+    let row = (t / n) % m;
+    let col = t % n;
+    let abase = bi * p[5];
+    let bbase = bi * p[6];
+    var acc = 0.0;
+    for (var q = 0u; q < k; q++) {
+        acc += load_a(abase, row, q) * load_b(bbase, q, col);
+    }
+    c[t] = acc;
 }

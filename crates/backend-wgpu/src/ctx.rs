@@ -132,6 +132,8 @@ pub struct Kernel {
     pub entry: &'static str,
     /// Bindings 1.. and their access.
     pub bindings: &'static [Access],
+    /// Number of u32 parameters the entry point reads from binding 0.
+    pub params: usize,
 }
 
 struct Compiled {
@@ -407,6 +409,7 @@ impl Job<'_> {
     /// Dispatches `k` over a `groups` grid, with `params` at binding 0 and `bufs` at bindings 1...
     pub fn dispatch(&mut self, k: &'static Kernel, params: &[u32], bufs: &[&Buf], groups: [u32; 3]) {
         assert_eq!(bufs.len(), k.bindings.len(), "kernel {}: wrong number of buffers", k.entry);
+        assert_eq!(params.len(), k.params, "kernel {}: wrong number of parameters", k.entry);
         if groups.contains(&0) {
             return;
         }
