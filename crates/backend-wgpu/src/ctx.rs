@@ -96,6 +96,11 @@ impl Buf {
         self.0.len
     }
 
+    /// Whether the buffer holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+
     /// The wgpu buffer.
     pub fn raw(&self) -> &wgpu::Buffer {
         // The buffer is only taken out in `Drop`.
