@@ -2,6 +2,7 @@
 
 use backend_wgpu::{WgpuBackend, ADAPTER_ENV};
 use rate_core::{Backend, Error};
+use std::io::Write;
 
 #[test]
 fn unknown_adapter_name_is_a_backend_error_and_a_known_one_is_chosen() {
@@ -35,7 +36,7 @@ fn unknown_adapter_name_is_a_backend_error_and_a_known_one_is_chosen() {
             if std::env::var("RATE_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("RATE_REQUIRE_GPU=1 but no wgpu adapter could be opened: {e}");
             }
-            eprintln!("no wgpu adapter found: skipped ({e})");
+            let _ = writeln!(std::io::stderr(), "no wgpu adapter found: skipped ({e})");
         }
     }
     std::env::remove_var(ADAPTER_ENV);

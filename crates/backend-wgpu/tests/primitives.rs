@@ -10,6 +10,7 @@ use backend_wgpu::WgpuBackend;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rate_core::{AxisView, Backend, BinaryOp, Error, FftNorm, MatmulSpec, ReduceOp, UnaryOp};
+use std::io::Write;
 use std::sync::OnceLock;
 
 fn gpu() -> Option<&'static WgpuBackend> {
@@ -23,7 +24,8 @@ fn gpu() -> Option<&'static WgpuBackend> {
             if std::env::var("RATE_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("RATE_REQUIRE_GPU=1 but no wgpu adapter could be opened: {e}");
             }
-            eprintln!("no wgpu adapter found: skipped ({e})");
+            // Straight to stderr, past libtest's capture, so the skip is seen.
+            let _ = writeln!(std::io::stderr(), "no wgpu adapter found: skipped ({e})");
             None
         }
     })
@@ -35,7 +37,7 @@ macro_rules! gpu_or_skip {
         match gpu() {
             Some(g) => g,
             None => {
-                eprintln!("no wgpu adapter found: skipped");
+                let _ = writeln!(std::io::stderr(), "no wgpu adapter found: skipped");
                 return;
             }
         }
