@@ -59,6 +59,40 @@ fn chol_diag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
+// Whole factorisation of one small matrix per thread (no barriers), in place.
+// p = [n, batch]; status as in chol_diag.
+@compute @workgroup_size(256)
+fn chol_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let bi = linear_id(wid, nwg, lid);
+    if (bi >= p[1]) {
+        return;
+    }
+    let n = p[0];
+    let mb = bi * n * n;
+    for (var j = 0u; j < n; j++) {
+        var d = l[mb + j * n + j];
+        if (!(d > 0.0) || !finite(d)) {
+            if (status[2u * bi] == 0u) {
+                status[2u * bi] = j + 1u;
+                status[2u * bi + 1u] = bitcast<u32>(d);
+            }
+            d = 1.0;
+        }
+        d = sqrt(d);
+        l[mb + j * n + j] = d;
+        for (var i = j + 1u; i < n; i++) {
+            l[mb + i * n + j] = l[mb + i * n + j] / d;
+        }
+        for (var i = j + 1u; i < n; i++) {
+            let lij = l[mb + i * n + j];
+            for (var c = j + 1u; c <= i; c++) {
+                l[mb + i * n + c] -= lij * l[mb + c * n + j];
+            }
+        }
+    }
+}
+
 // Panel below the diagonal block: L21 = A21 L11^-T, one thread per row.
 // p = [n, kb, nb, batch]
 @compute @workgroup_size(256)

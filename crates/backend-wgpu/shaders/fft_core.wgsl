@@ -1,4 +1,4 @@
-// Power-of-two complex FFT kernels: a whole transform in workgroup memory (m <= 2048, radix-2 DIT) and one radix-2 Stockham pass in global memory.
+// Power-of-two complex FFT kernels: whole transforms in workgroup memory (several signals per workgroup, m <= 2048, radix-2 DIT) and one radix-2 Stockham pass in global memory.
 
 @group(0) @binding(0) var<storage, read> p: array<u32>;
 @group(0) @binding(1) var<storage, read> tw: array<vec2<f32>>;
@@ -14,45 +14,58 @@ fn twiddle(k: u32, inverse: bool) -> vec2<f32> {
     return select(w, vec2<f32>(w.x, -w.y), inverse);
 }
 
-// In place on `src`, one workgroup per signal. p = [m, log2 m, signals, inverse]
+// In place on `src`; each workgroup transforms `per` consecutive signals
+// (per * m <= 2048). p = [m, log2 m, signals, inverse, per]
 @compute @workgroup_size(256)
 fn fft_shared(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let s = wid.y * nwg.x + wid.x;
-    if (s >= p[2]) {
-        return;
-    }
     let m = p[0];
     let logm = p[1];
+    let signals = p[2];
     let inverse = p[3] != 0u;
-    let base = s * m;
-    for (var t = lid; t < m; t += 256u) {
-        let r = (reverseBits(t) >> (31u - logm)) >> 1u;
-        let v = src[base + r];
+    let per = p[4];
+    let first = (wid.y * nwg.x + wid.x) * per;
+    if (first >= signals) {
+        return;
+    }
+    // Signals of this group that exist; the rest of the shared arrays is idle.
+    let count = min(per, signals - first);
+    let total = count * m;
+    let base = first * m;
+    for (var t = lid; t < total; t += 256u) {
+        let q = t & (m - 1u);
+        let r = (reverseBits(q) >> (31u - logm)) >> 1u;
+        let v = src[base + t - q + r];
         sre[t] = v.x;
         sim[t] = v.y;
     }
     workgroupBarrier();
+    let halfm = m / 2u;
     for (var st = 0u; st < logm; st++) {
         let half = 1u << st;
         let step = m >> (st + 1u);
-        for (var b = lid; b < m / 2u; b += 256u) {
-            let pos = b & (half - 1u);
-            let i = ((b >> st) << (st + 1u)) + pos;
+        for (var b = lid; b < per * halfm; b += 256u) {
+            // m is a power of two: signal b / (m / 2) and butterfly b % (m / 2) by shifts.
+            let sig = b >> (logm - 1u);
+            let bb = b & (halfm - 1u);
+            let pos = bb & (half - 1u);
+            let i = (sig << logm) + ((bb >> st) << (st + 1u)) + pos;
             let j = i + half;
-            let w = twiddle(pos * step, inverse);
-            let xr = sre[j] * w.x - sim[j] * w.y;
-            let xi = sre[j] * w.y + sim[j] * w.x;
-            let ur = sre[i];
-            let ui = sim[i];
-            sre[i] = ur + xr;
-            sim[i] = ui + xi;
-            sre[j] = ur - xr;
-            sim[j] = ui - xi;
+            if (sig < count) {
+                let w = twiddle(pos * step, inverse);
+                let xr = sre[j] * w.x - sim[j] * w.y;
+                let xi = sre[j] * w.y + sim[j] * w.x;
+                let ur = sre[i];
+                let ui = sim[i];
+                sre[i] = ur + xr;
+                sim[i] = ui + xi;
+                sre[j] = ur - xr;
+                sim[j] = ui - xi;
+            }
         }
         workgroupBarrier();
     }
-    for (var t = lid; t < m; t += 256u) {
+    for (var t = lid; t < total; t += 256u) {
         src[base + t] = vec2<f32>(sre[t], sim[t]);
     }
 }

@@ -65,6 +65,45 @@ fn herm_factor(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
+// Whole factorisation of one small matrix per thread (no barriers). p = [n, batch]
+@compute @workgroup_size(256)
+fn herm_factor_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let bi = linear_id(wid, nwg, lid);
+    if (bi >= p[1]) {
+        return;
+    }
+    let n = p[0];
+    let mb = bi * n * n;
+    for (var j = 0u; j < n; j++) {
+        var d = lre[mb + j * n + j];
+        if (!(d > 0.0) || !finite(d)) {
+            if (status[2u * bi] == 0u) {
+                status[2u * bi] = j + 1u;
+                status[2u * bi + 1u] = bitcast<u32>(d);
+            }
+            d = 1.0;
+        }
+        d = sqrt(d);
+        lre[mb + j * n + j] = d;
+        lim[mb + j * n + j] = 0.0;
+        for (var i = j + 1u; i < n; i++) {
+            lre[mb + i * n + j] = lre[mb + i * n + j] / d;
+            lim[mb + i * n + j] = lim[mb + i * n + j] / d;
+        }
+        for (var i = j + 1u; i < n; i++) {
+            let ar = lre[mb + i * n + j];
+            let ai = lim[mb + i * n + j];
+            for (var c = j + 1u; c <= i; c++) {
+                let br = lre[mb + c * n + j];
+                let bim = lim[mb + c * n + j];
+                lre[mb + i * n + c] -= ar * br + ai * bim;
+                lim[mb + i * n + c] -= ai * br - ar * bim;
+            }
+        }
+    }
+}
+
 // Identity into x (re) and zeros (im). p = [total, n]
 @compute @workgroup_size(256)
 fn herm_eye(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

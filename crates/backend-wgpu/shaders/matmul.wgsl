@@ -1,11 +1,11 @@
-// Batched matrix product C = op(A) op(B) with workgroup-memory tiles: 16x16 tiles (one output per thread) and 64x64 tiles (4x4 outputs per thread).
+// Batched matrix product C = op(A) op(B): one thread per output for tiny matrices, and workgroup-memory tiles of 16x16 (one output per thread) or 64x64 (4x4 outputs per thread).
 
 @group(0) @binding(0) var<storage, read> p: array<u32>;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-// p = [m, k, n, trans_a, trans_b, a_batch_stride, b_batch_stride, batch_offset]
+// p = [m, k, n, trans_a, trans_b, a_batch_stride, b_batch_stride, batch_offset, batch]
 
 // op(A)[i, q]
 fn load_a(base: u32, i: u32, q: u32) -> f32 {
@@ -86,10 +86,11 @@ fn mm_large(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     let row0 = wid.y * 64u;
     let col0 = wid.x * 64u;
     let tid = lid.y * 16u + lid.x;
-    var acc: array<f32, 16>;
-    for (var r = 0u; r < 16u; r++) {
-        acc[r] = 0.0;
-    }
+    // Row r of this thread's 4x4 block (rows lid.y + 16 r, columns lid.x + 16 c) in acc_r.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < k; k0 += 16u) {
         for (var r = 0u; r < 4u; r++) {
             let e = tid + r * 256u;
@@ -114,40 +115,64 @@ fn mm_large(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         }
         workgroupBarrier();
         for (var q = 0u; q < 16u; q++) {
-            let a0 = la[q * 64u + lid.y];
-            let a1 = la[q * 64u + lid.y + 16u];
-            let a2 = la[q * 64u + lid.y + 32u];
-            let a3 = la[q * 64u + lid.y + 48u];
-            let b0 = lb[q * 64u + lid.x];
-            let b1 = lb[q * 64u + lid.x + 16u];
-            let b2 = lb[q * 64u + lid.x + 32u];
-            let b3 = lb[q * 64u + lid.x + 48u];
-            acc[0] += a0 * b0;
-            acc[1] += a0 * b1;
-            acc[2] += a0 * b2;
-            acc[3] += a0 * b3;
-            acc[4] += a1 * b0;
-            acc[5] += a1 * b1;
-            acc[6] += a1 * b2;
-            acc[7] += a1 * b3;
-            acc[8] += a2 * b0;
-            acc[9] += a2 * b1;
-            acc[10] += a2 * b2;
-            acc[11] += a2 * b3;
-            acc[12] += a3 * b0;
-            acc[13] += a3 * b1;
-            acc[14] += a3 * b2;
-            acc[15] += a3 * b3;
+            let bv = vec4<f32>(lb[q * 64u + lid.x], lb[q * 64u + lid.x + 16u], lb[q * 64u + lid.x + 32u],
+                               lb[q * 64u + lid.x + 48u]);
+            acc0 += la[q * 64u + lid.y] * bv;
+            acc1 += la[q * 64u + lid.y + 16u] * bv;
+            acc2 += la[q * 64u + lid.y + 32u] * bv;
+            acc3 += la[q * 64u + lid.y + 48u] * bv;
         }
         workgroupBarrier();
     }
-    for (var r = 0u; r < 4u; r++) {
-        let row = row0 + lid.y + 16u * r;
-        for (var cc = 0u; cc < 4u; cc++) {
-            let col = col0 + lid.x + 16u * cc;
-            if (row < m && col < n) {
-                c[bi * m * n + row * n + col] = acc[r * 4u + cc];
-            }
-        }
+    let out = bi * m * n;
+    store_row(out, row0 + lid.y, col0 + lid.x, acc0);
+    store_row(out, row0 + lid.y + 16u, col0 + lid.x, acc1);
+    store_row(out, row0 + lid.y + 32u, col0 + lid.x, acc2);
+    store_row(out, row0 + lid.y + 48u, col0 + lid.x, acc3);
+}
+
+// Writes v.x, v.y, v.z, v.w to columns col, col + 16, col + 32, col + 48 of a row of C.
+fn store_row(base: u32, row: u32, col: u32, v: vec4<f32>) {
+    let m = p[0];
+    let n = p[2];
+    if (row >= m) {
+        return;
     }
+    let o = base + row * n;
+    if (col < n) {
+        c[o + col] = v.x;
+    }
+    if (col + 16u < n) {
+        c[o + col + 16u] = v.y;
+    }
+    if (col + 32u < n) {
+        c[o + col + 32u] = v.z;
+    }
+    if (col + 48u < n) {
+        c[o + col + 48u] = v.w;
+    }
+}
+
+// One thread per output of the whole batch, straight from global memory (tiny m, n).
+// p as above; batch_offset is unused and the thread count is batch * m * n.
+@compute @workgroup_size(256)
+fn mm_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let m = p[0];
+    let k = p[1];
+    let n = p[2];
+    if (t >= p[8] * m * n) {
+        return;
+    }
+    let bi = t / (m * n);
+    let row = (t / n) % m;
+    let col = t % n;
+    let abase = bi * p[5];
+    let bbase = bi * p[6];
+    var acc = 0.0;
+    for (var q = 0u; q < k; q++) {
+        acc += load_a(abase, row, q) * load_b(bbase, q, col);
+    }
+    c[t] = acc;
 }

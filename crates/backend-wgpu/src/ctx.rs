@@ -96,6 +96,11 @@ impl Buf {
         self.0.len
     }
 
+    /// Whether the buffer holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+
     /// The wgpu buffer.
     pub fn raw(&self) -> &wgpu::Buffer {
         // The buffer is only taken out in `Drop`.
@@ -132,6 +137,8 @@ pub struct Kernel {
     pub entry: &'static str,
     /// Bindings 1.. and their access.
     pub bindings: &'static [Access],
+    /// Number of u32 parameters the entry point reads from binding 0.
+    pub params: usize,
 }
 
 struct Compiled {
@@ -407,6 +414,7 @@ impl Job<'_> {
     /// Dispatches `k` over a `groups` grid, with `params` at binding 0 and `bufs` at bindings 1...
     pub fn dispatch(&mut self, k: &'static Kernel, params: &[u32], bufs: &[&Buf], groups: [u32; 3]) {
         assert_eq!(bufs.len(), k.bindings.len(), "kernel {}: wrong number of buffers", k.entry);
+        assert_eq!(params.len(), k.params, "kernel {}: wrong number of parameters", k.entry);
         if groups.contains(&0) {
             return;
         }

@@ -122,13 +122,11 @@ fn record_pow2(job: &mut Job, work: Buf, signals: usize, m: usize, inverse: bool
     let tw = twiddles(ctx, m);
     let logm = m.trailing_zeros() as usize;
     if m <= SHARED_MAX {
+        // Several short signals share one workgroup.
+        let per = SHARED_MAX / m;
         let d = job.dummy();
-        job.dispatch_groups(
-            &k::FFT_SHARED,
-            &[u(m), u(logm), u(signals), inverse as u32],
-            &[&tw, &work, &d],
-            signals,
-        );
+        let p = [u(m), u(logm), u(signals), inverse as u32, u(per)];
+        job.dispatch_groups(&k::FFT_SHARED, &p, &[&tw, &work, &d], signals.div_ceil(per));
         return work;
     }
     let mut src = work;

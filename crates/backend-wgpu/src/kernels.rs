@@ -13,29 +13,60 @@ const FFT_CORE: &str = include_str!("../shaders/fft_core.wgsl");
 const FFT_IO: &str = include_str!("../shaders/fft_io.wgsl");
 
 macro_rules! kernels {
-    ($module:literal, $src:ident, $bindings:expr; $($name:ident => $entry:literal),* $(,)?) => {
+    ($module:literal, $src:ident, $bindings:expr; $($name:ident => $entry:literal / $params:literal),* $(,)?) => {
         $(
             #[doc = concat!("`", $entry, "` of `", $module, ".wgsl`.")]
             pub static $name: Kernel =
-                Kernel { module: $module, source: $src, entry: $entry, bindings: $bindings };
+                Kernel { module: $module, source: $src, entry: $entry, bindings: $bindings, params: $params };
         )*
     };
 }
 
 kernels!("elementwise", ELEMENTWISE, &[R, R, W];
-    UNARY => "unary", FILL => "fill", BINARY => "binary");
+    UNARY => "unary" / 3,
+    FILL => "fill" / 2,
+    BINARY => "binary" / 28,
+);
 kernels!("layout", LAYOUT, &[R, R, W];
-    PERMUTE => "permute", COPY_ROWS => "copy_rows", INDEX_SELECT => "index_select", INDEX_ADD => "index_add");
+    PERMUTE => "permute" / 20,
+    COPY_ROWS => "copy_rows" / 6,
+    INDEX_SELECT => "index_select" / 4,
+    INDEX_ADD => "index_add" / 4,
+);
 kernels!("reduce", REDUCE, &[R, W];
-    REDUCE_THREAD => "reduce_thread", REDUCE_GROUP => "reduce_group",
-    SOFTMAX_THREAD => "softmax_thread", SOFTMAX_GROUP => "softmax_group");
-kernels!("matmul", MATMUL, &[R, R, W]; MM_SMALL => "mm_small", MM_LARGE => "mm_large");
+    REDUCE_THREAD => "reduce_thread" / 4,
+    REDUCE_GROUP => "reduce_group" / 4,
+    SOFTMAX_THREAD => "softmax_thread" / 3,
+    SOFTMAX_GROUP => "softmax_group" / 3,
+);
+kernels!("matmul", MATMUL, &[R, R, W];
+    MM_THREAD => "mm_thread" / 9,
+    MM_SMALL => "mm_small" / 9,
+    MM_LARGE => "mm_large" / 9,
+);
 kernels!("cholesky", CHOLESKY, &[W, W, W, W];
-    CHOL_DIAG => "chol_diag", CHOL_PANEL => "chol_panel", CHOL_UPDATE => "chol_update",
-    ZERO_UPPER => "zero_upper", EYE => "eye", TRI_SOLVE => "tri_solve", LOGDET => "logdet");
+    CHOL_THREAD => "chol_thread" / 2,
+    CHOL_DIAG => "chol_diag" / 4,
+    CHOL_PANEL => "chol_panel" / 4,
+    CHOL_UPDATE => "chol_update" / 4,
+    ZERO_UPPER => "zero_upper" / 2,
+    EYE => "eye" / 2,
+    TRI_SOLVE => "tri_solve" / 4,
+    LOGDET => "logdet" / 2,
+);
 kernels!("hermitian", HERMITIAN, &[W, W, W, W, W, W];
-    HERM_FACTOR => "herm_factor", HERM_EYE => "herm_eye", HERM_SOLVE => "herm_solve",
-    HERM_LOGDET => "herm_logdet");
-kernels!("fft_core", FFT_CORE, &[R, W, W]; FFT_SHARED => "fft_shared", FFT_PASS => "fft_pass");
+    HERM_FACTOR_THREAD => "herm_factor_thread" / 2,
+    HERM_FACTOR => "herm_factor" / 2,
+    HERM_EYE => "herm_eye" / 2,
+    HERM_SOLVE => "herm_solve" / 4,
+    HERM_LOGDET => "herm_logdet" / 2,
+);
+kernels!("fft_core", FFT_CORE, &[R, W, W];
+    FFT_SHARED => "fft_shared" / 5,
+    FFT_PASS => "fft_pass" / 4,
+);
 kernels!("fft_io", FFT_IO, &[R, R, R, W, W, W];
-    GATHER => "gather", SCATTER => "scatter", MUL_SPECTRUM => "mul_spectrum");
+    GATHER => "gather" / 7,
+    SCATTER => "scatter" / 7,
+    MUL_SPECTRUM => "mul_spectrum" / 3,
+);

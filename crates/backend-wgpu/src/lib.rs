@@ -9,7 +9,7 @@
 //! softmax, tiled batched matmul, blocked SPD Cholesky with solves, inverses
 //! and log-determinants, complex Hermitian Cholesky, and FFTs of any length
 //! (radix-2 and Bluestein). `sym_eigen` is the exception: it downloads the
-//! matrices and runs cyclic Jacobi in f64 on the host (see [`linalg::jacobi_eigen`]).
+//! matrices and runs cyclic Jacobi in f64 on the host (see [`jacobi_eigen`]).
 //!
 //! The adapter is the first of the best kind (discrete, integrated, virtual,
 //! other, then software such as llvmpipe), or the first whose name contains
@@ -25,17 +25,16 @@
 mod ctx;
 mod fft;
 mod kernels;
-pub mod linalg;
+mod linalg;
 mod ops;
 
+pub use ctx::Buf as WgpuBuffer;
 pub use ctx::ADAPTER_ENV;
+pub use linalg::jacobi_eigen;
 
 use ctx::{Buf, Ctx};
 use rate_core::{AxisView, Backend, BinaryOp, FftNorm, MatmulSpec, ReduceOp, Result, UnaryOp};
 use std::sync::Arc;
-
-/// A device buffer of f32 values (cheap to clone; returned to the pool when the last clone drops).
-pub type WgpuBuffer = Buf;
 
 /// The wgpu backend (f32). Clones share the device.
 #[derive(Clone)]

@@ -2,7 +2,8 @@
 //!
 //! Cholesky runs right-looking by blocks: a diagonal block (one workgroup
 //! per matrix, in global memory), the panel below it (one thread per row) and
-//! the trailing update (16x16 tiles); orders up to 64 are one diagonal block.
+//! the trailing update (16x16 tiles); orders up to 64 are one diagonal block,
+//! and large batches of orders up to 32 take one matrix per thread.
 //! A pivot that is not positive and finite is written to a status buffer that
 //! the host reads back (a few bytes) to raise `NotPositiveDefinite`.
 
@@ -13,6 +14,12 @@ use rate_core::{Error, MatmulSpec, Result};
 fn u(x: usize) -> u32 {
     u32::try_from(x).unwrap_or_else(|_| panic!("wgpu backend: size {x} does not fit in 32 bits"))
 }
+
+/// Batches of at least this many matrices of order at most [`THREAD_MAX_N`]
+/// are factored one matrix per thread (no barriers) instead of one per workgroup.
+const THREAD_MIN_BATCH: usize = 256;
+/// See [`THREAD_MIN_BATCH`].
+const THREAD_MAX_N: usize = 32;
 
 /// Orders up to this are factored as a single diagonal block.
 const ONE_BLOCK: usize = 64;
@@ -30,14 +37,21 @@ pub fn matmul(ctx: &Ctx, a: &Buf, b: &Buf, s: MatmulSpec) -> Buf {
         return crate::ops::full(ctx, total, 0.0);
     }
     let out = ctx.alloc(total);
-    let (kernel, tile) = if m >= 64 && n >= 64 { (&k::MM_LARGE, 64) } else { (&k::MM_SMALL, 16) };
     let sa = if a_batched { m * kk } else { 0 };
     let sb = if b_batched { kk * n } else { 0 };
     let mut job = ctx.job();
+    if m < 16 && n < 16 {
+        // Tiles would be mostly idle: one thread per output.
+        let p = [u(m), u(kk), u(n), trans_a as u32, trans_b as u32, u(sa), u(sb), 0, u(batch)];
+        job.dispatch_1d(&k::MM_THREAD, &p, &[a, b, &out], total);
+        job.submit();
+        return out;
+    }
+    let (kernel, tile) = if m >= 64 && n >= 64 { (&k::MM_LARGE, 64) } else { (&k::MM_SMALL, 16) };
     let mut off = 0;
     while off < batch {
         let chunk = (batch - off).min(MAX_GROUPS);
-        let p = [u(m), u(kk), u(n), trans_a as u32, trans_b as u32, u(sa), u(sb), u(off)];
+        let p = [u(m), u(kk), u(n), trans_a as u32, trans_b as u32, u(sa), u(sb), u(off), u(batch)];
         job.dispatch(kernel, &p, &[a, b, &out], [u(n.div_ceil(tile)), u(m.div_ceil(tile)), u(chunk)]);
         off += chunk;
     }
@@ -55,6 +69,10 @@ fn record_cholesky(job: &mut Job, a: &Buf, batch: usize, n: usize) -> (Buf, Buf)
     job.clear(&status, 2 * batch);
     let (dx, dout) = (job.dummy(), job.dummy());
     let bufs = [&l, &dx, &status, &dout];
+    if n <= THREAD_MAX_N && batch >= THREAD_MIN_BATCH {
+        job.dispatch_1d(&k::CHOL_THREAD, &[u(n), u(batch)], &bufs, batch);
+        return (l, status);
+    }
     if n <= ONE_BLOCK {
         job.dispatch_groups(&k::CHOL_DIAG, &[u(n), 0, u(n), u(batch)], &bufs, batch);
         return (l, status);
@@ -175,7 +193,12 @@ fn record_herm(job: &mut Job, re: &Buf, im: &Buf, batch: usize, n: usize) -> (Bu
     let status = ctx.alloc(2 * batch);
     job.clear(&status, 2 * batch);
     let (d1, d2, d3) = (job.dummy(), job.dummy(), job.dummy());
-    job.dispatch_groups(&k::HERM_FACTOR, &[u(n), u(batch)], &[&lre, &lim, &d1, &d2, &status, &d3], batch);
+    let bufs = [&lre, &lim, &d1, &d2, &status, &d3];
+    if n <= THREAD_MAX_N && batch >= THREAD_MIN_BATCH {
+        job.dispatch_1d(&k::HERM_FACTOR_THREAD, &[u(n), u(batch)], &bufs, batch);
+    } else {
+        job.dispatch_groups(&k::HERM_FACTOR, &[u(n), u(batch)], &bufs, batch);
+    }
     (lre, lim, status)
 }
 

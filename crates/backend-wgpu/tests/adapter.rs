@@ -1,7 +1,8 @@
-//! Adapter selection: `RATE_WGPU_ADAPTER` naming no adapter is a clear `Error::Backend`, never a panic (own process: it sets the variable).
+//! Adapter selection: `RATE_WGPU_ADAPTER` picks by name, and naming no adapter (or having none) is a clear `Error::Backend`, never a panic (own process: it sets variables).
 
 use backend_wgpu::{WgpuBackend, ADAPTER_ENV};
 use rate_core::{Backend, Error};
+use std::io::Write;
 
 #[test]
 fn unknown_adapter_name_is_a_backend_error_and_a_known_one_is_chosen() {
@@ -35,8 +36,22 @@ fn unknown_adapter_name_is_a_backend_error_and_a_known_one_is_chosen() {
             if std::env::var("RATE_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("RATE_REQUIRE_GPU=1 but no wgpu adapter could be opened: {e}");
             }
-            eprintln!("no wgpu adapter found: skipped ({e})");
+            let _ = writeln!(std::io::stderr(), "no wgpu adapter found: skipped ({e})");
         }
     }
     std::env::remove_var(ADAPTER_ENV);
+
+    // No adapter at all (Metal only, on Linux): an error that says what was looked for.
+    #[cfg(target_os = "linux")]
+    {
+        std::env::set_var("WGPU_BACKEND", "metal");
+        match WgpuBackend::new() {
+            Err(Error::Backend { message, .. }) => {
+                assert!(message.contains("no wgpu adapter found") && message.contains("Vulkan"), "{message}")
+            }
+            Err(other) => panic!("expected Error::Backend, got {other}"),
+            Ok(b) => panic!("expected no adapter with WGPU_BACKEND=metal on Linux, got {}", b.name()),
+        }
+        std::env::remove_var("WGPU_BACKEND");
+    }
 }

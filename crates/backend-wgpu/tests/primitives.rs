@@ -10,6 +10,7 @@ use backend_wgpu::WgpuBackend;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rate_core::{AxisView, Backend, BinaryOp, Error, FftNorm, MatmulSpec, ReduceOp, UnaryOp};
+use std::io::Write;
 use std::sync::OnceLock;
 
 fn gpu() -> Option<&'static WgpuBackend> {
@@ -23,7 +24,8 @@ fn gpu() -> Option<&'static WgpuBackend> {
             if std::env::var("RATE_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("RATE_REQUIRE_GPU=1 but no wgpu adapter could be opened: {e}");
             }
-            eprintln!("no wgpu adapter found: skipped ({e})");
+            // Straight to stderr, past libtest's capture, so the skip is seen.
+            let _ = writeln!(std::io::stderr(), "no wgpu adapter found: skipped ({e})");
             None
         }
     })
@@ -35,7 +37,7 @@ macro_rules! gpu_or_skip {
         match gpu() {
             Some(g) => g,
             None => {
-                eprintln!("no wgpu adapter found: skipped");
+                let _ = writeln!(std::io::stderr(), "no wgpu adapter found: skipped");
                 return;
             }
         }
@@ -303,7 +305,7 @@ fn spd_cholesky_solve_inverse_logdet() {
     let g = gpu_or_skip!();
     let c = cpu();
     let mut rng = StdRng::seed_from_u64(7);
-    // n <= 64: one workgroup per matrix; n > 64: blocked (with a ragged last block for 100).
+    // n <= 64: one workgroup per matrix (one thread per matrix for 300 x 12); n > 64: blocked (ragged last block for 100).
     for (batch, n, nrhs) in
         [(1usize, 1usize, 1usize), (5, 3, 2), (40, 20, 3), (3, 64, 5), (2, 100, 7), (1, 160, 1)]
     {
@@ -332,7 +334,9 @@ fn spd_cholesky_solve_inverse_logdet() {
 fn spd_not_positive_definite_is_an_error() {
     let g = gpu_or_skip!();
     let mut rng = StdRng::seed_from_u64(8);
-    for (batch, n, bad, bad_row) in [(4usize, 6usize, 2usize, 3usize), (3, 90, 1, 70), (2, 5, 0, 0)] {
+    for (batch, n, bad, bad_row) in
+        [(4usize, 6usize, 2usize, 3usize), (3, 90, 1, 70), (2, 5, 0, 0), (300, 4, 257, 2)]
+    {
         let (_, mut a32) = spd_batch(&mut rng, batch, n);
         // Make the leading (bad_row + 1) block singular-negative: A[r][r] = -1 in matrix `bad` kills pivot r.
         let base = bad * n * n;
@@ -371,7 +375,7 @@ fn hermitian_inverse_solve_logdet() {
     let g = gpu_or_skip!();
     let c = cpu();
     let mut rng = StdRng::seed_from_u64(9);
-    for (batch, n, nrhs) in [(1usize, 1usize, 1usize), (7, 4, 2), (30, 16, 3), (2, 70, 2)] {
+    for (batch, n, nrhs) in [(1usize, 1usize, 1usize), (7, 4, 2), (30, 16, 3), (300, 5, 2), (2, 70, 2)] {
         let (zr, _) = rand_vec(&mut rng, batch * n * n, -1.0, 1.0);
         let (zi, _) = rand_vec(&mut rng, batch * n * n, -1.0, 1.0);
         let mut re = vec![0f32; batch * n * n];
@@ -550,13 +554,51 @@ fn real_fft_and_inverse() {
     }
 }
 
-/// Results of chained operations stay on the device and agree with the reference (no read-back in between).
+/// Grids beyond 65535 workgroups in one dimension (2-D grids and batch chunking).
+#[test]
+fn large_grids() {
+    let g = gpu_or_skip!();
+    let c = cpu();
+    // 1-D kernel over more than 65535 * 256 threads.
+    let n = 65535 * 256 + 1000;
+    let v = g.download(&g.full(n, 1.5));
+    assert_eq!(v.len(), n);
+    assert!(v[n - 1000..].iter().all(|&x| x == 1.5) && v[0] == 1.5);
+    drop(v);
+    // Matmul batch above the z-dimension limit.
+    let mut rng = StdRng::seed_from_u64(14);
+    let batch = 65535 + 100;
+    let spec = MatmulSpec {
+        batch,
+        m: 2,
+        k: 3,
+        n: 2,
+        trans_a: false,
+        trans_b: true,
+        a_batched: true,
+        b_batched: false,
+    };
+    let (a64, a32) = rand_vec(&mut rng, batch * 6, -1.0, 1.0);
+    let (b64, b32) = rand_vec(&mut rng, 6, -1.0, 1.0);
+    let got = g.download(&g.matmul(&g.upload(&a32), &g.upload(&b32), spec));
+    let want = c.download(&c.matmul(&c.upload(&a64), &c.upload(&b64), spec));
+    assert_close("matmul batch 65635", &got, &want, 1e-6, 1e-6);
+    // One workgroup per signal for more than 65535 signals.
+    let v = AxisView { outer: 70_000, len: 8, inner: 1 };
+    let (x64, x32) = rand_vec(&mut rng, v.numel(), -1.0, 1.0);
+    let (yr, yi) = g.rfft(&g.upload(&x32), v, FftNorm::Backward);
+    let (wr, wi) = c.rfft(&c.upload(&x64), v, FftNorm::Backward);
+    assert_close("rfft 70000 x 8 re", &g.download(&yr), &c.download(&wr), 1e-5, 0.0);
+    assert_close("rfft 70000 x 8 im", &g.download(&yi), &c.download(&wi), 1e-5, 0.0);
+}
+
+/// A chain of operations with no read-back in between (buffers freed and reused
+/// from the pool along the way): rows of `S^-1 S` sum to 1 within 1e-4.
 #[test]
 fn chained_ops_without_readback() {
     let g = gpu_or_skip!();
-    let c = cpu();
     let mut rng = StdRng::seed_from_u64(13);
-    let (a64, a32) = rand_vec(&mut rng, 30 * 20, -1.0, 1.0);
+    let (_, a32) = rand_vec(&mut rng, 30 * 20, -1.0, 1.0);
     let spec = MatmulSpec {
         batch: 1,
         m: 20,
@@ -568,7 +610,7 @@ fn chained_ops_without_readback() {
         b_batched: true,
     };
     // S = A^T A / 30 + I; then inverse, then S^-1 S = I, then row sums.
-    let run_g = || {
+    let run = || {
         let a = g.upload(&a32);
         let s = g.matmul(&a, &a, spec);
         let s = g.unary(UnaryOp::MulScalar(1.0 / 30.0), &s);
@@ -579,8 +621,6 @@ fn chained_ops_without_readback() {
         let p = g.matmul(&inv, &s, spec2);
         g.download(&g.reduce(ReduceOp::Sum, &p, AxisView { outer: 20, len: 20, inner: 1 }))
     };
-    let got = run_g();
-    let _ = &c;
-    let _ = &a64;
+    let got = run();
     assert_close("rows of S^-1 S", &got, &[1.0; 20], 1e-4, 0.0);
 }
