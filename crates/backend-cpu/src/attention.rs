@@ -12,12 +12,40 @@ use rate_core::{AttentionSpec, AxisView};
 use rayon::prelude::*;
 
 /// `dst (m x n) [+]= alpha lhs rhs` on the calling thread.
-fn mm<T: CpuElem>(dst: &mut [T], m: usize, n: usize, accum: Accum, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, alpha: T) {
-    faer::linalg::matmul::matmul(MatMut::from_row_major_slice_mut(dst, m, n), accum, lhs, rhs, alpha, Par::Seq);
+fn mm<T: CpuElem>(
+    dst: &mut [T],
+    m: usize,
+    n: usize,
+    accum: Accum,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    alpha: T,
+) {
+    faer::linalg::matmul::matmul(
+        MatMut::from_row_major_slice_mut(dst, m, n),
+        accum,
+        lhs,
+        rhs,
+        alpha,
+        Par::Seq,
+    );
 }
 
 fn rows<T>(x: &[T], start: usize, count: usize, width: usize) -> MatRef<'_, T> {
     MatRef::from_row_major_slice(&x[start * width..(start + count) * width], count, width)
+}
+
+/// Largest entry of a non-empty row (eight lanes, so that it vectorises).
+fn row_max<T: CpuElem>(row: &[T]) -> T {
+    let mut lanes = [T::neg_infinity(); 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    let tail = chunks.remainder().iter().fold(T::neg_infinity(), |a, &x| if x > a { x } else { a });
+    lanes.iter().fold(tail, |a, &x| if x > a { x } else { a })
 }
 
 /// Forward: `(O, L)` for `spec.batch` problems of `n x dh` tokens.
@@ -31,9 +59,10 @@ pub fn forward<T: CpuElem>(w: &[T], spec: AttentionSpec) -> (Vec<T>, Vec<T>) {
     let scale = T::of(scale);
     out.par_chunks_mut(n * dh).zip(lse.par_chunks_mut(n)).enumerate().for_each(|(b, (ob, lb))| {
         let wb = &w[b * n * dh..(b + 1) * n * dh];
-        ob.par_chunks_mut(q_tile * dh).zip(lb.par_chunks_mut(q_tile)).enumerate().for_each(
-            |(t, (acc, lt))| forward_tile(wb, n, dh, scale, t * q_tile, k_tile, acc, lt),
-        );
+        ob.par_chunks_mut(q_tile * dh)
+            .zip(lb.par_chunks_mut(q_tile))
+            .enumerate()
+            .for_each(|(t, (acc, lt))| forward_tile(wb, n, dh, scale, t * q_tile, k_tile, acc, lt));
     });
     (out, lse)
 }
@@ -62,13 +91,13 @@ fn forward_tile<T: CpuElem>(
         mm(st, bq, bk, Accum::Replace, qm, km.transpose(), T::one());
         for r in 0..bq {
             let row = &mut st[r * bk..(r + 1) * bk];
-            let mx = row.iter().fold(m[r], |a, &b| a.max(b));
+            let mx = row_max(row).max(m[r]);
             // exp(-inf - finite) = 0 on the first tile
             let corr = (m[r] - mx).exp();
             let sum = T::exp_shift_sum(row, mx);
             l[r] = l[r] * corr + sum;
             if corr != T::one() {
-                acc[r * dh..(r + 1) * dh].iter_mut().for_each(|a| *a = *a * corr);
+                acc[r * dh..(r + 1) * dh].iter_mut().for_each(|a| *a *= corr);
             }
             m[r] = mx;
         }
@@ -76,7 +105,7 @@ fn forward_tile<T: CpuElem>(
     }
     for r in 0..bq {
         let inv = T::one() / l[r];
-        acc[r * dh..(r + 1) * dh].iter_mut().for_each(|a| *a = *a * inv);
+        acc[r * dh..(r + 1) * dh].iter_mut().for_each(|a| *a *= inv);
         lse[r] = m[r] + l[r].ln();
     }
 }
@@ -96,7 +125,10 @@ pub fn backward<T: CpuElem>(w: &[T], out: &[T], lse: &[T], g: &[T], spec: Attent
         // D_i = rowsum(dO_i * O_i)
         let d: Vec<T> = (0..n)
             .map(|i| {
-                gb[i * dh..(i + 1) * dh].iter().zip(&ob[i * dh..(i + 1) * dh]).fold(T::zero(), |a, (&x, &y)| a + x * y)
+                gb[i * dh..(i + 1) * dh]
+                    .iter()
+                    .zip(&ob[i * dh..(i + 1) * dh])
+                    .fold(T::zero(), |a, (&x, &y)| a + x * y)
             })
             .collect();
         let tiles = n.div_ceil(q_tile);
@@ -105,12 +137,24 @@ pub fn backward<T: CpuElem>(w: &[T], out: &[T], lse: &[T], g: &[T], spec: Attent
             .fold(
                 || vec![T::zero(); n * dh],
                 |mut acc, t| {
-                    backward_tile(wb, gb, lb, &d, n, dh, scale, t * q_tile, q_tile.min(n - t * q_tile), k_tile, &mut acc);
+                    backward_tile(
+                        wb,
+                        gb,
+                        lb,
+                        &d,
+                        n,
+                        dh,
+                        scale,
+                        t * q_tile,
+                        q_tile.min(n - t * q_tile),
+                        k_tile,
+                        &mut acc,
+                    );
                     acc
                 },
             )
             .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, &y)| *x = *x + y);
+                a.iter_mut().zip(&b).for_each(|(x, &y)| *x += y);
                 a
             });
         if let Some(total) = total {
@@ -166,7 +210,7 @@ fn backward_tile<T: CpuElem>(
         mm(accj, bk, dh, Accum::Add, dsm.transpose(), qm, scale);
         mm(accj, bk, dh, Accum::Add, pm.transpose(), gm, T::one());
     }
-    acc[i0 * dh..(i0 + bq) * dh].iter_mut().zip(&dq).for_each(|(a, &x)| *a = *a + x);
+    acc[i0 * dh..(i0 + bq) * dh].iter_mut().zip(&dq).for_each(|(a, &x)| *a += x);
 }
 
 /// Inclusive cumulative sum along the axis of `v` (backwards when `reverse`).
@@ -182,7 +226,7 @@ pub fn cumsum<T: CpuElem>(x: &[T], v: AxisView, reverse: bool) -> Vec<T> {
         for l in order {
             let prev = if reverse { l + 1 } else { l - 1 };
             for j in 0..inner {
-                blk[l * inner + j] = blk[l * inner + j] + blk[prev * inner + j];
+                blk[l * inner + j] += blk[prev * inner + j];
             }
         }
     };

@@ -18,7 +18,10 @@ fn normal(be: &B, shape: &[usize], sd: f64, mean: f64, rng: &mut StdRng) -> Tens
 
 fn linear(be: &B, dim: usize, bias: bool, rng: &mut StdRng) -> Linear<B> {
     let sd = 1.0 / (dim as f64).sqrt();
-    Linear { weight: normal(be, &[dim, dim], sd, 0.0, rng), bias: bias.then(|| normal(be, &[dim], 0.3, 0.0, rng)) }
+    Linear {
+        weight: normal(be, &[dim, dim], sd, 0.0, rng),
+        bias: bias.then(|| normal(be, &[dim], 0.3, 0.0, rng)),
+    }
 }
 
 /// Central differences of `loss` against every parameter of `m` and every
@@ -36,7 +39,10 @@ fn check_fd<M: Module<B>>(
     let mut names = vec![];
     m.visit("", &mut |n, _| names.push(n));
     for name in &names {
-        let an = grads.get(name).map(|g| g.to_f64_vec()).ok_or_else(|| TestCaseError::fail(format!("no grad {name}")))?;
+        let an = grads
+            .get(name)
+            .map(|g| g.to_f64_vec())
+            .ok_or_else(|| TestCaseError::fail(format!("no grad {name}")))?;
         for i in 0..an.len() {
             let at = |delta: f64, m: &mut M| {
                 m.visit_mut("", &mut |n, t| {

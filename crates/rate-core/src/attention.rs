@@ -69,7 +69,10 @@ pub fn attention_tiled<B: Backend>(w: &Tensor<B>, spec: AttentionSpec) -> (Tenso
     check(w, "tokens", &[spec.batch, spec.n, spec.dh]);
     let be = w.backend();
     let (o, l) = be.attention_tiled(w.buffer(), spec);
-    (Tensor::from_buffer(be, o, &[spec.batch, spec.n, spec.dh]), Tensor::from_buffer(be, l, &[spec.batch, spec.n]))
+    (
+        Tensor::from_buffer(be, o, &[spec.batch, spec.n, spec.dh]),
+        Tensor::from_buffer(be, l, &[spec.batch, spec.n]),
+    )
 }
 
 /// Backward of [`attention_tiled`]: `dL/dW` from the tokens, the output `O`,

@@ -95,7 +95,10 @@ fn check_params<B: Backend>(
         return bad(format!("temp has shape {:?}, expected [{heads}, 1]", temp.shape()));
     }
     if to_out.weight.shape() != [dim, dim] {
-        return bad(format!("to_out.0.weight has shape {:?}, expected [{dim}, {dim}]", to_out.weight.shape()));
+        return bad(format!(
+            "to_out.0.weight has shape {:?}, expected [{dim}, {dim}]",
+            to_out.weight.shape()
+        ));
     }
     match &to_out.bias {
         Some(b) if b.shape() == [dim] => Ok(dim),
@@ -125,7 +128,8 @@ fn named_params<B: Backend>(
     get: &impl Fn(&str) -> Option<Tensor<B>>,
     what: &str,
 ) -> Result<(Linear<B>, Tensor<B>, Linear<B>)> {
-    let need = |name: &str| get(name).ok_or_else(|| Error::Config(format!("{what}: parameter `{name}` is missing")));
+    let need =
+        |name: &str| get(name).ok_or_else(|| Error::Config(format!("{what}: parameter `{name}` is missing")));
     let qkv = Linear { weight: need("qkv.weight")?, bias: get("qkv.bias") };
     let to_out = Linear { weight: need("to_out.0.weight")?, bias: Some(need("to_out.0.bias")?) };
     Ok((qkv, need("temp")?, to_out))
@@ -260,8 +264,16 @@ impl<B: Backend> Tssa<B> {
             accumulate(grads, join(&out_prefix, "bias"), grad_out.reshape(&[b * n, dim]).sum_axis(0, false));
         }
         let d_wr = grad_out.matmul_t(w_pi, true, false);
-        accumulate(grads, join(&out_prefix, "weight"), d_wr.mul(&r.neg().reshape(&[b, 1, dim])).sum_axis(0, false));
-        let dr = d_wr.mul(&self.to_out.weight.reshape(&[1, dim, dim])).sum_axis(1, false).neg().reshape(&[b, h, dh]);
+        accumulate(
+            grads,
+            join(&out_prefix, "weight"),
+            d_wr.mul(&r.neg().reshape(&[b, 1, dim])).sum_axis(0, false),
+        );
+        let dr = d_wr
+            .mul(&self.to_out.weight.reshape(&[1, dim, dim]))
+            .sum_axis(1, false)
+            .neg()
+            .reshape(&[b, h, dh]);
         let g_wpi = grad_out.matmul(&self.out_weight(r));
         // w_pi = w Pi
         let pi4 = pi.reshape(&[b, n, h, 1]);
@@ -284,9 +296,14 @@ impl<B: Backend> Tssa<B> {
         let dinv = head_weighted_sum(&dwhat2, a);
         let dnorm2 = dinv.mul(&inv_norm2.square()).mul(norm_mask).neg();
         // da = q ddots + dwhat2 inv_norm2 + dnorm2 (broadcast over tokens), times 2 for a = w^2
-        let coef = Tensor::cat(&[q.clone(), dwhat2, Tensor::full(w.backend(), &[b, n, 1], 1.0)].iter().collect::<Vec<_>>(), -1);
+        let coef = Tensor::cat(
+            &[q.clone(), dwhat2, Tensor::full(w.backend(), &[b, n, 1], 1.0)].iter().collect::<Vec<_>>(),
+            -1,
+        );
         let rows = Tensor::cat(
-            &[block_diag(&ddots).t(), block_diag(inv_norm2).t(), dnorm2.reshape(&[b, 1, dim])].iter().collect::<Vec<_>>(),
+            &[block_diag(&ddots).t(), block_diag(inv_norm2).t(), dnorm2.reshape(&[b, 1, dim])]
+                .iter()
+                .collect::<Vec<_>>(),
             1,
         );
         let da2 = coef.matmul(&rows.scale(2.0));
@@ -457,9 +474,9 @@ impl<B: Backend> CausalTssa<B> {
 
     fn check_len(&self, n: usize) -> Result<()> {
         match self.max_tokens() {
-            Some(t) if n > t => Err(Error::Config(format!(
-                "causal TSSA: {n} tokens exceed the {t} positions of denom_bias"
-            ))),
+            Some(t) if n > t => {
+                Err(Error::Config(format!("causal TSSA: {n} tokens exceed the {t} positions of denom_bias")))
+            }
             _ => Ok(()),
         }
     }
@@ -467,9 +484,9 @@ impl<B: Backend> CausalTssa<B> {
     /// `dh * denom_bias[h, start .. start + n]` as `[1, n, h]` (zero if absent).
     fn position_offset(&self, start: usize, n: usize) -> Option<Tensor<B>> {
         let dh = (self.dim() / self.heads) as f64;
-        self.denom_bias
-            .as_ref()
-            .map(|d| d.narrow(1, start, n).reshape(&[self.heads, n]).t().reshape(&[1, n, self.heads]).scale(dh))
+        self.denom_bias.as_ref().map(|d| {
+            d.narrow(1, start, n).reshape(&[self.heads, n]).t().reshape(&[1, n, self.heads]).scale(dh)
+        })
     }
 
     /// Whole-sequence forward on `x = [batch, tokens, dim]`; errors if the
@@ -542,7 +559,11 @@ impl<B: Backend> CausalTssa<B> {
         if let Some(bias) = &self.denom_bias {
             let t = bias.dim(1);
             let dpos = ds_t.sum_axis(0, false).scale(dh as f64).t().reshape(&[h, n, 1]);
-            let dpos = if t > n { Tensor::cat(&[&dpos, &Tensor::zeros(bias.backend(), &[h, t - n, 1])], 1) } else { dpos };
+            let dpos = if t > n {
+                Tensor::cat(&[&dpos, &Tensor::zeros(bias.backend(), &[h, t - n, 1])], 1)
+            } else {
+                dpos
+            };
             accumulate(grads, join(prefix, "denom_bias"), dpos);
         }
         let dwhat2 = ds_t.reshape(&[b, n, h, 1]);
@@ -572,7 +593,12 @@ impl<B: Backend> CausalTssa<B> {
     pub fn step(&self, state: &mut CausalTssaState<B>, x: &Tensor<B>) -> Result<Tensor<B>> {
         let (dim, h) = (self.dim(), self.heads);
         let streams = state.sum_pi.dim(0);
-        assert_eq!(x.shape(), [streams, dim], "causal TSSA step: token {:?} is not [{streams}, {dim}]", x.shape());
+        assert_eq!(
+            x.shape(),
+            [streams, dim],
+            "causal TSSA step: token {:?} is not [{streams}, {dim}]",
+            x.shape()
+        );
         self.check_len(state.pos + 1)?;
         let dh = dim / h;
         let w = self.qkv.forward(x).reshape(&[streams, h, dh]);
