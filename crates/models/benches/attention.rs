@@ -4,6 +4,8 @@
 //! built from fixed seeds outside the timed loop. Peak memory is measured by
 //! `examples/attention_memory.rs` (one process per point), not here.
 
+#![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
+
 use backend_cpu::CpuBackend;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use models::nn::flash;

@@ -1,4 +1,5 @@
 //! TSSA reproduces the ToST fixture (RobinWu218/ToST tost_vision/tost.py, class AttentionTSSA, float64): output, loss and the gradient of every parameter and of the input.
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 use backend_cpu::CpuBackend;
 use models::fixtures::{self, max_abs_diff};
 use models::nn::tssa::{Tssa, NORM_EPS, PI_EPS};
