@@ -8,9 +8,11 @@
 //! Each point runs in a child process so that its peak resident set
 //! (`VmHWM` of `/proc/self/status`) belongs to that point alone. The layer is
 //! dim 384, 8 heads (dh 48), batch 1, as in the ToST paper's comparison.
-//! Printed per point: seconds per call (best and median of the repetitions),
-//! the peak resident set, and the peak minus the resident set measured just
-//! before the first call (input, parameters and the program itself excluded).
+//! Printed per point: seconds per call (best and median of up to 7
+//! repetitions within 20 s), CPU seconds per call (all threads; robust on a
+//! shared machine), the peak resident set, and the peak minus the resident
+//! set measured just before the first call (input, parameters and the
+//! program itself excluded). `RAYON_NUM_THREADS` sets the thread count.
 
 use backend_cpu::CpuBackend;
 use models::nn::flash;
@@ -34,6 +36,15 @@ fn status_kb(key: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU seconds (user + system, all threads) used by this process so far.
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // fields after the parenthesised command name; utime and stime are the 12th and 13th
+    let f: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
 
 fn random(be: &B, shape: &[usize], bound: f64, rng: &mut StdRng) -> Tensor<B> {
@@ -135,19 +146,22 @@ fn point(kind: &str, n: usize, backward: bool) -> Result<(), String> {
     let mut times = vec![];
     let budget = 20.0;
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     while times.len() < 7 && (times.is_empty() || start.elapsed().as_secs_f64() < budget) {
         let t = Instant::now();
         let out = run();
         std::hint::black_box(out.numel());
         times.push(t.elapsed().as_secs_f64());
     }
+    let cpu_per_rep = (cpu_seconds() - cpu0) / times.len() as f64;
     times.sort_by(f64::total_cmp);
     let peak_kb = status_kb("VmHWM:");
     println!(
-        "{kind} n={n} backward={backward} reps={} best_s={:.4} median_s={:.4} peak_mb={:.1} peak_over_base_mb={:.1}",
+        "{kind} n={n} backward={backward} reps={} best_s={:.4} median_s={:.4} cpu_s_per_rep={:.3} peak_mb={:.1} peak_over_base_mb={:.1}",
         times.len(),
         times[0],
         times[times.len() / 2],
+        cpu_per_rep,
         peak_kb as f64 / 1024.0,
         peak_kb.saturating_sub(base_kb) as f64 / 1024.0
     );

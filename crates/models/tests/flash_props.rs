@@ -1,4 +1,5 @@
 //! Tiled (flash) shared-QKV attention equals the dense reference `softmax(s W W^T) W` forward and backward, for the CPU kernel and the generic tensor-op default body, with token counts that are not multiples of the tiles; the dense backward equals finite differences.
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 use backend_cpu::{exp_f32, CpuBackend};
 use models::nn::flash::{self, AttentionCache, DENSE_MAX_TOKENS};
 use models::Tensor;

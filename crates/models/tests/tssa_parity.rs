@@ -1,4 +1,5 @@
 //! TSSA reproduces the ToST fixture (RobinWu218/ToST tost_vision/tost.py, class AttentionTSSA, float64): output, loss and the gradient of every parameter and of the input.
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 use backend_cpu::CpuBackend;
 use models::fixtures::{self, max_abs_diff};
 use models::nn::tssa::{Tssa, NORM_EPS, PI_EPS};
@@ -27,6 +28,7 @@ fn parity_tost_tssa() {
     let want = f.get("output").unwrap();
     assert_eq!(out.shape(), want.shape.as_slice());
     let d = max_abs_diff(&out.to_f64_vec(), &want.data);
+    eprintln!("output: max abs diff {d:.2e}");
     assert!(d < 1e-10, "output differs by {d}");
 
     let loss = 0.5 * out.square().sum_all();
@@ -44,6 +46,7 @@ fn parity_tost_tssa() {
         let got = if name == "input" { dx.clone() } else { grads[name].clone() };
         assert_eq!(got.shape(), want.shape.as_slice(), "grad.{name} shape");
         let e = excess(&got.to_f64_vec(), &want.data, 1e-9, 1e-7);
+        eprintln!("grad.{name}: max abs diff {:.2e}", max_abs_diff(&got.to_f64_vec(), &want.data));
         assert!(e <= 0.0, "grad.{name} exceeds the tolerance by {e}");
     }
     // every gradient in the file was compared
