@@ -63,7 +63,8 @@ fn check_fourier1d(name: &str) {
     close(&f, "C_layer0_imag", &ci, &f.get("C_layer0_imag").unwrap().data);
 
     // Rates with the true labels (L + 1) and as the code logs them (L).
-    let pick = |rs: &[rate_core::Rates], g: fn(&rate_core::Rates) -> f64| rs.iter().map(g).collect::<Vec<f64>>();
+    let pick =
+        |rs: &[rate_core::Rates], g: fn(&rate_core::Rates) -> f64| rs.iter().map(g).collect::<Vec<f64>>();
     for (key, got) in [
         ("R_true", pick(&rec.rates_true, |r| r.r)),
         ("Rc_true", pick(&rec.rates_true, |r| r.rc)),

@@ -1,8 +1,8 @@
 //! Properties of the invariant ReduNet: shift equivariance of every layer (1-D and 2-D), invariance of the construction, agreement with the dense block-circulant path and of the fast lifting with direct summation, polar rotations as shifts, and clear errors on bad input.
 use backend_cpu::CpuBackend;
 use models::invariant::{
-    construct_dense, polar_resample, rotate_polar, Activation, Domain, InvariantConfig, InvariantReduNet, Lifting,
-    PolarGrid,
+    construct_dense, polar_resample, rotate_polar, Activation, Domain, InvariantConfig, InvariantReduNet,
+    Lifting, PolarGrid,
 };
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -112,7 +112,11 @@ fn check_dense(x: &Tensor<B>, k: usize, lambda: f64) {
         assert!(d < 1e-10, "{:?} layer {l}: features differ from the dense path by {d}", x.shape());
     }
     for (l, (a, b)) in fast.record.rates_true.iter().zip(&dense.rates_true).enumerate() {
-        assert!((a.r - b.r).abs() < 1e-10 && (a.rc - b.rc).abs() < 1e-10, "{:?} layer {l}: rates {a:?} vs {b:?}", x.shape());
+        assert!(
+            (a.r - b.r).abs() < 1e-10 && (a.rc - b.rc).abs() < 1e-10,
+            "{:?} layer {l}: rates {a:?} vs {b:?}",
+            x.shape()
+        );
     }
     let d = max_diff(&fast.features, dense.features.last().unwrap());
     assert!(d < 1e-10, "output differs from the dense path by {d}");
@@ -168,8 +172,20 @@ fn chunking_does_not_change_the_result() {
     let be = B::new();
     let x = random(&be, &[7, 2, 6], 11);
     let y = labels(7, 3);
-    let whole = InvariantReduNet::construct(&x, &y, 3, &InvariantConfig { layers: 3, lambda: 5.0, ..Default::default() }).unwrap();
-    let parts = InvariantReduNet::construct(&x, &y, 3, &InvariantConfig { layers: 3, lambda: 5.0, chunk: 2, ..Default::default() }).unwrap();
+    let whole = InvariantReduNet::construct(
+        &x,
+        &y,
+        3,
+        &InvariantConfig { layers: 3, lambda: 5.0, ..Default::default() },
+    )
+    .unwrap();
+    let parts = InvariantReduNet::construct(
+        &x,
+        &y,
+        3,
+        &InvariantConfig { layers: 3, lambda: 5.0, chunk: 2, ..Default::default() },
+    )
+    .unwrap();
     assert!(max_diff(&whole.features, &parts.features) < 1e-14);
     assert_eq!(whole.record.yhat, parts.record.yhat);
 }
@@ -184,7 +200,13 @@ fn f32_agrees_with_f64() {
     let a = InvariantReduNet::construct(&x, &y, 2, &cfg).unwrap();
     let x32 = Tensor::from_f64(&b32, &x.to_f64_vec(), x.shape());
     let b = InvariantReduNet::construct(&x32, &y, 2, &cfg).unwrap();
-    let d = a.features.to_f64_vec().iter().zip(b.features.to_f64_vec()).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+    let d = a
+        .features
+        .to_f64_vec()
+        .iter()
+        .zip(b.features.to_f64_vec())
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f64::max);
     assert!(d < 1e-4, "f32 vs f64: {d}");
     assert_eq!(b.network.operator_bytes_per_layer() * 2, a.network.operator_bytes_per_layer());
     assert_eq!(a.network.operator_bytes(), 4 * a.network.operator_bytes_per_layer());

@@ -121,7 +121,8 @@ pub fn construct_dense<B: Backend>(
         let stack = Tensor::cat(&mats.iter().collect::<Vec<_>>(), 0);
         let ld = stack.spd_logdet()?.to_f64_vec();
         let r = 0.5 * ld[0] / n as f64;
-        let rc: f64 = groups.iter().zip(&ld[1..]).map(|(g, l)| g.len() as f64 / m as f64 * 0.5 * l / n as f64).sum();
+        let rc: f64 =
+            groups.iter().zip(&ld[1..]).map(|(g, l)| g.len() as f64 / m as f64 * 0.5 * l / n as f64).sum();
         out.rates_true.push(Rates { r, rc, delta_r: r - rc });
         if layer == config.layers {
             break;
@@ -132,10 +133,8 @@ pub fn construct_dense<B: Backend>(
         let norms = y.narrow(1, 1, classes).norm_axis(2).reshape(&[m, classes]).clamp_min(1e-8);
         let pi = norms.scale(-config.lambda).softmax(1);
         out.yhat.push(pi.argmax_axis(1));
-        let coef = Tensor::cat(
-            &[&Tensor::full(be, &[m, 1], config.eta), &pi.mul(&gamma_row).scale(-config.eta)],
-            1,
-        );
+        let coef =
+            Tensor::cat(&[&Tensor::full(be, &[m, 1], config.eta), &pi.mul(&gamma_row).scale(-config.eta)], 1);
         let delta = y.mul(&coef.reshape(&[m, classes + 1, 1])).sum_axis(1, false);
         z = normalise_signals(&z.add(&delta));
         out.operators.push(ops);

@@ -67,7 +67,9 @@ impl<B: Backend> Lifting<B> {
         }
         if let Activation::SoftThreshold(l) = activation {
             if !(l.is_finite() && l >= 0.0) {
-                return Err(Error::Config(format!("lifting: soft threshold lambda = {l} must be non-negative and finite")));
+                return Err(Error::Config(format!(
+                    "lifting: soft threshold lambda = {l} must be non-negative and finite"
+                )));
             }
         }
         kernels.check_finite("lifting kernels")?;
@@ -134,7 +136,8 @@ impl<B: Backend> Lifting<B> {
         let (kk, c) = (self.out_channels(), self.in_channels());
         let ks = &self.kernels.shape()[2..];
         let dims = domain.dims();
-        let (kh, kw, h, w) = if dims.len() == 1 { (1, ks[0], 1, dims[0]) } else { (ks[0], ks[1], dims[0], dims[1]) };
+        let (kh, kw, h, w) =
+            if dims.len() == 1 { (1, ks[0], 1, dims[0]) } else { (ks[0], ks[1], dims[0], dims[1]) };
         let mut idx = Vec::with_capacity(h * w);
         let mut mask = Vec::with_capacity(h * w);
         for a in 0..h {
@@ -156,7 +159,7 @@ impl<B: Backend> Lifting<B> {
         let domain = self.check(x)?;
         let xs = domain.forward(x, FftNorm::Backward); // [F, m, C]
         let ws = domain.forward(&self.padded_kernels(&domain), FftNorm::Backward); // [F, K, C]
-        // z^(f) = x^(f) conj(w^(f))^T: [F, m, K]
+                                                                                   // z^(f) = x^(f) conj(w^(f))^T: [F, m, K]
         let zs: ComplexTensor<B> = xs.matmul_h(&ws, false, true);
         Ok(self.activate(domain.inverse(&zs, FftNorm::Backward)))
     }

@@ -58,7 +58,9 @@ pub fn polar_resample<B: Backend>(images: &Tensor<B>, grid: &PolarGrid) -> Resul
     let (ch, cw) = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
     let rmax = grid.max_radius.unwrap_or((h.min(w) as f64 - 1.0) / 2.0);
     if !(rmax.is_finite() && rmax >= 0.0) {
-        return Err(Error::Config(format!("polar_resample: max_radius = {rmax} must be non-negative and finite")));
+        return Err(Error::Config(format!(
+            "polar_resample: max_radius = {rmax} must be non-negative and finite"
+        )));
     }
     images.check_finite("polar_resample: images")?;
     let points = grid.radii * grid.angles;
@@ -73,7 +75,12 @@ pub fn polar_resample<B: Backend>(images: &Tensor<B>, grid: &PolarGrid) -> Resul
             let (y0, x0) = (y.floor(), x.floor());
             let (dy, dx) = (y - y0, x - x0);
             let p = i * grid.angles + a;
-            let corners = [(y0, x0, (1.0 - dy) * (1.0 - dx)), (y0, x0 + 1.0, (1.0 - dy) * dx), (y0 + 1.0, x0, dy * (1.0 - dx)), (y0 + 1.0, x0 + 1.0, dy * dx)];
+            let corners = [
+                (y0, x0, (1.0 - dy) * (1.0 - dx)),
+                (y0, x0 + 1.0, (1.0 - dy) * dx),
+                (y0 + 1.0, x0, dy * (1.0 - dx)),
+                (y0 + 1.0, x0 + 1.0, dy * dx),
+            ];
             for (q, &(yy, xx, ww)) in corners.iter().enumerate() {
                 if yy >= 0.0 && xx >= 0.0 && yy < h as f64 && xx < w as f64 && ww != 0.0 {
                     idx[q][p] = yy as usize * w + xx as usize;
