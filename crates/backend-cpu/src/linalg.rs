@@ -340,8 +340,8 @@ fn caxpy<T: CpuElem>(or: &mut [T], oi: &mut [T], ar: T, ai: T, br: &[T], bi: &[T
     let n = or.len();
     let (oi, br, bi) = (&mut oi[..n], &br[..n], &bi[..n]);
     for q in 0..n {
-        or[q] = or[q] + (ar * br[q] - ai * bi[q]);
-        oi[q] = oi[q] + (ar * bi[q] + ai * br[q]);
+        or[q] += ar * br[q] - ai * bi[q];
+        oi[q] += ar * bi[q] + ai * br[q];
     }
 }
 
@@ -363,7 +363,7 @@ fn herm_inverse_one<T: CpuElem>(
     let (mut cr, mut ci) = (vec![z; n], vec![z; n]);
     for j in 0..n {
         let d = lr[j * n + j];
-        if !(d > z) {
+        if d.is_nan() || d <= z {
             return Err((j, d.f64()));
         }
         let d = d.sqrt();
@@ -371,8 +371,8 @@ fn herm_inverse_one<T: CpuElem>(
         lr[j * n + j] = d;
         li[j * n + j] = z;
         for i in j + 1..n {
-            lr[i * n + j] = lr[i * n + j] * inv;
-            li[i * n + j] = li[i * n + j] * inv;
+            lr[i * n + j] *= inv;
+            li[i * n + j] *= inv;
             cr[i] = lr[i * n + j];
             ci[i] = -li[i * n + j];
         }

@@ -276,7 +276,7 @@ impl<B: Backend> InvariantReduNet<B> {
         net.gamma = groups.iter().map(|g| g.len() as f64 / m as f64).collect();
         net.gamma_row = Tensor::from_f64(x.backend(), &net.gamma, &[1, classes]);
 
-        let mut v = net.to_spectra(x);
+        let mut v = net.signals_to_spectra(x);
         let mut record = ConstructionRecord {
             rates_true: Vec::with_capacity(config.layers + 1),
             rates_code: Vec::with_capacity(config.layers),
@@ -315,17 +315,17 @@ impl<B: Backend> InvariantReduNet<B> {
             let rc = rc.unwrap_or(t.rc);
             record.rates_code.push(Rates { r: t.r, rc, delta_r: t.r - rc });
         }
-        let features = net.from_spectra(&v);
+        let features = net.spectra_to_signals(&v);
         Ok(Construction { network: net, features, record })
     }
 
     /// Normalised signals to packed half spectra `[F, m, 2C]` (unitary DFT).
-    fn to_spectra(&self, x: &Tensor<B>) -> Tensor<B> {
+    fn signals_to_spectra(&self, x: &Tensor<B>) -> Tensor<B> {
         pack_features(&self.domain.forward(&normalise_signals(x), FftNorm::Ortho))
     }
 
     /// Packed half spectra back to unit-norm signals `[m, C, dims]`.
-    fn from_spectra(&self, v: &Tensor<B>) -> Tensor<B> {
+    fn spectra_to_signals(&self, v: &Tensor<B>) -> Tensor<B> {
         normalise_signals(&self.domain.inverse(&unpack_features(v), FftNorm::Ortho))
     }
 
@@ -538,15 +538,15 @@ impl<B: Backend> InvariantReduNet<B> {
     /// Maps signals (same channels and domain as the training ones) through the frozen layers.
     pub fn transform(&self, x: &Tensor<B>) -> Result<Transformed<B>> {
         self.check_input("invariant ReduNet transform", x)?;
-        let (v, yhat, _) = self.run_layers(self.to_spectra(x), false);
-        Ok(Transformed { features: self.from_spectra(&v), yhat, spectra: Vec::new() })
+        let (v, yhat, _) = self.run_layers(self.signals_to_spectra(x), false);
+        Ok(Transformed { features: self.spectra_to_signals(&v), yhat, spectra: Vec::new() })
     }
 
     /// [`Self::transform`] keeping the half spectra `[F, n, C]` entering every layer and leaving the last.
     pub fn transform_traced(&self, x: &Tensor<B>) -> Result<Transformed<B>> {
         self.check_input("invariant ReduNet transform", x)?;
-        let (v, yhat, spectra) = self.run_layers(self.to_spectra(x), true);
-        Ok(Transformed { features: self.from_spectra(&v), yhat, spectra })
+        let (v, yhat, spectra) = self.run_layers(self.signals_to_spectra(x), true);
+        Ok(Transformed { features: self.spectra_to_signals(&v), yhat, spectra })
     }
 
     /// Features of every cyclic shift of every sample, `[n, S, C, dims..]`:
@@ -574,7 +574,7 @@ impl<B: Backend> InvariantReduNet<B> {
         // [F, 1, S, 1] after a transpose of the host layout [S, F].
         let cos = Tensor::from_f64(be, &cos, &[ns, f]).t().reshape(&[f, 1, ns, 1]);
         let sin = Tensor::from_f64(be, &sin, &[ns, f]).t().reshape(&[f, 1, ns, 1]);
-        let (v, _, _) = self.run_layers(self.to_spectra(x), false);
+        let (v, _, _) = self.run_layers(self.signals_to_spectra(x), false);
         let c = self.channels;
         let per = (self.config.chunk / ns).max(1);
         let mut parts = Vec::new();
