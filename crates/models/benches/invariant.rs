@@ -5,7 +5,8 @@
 //! The process first prints one-shot figures (wall time, peak resident memory
 //! read from `/proc/self/status` after resetting it, operator bytes), then
 //! runs the criterion groups. `INVARIANT_BENCH_REPORT_ONLY=1` stops after the
-//! figures; `INVARIANT_BENCH_NO_REPORT=1` skips them.
+//! figures; `INVARIANT_BENCH_NO_REPORT=1` skips them; `INVARIANT_BENCH_SKIP_BRUTE=1`
+//! skips the slow transform of all 2000 rotated copies.
 
 use backend_cpu::{CpuBackend, CpuElem};
 use criterion::{BenchmarkId, Criterion};
@@ -130,6 +131,9 @@ fn report<T: CpuElem>() {
         "transform 100 test x 20 rotations (equivariant, one pass + phases): wall {s:.3} s, cpu {cpu:.2} s, peak RSS {peak:.1} MB"
     );
     drop(out);
+    if std::env::var_os("INVARIANT_BENCH_SKIP_BRUTE").is_some() {
+        return;
+    }
     // The same features by pushing all 2000 rotated copies through the layers.
     let dom = net.domain();
     let copies: Vec<Tensor<CpuBackend<T>>> =
