@@ -510,6 +510,14 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
 
     fn index_select(&self, x: &Self::Buffer, v: AxisView, index: &[usize]) -> Self::Buffer {
         let mut out = Vec::with_capacity(v.outer * index.len() * v.inner);
+        if v.inner == 1 {
+            // plain gather: one element per index
+            for o in 0..v.outer {
+                let row = &x[o * v.len..(o + 1) * v.len];
+                out.extend(index.iter().map(|&i| row[i]));
+            }
+            return Arc::new(out);
+        }
         for o in 0..v.outer {
             for &i in index {
                 let base = (o * v.len + i) * v.inner;

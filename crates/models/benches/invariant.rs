@@ -5,7 +5,8 @@
 //! The process first prints one-shot figures (wall time, peak resident memory
 //! read from `/proc/self/status` after resetting it, operator bytes), then
 //! runs the criterion groups. `INVARIANT_BENCH_REPORT_ONLY=1` stops after the
-//! figures; `INVARIANT_BENCH_NO_REPORT=1` skips them.
+//! figures; `INVARIANT_BENCH_NO_REPORT=1` skips them; `INVARIANT_BENCH_SKIP_BRUTE=1`
+//! skips the slow transform of all 2000 rotated copies.
 
 use backend_cpu::{CpuBackend, CpuElem};
 use criterion::{BenchmarkId, Criterion};
@@ -73,12 +74,32 @@ fn rss_mb() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
+/// CPU seconds (user + system, all threads) this process has used.
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> =
+        s.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// Runs `f` once: its result, wall seconds, CPU seconds and the peak RSS (MB) while it ran.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64, f64) {
     reset_peak();
+    let c = cpu_seconds();
     let t = Instant::now();
     let out = f();
     let s = t.elapsed().as_secs_f64();
-    (out, s, rss_mb().1)
+    (out, s, cpu_seconds() - c, rss_mb().1)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn report<T: CpuElem>() {
@@ -88,36 +109,40 @@ fn report<T: CpuElem>() {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("--- invariant ReduNet, {} ({threads} hardware threads) ---", be.name());
     println!("baseline RSS after data set-up: {rss0:.1} MB");
-    let (lifted, s, _) = timed(|| {
+    println!("load average: {}", load_average());
+    let (lifted, s, _, _) = timed(|| {
         let lift = Lifting::random(&be, CHANNELS, RADII, &[KERNEL], 0, Activation::Relu).expect("lift");
         lift.apply(&uniform(&be, &[TRAIN_PER_CLASS * CLASSES, RADII, ANGLES], 1)).expect("lift")
     });
     println!("lifting 100 x 15 x 200 -> 100 x 20 x 200: {s:.4} s");
     drop(lifted);
-    let (built, s, peak) =
+    let (built, s, cpu, peak) =
         timed(|| InvariantReduNet::construct(&w.train, &w.labels, CLASSES, &config()).expect("construct"));
     let net = built.network;
     println!(
-        "construct (m = 100, C = 20, T = 200, k = 10, L = 40): {s:.3} s, peak RSS {peak:.1} MB, operators {:.3} MB/layer ({:.1} MB total)",
+        "construct (m = 100, C = 20, T = 200, k = 10, L = 40): wall {s:.3} s, cpu {cpu:.2} s, peak RSS {peak:.1} MB, operators {:.3} MB/layer ({:.1} MB total)",
         net.operator_bytes_per_layer() as f64 / 1e6,
         net.operator_bytes() as f64 / 1e6
     );
     let r = built.record.rates_true;
     println!("  delta R: layer 0 {:.4} -> layer 40 {:.4}", r[0].delta_r, r[LAYERS].delta_r);
-    let (out, s, peak) = timed(|| net.transform_shifted(&w.test, &w.shifts).expect("transform_shifted"));
+    let (out, s, cpu, peak) = timed(|| net.transform_shifted(&w.test, &w.shifts).expect("transform_shifted"));
     println!(
-        "transform 100 test x 20 rotations (equivariant, one pass + phases): {s:.3} s, peak RSS {peak:.1} MB"
+        "transform 100 test x 20 rotations (equivariant, one pass + phases): wall {s:.3} s, cpu {cpu:.2} s, peak RSS {peak:.1} MB"
     );
     drop(out);
+    if std::env::var_os("INVARIANT_BENCH_SKIP_BRUTE").is_some() {
+        return;
+    }
     // The same features by pushing all 2000 rotated copies through the layers.
     let dom = net.domain();
     let copies: Vec<Tensor<CpuBackend<T>>> =
         w.shifts.iter().map(|s| dom.roll(&w.test, s).expect("roll")).collect();
     let rotated = Tensor::cat(&copies.iter().collect::<Vec<_>>(), 0);
     drop(copies);
-    let (out, s, peak) = timed(|| net.transform(&rotated).expect("transform"));
+    let (out, s, cpu, peak) = timed(|| net.transform(&rotated).expect("transform"));
     println!(
-        "transform 2000 rotated copies through all layers (brute force): {s:.3} s, peak RSS {peak:.1} MB"
+        "transform 2000 rotated copies through all layers (brute force): wall {s:.3} s, cpu {cpu:.2} s, peak RSS {peak:.1} MB"
     );
     drop(out);
 }

@@ -1,4 +1,5 @@
 //! The frequency-domain invariant ReduNet reproduces the authors' Fourier1D fixtures (ryanchankh/redunet_paper, float64/complex128): every layer's spectra, E and C^j of layer 0 over all frequencies, rates, memberships and the output.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 use backend_cpu::CpuBackend;
 use models::fixtures::{self, max_abs_diff};
 use models::invariant::{InvariantConfig, InvariantReduNet};

@@ -1,4 +1,5 @@
 //! Properties of the invariant ReduNet: shift equivariance of every layer (1-D and 2-D), invariance of the construction, agreement with the dense block-circulant path and of the fast lifting with direct summation, polar rotations as shifts, and clear errors on bad input.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 use backend_cpu::CpuBackend;
 use models::invariant::{
     construct_dense, polar_resample, rotate_polar, Activation, Domain, InvariantConfig, InvariantReduNet,

@@ -45,7 +45,7 @@ pub struct InvariantConfig {
 impl Default for InvariantConfig {
     /// The chapter's rotation-MNIST settings: 40 layers, `eta = 0.5`, `eps^2 = 0.1`, `lambda = 500`.
     fn default() -> Self {
-        InvariantConfig { layers: 40, eta: 0.5, eps_sq: 0.1, lambda: 500.0, chunk: 64, keep_spectra: false }
+        InvariantConfig { layers: 40, eta: 0.5, eps_sq: 0.1, lambda: 500.0, chunk: 32, keep_spectra: false }
     }
 }
 
@@ -145,9 +145,10 @@ pub struct InvariantReduNet<B: Backend> {
     weights: Tensor<B>,
     /// `gamma` as a `[1, k]` row.
     gamma_row: Tensor<B>,
-    /// Gather indices and signs turning packed operators into the real product operand.
+    /// Gather indices turning packed operators into the real product operand.
     unpack_index: Vec<usize>,
-    unpack_sign: Tensor<B>,
+    /// Gather indices packing `[Re, Im]` of Hermitian operators.
+    pack_index: Vec<usize>,
 }
 
 /// Per-sample Euclidean normalisation of signals `[m, ..]`, clamped below at 1e-8.
@@ -181,11 +182,12 @@ fn check_labels(labels: &[usize], m: usize, classes: usize) -> Result<Vec<Vec<us
     Ok(groups)
 }
 
-/// Gather indices and signs from packed `[k+1, C, C]` to the real operand `[2C, 2(k+1)C]`.
-fn unpack_plan(ops: usize, c: usize) -> (Vec<usize>, Vec<f64>) {
+/// Gather indices from `[P, -P, 0]` (packed `[k+1, C, C]` flattened, its
+/// negation, a zero) to the real operand `[2C, 2(k+1)C]`: row `(part, r)`,
+/// column `(j, part', c)` (part 0 real, 1 imaginary).
+fn unpack_plan(ops: usize, c: usize) -> Vec<usize> {
     let cols = 2 * ops * c;
     let mut idx = Vec::with_capacity(2 * c * cols);
-    let mut sign = Vec::with_capacity(2 * c * cols);
     // Im A[r][col] from the packed strict lower triangle.
     let im = |base: usize, r: usize, col: usize| -> (usize, f64) {
         match r.cmp(&col) {
@@ -197,9 +199,7 @@ fn unpack_plan(ops: usize, c: usize) -> (Vec<usize>, Vec<f64>) {
     for row in 0..2 * c {
         let (rb, r) = (row / c, row % c);
         for col in 0..cols {
-            let cb = col / (ops * c);
-            let j = (col % (ops * c)) / c;
-            let oc = col % c;
+            let (j, cb, oc) = (col / (2 * c), (col / c) % 2, col % c);
             let base = j * c * c;
             let (i, s) = match (rb, cb) {
                 (0, 0) | (1, 1) => (base + r.min(oc) * c + r.max(oc), 1.0),
@@ -209,11 +209,22 @@ fn unpack_plan(ops: usize, c: usize) -> (Vec<usize>, Vec<f64>) {
                 }
                 _ => im(base, r, oc),
             };
-            idx.push(i);
-            sign.push(s);
+            let len = ops * c * c;
+            idx.push(if s > 0.0 {
+                i
+            } else if s < 0.0 {
+                len + i
+            } else {
+                2 * len
+            });
         }
     }
-    (idx, sign)
+    idx
+}
+
+/// Gather indices from `[Re A, Im A]` (`[2 C C]`) to the packed `[C C]`.
+fn pack_plan(c: usize) -> Vec<usize> {
+    (0..c * c).map(|i| if i / c <= i % c { i } else { c * c + i }).collect()
 }
 
 /// Splits packed features `[F, n, 2C]` into the complex half spectrum `[F, n, C]`.
@@ -230,7 +241,7 @@ pub(crate) fn pack_features<B: Backend>(v: &ComplexTensor<B>) -> Tensor<B> {
 impl<B: Backend> InvariantReduNet<B> {
     fn empty(backend: &B, domain: Domain, channels: usize, classes: usize, config: InvariantConfig) -> Self {
         let w = domain.weights();
-        let (unpack_index, sign) = unpack_plan(classes + 1, channels);
+        let unpack_index = unpack_plan(classes + 1, channels);
         InvariantReduNet {
             domain,
             channels,
@@ -241,7 +252,7 @@ impl<B: Backend> InvariantReduNet<B> {
             weights: Tensor::from_f64(backend, &w, &[w.len(), 1]),
             gamma_row: Tensor::zeros(backend, &[1, classes]),
             unpack_index,
-            unpack_sign: Tensor::from_f64(backend, &sign, &[1, sign.len()]),
+            pack_index: pack_plan(channels),
         }
     }
 
@@ -265,7 +276,7 @@ impl<B: Backend> InvariantReduNet<B> {
         net.gamma = groups.iter().map(|g| g.len() as f64 / m as f64).collect();
         net.gamma_row = Tensor::from_f64(x.backend(), &net.gamma, &[1, classes]);
 
-        let mut v = net.to_spectra(x);
+        let mut v = net.signals_to_spectra(x);
         let mut record = ConstructionRecord {
             rates_true: Vec::with_capacity(config.layers + 1),
             rates_code: Vec::with_capacity(config.layers),
@@ -309,7 +320,7 @@ impl<B: Backend> InvariantReduNet<B> {
     }
 
     /// Normalised signals to packed half spectra `[F, m, 2C]` (unitary DFT).
-    fn to_spectra(&self, x: &Tensor<B>) -> Tensor<B> {
+    fn signals_to_spectra(&self, x: &Tensor<B>) -> Tensor<B> {
         pack_features(&self.domain.forward(&normalise_signals(x), FftNorm::Ortho))
     }
 
@@ -318,40 +329,52 @@ impl<B: Backend> InvariantReduNet<B> {
         normalise_signals(&self.domain.inverse(&unpack_features(v), FftNorm::Ortho))
     }
 
-    /// `I + a_g S_g(f)` for each group (`None` = all samples), stacked `[groups, F, C, C]`.
-    fn regularised_covariances(&self, v: &Tensor<B>, groups: &[(Option<&[usize]>, f64)]) -> ComplexTensor<B> {
+    /// `S_g(f) + I / a_g` for all samples (`g = 0`, `alphas[0]`) and for
+    /// each class group (`alphas[1..]`), stacked `[F, 1 + groups, C, C]`: its
+    /// inverse is the operator `a_g (I + a_g S_g)^-1` itself. The classes
+    /// partition the samples, so `S = sum_j S_j`.
+    fn shifted_covariances(&self, v: &Tensor<B>, groups: &[&[usize]], alphas: &[f64]) -> ComplexTensor<B> {
         let c = self.channels;
-        let eye = Tensor::eye(v.backend(), c);
-        let (mut res, mut ims) = (Vec::new(), Vec::new());
-        for &(idx, a) in groups {
-            let xg = match idx {
-                Some(i) => v.index_select(1, i),
-                None => v.clone(),
-            };
-            // G = X^T X = [[RR, RI], [IR, II]]; S = sum v v^H: Re = RR + II, Im = IR - RI.
-            let g = xg.matmul_t(&xg, true, false);
-            let top = g.narrow(1, 0, c);
-            let bottom = g.narrow(1, c, c);
-            let (rr, ri) = (top.narrow(2, 0, c), top.narrow(2, c, c));
-            let (ir, ii) = (bottom.narrow(2, 0, c), bottom.narrow(2, c, c));
-            let f = g.dim(0);
-            res.push(rr.add(&ii).scale(a).add(&eye).reshape(&[1, f, c, c]));
-            ims.push(ir.sub(&ri).scale(a).reshape(&[1, f, c, c]));
+        let f = v.dim(0);
+        let ng = groups.len() + 1;
+        let (vr, vi) = (v.narrow(2, 0, c), v.narrow(2, c, c));
+        // S_j = sum_i v_i v_i^H: Re = Vr^T Vr + Vi^T Vi, Im = Vi^T Vr - Vr^T Vi.
+        let mut res: Vec<Tensor<B>> = Vec::with_capacity(ng);
+        let mut ims: Vec<Tensor<B>> = Vec::with_capacity(ng);
+        for idx in groups {
+            let (r, i) = (vr.index_select(1, idx), vi.index_select(1, idx));
+            let re = r.matmul_t(&r, true, false).add(&i.matmul_t(&i, true, false));
+            let im = i.matmul_t(&r, true, false).sub(&r.matmul_t(&i, true, false));
+            res.push(re.reshape(&[f, 1, c, c]));
+            ims.push(im.reshape(&[f, 1, c, c]));
         }
-        let res: Vec<&Tensor<B>> = res.iter().collect();
-        let ims: Vec<&Tensor<B>> = ims.iter().collect();
-        ComplexTensor::new(Tensor::cat(&res, 0), Tensor::cat(&ims, 0))
+        let sum = |parts: &[Tensor<B>]| parts[1..].iter().fold(parts[0].clone(), |acc, p| acc.add(p));
+        let (all_re, all_im) = (sum(&res), sum(&ims));
+        res.insert(0, all_re);
+        ims.insert(0, all_im);
+        let mut shift = vec![0.0; ng * c * c];
+        for (gi, a) in alphas.iter().enumerate() {
+            for d in 0..c {
+                shift[gi * c * c + d * c + d] = 1.0 / a;
+            }
+        }
+        let shift = Tensor::from_f64(v.backend(), &shift, &[1, ng, c, c]);
+        let re = Tensor::cat(&res.iter().collect::<Vec<_>>(), 1).add(&shift);
+        let im = Tensor::cat(&ims.iter().collect::<Vec<_>>(), 1);
+        ComplexTensor::new(re, im)
     }
 
     fn alpha(&self, samples: usize) -> f64 {
         self.channels as f64 / (samples as f64 * self.config.eps_sq)
     }
 
-    /// `sum_f w_f logdet M_g(f)` for each group.
-    fn weighted_logdets(&self, m: &ComplexTensor<B>) -> Result<Vec<f64>> {
-        let ld = m.herm_logdet()?; // [groups, F]
-        let w = self.weights.reshape(&[1, self.domain.stored_frequencies()]);
-        Ok(ld.mul(&w).sum_axis(1, false).to_f64_vec())
+    /// `sum_f w_f logdet(I + a_g S_g(f))` for each group, from `M_g = S_g + I/a_g`:
+    /// `logdet(I + a S) = logdet M + C ln a`.
+    fn weighted_logdets(&self, m: &ComplexTensor<B>, alphas: &[f64]) -> Result<Vec<f64>> {
+        let ld = m.herm_logdet()?.mul(&self.weights).sum_axis(0, false).to_f64_vec(); // [groups]
+        let n = self.domain.size() as f64;
+        let c = self.channels as f64;
+        Ok(ld.iter().zip(alphas).map(|(l, a)| l + n * c * a.ln()).collect())
     }
 
     /// Rates from the weighted log-determinants of (all, class 1, .., class k).
@@ -362,36 +385,38 @@ impl<B: Backend> InvariantReduNet<B> {
         Rates { r, rc, delta_r: r - rc }
     }
 
+    /// The non-empty class groups and the `alpha`s of (all samples, each of them).
+    fn group_spec<'a>(&self, m: usize, groups: &'a [Vec<usize>]) -> (Vec<&'a [usize]>, Vec<f64>) {
+        let nonempty: Vec<&[usize]> = groups.iter().filter(|g| !g.is_empty()).map(|g| g.as_slice()).collect();
+        let mut alphas = vec![self.alpha(m)];
+        alphas.extend(nonempty.iter().map(|g| self.alpha(g.len())));
+        (nonempty, alphas)
+    }
+
     /// Rates of packed features with the given class groups (empty classes contribute nothing).
     fn rates_of(&self, v: &Tensor<B>, groups: &[Vec<usize>]) -> Result<Rates> {
         let m = v.dim(1);
-        let mut spec: Vec<(Option<&[usize]>, f64)> = vec![(None, self.alpha(m))];
-        let mut sizes = Vec::new();
-        for g in groups.iter().filter(|g| !g.is_empty()) {
-            spec.push((Some(g.as_slice()), self.alpha(g.len())));
-            sizes.push(g.len());
-        }
-        let ld = self.weighted_logdets(&self.regularised_covariances(v, &spec))?;
+        let (nonempty, alphas) = self.group_spec(m, groups);
+        let ld = self.weighted_logdets(&self.shifted_covariances(v, &nonempty, &alphas), &alphas)?;
+        let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
         Ok(self.rates_from(&ld, &sizes, m))
     }
 
-    /// Builds one layer's operators from the features entering it, with the rates of those features.
+    /// Builds one layer's operators from the features entering it, with the
+    /// rates of those features (every class is non-empty here).
     fn build_layer(&self, v: &Tensor<B>, groups: &[Vec<usize>]) -> Result<(InvariantLayer<B>, Rates)> {
         let m = v.dim(1);
         let c = self.channels;
-        let mut spec: Vec<(Option<&[usize]>, f64)> = vec![(None, self.alpha(m))];
-        spec.extend(groups.iter().map(|g| (Some(g.as_slice()), self.alpha(g.len()))));
-        let alphas: Vec<f64> = spec.iter().map(|s| s.1).collect();
-        let mats = self.regularised_covariances(v, &spec);
-        let ld = self.weighted_logdets(&mats)?;
-        let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        let (nonempty, alphas) = self.group_spec(m, groups);
+        let mats = self.shifted_covariances(v, &nonempty, &alphas); // [F, k+1, C, C]
+        let ld = self.weighted_logdets(&mats, &alphas)?;
+        let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
         let rates = self.rates_from(&ld, &sizes, m);
-        let g = alphas.len();
-        let a = Tensor::from_f64(v.backend(), &alphas, &[g, 1, 1, 1]);
-        let inv = mats.herm_inverse()?; // [g, F, C, C]
-        let (re, im) = (inv.re.mul(&a).permute(&[1, 0, 2, 3]), inv.im.mul(&a).permute(&[1, 0, 2, 3]));
-        let (upper, lower) = triangle_masks(v.backend(), c);
-        let packed = re.mul(&upper).add(&im.mul(&lower));
+        // (S + I/a)^-1 = a (I + a S)^-1: E and C^j directly.
+        let inv = mats.herm_inverse()?;
+        let (f, g) = (v.dim(0), alphas.len());
+        let both = Tensor::cat(&[&inv.re.reshape(&[f, g, c * c]), &inv.im.reshape(&[f, g, c * c])], 2);
+        let packed = both.index_select(2, &self.pack_index).reshape(&[f, g, c, c]);
         Ok((InvariantLayer { packed }, rates))
     }
 
@@ -399,12 +424,10 @@ impl<B: Backend> InvariantReduNet<B> {
     fn real_operand(&self, layer: &InvariantLayer<B>) -> Tensor<B> {
         let f = self.domain.stored_frequencies();
         let (c, g) = (self.channels, self.classes + 1);
-        layer
-            .packed
-            .reshape(&[f, g * c * c])
-            .index_select(1, &self.unpack_index)
-            .mul(&self.unpack_sign)
-            .reshape(&[f, 2 * c, 2 * g * c])
+        let p = layer.packed.reshape(&[f, g * c * c]);
+        // gather from [P, -P, 0] so that the signs come with the indices
+        let src = Tensor::cat(&[&p, &p.neg(), &Tensor::zeros(p.backend(), &[f, 1])], 1);
+        src.index_select(1, &self.unpack_index).reshape(&[f, 2 * c, 2 * g * c])
     }
 
     /// Per-sample norms over the full spectrum of packed features `[F, n, D]`: `[n]`.
@@ -420,19 +443,22 @@ impl<B: Backend> InvariantReduNet<B> {
     /// One layer on packed features `[F, n, 2C]`: the new features and `pi` (`[n, k]`).
     fn apply(&self, w: &Tensor<B>, v: &Tensor<B>) -> (Tensor<B>, Tensor<B>) {
         let (f, n, c2) = (v.dim(0), v.dim(1), v.dim(2));
-        let (c, k) = (c2 / 2, self.classes);
+        let k = self.classes;
         let g = k + 1;
         let (eta, lambda) = (self.config.eta, self.config.lambda);
-        // [Re | Im] of (E v, C^1 v, .., C^k v) at every frequency.
-        let y = v.matmul(w).reshape(&[f, n, 2, g, c]);
-        // ||A_j v||^2 over the full spectrum, [n, g].
-        let sq = y.square().sum_axis(4, false).sum_axis(2, false).mul(&self.weights.reshape(&[f, 1, 1]));
-        let norms = sq.sum_axis(0, false).narrow(1, 1, k).sqrt().clamp_min(1e-8);
+        // [Re | Im] of (E v, C^1 v, .., C^k v) at every frequency, one row per (f, i, j).
+        let y = v.matmul(w).reshape(&[f * n, g, c2]);
+        // ||A_j v||^2 over the full spectrum, [n, g]: diagonals of the per-(f, i) Gram matrices.
+        let diag: Vec<usize> = (0..g).map(|j| j * g + j).collect();
+        let gram = y.matmul_t(&y, false, true).reshape(&[f, n, g * g]).index_select(2, &diag);
+        let sq = gram.mul(&self.weights.reshape(&[f, 1, 1])).sum_axis(0, false);
+        let norms = sq.narrow(1, 1, k).sqrt().clamp_min(1e-8);
         let pi = norms.scale(-lambda).softmax(1);
-        // v + eta E v - eta sum_j gamma_j pi_j C^j v
+        // v + eta E v - eta sum_j gamma_j pi_j C^j v, as a (1 x g)(g x 2C) product per (f, i).
         let be = v.backend();
         let coef = Tensor::cat(&[&Tensor::full(be, &[n, 1], eta), &pi.mul(&self.gamma_row).scale(-eta)], 1);
-        let delta = y.mul(&coef.reshape(&[1, n, 1, g, 1])).sum_axis(3, false).reshape(&[f, n, c2]);
+        let coef = coef.reshape(&[1, n * g]).index_select(0, &vec![0; f]).reshape(&[f * n, 1, g]);
+        let delta = coef.matmul(&y).reshape(&[f, n, c2]);
         (self.normalise_spectra(&v.add(&delta)), pi)
     }
 
@@ -512,14 +538,14 @@ impl<B: Backend> InvariantReduNet<B> {
     /// Maps signals (same channels and domain as the training ones) through the frozen layers.
     pub fn transform(&self, x: &Tensor<B>) -> Result<Transformed<B>> {
         self.check_input("invariant ReduNet transform", x)?;
-        let (v, yhat, _) = self.run_layers(self.to_spectra(x), false);
+        let (v, yhat, _) = self.run_layers(self.signals_to_spectra(x), false);
         Ok(Transformed { features: self.spectra_to_signals(&v), yhat, spectra: Vec::new() })
     }
 
     /// [`Self::transform`] keeping the half spectra `[F, n, C]` entering every layer and leaving the last.
     pub fn transform_traced(&self, x: &Tensor<B>) -> Result<Transformed<B>> {
         self.check_input("invariant ReduNet transform", x)?;
-        let (v, yhat, spectra) = self.run_layers(self.to_spectra(x), true);
+        let (v, yhat, spectra) = self.run_layers(self.signals_to_spectra(x), true);
         Ok(Transformed { features: self.spectra_to_signals(&v), yhat, spectra })
     }
 
@@ -548,7 +574,7 @@ impl<B: Backend> InvariantReduNet<B> {
         // [F, 1, S, 1] after a transpose of the host layout [S, F].
         let cos = Tensor::from_f64(be, &cos, &[ns, f]).t().reshape(&[f, 1, ns, 1]);
         let sin = Tensor::from_f64(be, &sin, &[ns, f]).t().reshape(&[f, 1, ns, 1]);
-        let (v, _, _) = self.run_layers(self.to_spectra(x), false);
+        let (v, _, _) = self.run_layers(self.signals_to_spectra(x), false);
         let c = self.channels;
         let per = (self.config.chunk / ns).max(1);
         let mut parts = Vec::new();
@@ -674,11 +700,4 @@ impl<B: Backend> InvariantReduNet<B> {
         shape.extend(self.domain.dims());
         Ok(k.reshape(&shape))
     }
-}
-
-/// `[C, C]` masks of the upper triangle with the diagonal and of the strict lower triangle.
-fn triangle_masks<B: Backend>(backend: &B, c: usize) -> (Tensor<B>, Tensor<B>) {
-    let up: Vec<f64> = (0..c * c).map(|i| if i / c <= i % c { 1.0 } else { 0.0 }).collect();
-    let lo: Vec<f64> = up.iter().map(|u| 1.0 - u).collect();
-    (Tensor::from_f64(backend, &up, &[c, c]), Tensor::from_f64(backend, &lo, &[c, c]))
 }
