@@ -39,13 +39,16 @@ fn bench_precision<T: CpuElem>(c: &mut Criterion, engine: Engine, layers: usize)
     group.bench_function(format!("build_{tag}"), |b| {
         b.iter(|| {
             let (net, trace) =
-                ReduNet::build_with(&x, &train.labels, config(engine, layers), &Record::default()).expect("build");
+                ReduNet::build_with(&x, &train.labels, config(engine, layers), &Record::default())
+                    .expect("build");
             black_box((net.depth(), trace.rates_true.len()))
         })
     });
     let (net, _) = ReduNet::build_with(&x, &train.labels, config(engine, layers), &Record::output_only())
         .expect("build");
-    group.bench_function(format!("transform_{tag}"), |b| b.iter(|| black_box(net.transform(&xt).expect("transform"))));
+    group.bench_function(format!("transform_{tag}"), |b| {
+        b.iter(|| black_box(net.transform(&xt).expect("transform")))
+    });
     group.finish();
 }
 
@@ -59,8 +62,13 @@ fn memory_report() {
     let be = CpuBackend::<f64>::new();
     let before = peak_rss_kib();
     let (train, test) = data();
-    let (net, trace) = ReduNet::build_with(&train.tensor(&be), &train.labels, config(Engine::Auto, LAYERS), &Record::default())
-        .expect("build");
+    let (net, trace) = ReduNet::build_with(
+        &train.tensor(&be),
+        &train.labels,
+        config(Engine::Auto, LAYERS),
+        &Record::default(),
+    )
+    .expect("build");
     let out = net.transform(&test.tensor(&be)).expect("transform");
     let last = trace.rates_true.last().map(|r| r.delta_r).unwrap_or(f64::NAN);
     eprintln!(

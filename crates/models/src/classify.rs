@@ -48,12 +48,16 @@ impl<B: Backend> NearestSubspace<B> {
             return Err(config(format!("{op}: {} labels for {m} samples", labels.len())));
         }
         if components == 0 || components > d {
-            return Err(config(format!("{op}: components = {components} must be in 1..={d} (the dimension)")));
+            return Err(config(format!(
+                "{op}: components = {components} must be in 1..={d} (the dimension)"
+            )));
         }
         let mut members = vec![Vec::new(); num_classes];
         for (i, &l) in labels.iter().enumerate() {
             if l >= num_classes {
-                return Err(config(format!("{op}: labels[{i}] = {l} is not below num_classes = {num_classes}")));
+                return Err(config(format!(
+                    "{op}: labels[{i}] = {l} is not below num_classes = {num_classes}"
+                )));
             }
             members[l].push(i);
         }
@@ -95,13 +99,13 @@ impl<B: Backend> NearestSubspace<B> {
         let op = "NearestSubspace::residuals";
         let (n, d) = check_matrix(z, op, "features")?;
         if d != self.dim {
-            return Err(config(format!("{op}: features have {d} columns, the classifier was fitted on {}", self.dim)));
+            return Err(config(format!(
+                "{op}: features have {d} columns, the classifier was fitted on {}",
+                self.dim
+            )));
         }
-        let cols: Vec<Tensor<B>> = self
-            .bases
-            .iter()
-            .map(|u| z.sub(&z.matmul(u).matmul_t(u, false, true)).norm_axis(1))
-            .collect();
+        let cols: Vec<Tensor<B>> =
+            self.bases.iter().map(|u| z.sub(&z.matmul(u).matmul_t(u, false, true)).norm_axis(1)).collect();
         let refs: Vec<&Tensor<B>> = cols.iter().collect();
         Ok(Tensor::cat(&refs, 1).reshape(&[n, self.bases.len()]))
     }

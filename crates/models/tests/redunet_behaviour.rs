@@ -35,7 +35,8 @@ fn figure_4_5_classes_become_orthogonal_and_separable() {
     let (k, d, layers) = (3, 3, 300);
     let train = gaussians(k, d, 150, 0.1, 11).expect("train");
     let test = gaussians(k, d, 100, 0.1, 12).expect("test");
-    let (net, trace) = ReduNet::build(&train.tensor(&be), &train.labels, ReduNetConfig::new(k, layers)).expect("build");
+    let (net, trace) =
+        ReduNet::build(&train.tensor(&be), &train.labels, ReduNetConfig::new(k, layers)).expect("build");
 
     // The rate reduction rises to its value for k orthogonal lines (each class
     // collapsed to one direction): sum_j 1/2 log(1 + alpha m_j) - gamma_j 1/2 log(1 + alpha_j m_j).
@@ -66,7 +67,8 @@ fn figure_4_5_classes_become_orthogonal_and_separable() {
     let ns = NearestSubspace::fit(&trace.output, &train.labels, k, 1).expect("fit");
     let acc_ns = accuracy(&ns.predict(&z_test).expect("predict"), &test.labels).expect("acc");
     let acc_knn =
-        accuracy(&knn_predict(&trace.output, &train.labels, &z_test, 5).expect("knn"), &test.labels).expect("acc");
+        accuracy(&knn_predict(&trace.output, &train.labels, &z_test, 5).expect("knn"), &test.labels)
+            .expect("acc");
     assert!(acc_ns >= 0.99, "nearest-subspace test accuracy {acc_ns}");
     assert!(acc_knn >= 0.99, "kNN test accuracy {acc_knn}");
 }
@@ -115,7 +117,8 @@ fn adaptive_depth_stops_when_the_gain_is_small() {
         assert!(dr[j] - dr[j - 10] >= 1e-3, "should have stopped after layer {j}");
     }
     // Without rates recorded the rule still applies, and the trace stays empty.
-    let (net2, trace2) = ReduNet::build_with(&x, &data.labels, cfg.clone(), &Record::output_only()).expect("build");
+    let (net2, trace2) =
+        ReduNet::build_with(&x, &data.labels, cfg.clone(), &Record::output_only()).expect("build");
     assert_eq!(net2.depth(), l);
     assert!(trace2.rates_true.is_empty() && trace2.yhat_layers() == 0);
     // A gain that is never reached runs to max_layers.
@@ -181,7 +184,10 @@ fn save_load_roundtrip_and_corrupt_files() {
     assert_eq!(net.transform(&xt).expect("t").to_vec(), back.transform(&xt).expect("t").to_vec());
     // Loading into f32 works too (values rounded once).
     let b32 = ReduNet::<B32>::load(&B32::new(), &path).expect("load f32");
-    let e = max_abs_diff(&b32.transform(&test.tensor(&B32::new())).expect("t").to_f64_vec(), &net.transform(&xt).expect("t").to_vec());
+    let e = max_abs_diff(
+        &b32.transform(&test.tensor(&B32::new())).expect("t").to_f64_vec(),
+        &net.transform(&xt).expect("t").to_vec(),
+    );
     assert!(e < 1e-4);
 
     // Truncated operators file.
@@ -217,7 +223,10 @@ fn save_load_roundtrip_and_corrupt_files() {
 
     // A manifest that is not JSON, and a missing manifest.
     std::fs::write(manifest_path(&version), "{ not json").expect("write");
-    assert!(ReduNet::<B64>::load(&be, &version).expect_err("json").to_string().contains("not a ReduNet manifest"));
+    assert!(ReduNet::<B64>::load(&be, &version)
+        .expect_err("json")
+        .to_string()
+        .contains("not a ReduNet manifest"));
     std::fs::remove_file(manifest_path(&version)).expect("rm");
     assert!(ReduNet::<B64>::load(&be, &version).expect_err("missing").to_string().contains("version.json"));
     let _ = std::fs::remove_dir_all(path.parent().expect("dir"));

@@ -16,7 +16,14 @@ fn nearest_subspace_picks_the_line_with_the_smallest_residual() {
     // Class 0 on the x axis, class 1 on the y axis, class 2 on the line (0, 1, 1)/sqrt 2.
     let train = t(
         &be,
-        &[[1.0, 0.0, 0.0], [-2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, -1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 2.0, 2.0]],
+        &[
+            [1.0, 0.0, 0.0],
+            [-2.0, 0.0, 0.0],
+            [0.0, 3.0, 0.0],
+            [0.0, -1.0, 0.0],
+            [0.0, 1.0, 1.0],
+            [0.0, 2.0, 2.0],
+        ],
     );
     let labels = [0, 0, 1, 1, 2, 2];
     let ns = NearestSubspace::fit(&train, &labels, 3, 1).expect("fit");
@@ -68,10 +75,10 @@ fn knn_votes_by_cosine_and_breaks_ties_by_the_nearest() {
     let train = t(
         &be,
         &[
-            [1.0, 0.0, 0.0],   // 0: class 0
-            [10.0, 1.0, 0.0],  // 1: class 1, cosine with x ~ 0.995
-            [5.0, 0.0, 1.0],   // 2: class 1, cosine ~ 0.981
-            [0.0, 1.0, 0.0],   // 3: class 2
+            [1.0, 0.0, 0.0],  // 0: class 0
+            [10.0, 1.0, 0.0], // 1: class 1, cosine with x ~ 0.995
+            [5.0, 0.0, 1.0],  // 2: class 1, cosine ~ 0.981
+            [0.0, 1.0, 0.0],  // 3: class 2
         ],
     );
     let labels = [0, 1, 1, 2];

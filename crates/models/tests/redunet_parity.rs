@@ -87,28 +87,53 @@ fn check_fixture(name: &str) {
         let yh = f.labels("yhat_layers").expect("yhat_layers");
         assert_eq!(tr.yhat_layers(), layers);
         for l in 0..layers {
-            labels_equal(&format!("yhat_layers[{l}]"), engine, tr.yhat(l).expect("yhat"), &yh[l * m..(l + 1) * m]);
+            labels_equal(
+                &format!("yhat_layers[{l}]"),
+                engine,
+                tr.yhat(l).expect("yhat"),
+                &yh[l * m..(l + 1) * m],
+            );
         }
 
         // Operators and class weights.
         close("gam", engine, net.gamma(), &f.get("gam").expect("gam").data);
         close("E_layer0", engine, &net.layers()[0].expansion().to_vec(), &f.get("E_layer0").expect("E").data);
-        close("C_layer0", engine, &net.layers()[0].compression().to_vec(), &f.get("C_layer0").expect("C").data);
+        close(
+            "C_layer0",
+            engine,
+            &net.layers()[0].compression().to_vec(),
+            &f.get("C_layer0").expect("C").data,
+        );
         let el = f.get("E_layers").expect("E_layers");
         let cl = f.get("C_layers").expect("C_layers");
         assert_eq!(el.shape, vec![layers, d, d]);
         assert_eq!(cl.shape, vec![layers, k, d, d]);
         for (l, layer) in net.layers().iter().enumerate() {
             assert_eq!(layer.gamma(), net.gamma());
-            close(&format!("E_layers[{l}]"), engine, &layer.expansion().to_vec(), &el.data[l * d * d..(l + 1) * d * d]);
+            close(
+                &format!("E_layers[{l}]"),
+                engine,
+                &layer.expansion().to_vec(),
+                &el.data[l * d * d..(l + 1) * d * d],
+            );
             let ck = k * d * d;
-            close(&format!("C_layers[{l}]"), engine, &layer.compression().to_vec(), &cl.data[l * ck..(l + 1) * ck]);
+            close(
+                &format!("C_layers[{l}]"),
+                engine,
+                &layer.compression().to_vec(),
+                &cl.data[l * ck..(l + 1) * ck],
+            );
         }
 
         // Held-out data through the frozen layers (no labels).
         let rec = Record { rates: false, yhat: true, features: LayerSet::Only(vec![5]) };
         let te = net.transform_with(&x_test, &rec).expect("transform");
-        close("Z_test_layer5", engine, &te.feature(5).expect("layer 5").to_vec(), &f.get("Z_test_layer5").expect("t5").data);
+        close(
+            "Z_test_layer5",
+            engine,
+            &te.feature(5).expect("layer 5").to_vec(),
+            &f.get("Z_test_layer5").expect("t5").data,
+        );
         close("Z_test_final", engine, &te.output.to_vec(), &f.get("Z_test_final").expect("tf").data);
         let out_only = net.transform(&x_test).expect("transform");
         assert_eq!(out_only.to_vec(), te.output.to_vec(), "{engine:?}: transform and transform_with differ");
@@ -163,7 +188,9 @@ fn fused_engine_equals_tensor_reference() {
         let e = max_abs_diff(&a.1.feature(l).expect("f").to_vec(), &b.1.feature(l).expect("f").to_vec());
         assert!(e < 1e-12, "layer {l}: engines differ by {e:e}");
     }
-    for (ra, rb) in a.1.rates_true.iter().zip(&b.1.rates_true).chain(a.1.rates_code.iter().zip(&b.1.rates_code)) {
+    for (ra, rb) in
+        a.1.rates_true.iter().zip(&b.1.rates_true).chain(a.1.rates_code.iter().zip(&b.1.rates_code))
+    {
         assert!((ra.r - rb.r).abs() < 1e-12 && (ra.rc - rb.rc).abs() < 1e-12, "{ra:?} vs {rb:?}");
     }
     for l in 0..12 {

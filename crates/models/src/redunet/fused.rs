@@ -9,13 +9,18 @@
 //! only work outside the pass is `k + 1` Cholesky factorisations of `d x d`
 //! matrices, which give the next operators and the log-determinants of the
 //! rates together.
+//!
+//! The loops are plain Rust written so that the compiler vectorises them; the
+//! passes run under `pulp::Arch::dispatch`, which compiles them a second time
+//! for AVX2 and picks that copy at run time where the CPU has it (IEEE
+//! operations without contraction: the same values either way).
 
 use super::{
-    counts_of, rates_from_logdets, Layer, ReduNet, ReduNetConfig, Record, Scales, Trace, NORM_FLOOR,
+    counts_of, rates_from_logdets, Layer, Record, ReduNet, ReduNetConfig, Scales, Trace, NORM_FLOOR,
 };
 use crate::Result;
-use rate_core::{Backend, Element, Rates, Tensor};
 use num_traits::Zero;
+use rate_core::{Backend, Element, Rates, Tensor};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -56,8 +61,15 @@ pub(super) fn exp_nonpositive(x: f64) -> f64 {
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     // Estrin's scheme: a short dependency chain, so that lanes overlap.
     let c = &INV_FACT;
-    let (r2, q0, q1, q2, q3, q4, q5) =
-        (r * r, c[0] + c[1] * r, c[2] + c[3] * r, c[4] + c[5] * r, c[6] + c[7] * r, c[8] + c[9] * r, c[10] + c[11] * r);
+    let (r2, q0, q1, q2, q3, q4, q5) = (
+        r * r,
+        c[0] + c[1] * r,
+        c[2] + c[3] * r,
+        c[4] + c[5] * r,
+        c[6] + c[7] * r,
+        c[8] + c[9] * r,
+        c[10] + c[11] * r,
+    );
     let r4 = r2 * r2;
     let (s0, s1, s2) = (q0 + q1 * r2, q2 + q3 * r2, q4 + q5 * r2 + c[12] * r4);
     let p = (s0 + s1 * r4) + s2 * (r4 * r4);
@@ -199,7 +211,7 @@ impl<T: Element> Blocks<T> {
 }
 
 /// Adds the lane-wise products `z_a z_b` (`a <= b`) of one block into `lanes`.
-#[inline]
+#[inline(always)]
 fn gram_lanes<T: Element>(z: &[T], d: usize, lanes: &mut [T]) {
     let mut p = 0;
     for a in 0..d {
@@ -295,7 +307,7 @@ struct Kernel<'a, T> {
 impl<T: Element> Kernel<'_, T> {
     /// Applies the layer map to the `BLOCK` samples of `z` in place; writes
     /// the argmax membership of each lane into `yhat` when given.
-    #[inline]
+    #[inline(always)]
     fn block(&self, z: &mut [T], sc: &mut Scratch<T>, yhat: Option<&mut [u32]>) {
         match self.d {
             1 => self.block_small::<1>(z, sc, yhat),
@@ -313,7 +325,7 @@ impl<T: Element> Kernel<'_, T> {
     /// [`Self::block_any`] with the dimension known at compile time, so that
     /// the sums over features unroll and each response row is written once.
     /// Same operations in the same order, so the same values.
-    #[inline]
+    #[inline(always)]
     fn block_small<const D: usize>(&self, z: &mut [T], sc: &mut Scratch<T>, yhat: Option<&mut [u32]>) {
         let k = self.k;
         let (floor, lambda, eta) = (self.floor, self.lambda, self.eta);
@@ -425,7 +437,7 @@ impl<T: Element> Kernel<'_, T> {
 
     /// The layer map for any dimension: every loop runs over the lanes of one
     /// row of the scratch space, so it vectorises.
-    #[inline]
+    #[inline(always)]
     fn block_any(&self, z: &mut [T], sc: &mut Scratch<T>, yhat: Option<&mut [u32]>) {
         let (d, k) = (self.d, self.k);
         let z = &mut z[..d * BLOCK];
@@ -551,6 +563,7 @@ impl<T: Element> Kernel<'_, T> {
         let (d, k) = (self.d, self.k);
         let ngroups = blocks.groups.len();
         let group_of = &blocks.group_of_block;
+        let arch = pulp::Arch::new();
         let chunk_partials: Vec<Vec<f64>> = blocks
             .data
             .par_chunks_mut(CHUNK_BLOCKS * d * BLOCK)
@@ -570,8 +583,8 @@ impl<T: Element> Kernel<'_, T> {
                             sc.lanes.fill(T::zero());
                             current = g;
                         }
-                        self.block(z, sc, Some(&mut yhat[bi * BLOCK..(bi + 1) * BLOCK]));
-                        gram_lanes(z, d, &mut sc.lanes);
+                        let yhat = Some(&mut yhat[bi * BLOCK..(bi + 1) * BLOCK]);
+                        arch.dispatch(BlockOp { kernel: self, z, sc, yhat, gram: true });
                     }
                     add_lanes(&sc.lanes, d, &mut out[current * d * d..(current + 1) * d * d]);
                     out
@@ -583,6 +596,29 @@ impl<T: Element> Kernel<'_, T> {
             for (g, p) in grams.iter_mut().zip(part) {
                 *g += p;
             }
+        }
+    }
+}
+
+/// One block through one layer, plus its covariance lanes when `gram`: the
+/// unit handed to `pulp`, whose body (all `#[inline(always)]`) is compiled
+/// once per instruction set and chosen at run time.
+struct BlockOp<'a, 'k, T> {
+    kernel: &'a Kernel<'k, T>,
+    z: &'a mut [T],
+    sc: &'a mut Scratch<T>,
+    yhat: Option<&'a mut [u32]>,
+    gram: bool,
+}
+
+impl<T: Element> pulp::WithSimd for BlockOp<'_, '_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        self.kernel.block(self.z, self.sc, self.yhat);
+        if self.gram {
+            gram_lanes(self.z, self.kernel.d, &mut self.sc.lanes);
         }
     }
 }
@@ -682,7 +718,10 @@ impl Factored {
     }
 
     fn rates_true(&self, scales: &Scales) -> Rates {
-        rates_from_logdets(self.logdet_total, scales.gamma.iter().copied().zip(self.logdet_class.iter().copied()))
+        rates_from_logdets(
+            self.logdet_total,
+            scales.gamma.iter().copied().zip(self.logdet_class.iter().copied()),
+        )
     }
 }
 
@@ -803,7 +842,8 @@ fn build_in_pool<B: Backend>(
         rates_true.clear();
         rates_code.clear();
     }
-    let trace = Trace { output: blocks.tensor(be), rates_true, rates_code, features, yhat: yhat_all, samples: m };
+    let trace =
+        Trace { output: blocks.tensor(be), rates_true, rates_code, features, yhat: yhat_all, samples: m };
     Ok((layers, trace))
 }
 
@@ -832,6 +872,7 @@ pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Re
     let nblocks = blocks.slots() / BLOCK;
     let chunk_blocks = nblocks.div_ceil(4 * rayon::current_num_threads()).max(1);
     let eta = B::Elem::of(net.config.eta);
+    let arch = pulp::Arch::new();
     let chunks: Vec<ChunkRecord<B::Elem>> = blocks
         .data
         .par_chunks_mut(chunk_blocks * d * BLOCK)
@@ -856,14 +897,14 @@ pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Re
                         lambda: net.config.lambda,
                         floor: B::Elem::of(NORM_FLOOR),
                     };
-                    for (bi, zb) in data.chunks_exact_mut(d * BLOCK).enumerate() {
-                        let yh = if record.yhat {
+                    for (bi, z) in data.chunks_exact_mut(d * BLOCK).enumerate() {
+                        let yhat = if record.yhat {
                             let at = l * slots + bi * BLOCK;
                             Some(&mut rec.yhat[at..at + BLOCK])
                         } else {
                             None
                         };
-                        kernel.block(zb, sc, yh);
+                        arch.dispatch(BlockOp { kernel: &kernel, z, sc, yhat, gram: false });
                     }
                     if recorded.contains(&(l + 1)) {
                         rec.snapshots.push(data.to_vec());
@@ -891,7 +932,13 @@ pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Re
     let mut features = Vec::new();
     for (r, &l) in recorded.iter().enumerate() {
         let data: Vec<B::Elem> = chunks.iter().flat_map(|c| c.snapshots[r].iter().copied()).collect();
-        let snap = Blocks { d, data, slot_of: blocks.slot_of.clone(), groups: Vec::new(), group_of_block: Vec::new() };
+        let snap = Blocks {
+            d,
+            data,
+            slot_of: blocks.slot_of.clone(),
+            groups: Vec::new(),
+            group_of_block: Vec::new(),
+        };
         features.push((l, snap.tensor(be)));
     }
     blocks.normalise();

@@ -219,7 +219,11 @@ impl ReduNetConfig {
                 if max_layers == 0 {
                     bad("depth.max_layers", "0".into(), "must be at least 1")
                 } else if window == 0 || window > max_layers {
-                    bad("depth.window", window.to_string(), &format!("must be in 1..={max_layers} (max_layers)"))
+                    bad(
+                        "depth.window",
+                        window.to_string(),
+                        &format!("must be in 1..={max_layers} (max_layers)"),
+                    )
                 } else if !min_gain.is_finite() {
                     bad("depth.min_gain", min_gain.to_string(), "must be finite")
                 } else {
@@ -349,7 +353,11 @@ impl<B: Backend> Layer<B> {
 
     /// The compression operators `C_j` (4.1.4), `k x d x d`.
     pub fn compression(&self) -> Tensor<B> {
-        self.operators.narrow(0, self.dim, self.classes * self.dim).reshape(&[self.classes, self.dim, self.dim])
+        self.operators.narrow(0, self.dim, self.classes * self.dim).reshape(&[
+            self.classes,
+            self.dim,
+            self.dim,
+        ])
     }
 
     /// The class weights `gamma_j = m_j / m` (true training labels).

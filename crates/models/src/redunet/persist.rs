@@ -131,7 +131,10 @@ impl<B: Backend> ReduNet<B> {
                 ));
             }
             if let Some(i) = a.data.iter().position(|x| !x.is_finite()) {
-                return Err(format_err(path, format!("tensor `{name}`: non-finite value {} at flat index {i}", a.data[i])));
+                return Err(format_err(
+                    path,
+                    format!("tensor `{name}`: non-finite value {} at flat index {i}", a.data[i]),
+                ));
             }
             Ok(a.data.clone())
         };

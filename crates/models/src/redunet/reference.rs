@@ -6,7 +6,7 @@
 //! classes with fewer samples than `d` take the `m_j x m_j` route (Woodbury
 //! for the operator, Sylvester for the log-determinant).
 
-use super::{rates_from_logdets, Layer, ReduNet, ReduNetConfig, Record, Scales, Trace, NORM_FLOOR};
+use super::{rates_from_logdets, Layer, Record, ReduNet, ReduNetConfig, Scales, Trace, NORM_FLOOR};
 use crate::Result;
 use rate_core::rate::{logdet_i_plus_gram, scaled_regularised_inverse};
 use rate_core::{Backend, Rates, Tensor};
@@ -247,7 +247,8 @@ pub(super) fn build<B: Backend>(
         rates_true.clear();
         rates_code.clear();
     }
-    let trace = Trace { output: normalise_rows(&zl), rates_true, rates_code, features, yhat: yhat_all, samples: m };
+    let trace =
+        Trace { output: normalise_rows(&zl), rates_true, rates_code, features, yhat: yhat_all, samples: m };
     Ok((layers, trace))
 }
 

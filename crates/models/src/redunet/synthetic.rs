@@ -52,7 +52,8 @@ pub fn gaussians(classes: usize, dim: usize, per_class: usize, noise: f64, seed:
     let mut rows = Vec::with_capacity(m);
     for j in 0..classes {
         for _ in 0..per_class {
-            let mut v: Vec<f64> = (0..dim).map(|c| normal.sample(&mut rng) + if c == j { 1.0 } else { 0.0 }).collect();
+            let mut v: Vec<f64> =
+                (0..dim).map(|c| normal.sample(&mut rng) + if c == j { 1.0 } else { 0.0 }).collect();
             let n = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-8);
             v.iter_mut().for_each(|x| *x /= n);
             rows.push((v, j));
