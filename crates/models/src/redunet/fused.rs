@@ -38,8 +38,9 @@ pub(super) const BLOCK: usize = 32;
 pub(super) fn exp_nonpositive(x: f64) -> f64 {
     // Adding 1.5 * 2^52 rounds to an integer held in the low mantissa bits.
     const SHIFT: f64 = 6_755_399_441_055_744.0;
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    // ln 2 split as in fdlibm: the high part has 32 significant bits, so n * LN2_HI is exact.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     const INV_FACT: [f64; 13] = [
         1.0,
         1.0,

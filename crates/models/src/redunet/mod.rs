@@ -214,7 +214,7 @@ impl ReduNetConfig {
             return bad("batch_size", "0".into(), "must be at least 1");
         }
         match self.depth {
-            Depth::Fixed { layers } if layers == 0 => bad("depth.layers", "0".into(), "must be at least 1"),
+            Depth::Fixed { layers: 0 } => bad("depth.layers", "0".into(), "must be at least 1"),
             Depth::Adaptive { max_layers, window, min_gain } => {
                 if max_layers == 0 {
                     bad("depth.max_layers", "0".into(), "must be at least 1")
