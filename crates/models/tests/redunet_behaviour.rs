@@ -231,3 +231,25 @@ fn save_load_roundtrip_and_corrupt_files() {
     assert!(ReduNet::<B64>::load(&be, &version).expect_err("missing").to_string().contains("version.json"));
     let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
 }
+
+/// The fused engine sums covariances over fixed chunks of samples, so the
+/// network does not depend on how many threads ran it.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let data = gaussians(3, 3, 200, 0.1, 21).expect("data");
+    let test = gaussians(3, 3, 50, 0.1, 22).expect("test");
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+        pool.install(|| {
+            let be = B64::new();
+            let (net, trace) =
+                ReduNet::build(&data.tensor(&be), &data.labels, ReduNetConfig::new(3, 40)).expect("build");
+            let out = net.transform(&test.tensor(&be)).expect("transform").to_vec();
+            (trace.output.to_vec(), trace.rates_true, out)
+        })
+    };
+    let (a, b) = (run(1), run(3));
+    assert_eq!(a.0, b.0);
+    assert_eq!(a.1, b.1);
+    assert_eq!(a.2, b.2);
+}

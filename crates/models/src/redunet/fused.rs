@@ -9,6 +9,11 @@
 //! only work outside the pass is `k + 1` Cholesky factorisations of `d x d`
 //! matrices, which give the next operators and the log-determinants of the
 //! rates together.
+//!
+//! The loops are plain Rust written so that the compiler vectorises them; the
+//! passes run under `pulp::Arch::dispatch`, which compiles them a second time
+//! for AVX2 and picks that copy at run time where the CPU has it (IEEE
+//! operations without contraction: the same values either way).
 
 use super::{
     counts_of, rates_from_logdets, Layer, Record, ReduNet, ReduNetConfig, Scales, Trace, NORM_FLOOR,
@@ -33,10 +38,9 @@ pub(super) const BLOCK: usize = 32;
 pub(super) fn exp_nonpositive(x: f64) -> f64 {
     // Adding 1.5 * 2^52 rounds to an integer held in the low mantissa bits.
     const SHIFT: f64 = 6_755_399_441_055_744.0;
-    #[allow(clippy::excessive_precision)]
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-    #[allow(clippy::excessive_precision)]
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    // ln 2 split as in fdlibm: the high part has 32 significant bits, so n * LN2_HI is exact.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     const INV_FACT: [f64; 13] = [
         1.0,
         1.0,
@@ -208,7 +212,7 @@ impl<T: Element> Blocks<T> {
 }
 
 /// Adds the lane-wise products `z_a z_b` (`a <= b`) of one block into `lanes`.
-#[inline]
+#[inline(always)]
 fn gram_lanes<T: Element>(z: &[T], d: usize, lanes: &mut [T]) {
     let mut p = 0;
     for a in 0..d {
@@ -304,7 +308,7 @@ struct Kernel<'a, T> {
 impl<T: Element> Kernel<'_, T> {
     /// Applies the layer map to the `BLOCK` samples of `z` in place; writes
     /// the argmax membership of each lane into `yhat` when given.
-    #[inline]
+    #[inline(always)]
     fn block(&self, z: &mut [T], sc: &mut Scratch<T>, yhat: Option<&mut [u32]>) {
         match self.d {
             1 => self.block_small::<1>(z, sc, yhat),
@@ -322,119 +326,52 @@ impl<T: Element> Kernel<'_, T> {
     /// [`Self::block_any`] with the dimension known at compile time, so that
     /// the sums over features unroll and each response row is written once.
     /// Same operations in the same order, so the same values.
-    #[inline]
+    #[inline(always)]
     fn block_small<const D: usize>(&self, z: &mut [T], sc: &mut Scratch<T>, yhat: Option<&mut [u32]>) {
         let k = self.k;
         let (floor, lambda, eta) = (self.floor, self.lambda, self.eta);
         let z = &mut z[..D * BLOCK];
         let w = &self.w[..(k + 1) * D * D];
         // C_j z, its norm and the exponent -lambda max(||C_j z||, floor) (4.1.11).
-        let top = &mut sc.top;
-        top.fill(f64::NEG_INFINITY);
+        sc.top.fill(f64::NEG_INFINITY);
         for j in 0..k {
             let ys = &mut sc.resp[j * D * BLOCK..(j + 1) * D * BLOCK];
-            for r in 0..D {
-                let wr = &w[((j + 1) * D + r) * D..((j + 1) * D + r + 1) * D];
-                let y = &mut ys[r * BLOCK..(r + 1) * BLOCK];
-                for i in 0..BLOCK {
-                    let mut a = wr[0] * z[i];
-                    for c in 1..D {
-                        a = a + wr[c] * z[c * BLOCK + i];
-                    }
-                    y[i] = a;
-                }
+            for (r, y) in ys.chunks_exact_mut(BLOCK).enumerate() {
+                rows::combine::<T, D>(y, &w[((j + 1) * D + r) * D..], z);
             }
-            let s = &mut sc.expo[j * BLOCK..(j + 1) * BLOCK];
-            for i in 0..BLOCK {
-                let mut n2 = ys[i] * ys[i];
-                for r in 1..D {
-                    n2 = n2 + ys[r * BLOCK + i] * ys[r * BLOCK + i];
-                }
-                let n = n2.sqrt();
-                let v = -lambda * (if n > floor { n } else { floor }).f64();
-                s[i] = v;
-                top[i] = if v > top[i] { v } else { top[i] };
-            }
+            rows::exponent::<T, D>(&mut sc.expo[j * BLOCK..], &mut sc.top, ys, lambda, floor);
         }
-        let sum = &mut sc.sum;
-        sum.fill(0.0);
-        for j in 0..k {
-            let e = &mut sc.expo[j * BLOCK..(j + 1) * BLOCK];
-            for i in 0..BLOCK {
-                let v = exp_nonpositive(e[i] - top[i]);
-                e[i] = v;
-                sum[i] += v;
-            }
+        sc.sum.fill(0.0);
+        for e in sc.expo[..k * BLOCK].chunks_exact_mut(BLOCK) {
+            rows::exp_shifted(e, &mut sc.sum, &sc.top);
         }
         if let Some(yhat) = yhat {
-            let best = &mut sc.top;
-            best.fill(f64::NEG_INFINITY);
-            let yhat = &mut yhat[..BLOCK];
-            for j in 0..k {
-                let e = &sc.expo[j * BLOCK..(j + 1) * BLOCK];
-                for i in 0..BLOCK {
-                    let better = e[i] > best[i];
-                    best[i] = if better { e[i] } else { best[i] };
-                    yhat[i] = if better { j as u32 } else { yhat[i] };
-                }
+            sc.top.fill(f64::NEG_INFINITY);
+            for (j, e) in sc.expo[..k * BLOCK].chunks_exact(BLOCK).enumerate() {
+                rows::argmax_step(&mut sc.top, yhat, e, j as u32);
             }
         }
-        for v in sum.iter_mut() {
-            *v = 1.0 / *v;
-        }
-        for j in 0..k {
-            let g = self.gamma[j];
-            let e = &sc.expo[j * BLOCK..(j + 1) * BLOCK];
-            let cf = &mut sc.coef[j * BLOCK..(j + 1) * BLOCK];
-            for i in 0..BLOCK {
-                cf[i] = g * T::of(e[i] * sum[i]);
-            }
+        rows::reciprocal(&mut sc.sum);
+        for (j, (cf, e)) in
+            sc.coef.chunks_exact_mut(BLOCK).zip(sc.expo.chunks_exact(BLOCK)).take(k).enumerate()
+        {
+            rows::coefficient(cf, e, &sc.sum, self.gamma[j]);
         }
         // sum_j gamma_j pi_j C_j z, E z, the update (4.1.12) and the normalisation.
         let (resp, u) = sc.resp.split_at_mut(k * D * BLOCK);
-        let u = &mut u[..D * BLOCK];
         for c in 0..D {
-            let clus = &mut sc.clus;
-            let (cf, y) = (&sc.coef[..BLOCK], &resp[c * BLOCK..(c + 1) * BLOCK]);
-            for i in 0..BLOCK {
-                clus[i] = cf[i] * y[i];
-            }
+            rows::product(&mut sc.clus, &sc.coef, &resp[c * BLOCK..]);
             for j in 1..k {
-                let y = &resp[(j * D + c) * BLOCK..(j * D + c + 1) * BLOCK];
-                let cf = &sc.coef[j * BLOCK..(j + 1) * BLOCK];
-                for i in 0..BLOCK {
-                    clus[i] = clus[i] + cf[i] * y[i];
-                }
+                rows::add_product(&mut sc.clus, &sc.coef[j * BLOCK..], &resp[(j * D + c) * BLOCK..]);
             }
-            let we = &w[c * D..(c + 1) * D];
-            let uc = &mut u[c * BLOCK..(c + 1) * BLOCK];
-            for i in 0..BLOCK {
-                let mut ez = we[0] * z[i];
-                for a in 1..D {
-                    ez = ez + we[a] * z[a * BLOCK + i];
-                }
-                uc[i] = z[c * BLOCK + i] + eta * (ez - clus[i]);
-            }
+            rows::update::<T, D>(&mut u[c * BLOCK..], &w[c * D..], z, c, &sc.clus, eta);
         }
-        let n2 = &mut sc.norm2;
-        for i in 0..BLOCK {
-            let mut s = u[i] * u[i];
-            for c in 1..D {
-                s = s + u[c * BLOCK + i] * u[c * BLOCK + i];
-            }
-            let n = s.sqrt();
-            n2[i] = T::one() / if n > floor { n } else { floor };
-        }
-        for c in 0..D {
-            for i in 0..BLOCK {
-                z[c * BLOCK + i] = u[c * BLOCK + i] * n2[i];
-            }
-        }
+        rows::normalise::<T, D>(z, u, &mut sc.norm2, floor);
     }
 
     /// The layer map for any dimension: every loop runs over the lanes of one
     /// row of the scratch space, so it vectorises.
-    #[inline]
+    #[inline(always)]
     fn block_any(&self, z: &mut [T], sc: &mut Scratch<T>, yhat: Option<&mut [u32]>) {
         let (d, k) = (self.d, self.k);
         let z = &mut z[..d * BLOCK];
@@ -560,6 +497,7 @@ impl<T: Element> Kernel<'_, T> {
         let (d, k) = (self.d, self.k);
         let ngroups = blocks.groups.len();
         let group_of = &blocks.group_of_block;
+        let arch = pulp::Arch::new();
         let chunk_partials: Vec<Vec<f64>> = blocks
             .data
             .par_chunks_mut(CHUNK_BLOCKS * d * BLOCK)
@@ -579,8 +517,8 @@ impl<T: Element> Kernel<'_, T> {
                             sc.lanes.fill(T::zero());
                             current = g;
                         }
-                        self.block(z, sc, Some(&mut yhat[bi * BLOCK..(bi + 1) * BLOCK]));
-                        gram_lanes(z, d, &mut sc.lanes);
+                        let yhat = Some(&mut yhat[bi * BLOCK..(bi + 1) * BLOCK]);
+                        arch.dispatch(BlockOp { kernel: self, z, sc, yhat, gram: true });
                     }
                     add_lanes(&sc.lanes, d, &mut out[current * d * d..(current + 1) * d * d]);
                     out
@@ -592,6 +530,169 @@ impl<T: Element> Kernel<'_, T> {
             for (g, p) in grams.iter_mut().zip(part) {
                 *g += p;
             }
+        }
+    }
+}
+
+/// The loops of [`Kernel::block_small`], one per function: slices passed as
+/// arguments do not alias, which lets the compiler vectorise each loop.
+mod rows {
+    use super::{exp_nonpositive, BLOCK};
+    use rate_core::Element;
+
+    /// `y = sum_c w[c] z_c` over the `D` feature rows of `z`.
+    #[inline(always)]
+    pub(super) fn combine<T: Element, const D: usize>(y: &mut [T], w: &[T], z: &[T]) {
+        let (y, w, z) = (&mut y[..BLOCK], &w[..D], &z[..D * BLOCK]);
+        for i in 0..BLOCK {
+            let mut a = w[0] * z[i];
+            for c in 1..D {
+                a = a + w[c] * z[c * BLOCK + i];
+            }
+            y[i] = a;
+        }
+    }
+
+    /// `s = -lambda max(||y||, floor)` over the `D` rows of `ys`, and the running maximum `top`.
+    #[inline(always)]
+    pub(super) fn exponent<T: Element, const D: usize>(
+        s: &mut [f64],
+        top: &mut [f64; BLOCK],
+        ys: &[T],
+        lambda: f64,
+        floor: T,
+    ) {
+        let (s, ys) = (&mut s[..BLOCK], &ys[..D * BLOCK]);
+        for i in 0..BLOCK {
+            let mut n2 = ys[i] * ys[i];
+            for r in 1..D {
+                n2 = n2 + ys[r * BLOCK + i] * ys[r * BLOCK + i];
+            }
+            let n = n2.sqrt();
+            let v = -lambda * (if n > floor { n } else { floor }).f64();
+            s[i] = v;
+            top[i] = if v > top[i] { v } else { top[i] };
+        }
+    }
+
+    /// `e = exp(e - top)`, added into `sum`.
+    #[inline(always)]
+    pub(super) fn exp_shifted(e: &mut [f64], sum: &mut [f64; BLOCK], top: &[f64; BLOCK]) {
+        let e = &mut e[..BLOCK];
+        for i in 0..BLOCK {
+            let v = exp_nonpositive(e[i] - top[i]);
+            e[i] = v;
+            sum[i] += v;
+        }
+    }
+
+    /// Keeps the first class with the largest `e` in `yhat`.
+    #[inline(always)]
+    pub(super) fn argmax_step(best: &mut [f64; BLOCK], yhat: &mut [u32], e: &[f64], j: u32) {
+        let (yhat, e) = (&mut yhat[..BLOCK], &e[..BLOCK]);
+        for i in 0..BLOCK {
+            let better = e[i] > best[i];
+            best[i] = if better { e[i] } else { best[i] };
+            yhat[i] = if better { j } else { yhat[i] };
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn reciprocal(x: &mut [f64; BLOCK]) {
+        for v in x.iter_mut() {
+            *v = 1.0 / *v;
+        }
+    }
+
+    /// `cf = gamma_j e / sum` (with `inv = 1 / sum`).
+    #[inline(always)]
+    pub(super) fn coefficient<T: Element>(cf: &mut [T], e: &[f64], inv: &[f64; BLOCK], g: T) {
+        let (cf, e) = (&mut cf[..BLOCK], &e[..BLOCK]);
+        for i in 0..BLOCK {
+            cf[i] = g * T::of(e[i] * inv[i]);
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn product<T: Element>(out: &mut [T; BLOCK], a: &[T], b: &[T]) {
+        let (a, b) = (&a[..BLOCK], &b[..BLOCK]);
+        for i in 0..BLOCK {
+            out[i] = a[i] * b[i];
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn add_product<T: Element>(out: &mut [T; BLOCK], a: &[T], b: &[T]) {
+        let (a, b) = (&a[..BLOCK], &b[..BLOCK]);
+        for i in 0..BLOCK {
+            out[i] = out[i] + a[i] * b[i];
+        }
+    }
+
+    /// `u = z_c + eta ((E z)_c - clus)`, with `we` row `c` of `E`.
+    #[inline(always)]
+    pub(super) fn update<T: Element, const D: usize>(
+        u: &mut [T],
+        we: &[T],
+        z: &[T],
+        c: usize,
+        clus: &[T; BLOCK],
+        eta: T,
+    ) {
+        let (u, we, z) = (&mut u[..BLOCK], &we[..D], &z[..D * BLOCK]);
+        for i in 0..BLOCK {
+            let mut ez = we[0] * z[i];
+            for a in 1..D {
+                ez = ez + we[a] * z[a * BLOCK + i];
+            }
+            u[i] = z[c * BLOCK + i] + eta * (ez - clus[i]);
+        }
+    }
+
+    /// `z = u / max(||u||, floor)`.
+    #[inline(always)]
+    pub(super) fn normalise<T: Element, const D: usize>(
+        z: &mut [T],
+        u: &[T],
+        inv: &mut [T; BLOCK],
+        floor: T,
+    ) {
+        let (z, u) = (&mut z[..D * BLOCK], &u[..D * BLOCK]);
+        for i in 0..BLOCK {
+            let mut s = u[i] * u[i];
+            for c in 1..D {
+                s = s + u[c * BLOCK + i] * u[c * BLOCK + i];
+            }
+            let n = s.sqrt();
+            inv[i] = T::one() / if n > floor { n } else { floor };
+        }
+        for c in 0..D {
+            for i in 0..BLOCK {
+                z[c * BLOCK + i] = u[c * BLOCK + i] * inv[i];
+            }
+        }
+    }
+}
+
+/// One block through one layer, plus its covariance lanes when `gram`: the
+/// unit handed to `pulp`, whose body (all `#[inline(always)]`) is compiled
+/// once per instruction set and chosen at run time.
+struct BlockOp<'a, 'k, T> {
+    kernel: &'a Kernel<'k, T>,
+    z: &'a mut [T],
+    sc: &'a mut Scratch<T>,
+    yhat: Option<&'a mut [u32]>,
+    gram: bool,
+}
+
+impl<T: Element> pulp::WithSimd for BlockOp<'_, '_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        self.kernel.block(self.z, self.sc, self.yhat);
+        if self.gram {
+            gram_lanes(self.z, self.kernel.d, &mut self.sc.lanes);
         }
     }
 }
@@ -845,6 +946,7 @@ pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Re
     let nblocks = blocks.slots() / BLOCK;
     let chunk_blocks = nblocks.div_ceil(4 * rayon::current_num_threads()).max(1);
     let eta = B::Elem::of(net.config.eta);
+    let arch = pulp::Arch::new();
     let chunks: Vec<ChunkRecord<B::Elem>> = blocks
         .data
         .par_chunks_mut(chunk_blocks * d * BLOCK)
@@ -869,14 +971,14 @@ pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Re
                         lambda: net.config.lambda,
                         floor: B::Elem::of(NORM_FLOOR),
                     };
-                    for (bi, zb) in data.chunks_exact_mut(d * BLOCK).enumerate() {
-                        let yh = if record.yhat {
+                    for (bi, z) in data.chunks_exact_mut(d * BLOCK).enumerate() {
+                        let yhat = if record.yhat {
                             let at = l * slots + bi * BLOCK;
                             Some(&mut rec.yhat[at..at + BLOCK])
                         } else {
                             None
                         };
-                        kernel.block(zb, sc, yh);
+                        arch.dispatch(BlockOp { kernel: &kernel, z, sc, yhat, gram: false });
                     }
                     if recorded.contains(&(l + 1)) {
                         rec.snapshots.push(data.to_vec());
