@@ -494,6 +494,8 @@ pub fn herm_inverse<T: CpuElem>(re: &[T], im: &[T], batch: usize, n: usize) -> R
     }
     xr.par_chunks_mut(n * n).zip(xi.par_chunks_mut(n * n)).enumerate().try_for_each(|(bi, (or, oi))| {
         let r = bi * n * n..(bi + 1) * n * n;
+        check_finite(&re[r.clone()], bi, "herm_inverse")?;
+        check_finite(&im[r.clone()], bi, "herm_inverse")?;
         herm_inverse_one(&re[r.clone()], &im[r], n, or, oi)
             .map_err(|(row, p)| not_pd("herm_inverse", bi, n, row, p))
     })?;

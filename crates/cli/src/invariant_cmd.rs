@@ -4,7 +4,7 @@ use crate::plot::{self, Series};
 use crate::redunet_cmd::gram_heatmap;
 use crate::util::{dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Job};
 use clap::Args;
-use models::classify::{accuracy, NearestSubspace};
+use models::classify::{accuracy, knn_predict, NearestSubspace};
 use models::data::{self, Dataset};
 use models::invariant::{
     polar_resample, rotate_polar, Activation, Domain, InvariantConfig, InvariantReduNet, Lifting, PolarGrid,
@@ -194,6 +194,13 @@ fn flat<B: Backend>(x: &Tensor<B>) -> Tensor<B> {
     x.reshape(&[n, x.numel() / n])
 }
 
+/// Each sample flattened and scaled to unit norm (the authors normalise before classifying).
+fn unit_rows<B: Backend>(x: &Tensor<B>) -> Tensor<B> {
+    let x = flat(x);
+    let norms = x.square().sum_axis(1, true).sqrt().add_scalar(1e-300);
+    x.div(&norms)
+}
+
 fn ns_accuracy<B: Backend>(
     train: &Tensor<B>,
     ytr: &[usize],
@@ -202,9 +209,20 @@ fn ns_accuracy<B: Backend>(
     k: usize,
     comps: usize,
 ) -> CliResult<(f64, Vec<usize>)> {
-    let ns = NearestSubspace::fit(&flat(train), ytr, k, comps)?;
-    let pred = ns.predict(&flat(test))?;
+    let ns = NearestSubspace::fit(&unit_rows(train), ytr, k, comps)?;
+    let pred = ns.predict(&unit_rows(test))?;
     Ok((accuracy(&pred, yte)?, pred))
+}
+
+/// Cosine k-nearest-neighbour accuracy (k = 5 as in the authors' evaluation, fewer if the training set is smaller).
+fn knn_accuracy<B: Backend>(
+    train: &Tensor<B>,
+    ytr: &[usize],
+    test: &Tensor<B>,
+    yte: &[usize],
+) -> CliResult<f64> {
+    let pred = knn_predict(&flat(train), ytr, &flat(test), 5.min(ytr.len()))?;
+    Ok(accuracy(&pred, yte)?)
 }
 
 struct RotationJob(RotationArgs);
@@ -280,6 +298,20 @@ impl Job for RotationJob {
         let (acc_polar, _) = ns_accuracy(&ptrain, train.labels(), &paug, &yaug, k, comps)?;
         let (acc_lifted, _) = ns_accuracy(&ltrain, train.labels(), &laug, &yaug, k, comps)?;
         let (acc_feat, pred) = ns_accuracy(&built.features, train.labels(), &feats, &yaug, k, comps)?;
+        // The authors' test protocol: the unrotated test images.
+        let lbase = lift(&ptest)?;
+        let tlabels = test.labels();
+        let (acc_polar_upright, _) = ns_accuracy(&ptrain, train.labels(), &ptest, tlabels, k, comps)?;
+        let (acc_lifted_upright, _) = ns_accuracy(&ltrain, train.labels(), &lbase, tlabels, k, comps)?;
+        let (acc_feat_upright, _) = ns_accuracy(&built.features, train.labels(), &base, tlabels, k, comps)?;
+        let knn = json!({
+            "polar_input": knn_accuracy(&ptrain, train.labels(), &paug, &yaug)?,
+            "lifted_input": knn_accuracy(&ltrain, train.labels(), &laug, &yaug)?,
+            "features": knn_accuracy(&built.features, train.labels(), &feats, &yaug)?,
+            "polar_input_upright": knn_accuracy(&ptrain, train.labels(), &ptest, tlabels)?,
+            "lifted_input_upright": knn_accuracy(&ltrain, train.labels(), &lbase, tlabels)?,
+            "features_upright": knn_accuracy(&built.features, train.labels(), &base, tlabels)?,
+        });
         let consistent = (0..n)
             .filter(|&i| {
                 pred[i * a.rotations..(i + 1) * a.rotations].iter().all(|&p| p == pred[i * a.rotations])
@@ -350,6 +382,10 @@ impl Job for RotationJob {
                 "nearest_subspace_polar_input": acc_polar,
                 "nearest_subspace_lifted_input": acc_lifted,
                 "nearest_subspace_features": acc_feat,
+                "upright_nearest_subspace_polar_input": acc_polar_upright,
+                "upright_nearest_subspace_lifted_input": acc_lifted_upright,
+                "upright_nearest_subspace_features": acc_feat_upright,
+                "knn_cosine_5": knn,
             },
             "invariance": {
                 "equivariance_error": equivariance_error,
@@ -369,6 +405,8 @@ impl Job for RotationJob {
             "test_accuracy_features": acc_feat,
             "test_accuracy_polar_input": acc_polar,
             "test_accuracy_lifted_input": acc_lifted,
+            "upright_test_accuracy_features": acc_feat_upright,
+            "upright_test_accuracy_polar_input": acc_polar_upright,
             "equivariance_error": equivariance_error,
             "consistent_prediction_share": consistent as f64 / n as f64,
             "cosine_contrast_input": win_in - across_in,
