@@ -69,6 +69,11 @@ pub struct RotationArgs {
     /// Seed of the sampling and the lifting kernels.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Test images whose rotated copies are pushed through every layer to measure the
+    /// equivariance error (0: all); the accuracies use the features of every rotation of
+    /// every test image, from one pass of the upright images with the shifts applied as phases.
+    #[arg(long = "equivariance-samples", default_value_t = 10)]
+    pub equivariance_samples: usize,
 }
 
 /// Options of `rate redunet translation`.
@@ -277,21 +282,33 @@ impl Job for RotationJob {
         let yaug: Vec<usize> =
             test.labels().iter().flat_map(|&y| std::iter::repeat_n(y, a.rotations)).collect();
         let laug = lift(&paug)?;
+        // Lifting is a circular convolution along the angle, so lift(rotate(x)) = rotate(lift(x)) and the
+        // features of every rotation come from one pass of the upright images (transform_shifted).
+        let lbase = lift(&ptest)?;
         let t1 = Instant::now();
-        let out = built.network.transform_traced(&laug)?;
+        let out = built.network.transform_traced(&lbase)?;
+        let shift_list: Vec<Vec<isize>> = shifts.iter().map(|&s| vec![s]).collect();
+        let feats = built.network.transform_shifted(&lbase, &shift_list)?;
         let transform_s = t1.elapsed().as_secs_f64();
-        let feats = out.features;
+        let c_out = feats.dim(2);
+        let feats = feats.reshape(&[n * a.rotations, c_out, t]);
+        let base = out.features.clone();
         pb.inc(1);
 
-        // Equivariance: features of a rotated image vs the rotated features of the unrotated one.
-        let c_out = feats.dim(1);
-        let per = feats.reshape(&[n, a.rotations, c_out, t]);
-        let base = per.narrow(1, 0, 1).reshape(&[n, c_out, t]);
+        // Equivariance, checked the hard way: the rotated copies of the first test images go through
+        // every layer, and their features are compared with the rotated features of the upright image.
+        let m = if a.equivariance_samples == 0 { n } else { a.equivariance_samples.min(n) };
+        let t2 = Instant::now();
+        let brute = built.network.transform(&laug.narrow(0, 0, m * a.rotations))?.features;
+        let brute_s = t2.elapsed().as_secs_f64();
+        let per = brute.reshape(&[m, a.rotations, c_out, t]);
+        let base_m = base.narrow(0, 0, m);
         let mut equivariance_error: f64 = 0.0;
         for (si, &s) in shifts.iter().enumerate() {
-            let f = per.narrow(1, si, 1).reshape(&[n, c_out, t]);
-            equivariance_error = equivariance_error.max(f.sub(&rotate_polar(&base, s)?).max_abs());
+            let f = per.narrow(1, si, 1).reshape(&[m, c_out, t]);
+            equivariance_error = equivariance_error.max(f.sub(&rotate_polar(&base_m, s)?).max_abs());
         }
+        let shifted_path_error = brute.sub(&feats.narrow(0, 0, m * a.rotations)).max_abs();
 
         // Classifiers: raw polar, lifted, ReduNet features (all rotated test images).
         let comps = a.components.min(a.train_per_class);
@@ -299,7 +316,6 @@ impl Job for RotationJob {
         let (acc_lifted, _) = ns_accuracy(&ltrain, train.labels(), &laug, &yaug, k, comps)?;
         let (acc_feat, pred) = ns_accuracy(&built.features, train.labels(), &feats, &yaug, k, comps)?;
         // The authors' test protocol: the unrotated test images.
-        let lbase = lift(&ptest)?;
         let tlabels = test.labels();
         let (acc_polar_upright, _) = ns_accuracy(&ptrain, train.labels(), &ptest, tlabels, k, comps)?;
         let (acc_lifted_upright, _) = ns_accuracy(&ltrain, train.labels(), &lbase, tlabels, k, comps)?;
@@ -351,7 +367,17 @@ impl Job for RotationJob {
         )?;
 
         let test_rates: Vec<Rates> =
-            out.spectra.iter().map(|v| spectral_rates(v, &yaug, k, a.eps_sq, t)).collect::<CliResult<_>>()?;
+            // A rotation multiplies each frequency by a phase, which cancels in the per-frequency
+            // covariances: the rotated test set's rates are those of the upright spectra, each sample
+            // counted once per rotation.
+            out.spectra
+                .iter()
+                .map(|v| {
+                    let rep: Vec<usize> = (0..n).flat_map(|i| std::iter::repeat_n(i, a.rotations)).collect();
+                    let v = ComplexTensor::new(v.re.index_select(1, &rep), v.im.index_select(1, &rep));
+                    spectral_rates(&v, &yaug, k, a.eps_sq, t)
+                })
+                .collect::<CliResult<_>>()?;
         plot::lines(
             &a.out.join("rates.png"),
             "Rate reduction per layer (rotation-invariant ReduNet)",
@@ -389,6 +415,8 @@ impl Job for RotationJob {
             },
             "invariance": {
                 "equivariance_error": equivariance_error,
+                "equivariance_checked_images": m,
+                "shifted_path_vs_layer_by_layer": shifted_path_error,
                 "consistent_prediction_share": consistent as f64 / n as f64,
                 "cosine_within_class_input": win_in, "cosine_across_class_input": across_in,
                 "cosine_within_class_features": win_f, "cosine_across_class_features": across_f,
@@ -396,7 +424,7 @@ impl Job for RotationJob {
                 "cosine_contrast_features": win_f - across_f,
             },
             "operator_bytes_per_layer": built.network.operator_bytes_per_layer(),
-            "timings": { "build_s": build_s, "transform_s": transform_s },
+            "timings": { "build_s": build_s, "transform_s": transform_s, "equivariance_check_s": brute_s },
         });
         write_json(&a.out.join("metrics.json"), &metrics)?;
         pb.finish_and_clear();

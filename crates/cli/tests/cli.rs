@@ -112,3 +112,57 @@ fn errors_exit_with_status_2_and_one_line_naming_the_problem() {
         .unwrap();
     assert_eq!(st.status.code(), Some(2));
 }
+
+#[test]
+fn rotation_features_are_equivariant_and_the_fast_shift_path_matches_layer_by_layer() {
+    let out = tmp("rotation");
+    let st = rate()
+        .args([
+            "redunet",
+            "rotation",
+            "--data",
+            "digits",
+            "--train-per-class",
+            "4",
+            "--test-per-class",
+            "2",
+            "--radii",
+            "3",
+            "--angles",
+            "24",
+            "--kernels",
+            "4",
+            "--kernel-size",
+            "3",
+            "--layers",
+            "4",
+            "--rotations",
+            "6",
+            "--rotation-step",
+            "4",
+            "--equivariance-samples",
+            "0",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let m = metrics(&out);
+    let inv = &m["invariance"];
+    assert_eq!(inv["equivariance_checked_images"].as_u64(), Some(20));
+    assert!(inv["equivariance_error"].as_f64().unwrap() < 1e-9, "{inv}");
+    assert!(inv["shifted_path_vs_layer_by_layer"].as_f64().unwrap() < 1e-9, "{inv}");
+    let share = inv["consistent_prediction_share"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&share), "{share}");
+    let acc = &m["test_accuracy"];
+    for key in ["nearest_subspace_features", "upright_nearest_subspace_polar_input"] {
+        let a = acc[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{key} = {a}");
+    }
+    assert_eq!(m["delta_R_train"].as_array().unwrap().len(), 5);
+    assert_eq!(m["delta_R_test"].as_array().unwrap().len(), 5);
+    for p in ["rates.png", "cosine_inputs.png", "cosine_features.png"] {
+        assert!(is_png(&out.join(p)), "{p} missing");
+    }
+}
