@@ -73,7 +73,12 @@ fn redunet_figure_4_5_tensor_engine_matches_cpu_f64() {
         assert_eq!(tr_g.yhat(l), tr_c.yhat(l), "redunet: yhat of layer {l}");
     }
     let dr = &tr_g.rates_true;
-    assert!(dr[layers].delta_r > dr[0].delta_r + 0.1, "delta_R rises on wgpu: {:?} -> {:?}", dr[0], dr[layers]);
+    assert!(
+        dr[layers].delta_r > dr[0].delta_r + 0.1,
+        "delta_R rises on wgpu: {:?} -> {:?}",
+        dr[0],
+        dr[layers]
+    );
     let zt_g = net_g.transform(&test.tensor(g)).expect("transform on wgpu");
     let zt_c = net_c.transform(&test.tensor(&c)).expect("transform on cpu");
     assert_rel("redunet: transform(test)", &zt_g.to_f64_vec(), &zt_c.to_f64_vec(), REDUNET_TOL);
@@ -81,7 +86,12 @@ fn redunet_figure_4_5_tensor_engine_matches_cpu_f64() {
     // The CPU's fused host engine computes the same map.
     cfg.engine = Engine::Fused;
     let (_, tr_f) = ReduNet::build(&train.tensor(&c), &train.labels, cfg).expect("fused build on cpu");
-    assert_rel("redunet: features vs cpu fused", &tr_g.output.to_f64_vec(), &tr_f.output.to_f64_vec(), REDUNET_TOL);
+    assert_rel(
+        "redunet: features vs cpu fused",
+        &tr_g.output.to_f64_vec(),
+        &tr_f.output.to_f64_vec(),
+        REDUNET_TOL,
+    );
 }
 
 /// The invariant ReduNet on the public fixture `redunet_fourier1d` (24 signals, 4 channels, 16 samples,
@@ -112,14 +122,34 @@ fn invariant_redunet_fourier1d_fixture_matches_cpu_f64() {
         assert_rel(&format!("invariant: spectrum {l} (im)"), &gi, &ci, INVARIANT_TOL);
     }
     assert_eq!(og.record.spectra.len(), config.layers + 1);
-    assert_rel("invariant: rates (true labels)", &rates_vec(&og.record.rates_true), &rates_vec(&oc.record.rates_true), INVARIANT_TOL);
-    assert_rel("invariant: rates (as logged)", &rates_vec(&og.record.rates_code), &rates_vec(&oc.record.rates_code), INVARIANT_TOL);
+    assert_rel(
+        "invariant: rates (true labels)",
+        &rates_vec(&og.record.rates_true),
+        &rates_vec(&oc.record.rates_true),
+        INVARIANT_TOL,
+    );
+    assert_rel(
+        "invariant: rates (as logged)",
+        &rates_vec(&og.record.rates_code),
+        &rates_vec(&oc.record.rates_code),
+        INVARIANT_TOL,
+    );
     assert_eq!(og.record.yhat, oc.record.yhat, "invariant: memberships");
     let zg = og.features.to_f64_vec();
     assert_rel("invariant: output", &zg, &oc.features.to_f64_vec(), INVARIANT_TOL);
-    assert_rel("invariant: output vs fixture Z_final", &zg, &f.get("Z_final").expect("Z_final").data, INVARIANT_TOL);
+    assert_rel(
+        "invariant: output vs fixture Z_final",
+        &zg,
+        &f.get("Z_final").expect("Z_final").data,
+        INVARIANT_TOL,
+    );
     let again = og.network.transform(&xg).expect("transform on wgpu");
-    assert_rel("invariant: transform(V)", &again.features.to_f64_vec(), &oc.features.to_f64_vec(), INVARIANT_TOL);
+    assert_rel(
+        "invariant: transform(V)",
+        &again.features.to_f64_vec(),
+        &oc.features.to_f64_vec(),
+        INVARIANT_TOL,
+    );
 }
 
 /// Compares every gradient (parameters by name, then the input).
@@ -136,11 +166,23 @@ fn assert_grads<G: Backend>(what: &str, got: &Grads<G>, want: &Grads<C64>) {
 }
 
 /// One CRATE forward (logits, tokens of every layer, loss) and backward (every parameter, the input) on both backends.
-fn check_crate(what: &str, mg: &Crate<WgpuBackend>, mc: &Crate<C64>, xg: &Tensor<WgpuBackend>, xc: &Tensor<C64>, labels: &[usize]) {
+fn check_crate(
+    what: &str,
+    mg: &Crate<WgpuBackend>,
+    mc: &Crate<C64>,
+    xg: &Tensor<WgpuBackend>,
+    xc: &Tensor<C64>,
+    labels: &[usize],
+) {
     let (lg, cg) = mg.forward(xg).expect("forward on wgpu");
     let (lc, cc) = mc.forward(xc).expect("forward on cpu");
     assert_rel(&format!("{what}: logits"), &lg.to_f64_vec(), &lc.to_f64_vec(), FORWARD_TOL);
-    assert_rel(&format!("{what}: logits (inference path)"), &mg.logits(xg).expect("logits").to_f64_vec(), &lc.to_f64_vec(), FORWARD_TOL);
+    assert_rel(
+        &format!("{what}: logits (inference path)"),
+        &mg.logits(xg).expect("logits").to_f64_vec(),
+        &lc.to_f64_vec(),
+        FORWARD_TOL,
+    );
     for (i, (tg, tc)) in cg.tokens.iter().zip(&cc.tokens).enumerate() {
         assert_rel(&format!("{what}: tokens Z^{i}"), &tg.to_f64_vec(), &tc.to_f64_vec(), FORWARD_TOL);
     }
@@ -167,7 +209,14 @@ fn crate_fixture_forward_backward_matches_cpu_f64() {
     let mg = Crate::from_state_dict(g, &config, params(), &f.path).expect("model on wgpu");
     let mc = Crate::from_state_dict(&c, &config, params(), &f.path).expect("model on cpu");
     let labels = f.labels("labels").expect("labels");
-    check_crate("crate fixture", &mg, &mc, &f.tensor(g, "input").expect("input"), &f.tensor(&c, "input").expect("input"), &labels);
+    check_crate(
+        "crate fixture",
+        &mg,
+        &mc,
+        &f.tensor(g, "input").expect("input"),
+        &f.tensor(&c, "input").expect("input"),
+        &labels,
+    );
 }
 
 /// A tiny CRATE built by `Crate::new` (8x8 images, patch 4, dim 12, 3 heads, 2 layers, mean pooling), its
@@ -195,7 +244,14 @@ fn crate_tiny_mean_pool_forward_backward_matches_cpu_f64() {
     let n = 3 * config.channels * config.image_size * config.image_size;
     let x: Vec<f64> = (0..n).map(|i| ((i * 37 % 101) as f64 / 50.0 - 1.0) as f32 as f64).collect();
     let shape = [3, config.channels, config.image_size, config.image_size];
-    check_crate("crate tiny", &mg, &mc, &Tensor::from_f64(g, &x, &shape), &Tensor::from_f64(&c, &x, &shape), &[0, 3, 1]);
+    check_crate(
+        "crate tiny",
+        &mg,
+        &mc,
+        &Tensor::from_f64(g, &x, &shape),
+        &Tensor::from_f64(&c, &x, &shape),
+        &[0, 3, 1],
+    );
 }
 
 /// TSSA (ToST's attention) with the public fixture `tost_tssa` (batch 2, 50 tokens, dim 64, 4 heads): output,
@@ -214,8 +270,18 @@ fn tssa_fixture_forward_backward_matches_cpu_f64() {
     let (og, cg) = lg.forward(&xg);
     let (oc, cc) = lc.forward(&xc);
     assert_rel("tssa: output", &og.to_f64_vec(), &oc.to_f64_vec(), FORWARD_TOL);
-    assert_rel("tssa: output vs fixture", &og.to_f64_vec(), &f.get("output").expect("output").data, FORWARD_TOL);
-    assert_rel("tssa: forward_reference", &lg.forward_reference(&xg).to_f64_vec(), &oc.to_f64_vec(), FORWARD_TOL);
+    assert_rel(
+        "tssa: output vs fixture",
+        &og.to_f64_vec(),
+        &f.get("output").expect("output").data,
+        FORWARD_TOL,
+    );
+    assert_rel(
+        "tssa: forward_reference",
+        &lg.forward_reference(&xg).to_f64_vec(),
+        &oc.to_f64_vec(),
+        FORWARD_TOL,
+    );
     let (mut grads_g, mut grads_c) = (Grads::new(), Grads::new());
     let dx_g = lg.backward(&cg, &og, "", &mut grads_g);
     let dx_c = lc.backward(&cc, &oc, "", &mut grads_c);

@@ -40,7 +40,9 @@ pub fn gpu_clone() -> Option<WgpuBackend> {
 /// Largest `|got - want|`.
 pub fn max_abs_diff(got: &[f64], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length {} vs reference {}", got.len(), want.len());
-    got.iter().zip(want).fold(0.0f64, |m, (g, w)| if (g - w).is_nan() { f64::NAN } else { m.max((g - w).abs()) })
+    got.iter()
+        .zip(want)
+        .fold(0.0f64, |m, (g, w)| if (g - w).is_nan() { f64::NAN } else { m.max((g - w).abs()) })
 }
 
 /// Largest `|w|` (at least 1): the scale of a norm-wise relative error.
@@ -53,6 +55,9 @@ pub fn scale(want: &[f64]) -> f64 {
 pub fn assert_rel(what: &str, got: &[f64], want: &[f64], tol: f64) {
     let d = max_abs_diff(got, want);
     let s = scale(want);
-    eprintln!("{what}: max |wgpu - cpu f64| = {d:.3e} (scale {s:.3e}, relative {:.3e}, tol {tol:.0e})", d / s);
+    eprintln!(
+        "{what}: max |wgpu - cpu f64| = {d:.3e} (scale {s:.3e}, relative {:.3e}, tol {tol:.0e})",
+        d / s
+    );
     assert!(d <= tol * s, "{what}: wgpu differs from CpuBackend<f64> by {d:.3e} > {tol:.0e} x scale {s:.3e}");
 }
