@@ -1,4 +1,4 @@
-//! Criterion benches of the wgpu backend: matmul GFLOP/s, batched and large SPD inverses, batched FFTs (the adapter is printed and named in each group).
+//! Criterion benches of the wgpu backend: matmul GFLOP/s, batched and large SPD inverses, batched FFTs (every group is named `wgpu <what> (<adapter> [<kind>])`, which `cargo xtask bench` reads to name the adapter).
 #![allow(missing_docs)] // criterion_group! generates an undocumented public function
 
 use backend_wgpu::WgpuBackend;
@@ -43,7 +43,7 @@ fn benches(c: &mut Criterion) {
     let adapter = format!("{} [{}]", g.adapter_name(), g.adapter_kind());
     eprintln!("wgpu benches on {}", g.name());
 
-    let mut grp = c.benchmark_group(format!("wgpu matmul ({adapter})"));
+    let mut grp = c.benchmark_group(format!("wgpu matmul_f32_flop ({adapter})"));
     grp.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
     for n in [256usize, 512, 1024] {
         let a = g.upload(&lcg(n * n, 1));
@@ -69,7 +69,7 @@ fn benches(c: &mut Criterion) {
     }
     grp.finish();
 
-    let mut grp = c.benchmark_group(format!("wgpu spd_inverse ({adapter})"));
+    let mut grp = c.benchmark_group(format!("wgpu spd_inverse_f32 ({adapter})"));
     grp.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
     for (batch, n) in [(2000usize, 20usize), (1, 512)] {
         let a = g.upload(&spd(batch, n));
@@ -79,7 +79,7 @@ fn benches(c: &mut Criterion) {
     }
     grp.finish();
 
-    let mut grp = c.benchmark_group(format!("wgpu fft ({adapter})"));
+    let mut grp = c.benchmark_group(format!("wgpu fft_f32 ({adapter})"));
     grp.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
     let (rows, len) = (10_000usize, 200usize);
     let x = g.upload(&lcg(rows * len, 3));

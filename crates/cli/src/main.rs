@@ -39,7 +39,10 @@ enum Command {
 fn run(cli: Cli) -> CliResult<()> {
     match cli.command {
         Command::Backends => {
-            let names = ["cpu (f64, f32)"];
+            let mut names = vec!["cpu (f64, f32)"];
+            if cfg!(feature = "wgpu") {
+                names.push("wgpu (f32)");
+            }
             if cli.json {
                 println!("{}", serde_json::json!({ "backends": names }));
             } else {
@@ -54,6 +57,13 @@ fn run(cli: Cli) -> CliResult<()> {
 }
 
 fn main() {
+    // Mesa's implicit Vulkan layer VK_LAYER_MESA_device_select asks libwayland for a display and, on a machine
+    // without one, prints "error: XDG_RUNTIME_DIR is invalid..." to stderr, which would break the one-line
+    // errors. The layer only reorders adapters, and `WgpuBackend` picks its own (RATE_WGPU_ADAPTER), so it is
+    // switched off unless the user set the variable. Set here, before any other thread exists.
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         let msg = e.to_string().replace('\n', " ");

@@ -1,11 +1,11 @@
 //! `rate redunet gaussians|fit|transform`: the vector ReduNet (4.1.13) on synthetic and real data, with metrics and plots.
 
 use crate::plot::{self, Series};
-use crate::util::{dispatch, ensure_dir, write_json, BackendOpts, CliError, CliResult, Job};
+use crate::util::{dispatch, ensure_dir, write_json, BackendKind, BackendOpts, CliError, CliResult, Job};
 use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
 use models::data::{self, Dataset};
-use models::redunet::{gaussians, Depth, Record, ReduNet, ReduNetConfig, Trace};
+use models::redunet::{gaussians, Depth, Engine, Record, ReduNet, ReduNetConfig, Trace};
 use rate_core::{Backend, Rates, Tensor};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,10 @@ pub struct NetArgs {
     /// Window (in layers) of the --min-gain rule.
     #[arg(long, default_value_t = 10)]
     pub window: usize,
+    /// Which implementation of the layer map runs: not a flag, set from `--backend` (the fused engine is host
+    /// code, so on wgpu the tensor engine keeps every layer on the device).
+    #[arg(skip)]
+    pub engine: Engine,
 }
 
 impl NetArgs {
@@ -41,6 +45,7 @@ impl NetArgs {
         c.eta = self.eta;
         c.eps_sq = self.eps_sq;
         c.lambda = self.lambda;
+        c.engine = self.engine;
         if let Some(min_gain) = self.min_gain {
             c.depth = Depth::Adaptive { max_layers: layers, window: self.window.min(layers), min_gain };
         }
@@ -134,14 +139,35 @@ pub struct TransformArgs {
     /// Output safetensors file with `Z` (samples x features) and `yhat`.
     #[arg(long)]
     pub out: PathBuf,
+    /// The engine to run the loaded network with, set from `--backend` (see [`NetArgs::engine`]); it replaces
+    /// the one saved with the model, which is a choice of the machine that built it.
+    #[arg(skip)]
+    pub engine: Option<Engine>,
+}
+
+/// The ReduNet engine for a backend: the tensor engine on wgpu (every layer on the device), else the default.
+fn engine_for(opts: BackendOpts) -> Engine {
+    match opts.backend {
+        BackendKind::Wgpu => Engine::Tensor,
+        BackendKind::Cpu => Engine::Auto,
+    }
 }
 
 /// Runs a `rate redunet` command.
 pub fn run(cmd: RedunetCmd, opts: BackendOpts, json_out: bool) -> CliResult<()> {
     let summary = match cmd {
-        RedunetCmd::Gaussians(a) => dispatch(opts, GaussiansJob(a))?,
-        RedunetCmd::Fit(a) => dispatch(opts, FitJob(a))?,
-        RedunetCmd::Transform(a) => dispatch(opts, TransformJob(a))?,
+        RedunetCmd::Gaussians(mut a) => {
+            a.net.engine = engine_for(opts);
+            dispatch(opts, GaussiansJob(a))?
+        }
+        RedunetCmd::Fit(mut a) => {
+            a.net.engine = engine_for(opts);
+            dispatch(opts, FitJob(a))?
+        }
+        RedunetCmd::Transform(mut a) => {
+            a.engine = Some(engine_for(opts));
+            dispatch(opts, TransformJob(a))?
+        }
         RedunetCmd::Rotation(a) => crate::invariant_cmd::rotation(a, opts)?,
         RedunetCmd::Translation(a) => crate::invariant_cmd::translation(a, opts)?,
     };
@@ -501,7 +527,10 @@ impl Job for TransformJob {
     type Output = serde_json::Value;
     fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
-        let net = ReduNet::load(be, a.model.join("model.safetensors"))?;
+        let mut net = ReduNet::load(be, a.model.join("model.safetensors"))?;
+        if let Some(engine) = a.engine {
+            net.set_engine(engine);
+        }
         let ds = data::source(&a.data)?;
         if ds.num_features() != net.dim() {
             return Err(CliError::Usage(format!(

@@ -67,10 +67,27 @@ pub fn dispatch<J: Job>(opts: BackendOpts, job: J) -> CliResult<J::Output> {
     match (opts.backend, opts.precision) {
         (BackendKind::Cpu, Precision::F64) => job.run(&CpuBackend::<f64>::new()),
         (BackendKind::Cpu, Precision::F32) => job.run(&CpuBackend::<f32>::new()),
-        (BackendKind::Wgpu, _) => Err(CliError::Usage(
-            "the wgpu backend is not compiled into this build of `rate` (it is not implemented yet); use --backend cpu".into(),
-        )),
+        (BackendKind::Wgpu, _) => run_wgpu(job),
     }
+}
+
+/// Runs `job` on the wgpu backend (f32; `--precision` does not apply): the adapter is the best one found,
+/// or the one `RATE_WGPU_ADAPTER` names. No adapter is an error that says what was looked for.
+#[cfg(feature = "wgpu")]
+fn run_wgpu<J: Job>(job: J) -> CliResult<J::Output> {
+    let backend = backend_wgpu::WgpuBackend::new()?;
+    eprintln!("backend: {}", rate_core::Backend::name(&backend));
+    job.run(&backend)
+}
+
+/// Without the `wgpu` feature: an error that says this build lacks the backend.
+#[cfg(not(feature = "wgpu"))]
+fn run_wgpu<J: Job>(_job: J) -> CliResult<J::Output> {
+    Err(CliError::Usage(
+        "this build of `rate` has no wgpu backend (built without the `wgpu` feature of rate-cli); \
+         rebuild with `cargo build --release -p rate-cli --features wgpu`, or use --backend cpu"
+            .into(),
+    ))
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.

@@ -165,4 +165,71 @@ fn rotation_features_are_equivariant_and_the_fast_shift_path_matches_layer_by_la
     for p in ["rates.png", "cosine_inputs.png", "cosine_features.png"] {
         assert!(is_png(&out.join(p)), "{p} missing");
     }
+
+/// `--backend wgpu` with an adapter name that matches nothing: one line naming what was looked for, status 2.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_without_a_matching_adapter_is_one_line_and_status_2() {
+    let dir = tmp("wgpu-none");
+    let st = rate()
+        .env("RATE_WGPU_ADAPTER", "no-such-adapter-xyz")
+        .args(["--backend", "wgpu", "redunet", "gaussians", "--layers", "2", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("runs");
+    assert_eq!(st.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.contains("no-such-adapter-xyz") && err.contains("RATE_WGPU_ADAPTER"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// Without the `wgpu` feature, `--backend wgpu` says that this build lacks it.
+#[cfg(not(feature = "wgpu"))]
+#[test]
+fn wgpu_flag_without_the_feature_says_the_build_lacks_it() {
+    let st = rate()
+        .args(["--backend", "wgpu", "redunet", "gaussians", "--out"])
+        .arg(tmp("nofeat"))
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.contains("no wgpu backend") && err.contains("`wgpu` feature"), "{err}");
+}
+
+/// `rate --backend wgpu redunet gaussians` runs on the GPU (the tensor engine) and agrees with the CPU run.
+/// Without an adapter it says so and passes, unless `RATE_REQUIRE_GPU=1`.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_backend_runs_the_gaussians_experiment_like_the_cpu() {
+    let args =
+        ["redunet", "gaussians", "--per-class", "60", "--test-per-class", "20", "--layers", "30", "--out"];
+    let (gdir, cdir) = (tmp("wgpu-gauss"), tmp("cpu-gauss"));
+    let st = rate().args(["--backend", "wgpu"]).args(args).arg(&gdir).output().expect("runs");
+    let err = String::from_utf8_lossy(&st.stderr);
+    if st.status.code() == Some(2) && err.contains("no wgpu adapter") {
+        assert!(std::env::var("RATE_REQUIRE_GPU").map_or(true, |v| v != "1"), "RATE_REQUIRE_GPU=1: {err}");
+        eprintln!("no wgpu adapter found: skipped ({err})");
+        return;
+    }
+    assert!(st.status.success(), "{err}");
+    assert!(err.contains("backend: wgpu"), "the run names the adapter: {err}");
+    let st = rate().args(args).arg(&cdir).output().expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let (mg, mc) = (metrics(&gdir), metrics(&cdir));
+    let dr = |m: &serde_json::Value| -> Vec<f64> {
+        m["rates_true"]["delta_R"]
+            .as_array()
+            .expect("delta_R")
+            .iter()
+            .map(|v| v.as_f64().expect("number"))
+            .collect()
+    };
+    let (dg, dc) = (dr(&mg), dr(&mc));
+    assert_eq!(dg.len(), dc.len());
+    for (l, (g, c)) in dg.iter().zip(&dc).enumerate() {
+        assert!((g - c).abs() <= 1e-4 * c.abs().max(1.0), "delta_R of layer {l}: wgpu {g} vs cpu {c}");
+    }
+    assert_eq!(mg["test_accuracy"], mc["test_accuracy"]);
+    assert!(is_png(&gdir.join("rates.png")));
 }
