@@ -165,6 +165,7 @@ fn rotation_features_are_equivariant_and_the_fast_shift_path_matches_layer_by_la
     for p in ["rates.png", "cosine_inputs.png", "cosine_features.png"] {
         assert!(is_png(&out.join(p)), "{p} missing");
     }
+}
 
 /// `--backend wgpu` with an adapter name that matches nothing: one line naming what was looked for, status 2.
 #[cfg(feature = "wgpu")]
