@@ -10,7 +10,10 @@
 //! * [`Module::visit`] and [`Module::visit_mut`] walk the parameters by their
 //!   PyTorch names (checkpoint loading, optimisers).
 
+pub mod aot;
+pub mod classifier;
 pub mod flash;
+pub mod tost;
 pub mod tssa;
 
 use crate::{Backend, Tensor};
