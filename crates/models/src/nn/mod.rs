@@ -20,6 +20,7 @@ use crate::{Backend, Tensor};
 use std::collections::BTreeMap;
 
 pub mod crate_model;
+pub mod denoise;
 pub mod embed;
 pub mod head;
 pub mod init;
