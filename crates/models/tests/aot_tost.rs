@@ -371,3 +371,33 @@ fn measurements_have_the_reference_shapes() {
         assert!(pi.sum_axis(-1, false).to_f64_vec().iter().all(|s| (s - 1.0).abs() < 1e-12));
     }
 }
+
+#[test]
+fn micro_batches_give_the_whole_batch_results() {
+    use models::nn::crate_model::Execution;
+    let config = TostConfig {
+        vision: vision(2, 4, 2, 2, Pool::Cls),
+        ista_step_size: 0.1,
+        ista_lambda: 0.1,
+        qkv_bias: false,
+    };
+    let model = Tost::<B>::new(&be(), &config, 3).unwrap();
+    let images = randn(&mut rng(4), &[5, 2, 4, 4], 1.0);
+    let labels = [0, 1, 2, 0, 1];
+    let ce = CrossEntropy::new(0.1).unwrap();
+    let (l0, g0) = model.loss_and_gradients(&images, &labels, &ce).unwrap();
+    let want = model.logits(&images).unwrap().to_f64_vec();
+    for exec in [Execution::parallel_micro_batches(2), Execution { micro_batch: Some(3), parallel: false }] {
+        let got = model.logits_with(&images, &exec).unwrap().to_f64_vec();
+        assert!(models::fixtures::max_abs_diff(&got, &want) < 1e-12);
+        let (l1, g1) = model.loss_and_gradients_with(&images, &labels, &ce, &exec).unwrap();
+        assert!((l0 - l1).abs() < 1e-12);
+        assert!(models::fixtures::max_abs_diff(&g0.input.to_f64_vec(), &g1.input.to_f64_vec()) < 1e-12);
+        for (name, t) in &g0.params {
+            assert!(
+                models::fixtures::max_abs_diff(&t.to_f64_vec(), &g1.params[name].to_f64_vec()) < 1e-12,
+                "{name}"
+            );
+        }
+    }
+}

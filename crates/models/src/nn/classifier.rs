@@ -8,7 +8,7 @@
 //! Loading refuses a missing, unknown, mis-shaped or non-float tensor by
 //! name, and a configuration that does not divide at construction.
 
-use super::crate_model::{mean_std, CrateGradients};
+use super::crate_model::{mean_std, CrateGradients, Execution};
 use super::embed::{
     add_cls_and_positions, add_cls_and_positions_backward, PatchEmbedding, PatchEmbeddingCache,
 };
@@ -20,6 +20,7 @@ use crate::io::{HostArray, OutArray, TensorFile};
 use crate::{Backend, Error, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rayon::prelude::*;
 use safetensors::Dtype;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -475,6 +476,68 @@ impl<B: Backend, L: Block<B>> Classifier<B, L> {
         let (logits, cache) = self.forward(images)?;
         let (value, ce) = loss.forward(&logits, labels)?;
         Ok((value, self.backward(&cache, &loss.backward(&ce, 1.0))))
+    }
+
+    /// [`Self::logits`] executed as `exec` says (micro-batches, optionally in parallel; same values up to rounding).
+    pub fn logits_with(&self, images: &Tensor<B>, exec: &Execution) -> Result<Tensor<B>> {
+        self.check_images(images)?;
+        let ranges = exec.ranges(images.dim(0));
+        if ranges.len() == 1 {
+            return self.logits(images);
+        }
+        let run = |&(start, len): &(usize, usize)| self.logits(&images.narrow(0, start, len));
+        let parts: Result<Vec<Tensor<B>>> = if exec.parallel {
+            ranges.par_iter().map(run).collect()
+        } else {
+            ranges.iter().map(run).collect()
+        };
+        let parts = parts?;
+        Ok(Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0))
+    }
+
+    /// [`Self::loss_and_gradients`] executed as `exec` says: the mean loss over
+    /// the whole batch and its exact gradients, summed over the micro-batches.
+    pub fn loss_and_gradients_with(
+        &self,
+        images: &Tensor<B>,
+        labels: &[usize],
+        loss: &CrossEntropy,
+        exec: &Execution,
+    ) -> Result<(f64, CrateGradients<B>)> {
+        self.check_images(images)?;
+        let batch = images.dim(0);
+        if labels.len() != batch {
+            return Err(Error::Config(format!("{} labels for a batch of {batch} images", labels.len())));
+        }
+        let ranges = exec.ranges(batch);
+        if ranges.len() == 1 {
+            return self.loss_and_gradients(images, labels, loss);
+        }
+        // each micro-batch's mean loss weighs len / batch in the batch mean
+        let run = |&(start, len): &(usize, usize)| -> Result<(f64, CrateGradients<B>)> {
+            let (logits, cache) = self.forward(&images.narrow(0, start, len))?;
+            let (value, ce) = loss.forward(&logits, &labels[start..start + len])?;
+            let w = len as f64 / batch as f64;
+            Ok((value * w, self.backward(&cache, &loss.backward(&ce, w))))
+        };
+        let parts: Vec<Result<(f64, CrateGradients<B>)>> = if exec.parallel {
+            ranges.par_iter().map(run).collect()
+        } else {
+            ranges.iter().map(run).collect()
+        };
+        let mut total = 0.0;
+        let mut params = Grads::new();
+        let mut inputs = Vec::with_capacity(parts.len());
+        for part in parts {
+            let (value, g) = part?;
+            total += value;
+            for (name, t) in g.params {
+                accumulate(&mut params, name, t);
+            }
+            inputs.push(g.input);
+        }
+        let input = Tensor::cat(&inputs.iter().collect::<Vec<_>>(), 0);
+        Ok((total, CrateGradients { params, input }))
     }
 
     /// Per-layer measurements of a forward pass.

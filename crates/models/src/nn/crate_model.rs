@@ -505,7 +505,7 @@ impl Execution {
     }
 
     /// `[start, len)` ranges of the micro-batches of a batch of `batch` images.
-    fn ranges(&self, batch: usize) -> Vec<(usize, usize)> {
+    pub(crate) fn ranges(&self, batch: usize) -> Vec<(usize, usize)> {
         let mb = self.micro_batch.unwrap_or(batch).max(1);
         (0..batch.div_ceil(mb)).map(|i| (i * mb, mb.min(batch - i * mb))).collect()
     }
