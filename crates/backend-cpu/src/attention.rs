@@ -29,6 +29,8 @@ fn mm<T: CpuElem>(
         alpha,
         Par::Seq,
     );
+    // the softmax that follows calls libm's exp on this thread: see `clear_upper_simd_state`
+    crate::clear_upper_simd_state();
 }
 
 fn rows<T>(x: &[T], start: usize, count: usize, width: usize) -> MatRef<'_, T> {

@@ -3,13 +3,18 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod alloc_count;
 mod invariant_cmd;
 mod plot;
 mod redunet_cmd;
+mod transformer_cmd;
 mod util;
 
 use clap::{Parser, Subcommand};
 use util::{BackendOpts, CliResult};
+
+#[global_allocator]
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
 
 /// White-box deep networks from the coding-rate reduction (MCR^2).
 ///
@@ -34,6 +39,15 @@ enum Command {
     /// ReduNet: networks built forward, layer by layer, from the rate reduction.
     #[command(subcommand)]
     Redunet(redunet_cmd::RedunetCmd),
+    /// CRATE (4.2.20): forward and gradients of a checkpoint.
+    #[command(subcommand)]
+    Crate(transformer_cmd::CrateCmd),
+    /// The attention-only transformer (4.3.2): forward, and the denoising experiment of Figure 4.16.
+    #[command(subcommand)]
+    Aot(transformer_cmd::AotCmd),
+    /// TOST (4.3.15): forward, and the TSSA/MSSA time and memory scaling.
+    #[command(subcommand)]
+    Tost(transformer_cmd::TostCmd),
 }
 
 fn run(cli: Cli) -> CliResult<()> {
@@ -53,6 +67,9 @@ fn run(cli: Cli) -> CliResult<()> {
             Ok(())
         }
         Command::Redunet(cmd) => redunet_cmd::run(cmd, cli.backend, cli.json),
+        Command::Crate(cmd) => transformer_cmd::run_crate(cmd, cli.backend, cli.json),
+        Command::Aot(cmd) => transformer_cmd::run_aot(cmd, cli.backend, cli.json),
+        Command::Tost(cmd) => transformer_cmd::run_tost(cmd, cli.backend, cli.json),
     }
 }
 

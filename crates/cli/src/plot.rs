@@ -74,6 +74,23 @@ fn range(vals: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// A short tick label: scientific notation for very large or small values, else
+/// at most three decimals without trailing zeros.
+fn tick(v: &f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(1e-2..1e4).contains(&a) {
+        format!("{v:.1e}")
+    } else {
+        let s = format!("{v:.3}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        if s == "-0" {
+            "0".into()
+        } else {
+            s.to_string()
+        }
+    }
+}
+
 /// Line (or marker) plot of several series, optionally log-log.
 pub fn lines(
     path: &Path,
@@ -96,6 +113,10 @@ pub fn lines(
                 .x_desc(xlabel)
                 .y_desc(ylabel)
                 .label_style(("sans-serif", 14))
+                .x_labels(8)
+                .y_labels(8)
+                .x_label_formatter(&tick)
+                .y_label_formatter(&tick)
                 .draw()
                 .map_err(|e| err(path, e))?;
             for (i, s) in series.iter().enumerate() {

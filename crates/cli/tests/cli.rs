@@ -234,3 +234,267 @@ fn wgpu_backend_runs_the_gaussians_experiment_like_the_cpu() {
     assert_eq!(mg["test_accuracy"], mc["test_accuracy"]);
     assert!(is_png(&gdir.join("rates.png")));
 }
+
+// ---- rate crate|aot|tost forward, rate aot denoise, rate tost scaling ----
+
+mod transformers {
+    use super::*;
+    use backend_cpu::CpuBackend;
+    use models::io::{write_safetensors, OutArray, TensorFile};
+    use models::nn::aot::{Aot, AotConfig};
+    use models::nn::classifier::VisionConfig;
+    use models::nn::crate_model::{Crate, CrateConfig, CrateGradients};
+    use models::nn::head::Pool;
+    use models::nn::loss::CrossEntropy;
+    use models::nn::mssa::Phi;
+    use models::nn::tost::{Tost, TostConfig};
+    use models::Tensor;
+    use std::collections::BTreeMap;
+
+    type B = CpuBackend<f64>;
+
+    fn vision() -> VisionConfig {
+        VisionConfig {
+            image_size: 4,
+            patch_size: 2,
+            channels: 2,
+            num_classes: 3,
+            dim: 4,
+            depth: 2,
+            heads: 2,
+            pool: Pool::Cls,
+            layernorm_eps: 1e-5,
+        }
+    }
+
+    fn images(dir: &Path) -> (PathBuf, PathBuf, Tensor<B>, Vec<usize>) {
+        let data: Vec<f64> = (0..2 * 2 * 4 * 4).map(|i| ((i * 37) % 11) as f64 / 5.0 - 1.0).collect();
+        let x = Tensor::from_f64(&B::new(), &data, &[2, 2, 4, 4]);
+        let mut a = BTreeMap::new();
+        a.insert("images".to_string(), OutArray::f64(&[2, 2, 4, 4], data));
+        let input = dir.join("images.safetensors");
+        write_safetensors(&input, &a, &BTreeMap::new()).unwrap();
+        let mut l = BTreeMap::new();
+        l.insert("labels".to_string(), OutArray::i64(&[2], &[2, 0]));
+        let labels = dir.join("labels.safetensors");
+        write_safetensors(&labels, &l, &BTreeMap::new()).unwrap();
+        (input, labels, x, vec![2, 0])
+    }
+
+    /// Runs `rate <model> forward --with-grads` and checks logits, loss and every gradient against the library.
+    fn check_forward(
+        model: &str,
+        ckpt: &Path,
+        config: Option<&Path>,
+        dir: &Path,
+        want: &dyn Fn(&Tensor<B>, &[usize]) -> (Tensor<B>, f64, CrateGradients<B>),
+    ) {
+        let (input, labels, x, y) = images(dir);
+        let out = dir.join(format!("{model}-out.safetensors"));
+        let mut cmd = rate();
+        cmd.args([model, "forward", "--checkpoint"])
+            .arg(ckpt)
+            .arg("--input")
+            .arg(&input)
+            .arg("--out")
+            .arg(&out);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.arg("--with-grads").arg("--labels").arg(&labels);
+        let st = cmd.output().unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        let f = TensorFile::read(&out).unwrap();
+        let (logits, loss, grads) = want(&x, &y);
+        let close = |a: &[f64], b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(p, q)| (p - q).abs() <= 1e-12 * (1.0 + q.abs()))
+        };
+        assert!(close(&f.get("logits").unwrap().data, &logits.to_f64_vec()), "{model} logits");
+        assert!((f.get("loss").unwrap().data[0] - loss).abs() < 1e-12, "{model} loss");
+        assert!(close(&f.get("input_grad").unwrap().data, &grads.input.to_f64_vec()));
+        let names: Vec<&String> = f.tensors.keys().filter(|k| k.starts_with("grad.")).collect();
+        assert_eq!(names.len(), grads.params.len(), "{model}: one grad.<name> per parameter");
+        for (name, g) in &grads.params {
+            let got =
+                f.get(&format!("grad.{name}")).unwrap_or_else(|_| panic!("{model}: grad.{name} missing"));
+            assert_eq!(got.shape, g.shape());
+            assert!(close(&got.data, &g.to_f64_vec()), "{model}: grad.{name}");
+        }
+    }
+
+    #[test]
+    fn forward_with_grads_matches_the_library_for_every_model() {
+        let dir = tmp("forward");
+        std::fs::create_dir_all(&dir).unwrap();
+        let be = B::new();
+        let ce = CrossEntropy::new(0.0).unwrap();
+
+        let aot = Aot::<B>::new(
+            &be,
+            &AotConfig { vision: vision(), dim_head: None, prenorm: true, phi: Phi::Softmax },
+            3,
+        )
+        .unwrap();
+        let p = dir.join("aot.safetensors");
+        aot.save(&p, safetensors::Dtype::F64).unwrap();
+        check_forward("aot", &p, None, &dir, &|x, y| {
+            let (l, g) = aot.loss_and_gradients(x, y, &ce).unwrap();
+            (aot.logits(x).unwrap(), l, g)
+        });
+
+        let tost = Tost::<B>::new(
+            &be,
+            &TostConfig { vision: vision(), ista_step_size: 0.1, ista_lambda: 0.1, qkv_bias: false },
+            4,
+        )
+        .unwrap();
+        let p = dir.join("tost.safetensors");
+        tost.save(&p, safetensors::Dtype::F64).unwrap();
+        check_forward("tost", &p, None, &dir, &|x, y| {
+            let (l, g) = tost.loss_and_gradients(x, y, &ce).unwrap();
+            (tost.logits(x).unwrap(), l, g)
+        });
+
+        // CRATE: a bare state dict (no metadata) completed by a JSON config
+        let cfg = CrateConfig {
+            image_size: 4,
+            patch_size: 2,
+            channels: 2,
+            num_classes: 3,
+            dim: 4,
+            depth: 2,
+            heads: 2,
+            ..CrateConfig::tiny()
+        };
+        let cr = Crate::<B>::new(&be, &cfg, 5).unwrap();
+        let mut arrays = BTreeMap::new();
+        for (name, t) in cr.state_dict() {
+            arrays.insert(name, OutArray::f32(t.shape(), t.to_f64_vec()));
+        }
+        let p = dir.join("crate.safetensors");
+        write_safetensors(&p, &arrays, &BTreeMap::new()).unwrap();
+        let json = dir.join("crate.json");
+        std::fs::write(&json, r#"{"image_size": 4, "patch_size": 2, "channels": 2, "heads": 2}"#).unwrap();
+        // the f32 checkpoint rounds the parameters: compare with the rounded model
+        let rounded = Crate::<B>::from_state_dict(
+            &be,
+            &cfg,
+            TensorFile::read(&p).unwrap().tensors.iter().map(|(k, v)| (k.as_str(), v)),
+            "x",
+        )
+        .unwrap();
+        check_forward("crate", &p, Some(&json), &dir, &|x, y| {
+            let (l, g) = rounded.loss_and_gradients(x, y, &ce).unwrap();
+            (rounded.logits(x).unwrap(), l, g)
+        });
+
+        // errors: one line, status 2, naming the tensor / the shape / the key
+        let (input, _, _, _) = images(&dir);
+        let mut bad = arrays.clone();
+        bad.remove("transformer.layers.1.0.fn.qkv.weight");
+        let badp = dir.join("bad.safetensors");
+        write_safetensors(&badp, &bad, &BTreeMap::new()).unwrap();
+        let run = |ckpt: &Path, input: &Path, config: Option<&Path>| {
+            let mut c = rate();
+            c.args(["crate", "forward", "--checkpoint"])
+                .arg(ckpt)
+                .arg("--input")
+                .arg(input)
+                .arg("--out")
+                .arg(dir.join("x.safetensors"));
+            if let Some(j) = config {
+                c.arg("--config").arg(j);
+            }
+            let o = c.output().unwrap();
+            assert_eq!(o.status.code(), Some(2));
+            let e = String::from_utf8_lossy(&o.stderr).to_string();
+            assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+            e
+        };
+        let e = run(&badp, &input, Some(&json));
+        assert!(e.contains("missing tensor `transformer.layers.1.0.fn.qkv.weight`"), "{e}");
+        let e = run(&p, &input, None);
+        assert!(e.contains("image_size"), "{e}");
+        let mut small = BTreeMap::new();
+        small.insert("images".to_string(), OutArray::f64(&[1, 2, 6, 6], vec![0.0; 72]));
+        let smallp = dir.join("small.safetensors");
+        write_safetensors(&smallp, &small, &BTreeMap::new()).unwrap();
+        let e = run(&p, &smallp, Some(&json));
+        assert!(e.contains("small.safetensors") && e.contains("[1, 2, 6, 6]"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn denoise_snr_rises_layer_by_layer() {
+        let out = tmp("denoise");
+        let st = rate()
+            .args([
+                "aot",
+                "denoise",
+                "--dim",
+                "64",
+                "--subspaces",
+                "2",
+                "--subspace-dim",
+                "32",
+                "--tokens-per-subspace",
+                "20",
+                "--layers",
+                "4",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        let m = metrics(&out);
+        let runs = m["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2);
+        for r in runs {
+            let snr: Vec<f64> =
+                r["snr_per_layer"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            assert_eq!(snr.len(), 5);
+            assert!(snr.windows(2).all(|w| w[1] > w[0]), "SNR does not rise: {snr:?}");
+        }
+        // delta = 0.2 is inside the theorem's regime: the rate is 1 + eta tau = 1.09
+        let rate02 = runs[0]["fitted_rate_per_layer"].as_f64().unwrap();
+        assert!((rate02 - 1.09).abs() < 0.01, "{rate02}");
+        assert!(is_png(&out.join("snr.png")));
+        std::fs::remove_dir_all(&out).ok();
+    }
+
+    #[test]
+    fn scaling_writes_the_table_and_tssa_grows_linearly() {
+        let out = tmp("scaling");
+        let st = rate()
+            .args([
+                "tost",
+                "scaling",
+                "--min-tokens",
+                "64",
+                "--max-tokens",
+                "256",
+                "--tssa-max-tokens",
+                "1024",
+                "--dim",
+                "32",
+                "--heads",
+                "4",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        let m = metrics(&out);
+        assert_eq!(m["rows"].as_array().unwrap().len(), 5 + 3);
+        let slope = |k: &str| m["loglog_slope"][k].as_f64().unwrap();
+        assert!((slope("tssa_memory") - 1.0).abs() < 0.15, "TSSA memory slope {}", slope("tssa_memory"));
+        assert!(slope("tssa_time") < 1.6, "TSSA time slope {}", slope("tssa_time"));
+        assert!(slope("mssa_memory") > 1.6, "dense MSSA memory slope {}", slope("mssa_memory"));
+        for p in ["scaling_time.png", "scaling_memory.png"] {
+            assert!(is_png(&out.join(p)), "{p}");
+        }
+        std::fs::remove_dir_all(&out).ok();
+    }
+}

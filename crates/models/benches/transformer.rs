@@ -1,8 +1,11 @@
-//! CRATE throughput on the CPU in f32: inference (logits) and one training step (forward, backward, AdamW), images per second.
+//! CRATE, AoT and TOST throughput on the CPU in f32: inference (logits) and one training step (forward, backward, AdamW), images per second.
 //!
-//! Two models, batch 128 (override with `CRATE_BENCH_BATCH`):
+//! CRATE at two sizes, batch 128 (override with `CRATE_BENCH_BATCH`):
 //! * `cifar`: 32 px RGB, patch 4 (65 tokens), dim 192, depth 8, 6 heads;
-//! * `mnist`: 28 px grey, patch 4 (50 tokens), dim 128, depth 6, 4 heads.
+//! * `mnist`: 28 px grey, patch 4 (50 tokens), dim 128, depth 6, 4 heads;
+//!
+//! and AoT (LayerNorm + MSSA layers, softmax) and TOST (TSSA + ISTA layers)
+//! at the `cifar` size.
 //!
 //! Seeds are fixed and the inputs are built outside the timed loop.
 
@@ -10,9 +13,12 @@
 
 use backend_cpu::CpuBackend;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use models::nn::aot::{AotConfig, AotLayer};
+use models::nn::classifier::{Block, Classifier, ModelConfig};
 use models::nn::crate_model::{Crate, CrateConfig};
 use models::nn::loss::CrossEntropy;
 use models::nn::optim::AdamW;
+use models::nn::tost::{TostConfig, TostLayer};
 use models::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -24,12 +30,12 @@ fn batch() -> usize {
     std::env::var("CRATE_BENCH_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(128)
 }
 
-fn inputs(be: &Be, config: &CrateConfig, batch: usize) -> (Tensor<Be>, Vec<usize>) {
+fn inputs(be: &Be, channels: usize, size: usize, classes: usize, batch: usize) -> (Tensor<Be>, Vec<usize>) {
     let mut rng = StdRng::seed_from_u64(42);
-    let n = batch * config.channels * config.image_size * config.image_size;
+    let n = batch * channels * size * size;
     let data: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let images = Tensor::from_f64(be, &data, &[batch, config.channels, config.image_size, config.image_size]);
-    let labels = (0..batch).map(|_| rng.random_range(0..config.num_classes)).collect();
+    let images = Tensor::from_f64(be, &data, &[batch, channels, size, size]);
+    let labels = (0..batch).map(|_| rng.random_range(0..classes)).collect();
     (images, labels)
 }
 
@@ -41,7 +47,7 @@ fn bench_crate(c: &mut Criterion) {
     group.throughput(Throughput::Elements(batch as u64));
     for (name, config) in [("cifar", CrateConfig::cifar_small()), ("mnist", CrateConfig::mnist_small())] {
         let Ok(model) = Crate::<Be>::new(&be, &config, 0) else { panic!("bench config {name} is valid") };
-        let (images, labels) = inputs(&be, &config, batch);
+        let (images, labels) = inputs(&be, config.channels, config.image_size, config.num_classes, batch);
         group.bench_function(BenchmarkId::new("inference", name), |b| {
             b.iter(|| model.logits(&images).map(|l| l.numel()).unwrap_or(0))
         });
@@ -63,5 +69,44 @@ fn bench_crate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_crate);
+fn bench_classifier<L: Block<Be>>(c: &mut Criterion, group_name: &str, config: &L::Config) {
+    let be = Be::new();
+    let batch = batch();
+    let mut group = c.benchmark_group(group_name);
+    group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(batch as u64));
+    let Ok(model) = Classifier::<Be, L>::new(&be, config, 0) else {
+        panic!("bench config {group_name} is valid")
+    };
+    let v = config.vision();
+    let (images, labels) = inputs(&be, v.channels, v.image_size, v.num_classes, batch);
+    group.bench_function(BenchmarkId::new("inference", "cifar"), |b| {
+        b.iter(|| model.logits(&images).map(|l| l.numel()).unwrap_or(0))
+    });
+    let ce = CrossEntropy::default();
+    let mut train = model.clone();
+    let mut opt = AdamW::new(1e-4);
+    group.bench_function(BenchmarkId::new("train_step", "cifar"), |b| {
+        b.iter(|| {
+            let Ok((loss, grads)) = train.loss_and_gradients(&images, &labels, &ce) else {
+                return f64::NAN;
+            };
+            if opt.step(&mut train, &grads.params).is_err() {
+                return f64::NAN;
+            }
+            loss
+        })
+    });
+    group.finish();
+}
+
+fn bench_aot(c: &mut Criterion) {
+    bench_classifier::<AotLayer<Be>>(c, "aot", &AotConfig::cifar_small());
+}
+
+fn bench_tost(c: &mut Criterion) {
+    bench_classifier::<TostLayer<Be>>(c, "tost", &TostConfig::cifar_small());
+}
+
+criterion_group!(benches, bench_crate, bench_aot, bench_tost);
 criterion_main!(benches);

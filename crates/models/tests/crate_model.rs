@@ -284,8 +284,9 @@ fn measurements_follow_the_reference_definitions() {
         assert!((lm.coding_rate_std - sd).abs() < 1e-10);
         assert!((lm.coding_rate_per_head.iter().sum::<f64>() - mean_rate).abs() < 1e-10);
         // attention maps: [batch, heads, n, n], rows sum to one
-        assert_eq!(lm.attention.shape(), &[3, heads, n, n]);
-        let rows = lm.attention.sum_axis(-1, false).to_f64_vec();
+        let attention = lm.attention.as_ref().unwrap();
+        assert_eq!(attention.shape(), &[3, heads, n, n]);
+        let rows = attention.sum_axis(-1, false).to_f64_vec();
         assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-12));
     }
     // unit-norm tokens of a single head spanning the identity: rate of orthonormal rows is known

@@ -479,8 +479,9 @@ pub struct LayerMeasurement<B: Backend> {
     pub sparsity: f64,
     /// Population standard deviation over the batch of the per-image sparsity.
     pub sparsity_std: f64,
-    /// Attention maps `[batch, heads, tokens, tokens]` (rows: queries).
-    pub attention: Tensor<B>,
+    /// Attention maps `[batch, heads, tokens, tokens]` (rows: queries); `None`
+    /// when the tiled attention ran (long sequences: the map was never formed).
+    pub attention: Option<Tensor<B>>,
 }
 
 /// How a batch is executed: at once, or split into micro-batches (gradients
@@ -504,7 +505,7 @@ impl Execution {
     }
 
     /// `[start, len)` ranges of the micro-batches of a batch of `batch` images.
-    fn ranges(&self, batch: usize) -> Vec<(usize, usize)> {
+    pub(crate) fn ranges(&self, batch: usize) -> Vec<(usize, usize)> {
         let mb = self.micro_batch.unwrap_or(batch).max(1);
         (0..batch.div_ceil(mb)).map(|i| (i * mb, mb.min(batch - i * mb))).collect()
     }
@@ -834,7 +835,7 @@ pub fn zero_fraction_per_image<B: Backend>(x: &Tensor<B>) -> Vec<f64> {
     v.chunks(per.max(1)).map(|c| c.iter().filter(|&&e| e == 0.0).count() as f64 / per as f64).collect()
 }
 
-fn mean_std(v: &[f64], unbiased: bool) -> (f64, f64) {
+pub(crate) fn mean_std(v: &[f64], unbiased: bool) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let dof = if unbiased { n - 1.0 } else { n };

@@ -10,13 +10,17 @@
 //! * [`Module::visit`] and [`Module::visit_mut`] walk the parameters by their
 //!   PyTorch names (checkpoint loading, optimisers).
 
+pub mod aot;
+pub mod classifier;
 pub mod flash;
+pub mod tost;
 pub mod tssa;
 
 use crate::{Backend, Tensor};
 use std::collections::BTreeMap;
 
 pub mod crate_model;
+pub mod denoise;
 pub mod embed;
 pub mod head;
 pub mod init;

@@ -1,6 +1,10 @@
 //! Multi-head subspace self-attention, MSSA (4.2.12-4.2.13 as the reference code builds it): one shared projection `W = x U` split into heads, `softmax(W W^T / sqrt(dh)) W` per head, heads merged by an output Linear.
 //!
-//! This is the dense reference: the `[batch, heads, tokens, tokens]`
+//! The attention map is the softmax (CRATE) or the AoT theorem's thresholded
+//! softmax ([`Phi`]). Above [`TILED_ABOVE_TOKENS`] tokens the softmax path runs
+//! the tiled flash-attention kernel (`O(n)` memory, forward and backward).
+//!
+//! The dense path is the reference: the `[batch, heads, tokens, tokens]`
 //! attention matrix is formed explicitly (batched over batch and heads), so
 //! it can be exported and serves as the check of any tiled kernel.
 //!
@@ -21,6 +25,7 @@
 //! `dW' = A^T G + dS^T Q + [dS W'; 0]` (`Q` the query rows of `W'`, the last
 //! term landing on the query rows), then `dU = c dW'^T x`, `dWo = d(Wo/c) / c`.
 
+use super::flash::{self, TiledCache};
 use super::{accumulate, init, join, Grads, Linear, Module};
 use crate::{Backend, Tensor};
 use rand::rngs::StdRng;
@@ -46,8 +51,13 @@ pub struct MssaCache<B: Backend> {
     pub x: Tensor<B>,
     /// Projected tokens per head, scaled: `W' = dh^-1/4 x U`, `[batch, heads, tokens, dim_head]`.
     pub w: Tensor<B>,
-    /// Attention `softmax(W W^T / sqrt(dh))` of the query rows, `[batch, heads, queries, tokens]`.
-    pub attn: Tensor<B>,
+    /// Attention `phi(W W^T / sqrt(dh))` of the query rows, `[batch, heads, queries, tokens]`;
+    /// `None` when the tiled path ran (the `n x n` matrix was never formed).
+    pub attn: Option<Tensor<B>>,
+    /// The tiled path's cache (`O(n dh)`), when it ran.
+    pub tiled: Option<TiledCache<B>>,
+    /// The attention map `phi` that ran.
+    pub phi: Phi,
     /// Merged scaled head outputs `A W'`, `[batch, queries, heads * dim_head]` (input of `to_out`).
     pub merged: Tensor<B>,
     /// Number of query rows (the first tokens).
@@ -55,6 +65,22 @@ pub struct MssaCache<B: Backend> {
     /// The scaled weights the forward pass used.
     pub weights: MssaWeights<B>,
 }
+
+/// The map `phi` applied to the scores `W W^T / sqrt(dh)` of each head (4.3.2).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Phi {
+    /// Row softmax (CRATE, the trained AoT).
+    Softmax,
+    /// The theorem's thresholded softmax `h(softmax(x))` with `h(a) = tau 1{a > tau}`
+    /// (Theorem 4.3.2's `phi`); its derivative is zero almost everywhere, so
+    /// only the value path carries gradient.
+    Threshold(f64),
+}
+
+/// Token count above which [`Mssa::forward`] (softmax, all queries) runs the
+/// tiled flash-attention kernel of [`super::flash`] instead of forming the
+/// `n x n` matrix: the memory then grows as `O(n)`.
+pub const TILED_ABOVE_TOKENS: usize = flash::DENSE_MAX_TOKENS;
 
 /// The weights of the fast path: `c U` and `Wo / c` with `c = dh^-1/4`
 /// (formed once per step by [`Mssa::prepare`]).
@@ -123,18 +149,41 @@ impl<B: Backend> Mssa<B> {
         queries: usize,
         weights: &MssaWeights<B>,
     ) -> (Tensor<B>, MssaCache<B>) {
+        self.forward_phi(x, queries, weights, Phi::Softmax, TILED_ABOVE_TOKENS)
+    }
+
+    /// [`Self::forward_queries`] with the attention map `phi`, running the
+    /// tiled kernel when `phi` is the softmax, every token is a query and the
+    /// token count exceeds `tiled_above` (`usize::MAX`: always dense).
+    pub fn forward_phi(
+        &self,
+        x: &Tensor<B>,
+        queries: usize,
+        weights: &MssaWeights<B>,
+        phi: Phi,
+        tiled_above: usize,
+    ) -> (Tensor<B>, MssaCache<B>) {
         let (b, n) = self.dims(x);
         assert!(queries >= 1 && queries <= n, "Mssa: {queries} queries for {n} tokens");
         let (h, dh) = (self.heads, self.dim_head);
         let w = x.matmul_t(&weights.qkv, false, true).reshape(&[b, n, h, dh]).permute(&[0, 2, 1, 3]);
-        let q = if queries == n { w.clone() } else { w.narrow(2, 0, queries) };
-        let attn = q.matmul_t(&w, false, true).softmax(-1);
-        let merged = attn.matmul(&w).permute(&[0, 2, 1, 3]).reshape(&[b, queries, h * dh]);
+        let (heads_out, attn, tiled) = if phi == Phi::Softmax && queries == n && n > tiled_above {
+            let (o, c) = flash::tiled_forward(&w.reshape(&[b * h, n, dh]), 1.0);
+            (o.reshape(&[b, h, n, dh]), None, Some(c))
+        } else {
+            let q = if queries == n { w.clone() } else { w.narrow(2, 0, queries) };
+            let mut attn = q.matmul_t(&w, false, true).softmax(-1);
+            if let Phi::Threshold(tau) = phi {
+                attn = attn.add_scalar(-tau).step().scale(tau);
+            }
+            (attn.matmul(&w), Some(attn), None)
+        };
+        let merged = heads_out.permute(&[0, 2, 1, 3]).reshape(&[b, queries, h * dh]);
         let y = match &weights.to_out {
             Some(l) => l.forward(&merged),
             None => merged.scale(1.0 / self.weight_scale()),
         };
-        (y, MssaCache { x: x.clone(), w, attn, merged, queries, weights: weights.clone() })
+        (y, MssaCache { x: x.clone(), w, attn, tiled, phi, merged, queries, weights: weights.clone() })
     }
 
     /// The literal forward, `softmax(W W^T / sqrt(dh)) W` with `W = x U`
@@ -176,18 +225,28 @@ impl<B: Backend> Mssa<B> {
             None => grad_out.scale(1.0 / c),
         };
         let g_o = g_merged.reshape(&[b, nq, h, dh]).permute(&[0, 2, 1, 3]);
-        let (w, attn) = (&cache.w, &cache.attn);
-        let q = if nq == n { w.clone() } else { w.narrow(2, 0, nq) };
-        let g_scores = layer_ops::softmax_backward(attn, &g_o.matmul_t(w, false, true));
-        // keys and values: all rows of W'
-        let mut g_w = attn.matmul_t(&g_o, true, false).add(&g_scores.matmul_t(&q, true, false));
-        // queries: the first nq rows of W'
-        let g_q = g_scores.matmul(w);
-        g_w = if nq == n {
-            g_w.add(&g_q)
-        } else {
-            let pad = Tensor::zeros(w.backend(), &[b, h, n - nq, dh]);
-            g_w.add(&Tensor::cat(&[&g_q, &pad], 2))
+        let w = &cache.w;
+        let g_w = match (&cache.tiled, &cache.attn, cache.phi) {
+            (Some(tc), _, _) => {
+                flash::tiled_backward(tc, &g_o.reshape(&[b * h, n, dh])).reshape(&[b, h, n, dh])
+            }
+            // h(softmax) is piecewise constant: only the value path
+            (None, Some(attn), Phi::Threshold(_)) => attn.matmul_t(&g_o, true, false),
+            (None, Some(attn), Phi::Softmax) => {
+                let q = if nq == n { w.clone() } else { w.narrow(2, 0, nq) };
+                let g_scores = layer_ops::softmax_backward(attn, &g_o.matmul_t(w, false, true));
+                // keys and values: all rows of W'
+                let g_w = attn.matmul_t(&g_o, true, false).add(&g_scores.matmul_t(&q, true, false));
+                // queries: the first nq rows of W'
+                let g_q = g_scores.matmul(w);
+                if nq == n {
+                    g_w.add(&g_q)
+                } else {
+                    let pad = Tensor::zeros(w.backend(), &[b, h, n - nq, dh]);
+                    g_w.add(&Tensor::cat(&[&g_q, &pad], 2))
+                }
+            }
+            (None, None, _) => unreachable!("Mssa: a dense cache always holds the attention matrix"),
         };
         let g_proj = g_w.permute(&[0, 2, 1, 3]).reshape(&[b, n, h * dh]);
         // W' = x (c U)^T

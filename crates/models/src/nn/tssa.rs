@@ -71,6 +71,18 @@ pub struct TssaCache<B: Backend> {
     w_pi: Tensor<B>,
 }
 
+impl<B: Backend> TssaCache<B> {
+    /// The projected tokens `w = x Wqkv^T (+ b)`, `[batch, tokens, dim]` (heads as contiguous chunks).
+    pub fn projected(&self) -> &Tensor<B> {
+        &self.w
+    }
+
+    /// The memberships `Pi`, `[batch, tokens, heads]` (each row sums to 1 over the heads).
+    pub fn memberships(&self) -> &Tensor<B> {
+        &self.pi
+    }
+}
+
 fn check_params<B: Backend>(
     qkv: &Linear<B>,
     temp: &Tensor<B>,
