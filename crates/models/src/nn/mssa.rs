@@ -80,7 +80,7 @@ pub enum Phi {
 /// Token count above which [`Mssa::forward`] (softmax, all queries) runs the
 /// tiled flash-attention kernel of [`super::flash`] instead of forming the
 /// `n x n` matrix: the memory then grows as `O(n)`.
-pub const TILED_ABOVE_TOKENS: usize = flash::DENSE_MAX_TOKENS;
+pub const TILED_ABOVE_TOKENS: usize = 512;
 
 /// The weights of the fast path: `c U` and `Wo / c` with `c = dh^-1/4`
 /// (formed once per step by [`Mssa::prepare`]).
