@@ -366,6 +366,7 @@ impl Job for RotationJob {
             1.0,
         )?;
 
+        let rep: Vec<usize> = (0..n).flat_map(|i| std::iter::repeat_n(i, a.rotations)).collect();
         let test_rates: Vec<Rates> =
             // A rotation multiplies each frequency by a phase, which cancels in the per-frequency
             // covariances: the rotated test set's rates are those of the upright spectra, each sample
@@ -373,7 +374,6 @@ impl Job for RotationJob {
             out.spectra
                 .iter()
                 .map(|v| {
-                    let rep: Vec<usize> = (0..n).flat_map(|i| std::iter::repeat_n(i, a.rotations)).collect();
                     let v = ComplexTensor::new(v.re.index_select(1, &rep), v.im.index_select(1, &rep));
                     spectral_rates(&v, &yaug, k, a.eps_sq, t)
                 })

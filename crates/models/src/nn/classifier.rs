@@ -8,7 +8,7 @@
 //! Loading refuses a missing, unknown, mis-shaped or non-float tensor by
 //! name, and a configuration that does not divide at construction.
 
-use super::crate_model::{mean_std, CrateGradients, Execution};
+use super::crate_model::{mean_std, sum_micro_batches, CrateGradients, Execution};
 use super::embed::{
     add_cls_and_positions, add_cls_and_positions_backward, PatchEmbedding, PatchEmbeddingCache,
 };
@@ -20,7 +20,6 @@ use crate::io::{HostArray, OutArray, TensorFile};
 use crate::{Backend, Error, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rayon::prelude::*;
 use safetensors::Dtype;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -485,13 +484,7 @@ impl<B: Backend, L: Block<B>> Classifier<B, L> {
         if ranges.len() == 1 {
             return self.logits(images);
         }
-        let run = |&(start, len): &(usize, usize)| self.logits(&images.narrow(0, start, len));
-        let parts: Result<Vec<Tensor<B>>> = if exec.parallel {
-            ranges.par_iter().map(run).collect()
-        } else {
-            ranges.iter().map(run).collect()
-        };
-        let parts = parts?;
+        let parts = exec.map(images.dim(0), |start, len| self.logits(&images.narrow(0, start, len)))?;
         Ok(Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0))
     }
 
@@ -514,30 +507,14 @@ impl<B: Backend, L: Block<B>> Classifier<B, L> {
             return self.loss_and_gradients(images, labels, loss);
         }
         // each micro-batch's mean loss weighs len / batch in the batch mean
-        let run = |&(start, len): &(usize, usize)| -> Result<(f64, CrateGradients<B>)> {
+        let parts = exec.map(batch, |start, len| {
             let (logits, cache) = self.forward(&images.narrow(0, start, len))?;
             let (value, ce) = loss.forward(&logits, &labels[start..start + len])?;
             let w = len as f64 / batch as f64;
-            Ok((value * w, self.backward(&cache, &loss.backward(&ce, w))))
-        };
-        let parts: Vec<Result<(f64, CrateGradients<B>)>> = if exec.parallel {
-            ranges.par_iter().map(run).collect()
-        } else {
-            ranges.iter().map(run).collect()
-        };
-        let mut total = 0.0;
-        let mut params = Grads::new();
-        let mut inputs = Vec::with_capacity(parts.len());
-        for part in parts {
-            let (value, g) = part?;
-            total += value;
-            for (name, t) in g.params {
-                accumulate(&mut params, name, t);
-            }
-            inputs.push(g.input);
-        }
-        let input = Tensor::cat(&inputs.iter().collect::<Vec<_>>(), 0);
-        Ok((total, CrateGradients { params, input }))
+            let g = self.backward(&cache, &loss.backward(&ce, w));
+            Ok((value * w, g.params, g.input))
+        })?;
+        Ok(sum_micro_batches(parts))
     }
 
     /// Per-layer measurements of a forward pass.

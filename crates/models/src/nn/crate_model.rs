@@ -509,6 +509,41 @@ impl Execution {
         let mb = self.micro_batch.unwrap_or(batch).max(1);
         (0..batch.div_ceil(mb)).map(|i| (i * mb, mb.min(batch - i * mb))).collect()
     }
+
+    /// `run(start, len)` over the micro-batches of a batch of `batch` images,
+    /// results in batch order, on the rayon pool when [`Self::parallel`].
+    pub(crate) fn map<T: Send>(
+        &self,
+        batch: usize,
+        run: impl Fn(usize, usize) -> Result<T> + Sync + Send,
+    ) -> Result<Vec<T>> {
+        let ranges = self.ranges(batch);
+        let f = |&(start, len): &(usize, usize)| run(start, len);
+        if self.parallel {
+            ranges.par_iter().map(f).collect()
+        } else {
+            ranges.iter().map(f).collect()
+        }
+    }
+}
+
+/// The batch's loss and gradients from its micro-batches' `(weighted loss, parameter
+/// gradients, input gradient)`: losses and parameter gradients summed, input gradients stacked.
+pub(crate) fn sum_micro_batches<B: Backend>(
+    parts: Vec<(f64, Grads<B>, Tensor<B>)>,
+) -> (f64, CrateGradients<B>) {
+    let mut total = 0.0;
+    let mut params = Grads::new();
+    let mut inputs = Vec::with_capacity(parts.len());
+    for (value, g, input) in parts {
+        total += value;
+        for (name, t) in g {
+            accumulate(&mut params, name, t);
+        }
+        inputs.push(input);
+    }
+    let input = Tensor::cat(&inputs.iter().collect::<Vec<_>>(), 0);
+    (total, CrateGradients { params, input })
 }
 
 /// `eps^2` of the authors' per-head coding-rate measurement (`CodingRate(eps=0.01)`).
@@ -745,14 +780,8 @@ impl<B: Backend> Crate<B> {
             return self.logits(images);
         }
         let weights = self.prepare();
-        let run =
-            |&(start, len): &(usize, usize)| self.logits_prepared(&images.narrow(0, start, len), &weights);
-        let parts: Result<Vec<Tensor<B>>> = if exec.parallel {
-            ranges.par_iter().map(run).collect()
-        } else {
-            ranges.iter().map(run).collect()
-        };
-        let parts = parts?;
+        let parts = exec
+            .map(images.dim(0), |start, len| self.logits_prepared(&images.narrow(0, start, len), &weights))?;
         Ok(Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0))
     }
 
@@ -776,32 +805,15 @@ impl<B: Backend> Crate<B> {
         }
         // each micro-batch's mean loss weighs len / batch in the batch mean
         let weights = self.prepare();
-        let run = |&(start, len): &(usize, usize)| -> Result<(f64, Grads<B>, Tensor<B>)> {
+        let parts = exec.map(batch, |start, len| {
             let (logits, cache) =
                 self.run(&images.narrow(0, start, len), self.last_layer_queries(), &weights)?;
             let (value, ce) = loss.forward(&logits, &labels[start..start + len])?;
             let w = len as f64 / batch as f64;
             let g = self.backward(&cache, &loss.backward(&ce, w));
             Ok((value * w, g.params, g.input))
-        };
-        let parts: Vec<Result<(f64, Grads<B>, Tensor<B>)>> = if exec.parallel {
-            ranges.par_iter().map(run).collect()
-        } else {
-            ranges.iter().map(run).collect()
-        };
-        let mut total = 0.0;
-        let mut params = Grads::new();
-        let mut inputs = Vec::with_capacity(parts.len());
-        for part in parts {
-            let (value, g, input) = part?;
-            total += value;
-            for (name, t) in g {
-                accumulate(&mut params, name, t);
-            }
-            inputs.push(input);
-        }
-        let input = Tensor::cat(&inputs.iter().collect::<Vec<_>>(), 0);
-        Ok((total, CrateGradients { params, input }))
+        })?;
+        Ok(sum_micro_batches(parts))
     }
 
     /// Per-layer coding rate (per head, tokens L2-normalised, `eps^2 = 0.01`),
