@@ -418,7 +418,17 @@ impl<B: Backend> Tensor<B> {
     }
     /// Index of the maximum along `axis` (downloaded).
     pub fn argmax_axis(&self, axis: isize) -> Vec<usize> {
-        self.reduce(ReduceOp::ArgMax, axis, false).to_vec().into_iter().map(|x| x.f64() as usize).collect()
+        Self::indices_to_host(&self.argmax_indices(axis))
+    }
+    /// Index of the maximum along `axis` (first on ties), kept on the device as
+    /// element values, so that a loop can collect them and download once with
+    /// [`Tensor::indices_to_host`].
+    pub fn argmax_indices(&self, axis: isize) -> Self {
+        self.reduce(ReduceOp::ArgMax, axis, false)
+    }
+    /// Downloads a tensor of indices made by [`Tensor::argmax_indices`] (row-major).
+    pub fn indices_to_host(indices: &Self) -> Vec<usize> {
+        indices.to_vec().into_iter().map(|x| x.f64() as usize).collect()
     }
     /// Sum of all elements.
     pub fn sum_all(&self) -> f64 {

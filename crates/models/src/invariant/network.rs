@@ -514,24 +514,30 @@ impl<B: Backend> InvariantReduNet<B> {
             }
         };
         let mut spectra = Vec::new();
-        let mut yhat = Vec::with_capacity(self.layers.len());
+        // Memberships stay on the device (one index tensor per layer and chunk)
+        // and come back in one download after the loop: no read-back between layers.
+        let mut picks = Vec::with_capacity(self.layers.len() * parts.len());
         for layer in &self.layers {
             if keep {
                 spectra.push(unpack_features(&join(&parts)));
             }
             let w = self.real_operand(layer);
-            let mut y = Vec::with_capacity(n);
             for p in parts.iter_mut() {
                 let (out, pi) = self.apply(&w, p);
-                y.extend(pi.argmax_axis(1));
+                picks.push(pi.argmax_indices(1));
                 *p = out;
             }
-            yhat.push(y);
         }
         let v = join(&parts);
         if keep {
             spectra.push(unpack_features(&v));
         }
+        let yhat = if picks.is_empty() {
+            Vec::new()
+        } else {
+            let all = Tensor::indices_to_host(&Tensor::cat(&picks.iter().collect::<Vec<_>>(), 0));
+            all.chunks(n.max(1)).map(<[usize]>::to_vec).collect()
+        };
         (v, yhat, spectra)
     }
 

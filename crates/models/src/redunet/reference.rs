@@ -126,7 +126,8 @@ fn members_of(labels: impl Iterator<Item = usize>, k: usize) -> Vec<Vec<usize>> 
     v
 }
 
-/// One layer map on all rows, in batches: the output and the argmax memberships.
+/// One layer map on all rows, in batches: the output and, when asked for, the
+/// argmax memberships as a tensor of indices left on the device (`m`).
 fn apply<B: Backend>(
     z: &Tensor<B>,
     w: &Tensor<B>,
@@ -135,20 +136,30 @@ fn apply<B: Backend>(
     lambda: f64,
     batch: usize,
     want_yhat: bool,
-) -> (Tensor<B>, Vec<usize>) {
+) -> (Tensor<B>, Option<Tensor<B>>) {
     let m = z.dim(0);
     if m <= batch {
         return apply_rows(z, w, gamma, eta, lambda, want_yhat);
     }
     let mut outs = Vec::new();
-    let mut yhat = Vec::new();
+    let mut picks = Vec::new();
     for start in (0..m).step_by(batch) {
         let (o, y) = apply_rows(&z.narrow(0, start, batch.min(m - start)), w, gamma, eta, lambda, want_yhat);
         outs.push(o);
-        yhat.extend(y);
+        picks.extend(y);
     }
     let refs: Vec<&Tensor<B>> = outs.iter().collect();
+    let yhat = (!picks.is_empty()).then(|| Tensor::cat(&picks.iter().collect::<Vec<_>>(), 0));
     (Tensor::cat(&refs, 0), yhat)
+}
+
+/// Downloads the per-layer index tensors of [`apply`] in one transfer, as `u32`.
+fn download_picks<B: Backend>(picks: &[Tensor<B>]) -> Vec<u32> {
+    if picks.is_empty() {
+        return Vec::new();
+    }
+    let all = Tensor::cat(&picks.iter().collect::<Vec<_>>(), 0);
+    Tensor::indices_to_host(&all).into_iter().map(|y| y as u32).collect()
 }
 
 fn apply_rows<B: Backend>(
@@ -158,7 +169,7 @@ fn apply_rows<B: Backend>(
     eta: f64,
     lambda: f64,
     want_yhat: bool,
-) -> (Tensor<B>, Vec<usize>) {
+) -> (Tensor<B>, Option<Tensor<B>>) {
     let (b, d) = (z.dim(0), z.dim(1));
     let k = gamma.dim(1);
     // [E z; C_1 z; ...; C_k z] for every row: b x (k+1) x d
@@ -167,7 +178,7 @@ fn apply_rows<B: Backend>(
     let comp = resp.narrow(1, 1, k);
     // pi = softmax_j(-lambda max(||C_j z||, floor))  (4.1.11)
     let pi = comp.norm_axis(2).reshape(&[b, k]).clamp_min(NORM_FLOOR).scale(-lambda).softmax(1);
-    let yhat = if want_yhat { pi.argmax_axis(1) } else { Vec::new() };
+    let yhat = want_yhat.then(|| pi.argmax_indices(1));
     // sigma = sum_j gamma_j pi_j C_j z
     let coef = pi.mul(gamma).reshape(&[b, k, 1]);
     let clus = comp.mul(&coef).sum_axis(1, false);
@@ -198,6 +209,9 @@ pub(super) fn build<B: Backend>(
     let mut rates_true = Vec::new();
     let mut rates_code = Vec::new();
     let mut yhat_all: Vec<u32> = Vec::new();
+    // Without rates nothing needs the memberships inside the loop: they stay on
+    // the device and come back in one download after it.
+    let mut picks = Vec::new();
     let mut features = Vec::new();
     if want_rates {
         rates_true.push(stats.rates(scales.alpha, &scales.alpha_class, &scales.gamma, &counts)?);
@@ -212,6 +226,11 @@ pub(super) fn build<B: Backend>(
         layers.push(Layer::from_tensor(w, &scales.gamma, d, k));
         let next = Stats::new(&out, &members, batch);
         if want_rates {
+            // The rates are host scalars anyway; the code's rates need yhat's members here.
+            let yhat = yhat.as_ref().map(Tensor::indices_to_host).unwrap_or_default();
+            if record.yhat {
+                yhat_all.extend(yhat.iter().map(|&y| y as u32));
+            }
             let rt = next.rates(scales.alpha, &scales.alpha_class, &scales.gamma, &counts)?;
             rates_true.push(rt);
             rates_code.push(if yhat.as_slice() == labels {
@@ -230,9 +249,8 @@ pub(super) fn build<B: Backend>(
                     &yhat_counts,
                 )?
             });
-        }
-        if record.yhat {
-            yhat_all.extend(yhat.iter().map(|&y| y as u32));
+        } else if let Some(y) = yhat {
+            picks.push(y);
         }
         if record.features.contains(l + 1) {
             features.push((l + 1, out.clone()));
@@ -247,6 +265,7 @@ pub(super) fn build<B: Backend>(
         rates_true.clear();
         rates_code.clear();
     }
+    yhat_all.extend(download_picks(&picks));
     let trace =
         Trace { output: normalise_rows(&zl), rates_true, rates_code, features, yhat: yhat_all, samples: m };
     Ok((layers, trace))
@@ -258,7 +277,7 @@ pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Re
     let gamma_t = Tensor::from_f64(z.backend(), net.gamma(), &[1, net.num_classes()]);
     let cfg = net.config();
     let mut zl = normalise_rows(z);
-    let mut yhat_all = Vec::new();
+    let mut picks = Vec::new();
     let mut features = Vec::new();
     if record.features.contains(0) {
         features.push((0, zl.clone()));
@@ -266,7 +285,7 @@ pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Re
     for (l, layer) in net.layers().iter().enumerate() {
         let (out, yhat) =
             apply(&zl, layer.operators(), &gamma_t, cfg.eta, cfg.lambda, cfg.batch_size, record.yhat);
-        yhat_all.extend(yhat.iter().map(|&y| y as u32));
+        picks.extend(yhat);
         if record.features.contains(l + 1) {
             features.push((l + 1, out.clone()));
         }
@@ -277,7 +296,7 @@ pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Re
         rates_true: Vec::new(),
         rates_code: Vec::new(),
         features,
-        yhat: yhat_all,
+        yhat: download_picks(&picks),
         samples: m,
     })
 }
