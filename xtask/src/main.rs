@@ -315,7 +315,7 @@ fn markdown_table(results: &[BenchResult]) -> String {
             .find(|b| b.group == r.group && b.value == r.value && b.function.starts_with("baseline"));
         let versus = match baseline {
             Some(b) if !r.function.starts_with("baseline") => {
-                format!("{:.0}% of {}", 100.0 * b.mean_ns / r.mean_ns, b.function)
+                format!("{} of {}", percent(100.0 * b.mean_ns / r.mean_ns), b.function)
             }
             _ => "-".into(),
         };
@@ -398,6 +398,17 @@ fn utc_now() -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
 }
 
+/// A percentage with whole digits from 10% up and two significant digits
+/// below (a wgpu row on a software adapter can be a fraction of a percent).
+fn percent(p: f64) -> String {
+    if p >= 10.0 || p == 0.0 || !p.is_finite() {
+        format!("{p:.0}%")
+    } else {
+        let decimals = (1 - p.log10().floor() as i32).max(0) as usize;
+        format!("{p:.decimals$}%")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +440,9 @@ mod tests {
         };
         let table = markdown_table(&[r("baseline_x", 2.0), r("ours", 4.0)]);
         assert!(table.contains("| g | ours/8 | 4.0 ns ± 0.0 ns | - | 50% of baseline_x |"), "{table}");
+        assert_eq!(percent(0.3104), "0.31%");
+        assert_eq!(percent(4.26), "4.3%");
+        assert_eq!(percent(123.4), "123%");
         assert!(table.contains("| g | baseline_x/8 | 2.0 ns ± 0.0 ns | - | - |"), "{table}");
     }
 
