@@ -281,11 +281,13 @@ mod transformers {
         (input, labels, x, vec![2, 0])
     }
 
-    /// Runs `rate <model> forward --with-grads` and checks logits, loss and every gradient against the library.
+    /// Runs `rate <model> forward --with-grads [extra]` and checks logits, loss and every gradient against
+    /// the library (computed on the whole batch at once).
     fn check_forward(
         model: &str,
         ckpt: &Path,
         config: Option<&Path>,
+        extra: &[&str],
         dir: &Path,
         want: &dyn Fn(&Tensor<B>, &[usize]) -> (Tensor<B>, f64, CrateGradients<B>),
     ) {
@@ -301,7 +303,7 @@ mod transformers {
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
-        cmd.arg("--with-grads").arg("--labels").arg(&labels);
+        cmd.arg("--with-grads").arg("--labels").arg(&labels).args(extra);
         let st = cmd.output().unwrap();
         assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
         let f = TensorFile::read(&out).unwrap();
@@ -337,7 +339,7 @@ mod transformers {
         .unwrap();
         let p = dir.join("aot.safetensors");
         aot.save(&p, safetensors::Dtype::F64).unwrap();
-        check_forward("aot", &p, None, &dir, &|x, y| {
+        check_forward("aot", &p, None, &[], &dir, &|x, y| {
             let (l, g) = aot.loss_and_gradients(x, y, &ce).unwrap();
             (aot.logits(x).unwrap(), l, g)
         });
@@ -350,7 +352,8 @@ mod transformers {
         .unwrap();
         let p = dir.join("tost.safetensors");
         tost.save(&p, safetensors::Dtype::F64).unwrap();
-        check_forward("tost", &p, None, &dir, &|x, y| {
+        // two micro-batches of one image, run in parallel, against the whole batch
+        check_forward("tost", &p, None, &["--micro-batch", "1"], &dir, &|x, y| {
             let (l, g) = tost.loss_and_gradients(x, y, &ce).unwrap();
             (tost.logits(x).unwrap(), l, g)
         });
@@ -383,7 +386,7 @@ mod transformers {
             "x",
         )
         .unwrap();
-        check_forward("crate", &p, Some(&json), &dir, &|x, y| {
+        check_forward("crate", &p, Some(&json), &["--micro-batch", "1"], &dir, &|x, y| {
             let (l, g) = rounded.loss_and_gradients(x, y, &ce).unwrap();
             (rounded.logits(x).unwrap(), l, g)
         });

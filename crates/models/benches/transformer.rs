@@ -8,6 +8,10 @@
 //! at the `cifar` size.
 //!
 //! Seeds are fixed and the inputs are built outside the timed loop.
+//! Every model runs as parallel micro-batches of 8 images
+//! (`Execution::parallel_micro_batches`, what `rate crate|aot|tost forward`
+//! does by default on the CPU; same results up to rounding); set
+//! `CRATE_BENCH_MICRO=<images>` for another size, 0 for the whole batch at once.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
@@ -15,7 +19,7 @@ use backend_cpu::CpuBackend;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use models::nn::aot::{AotConfig, AotLayer};
 use models::nn::classifier::{Block, Classifier, ModelConfig};
-use models::nn::crate_model::{Crate, CrateConfig};
+use models::nn::crate_model::{Crate, CrateConfig, Execution};
 use models::nn::loss::CrossEntropy;
 use models::nn::optim::AdamW;
 use models::nn::tost::{TostConfig, TostLayer};
@@ -30,6 +34,13 @@ fn batch() -> usize {
     std::env::var("CRATE_BENCH_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(128)
 }
 
+fn execution() -> Execution {
+    match std::env::var("CRATE_BENCH_MICRO").ok().and_then(|s| s.parse().ok()).unwrap_or(8) {
+        0 => Execution { micro_batch: None, parallel: false },
+        images => Execution::parallel_micro_batches(images),
+    }
+}
+
 fn inputs(be: &Be, channels: usize, size: usize, classes: usize, batch: usize) -> (Tensor<Be>, Vec<usize>) {
     let mut rng = StdRng::seed_from_u64(42);
     let n = batch * channels * size * size;
@@ -42,6 +53,7 @@ fn inputs(be: &Be, channels: usize, size: usize, classes: usize, batch: usize) -
 fn bench_crate(c: &mut Criterion) {
     let be = Be::new();
     let batch = batch();
+    let exec = execution();
     let mut group = c.benchmark_group("crate");
     group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(batch as u64));
@@ -49,14 +61,14 @@ fn bench_crate(c: &mut Criterion) {
         let Ok(model) = Crate::<Be>::new(&be, &config, 0) else { panic!("bench config {name} is valid") };
         let (images, labels) = inputs(&be, config.channels, config.image_size, config.num_classes, batch);
         group.bench_function(BenchmarkId::new("inference", name), |b| {
-            b.iter(|| model.logits(&images).map(|l| l.numel()).unwrap_or(0))
+            b.iter(|| model.logits_with(&images, &exec).map(|l| l.numel()).unwrap_or(0))
         });
         let ce = CrossEntropy::default();
         let mut train = model.clone();
         let mut opt = AdamW::new(1e-4);
         group.bench_function(BenchmarkId::new("train_step", name), |b| {
             b.iter(|| {
-                let Ok((loss, grads)) = train.loss_and_gradients(&images, &labels, &ce) else {
+                let Ok((loss, grads)) = train.loss_and_gradients_with(&images, &labels, &ce, &exec) else {
                     return f64::NAN;
                 };
                 if opt.step(&mut train, &grads.params).is_err() {
@@ -72,6 +84,7 @@ fn bench_crate(c: &mut Criterion) {
 fn bench_classifier<L: Block<Be>>(c: &mut Criterion, group_name: &str, config: &L::Config) {
     let be = Be::new();
     let batch = batch();
+    let exec = execution();
     let mut group = c.benchmark_group(group_name);
     group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(batch as u64));
@@ -81,14 +94,14 @@ fn bench_classifier<L: Block<Be>>(c: &mut Criterion, group_name: &str, config: &
     let v = config.vision();
     let (images, labels) = inputs(&be, v.channels, v.image_size, v.num_classes, batch);
     group.bench_function(BenchmarkId::new("inference", "cifar"), |b| {
-        b.iter(|| model.logits(&images).map(|l| l.numel()).unwrap_or(0))
+        b.iter(|| model.logits_with(&images, &exec).map(|l| l.numel()).unwrap_or(0))
     });
     let ce = CrossEntropy::default();
     let mut train = model.clone();
     let mut opt = AdamW::new(1e-4);
     group.bench_function(BenchmarkId::new("train_step", "cifar"), |b| {
         b.iter(|| {
-            let Ok((loss, grads)) = train.loss_and_gradients(&images, &labels, &ce) else {
+            let Ok((loss, grads)) = train.loss_and_gradients_with(&images, &labels, &ce, &exec) else {
                 return f64::NAN;
             };
             if opt.step(&mut train, &grads.params).is_err() {
