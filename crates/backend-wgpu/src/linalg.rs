@@ -29,6 +29,14 @@ const NB: usize = 32;
 /// Batched `op(A) op(B)`.
 pub fn matmul(ctx: &Ctx, a: &Buf, b: &Buf, s: MatmulSpec) -> Buf {
     let MatmulSpec { batch, m, k: kk, n, trans_a, trans_b, a_batched, b_batched } = s;
+    // A batch of row-major A against one shared B is a single (batch * m) x k product:
+    // the stacked rows of A are contiguous, and so are the results. One tall product
+    // takes the 64x64 tiles where batch small blocks of m rows (m < 64) would each pad
+    // a 16x16 tile grid, several times slower on the same work.
+    if a_batched && !b_batched && !trans_a && batch > 1 && (batch * m).div_ceil(16) <= MAX_GROUPS {
+        let folded = MatmulSpec { batch: 1, m: batch * m, a_batched: false, ..s };
+        return matmul(ctx, a, b, folded);
+    }
     let total = batch * m * n;
     if total == 0 {
         return ctx.alloc(0);

@@ -262,14 +262,21 @@ fn reductions_and_softmax() {
     assert_eq!(got, vec![300.0]);
 }
 
-/// Matmul: abs 1e-5 sqrt(k) (entries of size ~1), over all transposes, shared operands and both tile kernels.
+/// Matmul: abs 1e-5 sqrt(k) (entries of size ~1), over all transposes, shared operands and both tile kernels
+/// (the last size: a batch of short A against one B, folded into one tall product).
 #[test]
 fn matmul_all_variants() {
     let g = gpu_or_skip!();
     let c = cpu();
     let mut rng = StdRng::seed_from_u64(6);
-    let sizes =
-        [(1usize, 1usize, 1usize, 1usize), (3, 5, 7, 4), (2, 17, 33, 19), (2, 70, 65, 130), (1, 128, 64, 96)];
+    let sizes = [
+        (1usize, 1usize, 1usize, 1usize),
+        (3, 5, 7, 4),
+        (2, 17, 33, 19),
+        (2, 70, 65, 130),
+        (1, 128, 64, 96),
+        (6, 50, 40, 70),
+    ];
     for (batch, m, k, n) in sizes {
         for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
             for (a_batched, b_batched) in [(true, true), (false, true), (true, false)] {
