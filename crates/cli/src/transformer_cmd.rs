@@ -106,20 +106,26 @@ pub struct ForwardArgs {
     #[arg(long = "label-smoothing", default_value_t = 0.0)]
     pub label_smoothing: f64,
     /// Images per micro-batch on the CPU backend, run in parallel on the thread pool (0: the whole
-    /// batch at once). Logits, loss and gradients equal the whole-batch ones up to rounding; small
-    /// micro-batches keep the activations in cache (CRATE 32 px, batch 128: about 1.5x faster
-    /// inference at 8 than at 128 in docs/performance.md). On wgpu the whole batch runs at once.
-    #[arg(long = "micro-batch", default_value_t = 8)]
-    pub micro_batch: usize,
+    /// batch at once; default: 4 for the logits, 8 for the gradients, the fastest in the transformer
+    /// bench). Logits, loss and gradients equal the whole-batch ones up to rounding; small micro-batches
+    /// keep the activations in cache (CRATE 32 px, batch 128: 2.2x the whole-batch inference
+    /// throughput, docs/performance.md). On wgpu the whole batch runs at once.
+    #[arg(long = "micro-batch")]
+    pub micro_batch: Option<usize>,
 }
 
+/// Micro-batch sizes when `--micro-batch` is not given: inference, gradients.
+const DEFAULT_MICRO_BATCH: (usize, usize) = (4, 8);
+
 impl ForwardArgs {
-    /// How the batch is executed on backend `be` (see `--micro-batch`).
-    fn execution<B: Backend>(&self, be: &B) -> Execution {
-        if self.micro_batch == 0 || !be.name().starts_with("cpu") {
-            Execution { micro_batch: None, parallel: false }
-        } else {
-            Execution::parallel_micro_batches(self.micro_batch)
+    /// How the batch is executed on backend `be` (see `--micro-batch`), for the
+    /// logits or for the gradients.
+    fn execution<B: Backend>(&self, be: &B, gradients: bool) -> Execution {
+        let default = if gradients { DEFAULT_MICRO_BATCH.1 } else { DEFAULT_MICRO_BATCH.0 };
+        match self.micro_batch.unwrap_or(default) {
+            0 => Execution { micro_batch: None, parallel: false },
+            _ if !be.name().starts_with("cpu") => Execution { micro_batch: None, parallel: false },
+            images => Execution::parallel_micro_batches(images),
         }
     }
 }
@@ -332,8 +338,8 @@ fn crate_forward<B: Backend>(
     let config = CrateConfig::from_checkpoint(&file)?;
     let model =
         Crate::from_state_dict(be, &config, file.tensors.iter().map(|(k, v)| (k.as_str(), v)), &file.path)?;
-    let exec = a.execution(be);
-    let logits = model.logits_with(images, &exec)?;
+    let logits = model.logits_with(images, &a.execution(be, false))?;
+    let exec = a.execution(be, true);
     let grads = labels.map(|l| model.loss_and_gradients_with(images, l, ce, &exec)).transpose()?;
     Ok((logits, grads, config.to_metadata()))
 }
@@ -348,8 +354,8 @@ fn classifier_forward<B: Backend, L: Block<B>>(
 ) -> CliResult<ForwardResult<B>> {
     use models::nn::classifier::ModelConfig;
     let model = Classifier::<B, L>::load_with(be, &a.checkpoint, overrides)?;
-    let exec = a.execution(be);
-    let logits = model.logits_with(images, &exec)?;
+    let logits = model.logits_with(images, &a.execution(be, false))?;
+    let exec = a.execution(be, true);
     let grads = labels.map(|l| model.loss_and_gradients_with(images, l, ce, &exec)).transpose()?;
     Ok((logits, grads, model.config.to_metadata()))
 }

@@ -8,10 +8,10 @@
 //! at the `cifar` size.
 //!
 //! Seeds are fixed and the inputs are built outside the timed loop.
-//! Every model runs as parallel micro-batches of 8 images
-//! (`Execution::parallel_micro_batches`, what `rate crate|aot|tost forward`
-//! does by default on the CPU; same results up to rounding); set
-//! `CRATE_BENCH_MICRO=<images>` for another size, 0 for the whole batch at once.
+//! Every model runs as parallel micro-batches (`Execution::parallel_micro_batches`;
+//! same results up to rounding) of 4 images for inference and 8 for a training
+//! step, what `rate crate|aot|tost forward` does by default on the CPU; set
+//! `CRATE_BENCH_MICRO=<images>` for one size for both, 0 for the whole batch at once.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
@@ -34,8 +34,10 @@ fn batch() -> usize {
     std::env::var("CRATE_BENCH_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(128)
 }
 
-fn execution() -> Execution {
-    match std::env::var("CRATE_BENCH_MICRO").ok().and_then(|s| s.parse().ok()).unwrap_or(8) {
+/// Execution of inference (`training == false`) or of a training step.
+fn execution(training: bool) -> Execution {
+    let default = if training { 8 } else { 4 };
+    match std::env::var("CRATE_BENCH_MICRO").ok().and_then(|s| s.parse().ok()).unwrap_or(default) {
         0 => Execution { micro_batch: None, parallel: false },
         images => Execution::parallel_micro_batches(images),
     }
@@ -53,7 +55,7 @@ fn inputs(be: &Be, channels: usize, size: usize, classes: usize, batch: usize) -
 fn bench_crate(c: &mut Criterion) {
     let be = Be::new();
     let batch = batch();
-    let exec = execution();
+    let (exec, train_exec) = (execution(false), execution(true));
     let mut group = c.benchmark_group("crate");
     group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(batch as u64));
@@ -68,7 +70,8 @@ fn bench_crate(c: &mut Criterion) {
         let mut opt = AdamW::new(1e-4);
         group.bench_function(BenchmarkId::new("train_step", name), |b| {
             b.iter(|| {
-                let Ok((loss, grads)) = train.loss_and_gradients_with(&images, &labels, &ce, &exec) else {
+                let Ok((loss, grads)) = train.loss_and_gradients_with(&images, &labels, &ce, &train_exec)
+                else {
                     return f64::NAN;
                 };
                 if opt.step(&mut train, &grads.params).is_err() {
@@ -84,7 +87,7 @@ fn bench_crate(c: &mut Criterion) {
 fn bench_classifier<L: Block<Be>>(c: &mut Criterion, group_name: &str, config: &L::Config) {
     let be = Be::new();
     let batch = batch();
-    let exec = execution();
+    let (exec, train_exec) = (execution(false), execution(true));
     let mut group = c.benchmark_group(group_name);
     group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(batch as u64));
@@ -101,7 +104,7 @@ fn bench_classifier<L: Block<Be>>(c: &mut Criterion, group_name: &str, config: &
     let mut opt = AdamW::new(1e-4);
     group.bench_function(BenchmarkId::new("train_step", "cifar"), |b| {
         b.iter(|| {
-            let Ok((loss, grads)) = train.loss_and_gradients_with(&images, &labels, &ce, &exec) else {
+            let Ok((loss, grads)) = train.loss_and_gradients_with(&images, &labels, &ce, &train_exec) else {
                 return f64::NAN;
             };
             if opt.step(&mut train, &grads.params).is_err() {
