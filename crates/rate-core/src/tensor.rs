@@ -418,7 +418,7 @@ impl<B: Backend> Tensor<B> {
     }
     /// Index of the maximum along `axis` (downloaded).
     pub fn argmax_axis(&self, axis: isize) -> Vec<usize> {
-        Self::indices_to_host(&self.argmax_indices(axis))
+        Self::indices_to_host(std::slice::from_ref(&self.argmax_indices(axis)))
     }
     /// Index of the maximum along `axis` (first on ties), kept on the device as
     /// element values, so that a loop can collect them and download once with
@@ -426,9 +426,18 @@ impl<B: Backend> Tensor<B> {
     pub fn argmax_indices(&self, axis: isize) -> Self {
         self.reduce(ReduceOp::ArgMax, axis, false)
     }
-    /// Downloads a tensor of indices made by [`Tensor::argmax_indices`] (row-major).
-    pub fn indices_to_host(indices: &Self) -> Vec<usize> {
-        indices.to_vec().into_iter().map(|x| x.f64() as usize).collect()
+    /// Downloads index tensors made by [`Tensor::argmax_indices`] in one transfer:
+    /// their entries in order (each row-major). Empty for no tensors.
+    pub fn indices_to_host(parts: &[Self]) -> Vec<usize> {
+        let values = match parts {
+            [] => return Vec::new(),
+            [one] => one.to_vec(),
+            many => {
+                let flat: Vec<Self> = many.iter().map(|t| t.reshape(&[t.numel()])).collect();
+                Self::cat(&flat.iter().collect::<Vec<_>>(), 0).to_vec()
+            }
+        };
+        values.into_iter().map(|x| x.f64() as usize).collect()
     }
     /// Sum of all elements.
     pub fn sum_all(&self) -> f64 {

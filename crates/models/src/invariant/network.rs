@@ -532,12 +532,7 @@ impl<B: Backend> InvariantReduNet<B> {
         if keep {
             spectra.push(unpack_features(&v));
         }
-        let yhat = if picks.is_empty() {
-            Vec::new()
-        } else {
-            let all = Tensor::indices_to_host(&Tensor::cat(&picks.iter().collect::<Vec<_>>(), 0));
-            all.chunks(n.max(1)).map(<[usize]>::to_vec).collect()
-        };
+        let yhat = Tensor::indices_to_host(&picks).chunks(n.max(1)).map(<[usize]>::to_vec).collect();
         (v, yhat, spectra)
     }
 

@@ -8,7 +8,8 @@
 //! Loading refuses a missing, unknown, mis-shaped or non-float tensor by
 //! name, and a configuration that does not divide at construction.
 
-use super::crate_model::{mean_std, sum_micro_batches, CrateGradients, Execution};
+use super::checkpoint::{check_images, load_parameters, save_parameters, state_dict};
+use super::crate_model::{mean_std, CrateGradients, Execution};
 use super::embed::{
     add_cls_and_positions, add_cls_and_positions_backward, PatchEmbedding, PatchEmbeddingCache,
 };
@@ -16,12 +17,12 @@ use super::head::{ClassificationHead, HeadCache, Pool};
 use super::layernorm::LAYERNORM_EPS;
 use super::loss::CrossEntropy;
 use super::{accumulate, init, join, Grads, Module};
-use crate::io::{HostArray, OutArray, TensorFile};
+use crate::io::{HostArray, TensorFile};
 use crate::{Backend, Error, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use safetensors::Dtype;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::Path;
 
@@ -292,47 +293,6 @@ pub struct ClassifierCache<B: Backend, L: Block<B>> {
     pub head: HeadCache<B>,
 }
 
-/// Copies the tensors of a state dict into `model`'s parameters, refusing a
-/// missing, unknown, mis-shaped or non-float tensor by name.
-pub fn load_parameters<'a, B: Backend, M: Module<B>>(
-    backend: &B,
-    model: &mut M,
-    tensors: impl IntoIterator<Item = (&'a str, &'a HostArray)>,
-    source: &str,
-    what: &str,
-) -> Result<()> {
-    let fmt = |message: String| Error::Format { path: source.to_string(), message };
-    let given: BTreeMap<&str, &HostArray> = tensors.into_iter().collect();
-    let mut expected = BTreeSet::new();
-    let mut err = None;
-    model.visit_mut("", &mut |name, p| {
-        if err.is_some() {
-            return;
-        }
-        let Some(a) = given.get(name.as_str()) else {
-            err = Some(fmt(format!("missing tensor `{name}` (shape {:?})", p.shape())));
-            return;
-        };
-        if !matches!(a.dtype, Dtype::F32 | Dtype::F64) {
-            err = Some(fmt(format!("tensor `{name}` has dtype {:?}, expected F32 or F64", a.dtype)));
-            return;
-        }
-        if a.shape != p.shape() {
-            err = Some(fmt(format!("tensor `{name}` has shape {:?}, expected {:?}", a.shape, p.shape())));
-            return;
-        }
-        *p = Tensor::from_f64(backend, &a.data, &a.shape);
-        expected.insert(name);
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    if let Some(extra) = given.keys().find(|k| !expected.contains(**k)) {
-        return Err(fmt(format!("unknown tensor `{extra}` (not a parameter of this {what} configuration)")));
-    }
-    Ok(())
-}
-
 impl<B: Backend, L: Block<B>> Classifier<B, L> {
     /// A model with PyTorch's default initialisation, seeded (`cls_token`, `pos_embedding` `N(0, 1)`).
     pub fn new(backend: &B, config: &L::Config, seed: u64) -> Result<Self> {
@@ -384,26 +344,12 @@ impl<B: Backend, L: Block<B>> Classifier<B, L> {
 
     /// Writes the parameters and the configuration (metadata) as safetensors, atomically.
     pub fn save(&self, path: impl AsRef<Path>, dtype: Dtype) -> Result<()> {
-        if !matches!(dtype, Dtype::F32 | Dtype::F64) {
-            return Err(Error::Config(format!(
-                "{} checkpoints are F32 or F64, not {dtype:?}",
-                L::Config::NAME
-            )));
-        }
-        let mut arrays = BTreeMap::new();
-        self.visit("", &mut |name, p| {
-            arrays.insert(name, OutArray { shape: p.shape().to_vec(), data: p.to_f64_vec(), dtype });
-        });
-        crate::io::write_safetensors(path, &arrays, &self.config.to_metadata())
+        save_parameters(self, path, dtype, &self.config.to_metadata(), L::Config::NAME)
     }
 
     /// The parameters by PyTorch name.
     pub fn state_dict(&self) -> BTreeMap<String, Tensor<B>> {
-        let mut out = BTreeMap::new();
-        self.visit("", &mut |name, p| {
-            out.insert(name, p.clone());
-        });
-        out
+        state_dict(self)
     }
 
     /// Number of trainable parameters.
@@ -415,17 +361,7 @@ impl<B: Backend, L: Block<B>> Classifier<B, L> {
 
     fn check_images(&self, images: &Tensor<B>) -> Result<()> {
         let c = self.config.vision();
-        let s = images.shape();
-        if s.len() != 4 || s[0] == 0 || s[1] != c.channels || s[2] != c.image_size || s[3] != c.image_size {
-            return Err(Error::Config(format!(
-                "{}: images have shape {s:?}, expected [batch >= 1, {}, {}, {}]",
-                L::Config::NAME,
-                c.channels,
-                c.image_size,
-                c.image_size
-            )));
-        }
-        Ok(())
+        check_images(images, c.channels, c.image_size, L::Config::NAME)
     }
 
     /// Logits `[batch, classes]` of `[batch, C, H, W]` images.
@@ -506,15 +442,12 @@ impl<B: Backend, L: Block<B>> Classifier<B, L> {
         if ranges.len() == 1 {
             return self.loss_and_gradients(images, labels, loss);
         }
-        // each micro-batch's mean loss weighs len / batch in the batch mean
-        let parts = exec.map(batch, |start, len| {
-            let (logits, cache) = self.forward(&images.narrow(0, start, len))?;
-            let (value, ce) = loss.forward(&logits, &labels[start..start + len])?;
-            let w = len as f64 / batch as f64;
-            let g = self.backward(&cache, &loss.backward(&ce, w));
-            Ok((value * w, g.params, g.input))
-        })?;
-        Ok(sum_micro_batches(parts))
+        exec.loss_and_gradients(
+            labels,
+            loss,
+            |start, len| self.forward(&images.narrow(0, start, len)),
+            |cache, g| self.backward(cache, g),
+        )
     }
 
     /// Per-layer measurements of a forward pass.

@@ -10,6 +10,7 @@
 //! the projected tokens `U_k^T LN(z)` of each head, tokens L2-normalised,
 //! `eps^2 = 0.01`; the fraction of exact zeros of each ISTA output.
 
+use super::checkpoint::{check_images, load_parameters, save_parameters, state_dict};
 use super::embed::{
     add_cls_and_positions, add_cls_and_positions_backward, PatchEmbedding, PatchEmbeddingCache,
 };
@@ -19,7 +20,7 @@ use super::layernorm::{LayerNorm, LayerNormCache, LAYERNORM_EPS};
 use super::loss::CrossEntropy;
 use super::mssa::{Mssa, MssaCache, MssaWeights};
 use super::{accumulate, init, join, Grads, Module};
-use crate::io::{HostArray, OutArray, TensorFile};
+use crate::io::{HostArray, TensorFile};
 use crate::{Backend, Error, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -527,23 +528,39 @@ impl Execution {
     }
 }
 
-/// The batch's loss and gradients from its micro-batches' `(weighted loss, parameter
-/// gradients, input gradient)`: losses and parameter gradients summed, input gradients stacked.
-pub(crate) fn sum_micro_batches<B: Backend>(
-    parts: Vec<(f64, Grads<B>, Tensor<B>)>,
-) -> (f64, CrateGradients<B>) {
-    let mut total = 0.0;
-    let mut params = Grads::new();
-    let mut inputs = Vec::with_capacity(parts.len());
-    for (value, g, input) in parts {
-        total += value;
-        for (name, t) in g {
-            accumulate(&mut params, name, t);
+impl Execution {
+    /// The mean loss of a batch of `labels.len()` images and its exact gradients from its
+    /// micro-batches: `forward(start, len)` runs one micro-batch, `backward` takes its cache and
+    /// `dL/d(logits)`. Each micro-batch's mean loss weighs `len / batch` in the batch mean; losses
+    /// and parameter gradients are summed, input gradients stacked in batch order.
+    pub(crate) fn loss_and_gradients<B: Backend, C: Send>(
+        &self,
+        labels: &[usize],
+        loss: &CrossEntropy,
+        forward: impl Fn(usize, usize) -> Result<(Tensor<B>, C)> + Sync + Send,
+        backward: impl Fn(&C, &Tensor<B>) -> CrateGradients<B> + Sync + Send,
+    ) -> Result<(f64, CrateGradients<B>)> {
+        let batch = labels.len();
+        let parts = self.map(batch, |start, len| {
+            let (logits, cache) = forward(start, len)?;
+            let (value, ce) = loss.forward(&logits, &labels[start..start + len])?;
+            let w = len as f64 / batch as f64;
+            let g = backward(&cache, &loss.backward(&ce, w));
+            Ok((value * w, g.params, g.input))
+        })?;
+        let mut total = 0.0;
+        let mut params = Grads::new();
+        let mut inputs = Vec::with_capacity(parts.len());
+        for (value, g, input) in parts {
+            total += value;
+            for (name, t) in g {
+                accumulate(&mut params, name, t);
+            }
+            inputs.push(input);
         }
-        inputs.push(input);
+        let input = Tensor::cat(&inputs.iter().collect::<Vec<_>>(), 0);
+        Ok((total, CrateGradients { params, input }))
     }
-    let input = Tensor::cat(&inputs.iter().collect::<Vec<_>>(), 0);
-    (total, CrateGradients { params, input })
 }
 
 /// `eps^2` of the authors' per-head coding-rate measurement (`CodingRate(eps=0.01)`).
@@ -591,40 +608,7 @@ impl<B: Backend> Crate<B> {
         source: &str,
     ) -> Result<Self> {
         let mut model = Crate::new(backend, config, 0)?;
-        let fmt = |message: String| Error::Format { path: source.to_string(), message };
-        let mut given: BTreeMap<&str, &HostArray> = BTreeMap::new();
-        for (name, a) in tensors {
-            given.insert(name, a);
-        }
-        let mut expected = BTreeSet::new();
-        let mut err = None;
-        model.visit_mut("", &mut |name, p| {
-            if err.is_some() {
-                return;
-            }
-            let Some(a) = given.get(name.as_str()) else {
-                err = Some(fmt(format!("missing tensor `{name}` (shape {:?})", p.shape())));
-                return;
-            };
-            if !matches!(a.dtype, Dtype::F32 | Dtype::F64) {
-                err = Some(fmt(format!("tensor `{name}` has dtype {:?}, expected F32 or F64", a.dtype)));
-                return;
-            }
-            if a.shape != p.shape() {
-                err = Some(fmt(format!("tensor `{name}` has shape {:?}, expected {:?}", a.shape, p.shape())));
-                return;
-            }
-            *p = Tensor::from_f64(backend, &a.data, &a.shape);
-            expected.insert(name);
-        });
-        if let Some(e) = err {
-            return Err(e);
-        }
-        if let Some(extra) = given.keys().find(|k| !expected.contains(**k)) {
-            return Err(fmt(format!(
-                "unknown tensor `{extra}` (not a parameter of this CRATE configuration)"
-            )));
-        }
+        load_parameters(backend, &mut model, tensors, source, "CRATE")?;
         Ok(model)
     }
 
@@ -640,35 +624,16 @@ impl<B: Backend> Crate<B> {
     /// Writes the parameters (PyTorch names) and the configuration (metadata)
     /// as safetensors, atomically; `dtype` is F32 or F64.
     pub fn save(&self, path: impl AsRef<Path>, dtype: Dtype) -> Result<()> {
-        if !matches!(dtype, Dtype::F32 | Dtype::F64) {
-            return Err(Error::Config(format!("CRATE checkpoints are F32 or F64, not {dtype:?}")));
-        }
-        let mut arrays = BTreeMap::new();
-        self.visit("", &mut |name, p| {
-            arrays.insert(name, OutArray { shape: p.shape().to_vec(), data: p.to_f64_vec(), dtype });
-        });
-        crate::io::write_safetensors(path, &arrays, &self.config.to_metadata())
+        save_parameters(self, path, dtype, &self.config.to_metadata(), "CRATE")
     }
 
     /// The parameters by PyTorch name.
     pub fn state_dict(&self) -> BTreeMap<String, Tensor<B>> {
-        let mut out = BTreeMap::new();
-        self.visit("", &mut |name, p| {
-            out.insert(name, p.clone());
-        });
-        out
+        state_dict(self)
     }
 
     fn check_images(&self, images: &Tensor<B>) -> Result<()> {
-        let c = &self.config;
-        let s = images.shape();
-        if s.len() != 4 || s[0] == 0 || s[1] != c.channels || s[2] != c.image_size || s[3] != c.image_size {
-            return Err(Error::Config(format!(
-                "CRATE: images have shape {s:?}, expected [batch >= 1, {}, {}, {}]",
-                c.channels, c.image_size, c.image_size
-            )));
-        }
-        Ok(())
+        check_images(images, self.config.channels, self.config.image_size, "CRATE")
     }
 
     /// `Z^0`: the embedded patches with the class token and the positions.
@@ -803,17 +768,13 @@ impl<B: Backend> Crate<B> {
         if ranges.len() == 1 {
             return self.loss_and_gradients(images, labels, loss);
         }
-        // each micro-batch's mean loss weighs len / batch in the batch mean
         let weights = self.prepare();
-        let parts = exec.map(batch, |start, len| {
-            let (logits, cache) =
-                self.run(&images.narrow(0, start, len), self.last_layer_queries(), &weights)?;
-            let (value, ce) = loss.forward(&logits, &labels[start..start + len])?;
-            let w = len as f64 / batch as f64;
-            let g = self.backward(&cache, &loss.backward(&ce, w));
-            Ok((value * w, g.params, g.input))
-        })?;
-        Ok(sum_micro_batches(parts))
+        exec.loss_and_gradients(
+            labels,
+            loss,
+            |start, len| self.run(&images.narrow(0, start, len), self.last_layer_queries(), &weights),
+            |cache, g| self.backward(cache, g),
+        )
     }
 
     /// Per-layer coding rate (per head, tokens L2-normalised, `eps^2 = 0.01`),

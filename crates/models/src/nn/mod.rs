@@ -11,6 +11,7 @@
 //!   PyTorch names (checkpoint loading, optimisers).
 
 pub mod aot;
+pub mod checkpoint;
 pub mod classifier;
 pub mod flash;
 pub mod tost;

@@ -155,11 +155,7 @@ fn apply<B: Backend>(
 
 /// Downloads the per-layer index tensors of [`apply`] in one transfer, as `u32`.
 fn download_picks<B: Backend>(picks: &[Tensor<B>]) -> Vec<u32> {
-    if picks.is_empty() {
-        return Vec::new();
-    }
-    let all = Tensor::cat(&picks.iter().collect::<Vec<_>>(), 0);
-    Tensor::indices_to_host(&all).into_iter().map(|y| y as u32).collect()
+    Tensor::indices_to_host(picks).into_iter().map(|y| y as u32).collect()
 }
 
 fn apply_rows<B: Backend>(
@@ -227,7 +223,7 @@ pub(super) fn build<B: Backend>(
         let next = Stats::new(&out, &members, batch);
         if want_rates {
             // The rates are host scalars anyway; the code's rates need yhat's members here.
-            let yhat = yhat.as_ref().map(Tensor::indices_to_host).unwrap_or_default();
+            let yhat = Tensor::indices_to_host(yhat.as_slice());
             if record.yhat {
                 yhat_all.extend(yhat.iter().map(|&y| y as u32));
             }
