@@ -14,6 +14,11 @@ use rayon::prelude::*;
 /// Rows (or inner indices) of one block, at least.
 const MIN_BLOCK: usize = 64;
 
+/// Rows of one block of a tall product, about: blocks of 512 rows keep a
+/// block of `A` and of the result in the L2 cache for the usual widths
+/// (`[16384, 384] x [384, 384]` in f32: 108 GFLOP/s in 8 blocks, 122-129 in 16-64).
+const TARGET_ROWS: usize = 512;
+
 /// `dst = op(A) op(B)` for one `m x k` by `k x n` product on the calling thread.
 fn product<T: CpuElem>(
     dst: &mut [T],
@@ -74,7 +79,7 @@ pub fn matmul<T: CpuElem>(a: &[T], b: &[T], s: MatmulSpec) -> Option<Vec<T>> {
         if m < 2 * MIN_BLOCK {
             return None;
         }
-        let blocks = (4 * threads).min(m / MIN_BLOCK);
+        let blocks = (m / TARGET_ROWS).max(4 * threads).min(m / MIN_BLOCK);
         let rows = m.div_ceil(blocks);
         let mut out = vec![T::zero(); m * n];
         out.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {

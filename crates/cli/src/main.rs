@@ -81,6 +81,8 @@ fn main() {
     if std::env::var_os("NODEVICE_SELECT").is_none() {
         std::env::set_var("NODEVICE_SELECT", "1");
     }
+    // reuse freed temporaries instead of faulting in fresh pages (glibc)
+    backend_cpu::keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         let msg = e.to_string().replace('\n', " ");

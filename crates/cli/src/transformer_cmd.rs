@@ -189,7 +189,7 @@ pub struct ScalingArgs {
     /// Heads.
     #[arg(long, default_value_t = 8)]
     pub heads: usize,
-    /// Timed runs per size (the minimum is reported; TSSA always runs at least twice).
+    /// Timed runs per size (the minimum is reported; TSSA always runs at least five times).
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
 }
@@ -593,7 +593,7 @@ impl Job for ScalingJob {
         let (mut t_time, mut t_mem, mut m_time, mut m_mem) = (vec![], vec![], vec![], vec![]);
         for &n in &ts {
             let x = tokens_of(n);
-            let (s, bytes) = measure(a.repeats.max(2), || tssa.forward(&x));
+            let (s, bytes) = measure(a.repeats.max(5), || tssa.forward(&x));
             t_time.push((n, s));
             t_mem.push((n, bytes as f64));
             rows.push(

@@ -1,6 +1,7 @@
 //! One attention layer against the number of tokens (dim 384, 8 heads, batch 1, f32, CPU): TSSA (4.3.15) versus the MSSA layer (4.2.20) with dense and with tiled attention, forward and forward + backward.
 //!
-//! `cargo bench -p models --bench attention [-- FILTER]`. Inputs and layers are
+//! `cargo bench -p models --bench attention [-- FILTER]`. Freed memory is kept
+//! for reuse as in the `rate` binary ([`backend_cpu::keep_freed_memory`]). Inputs and layers are
 //! built from fixed seeds outside the timed loop. Peak memory is measured by
 //! `examples/attention_memory.rs` (one process per point), not here.
 
@@ -83,6 +84,11 @@ fn setup(n: usize) -> (Tensor<B>, Tssa<B>, Mssa) {
 }
 
 fn bench_forward(c: &mut Criterion) {
+    // freed temporaries are reused, as in the `rate` binary (set
+    // RATE_BENCH_DEFAULT_MALLOC to measure with glibc's defaults)
+    if std::env::var_os("RATE_BENCH_DEFAULT_MALLOC").is_none() {
+        backend_cpu::keep_freed_memory();
+    }
     let mut g = c.benchmark_group("attention_forward");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     for n in (8..=15).map(|p| 1usize << p) {

@@ -5,7 +5,7 @@ use backend_cpu::CpuBackend;
 use common::{randn, rng};
 use models::Tensor;
 use proptest::prelude::*;
-use rate_core::layer_ops;
+use rate_core::{layer_ops, token_stats};
 
 type B32 = CpuBackend<f32>;
 
@@ -39,8 +39,41 @@ fn check_layer_norm<B: models::Backend>(
     }
 }
 
+/// The fused token statistics equal the op-by-op reference, every output.
+fn check_token_stats<B: models::Backend>(w: &Tensor<B>, temp: &Tensor<B>, heads: usize, tol: f64) {
+    let got = token_stats::token_stats(w, temp, heads, 1e-12);
+    let want = token_stats::token_stats_reference(w, temp, heads, 1e-12);
+    let pairs = [
+        ("col_sq", &got.col_sq, &want.col_sq),
+        ("what2_sum", &got.what2_sum, &want.what2_sum),
+        ("pi", &got.pi, &want.pi),
+        ("pi_sum", &got.pi_sum, &want.pi_sum),
+        ("pi_sq", &got.pi_sq, &want.pi_sq),
+        ("w_pi", &got.w_pi, &want.w_pi),
+    ];
+    for (what, p, q) in pairs {
+        assert_eq!(p.shape(), q.shape(), "token_stats {what}");
+        let e = max_rel(&p.to_f64_vec(), &q.to_f64_vec());
+        assert!(e < tol, "token_stats {what} {:?}: {e:e}", w.shape());
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fused_token_stats_equal_reference(seed in any::<u64>(), batch in 1usize..6, n in 1usize..400, heads in 1usize..6, dh in 1usize..20, zero_col in any::<bool>()) {
+        let mut g = rng(seed);
+        let mut w = randn(&mut g, &[batch, n, heads * dh], 1.0);
+        if zero_col {
+            // a column of zeros takes the norm clamp
+            let mask: Vec<f64> = (0..heads * dh).map(|c| if c == 0 { 0.0 } else { 1.0 }).collect();
+            w = w.mul(&Tensor::from_f64(&common::be(), &mask, &[heads * dh]));
+        }
+        let temp = randn(&mut g, &[heads, 1], 1.0);
+        check_token_stats(&w, &temp, heads, 1e-12);
+        check_token_stats(&to32(&w), &to32(&temp), heads, 1e-4);
+    }
 
     #[test]
     fn fused_layer_norm_equals_reference(seed in any::<u64>(), rows in 1usize..300, d in 1usize..40) {
@@ -85,7 +118,7 @@ proptest! {
     }
 
     #[test]
-    fn blocked_matmul_equals_host_product(seed in any::<u64>(), m in 100usize..400, k in 100usize..300, n in 60usize..120, ta in any::<bool>(), tb in any::<bool>()) {
+    fn blocked_matmul_equals_host_product(seed in any::<u64>(), m in 100usize..1400, k in 100usize..300, n in 60usize..120, ta in any::<bool>(), tb in any::<bool>()) {
         let mut g = rng(seed);
         let a = randn(&mut g, &[m, k], 1.0);
         let b = randn(&mut g, &[k, n], 1.0);

@@ -418,4 +418,19 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         .buffer()
         .clone()
     }
+
+    /// TSSA's token statistics of `w` (`batch x n x heads*dh`) with per-head
+    /// temperatures `temp` (`heads` values), see [`crate::token_stats`]. The
+    /// default body computes them op by op.
+    fn token_stats(
+        &self,
+        w: &Self::Buffer,
+        temp: &Self::Buffer,
+        spec: crate::token_stats::TokenStatsSpec,
+    ) -> crate::token_stats::TokenStats<Self::Buffer> {
+        let crate::token_stats::TokenStatsSpec { batch, n, heads, dh, norm_eps } = spec;
+        let w = Tensor::from_buffer(self, w.clone(), &[batch, n, heads * dh]);
+        let temp = Tensor::from_buffer(self, temp.clone(), &[heads]);
+        crate::token_stats::token_stats_reference(&w, &temp, heads, norm_eps).map(|t| t.buffer().clone())
+    }
 }

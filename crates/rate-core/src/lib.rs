@@ -16,6 +16,7 @@ pub mod rate;
 pub mod tensor;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod token_stats;
 
 pub use attention::{attention_tiled, attention_tiled_backward, AttentionSpec};
 pub use backend::{AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, UnaryOp};
@@ -25,3 +26,4 @@ pub use rate::{
     expansion_operator, rate_reduction, rate_reduction_grad, Membership, Rates,
 };
 pub use tensor::{ComplexTensor, Tensor};
+pub use token_stats::{token_stats, TokenStats, TokenStatsSpec};

@@ -26,6 +26,7 @@
 use super::{accumulate, join, Grads, Linear, Module};
 use crate::{Backend, Error, Result, Tensor};
 use rand::Rng;
+use rate_core::token_stats::{block_diag, head_dot, head_weighted_sum, token_stats};
 
 /// Clamp of the column norm (`F.normalize`'s eps).
 pub const NORM_EPS: f64 = 1e-12;
@@ -53,8 +54,6 @@ pub struct TssaCache<B: Backend> {
     x: Tensor<B>,
     /// `w` `[b, n, dim]`.
     w: Tensor<B>,
-    /// `a = w^2` `[b, n, dim]`.
-    a: Tensor<B>,
     /// `1 / max(||w[:,c]||, eps)^2` `[b, h, dh]`.
     inv_norm2: Tensor<B>,
     /// 1 where the column norm exceeds the clamp, `[b, h, dh]`.
@@ -189,33 +188,40 @@ impl<B: Backend> Tssa<B> {
 
     /// Forward on `x = [batch, tokens, dim]`: the output and the cache.
     ///
-    /// The per-head reductions and broadcasts are thin matmuls against
-    /// block-diagonal `[dim, heads]` matrices and the factor `1 / (1 + dots)`
-    /// is folded into the columns of `to_out.0.weight`, so that each
-    /// `tokens x dim` tensor is written once; [`Self::forward_reference`] is
-    /// the same map written step by step.
+    /// The column norms, memberships and `Pi`-weighted moments come from one
+    /// backend kernel ([`rate_core::token_stats`]: two passes over `w` on the
+    /// CPU) and the factor `1 / (1 + dots)` is folded into the columns of
+    /// `to_out.0.weight`, so that only `w`, `w Pi` and the output are
+    /// `tokens x dim`; [`Self::forward_reference`] is the same map written
+    /// step by step.
     pub fn forward(&self, x: &Tensor<B>) -> (Tensor<B>, TssaCache<B>) {
         let dim = self.dim();
         check_input(x, dim, "TSSA");
-        let (b, n, h) = (x.dim(0), x.dim(1), self.heads);
-        let dh = dim / h;
+        let (b, h) = (x.dim(0), self.heads);
         let w = self.qkv.forward(x);
-        let a = w.square();
-        // column norms over the tokens, clamped as F.normalize does
-        let norm = a.sum_axis(1, true).sqrt();
-        let norm_mask = norm.add_scalar(-NORM_EPS).step().reshape(&[b, h, dh]);
-        let inv_norm2 = norm.clamp_min(NORM_EPS).square().recip().reshape(&[b, h, dh]);
-        // s[n,h] = temp[h] sum_c a[n,h,c] / norm[h,c]^2
-        let what2_sum = head_dot(&a, &inv_norm2);
-        let pi = what2_sum.mul(&self.temp.reshape(&[1, 1, h])).softmax(-1);
-        let pi_mass = pi.sum_axis(1, true).add_scalar(PI_EPS);
-        // dots[h,c] = sum_n q[n,h] a[n,h,c]
-        let dots = head_weighted_sum(&pi.div(&pi_mass), &a);
+        // column norms over the tokens (clamped as F.normalize does), Pi and the
+        // Pi-weighted second moments in one kernel
+        let st = token_stats(&w, &self.temp, h, NORM_EPS);
+        let norm = st.col_sq.sqrt();
+        let norm_mask = norm.add_scalar(-NORM_EPS).step();
+        let inv_norm2 = norm.clamp_min(NORM_EPS).square().recip();
+        let pi_mass = st.pi_sum.add_scalar(PI_EPS);
+        // dots[h,c] = sum_n Pi a / (sum_n Pi + eps)
+        let dots = st.pi_sq.div(&pi_mass.reshape(&[b, h, 1]));
         let r = dots.add_scalar(1.0).recip();
         // y = -w Pi r; to_out(y) = (w Pi) (W_o diag(-r))^T + b_o
-        let w_pi = w.reshape(&[b, n, h, dh]).mul(&pi.reshape(&[b, n, h, 1])).reshape(&[b, n, dim]);
-        let out = w_pi.matmul_t(&self.out_weight(&r), false, true).add(&self.out_bias());
-        let cache = TssaCache { x: x.clone(), w, a, inv_norm2, norm_mask, what2_sum, pi, pi_mass, r, w_pi };
+        let out = st.w_pi.matmul_t(&self.out_weight(&r), false, true).add(&self.out_bias());
+        let cache = TssaCache {
+            x: x.clone(),
+            w,
+            inv_norm2,
+            norm_mask,
+            what2_sum: st.what2_sum,
+            pi: st.pi,
+            pi_mass,
+            r,
+            w_pi: st.w_pi,
+        };
         (out, cache)
     }
 
@@ -260,8 +266,9 @@ impl<B: Backend> Tssa<B> {
         prefix: &str,
         grads: &mut Grads<B>,
     ) -> Tensor<B> {
-        let TssaCache { x, w, a, inv_norm2, norm_mask, what2_sum, pi, pi_mass, r, w_pi } = cache;
+        let TssaCache { x, w, inv_norm2, norm_mask, what2_sum, pi, pi_mass, r, w_pi } = cache;
         let (b, n, dim) = (w.dim(0), w.dim(1), w.dim(2));
+        let a = &w.square();
         let (h, dh) = (self.heads, dim / self.heads);
         assert_eq!(
             grad_out.shape(),
@@ -322,29 +329,6 @@ impl<B: Backend> Tssa<B> {
         let dw = dw_direct.add(&da2.mul(w));
         self.qkv.backward(x, &dw, &join(prefix, "qkv"), grads)
     }
-}
-
-/// The block-diagonal `[b, h dh, h]` matrix whose column `k` holds `v[b, k, :]`
-/// in the rows of head `k`.
-fn block_diag<B: Backend>(v: &Tensor<B>) -> Tensor<B> {
-    let (b, h, dh) = (v.dim(0), v.dim(1), v.dim(2));
-    let eye = Tensor::eye(v.backend(), h).reshape(&[1, h, 1, h]);
-    v.reshape(&[b, h, dh, 1]).mul(&eye).reshape(&[b, h * dh, h])
-}
-
-/// `out[b, n, k] = sum_c x[b, n, k dh + c] v[b, k, c]`: per-head dot products
-/// of the tokens `x` (`[b, n, h dh]`) with `v` (`[b, h, dh]`).
-fn head_dot<B: Backend>(x: &Tensor<B>, v: &Tensor<B>) -> Tensor<B> {
-    x.matmul(&block_diag(v))
-}
-
-/// `out[b, k, c] = sum_n u[b, n, k] x[b, n, k dh + c]`: per-head weighted sums
-/// over the tokens (the diagonal blocks of `u^T x`).
-fn head_weighted_sum<B: Backend>(u: &Tensor<B>, x: &Tensor<B>) -> Tensor<B> {
-    let (b, h) = (u.dim(0), u.dim(2));
-    let dh = x.dim(2) / h;
-    let eye = Tensor::eye(u.backend(), h).reshape(&[1, h, h, 1]);
-    u.matmul_t(x, true, false).reshape(&[b, h, h, dh]).mul(&eye).sum_axis(2, false)
 }
 
 impl<B: Backend> Module<B> for Tssa<B> {
