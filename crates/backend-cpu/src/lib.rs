@@ -12,6 +12,7 @@
 mod attention;
 mod blocked;
 mod fft;
+mod invariant_step;
 mod linalg;
 mod nn;
 mod token_stats;
@@ -833,5 +834,21 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         spec: rate_core::TokenStatsSpec,
     ) -> rate_core::TokenStats<Self::Buffer> {
         token_stats::token_stats(w, temp, spec).map(Arc::new)
+    }
+
+    fn invariant_step(
+        &self,
+        v: &Self::Buffer,
+        y: &Self::Buffer,
+        weights: &Self::Buffer,
+        gamma: &Self::Buffer,
+        spec: rate_core::invariant_step::InvariantStepSpec,
+    ) -> (Self::Buffer, Self::Buffer) {
+        let (out, pi) = invariant_step::invariant_step(v, y, weights, gamma, spec);
+        (Arc::new(out), Arc::new(pi))
+    }
+
+    fn real_operand(&self, packed: &Self::Buffer, f: usize, g: usize, c: usize) -> Self::Buffer {
+        Arc::new(invariant_step::real_operand(packed, f, g, c))
     }
 }

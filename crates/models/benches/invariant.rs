@@ -6,7 +6,8 @@
 //! read from `/proc/self/status` after resetting it, operator bytes), then
 //! runs the criterion groups. `INVARIANT_BENCH_REPORT_ONLY=1` stops after the
 //! figures; `INVARIANT_BENCH_NO_REPORT=1` skips them; `INVARIANT_BENCH_SKIP_BRUTE=1`
-//! skips the slow transform of all 2000 rotated copies.
+//! skips the slow transform of all 2000 rotated copies. Freed memory is kept for reuse as in the
+//! `rate` binary ([`backend_cpu::keep_freed_memory`]; `RATE_BENCH_DEFAULT_MALLOC=1` to opt out).
 
 use backend_cpu::{CpuBackend, CpuElem};
 use criterion::{BenchmarkId, Criterion};
@@ -193,6 +194,11 @@ fn bench_sweep(c: &mut Criterion) {
 }
 
 fn main() {
+    // freed temporaries are reused, as in the `rate` binary (set
+    // RATE_BENCH_DEFAULT_MALLOC to measure with glibc's defaults)
+    if std::env::var_os("RATE_BENCH_DEFAULT_MALLOC").is_none() {
+        backend_cpu::keep_freed_memory();
+    }
     if std::env::var_os("INVARIANT_BENCH_NO_REPORT").is_none() {
         report::<f64>();
         report::<f32>();

@@ -7,7 +7,8 @@
 //! and AoT (LayerNorm + MSSA layers, softmax) and TOST (TSSA + ISTA layers)
 //! at the `cifar` size.
 //!
-//! Seeds are fixed and the inputs are built outside the timed loop.
+//! Seeds are fixed and the inputs are built outside the timed loop. Freed memory is kept for reuse
+//! as in the `rate` binary ([`backend_cpu::keep_freed_memory`]; `RATE_BENCH_DEFAULT_MALLOC=1` to opt out).
 //! Every model runs as parallel micro-batches (`Execution::parallel_micro_batches`;
 //! same results up to rounding) of 4 images for inference and 8 for a training
 //! step, what `rate crate|aot|tost forward` does by default on the CPU; set
@@ -53,6 +54,11 @@ fn inputs(be: &Be, channels: usize, size: usize, classes: usize, batch: usize) -
 }
 
 fn bench_crate(c: &mut Criterion) {
+    // freed temporaries are reused, as in the `rate` binary (set
+    // RATE_BENCH_DEFAULT_MALLOC to measure with glibc's defaults)
+    if std::env::var_os("RATE_BENCH_DEFAULT_MALLOC").is_none() {
+        backend_cpu::keep_freed_memory();
+    }
     let be = Be::new();
     let batch = batch();
     let (exec, train_exec) = (execution(false), execution(true));

@@ -5,7 +5,7 @@ use backend_cpu::CpuBackend;
 use common::{randn, rng};
 use models::Tensor;
 use proptest::prelude::*;
-use rate_core::{layer_ops, token_stats};
+use rate_core::{invariant_step, layer_ops, token_stats};
 
 type B32 = CpuBackend<f32>;
 
@@ -60,6 +60,37 @@ fn check_token_stats<B: models::Backend>(w: &Tensor<B>, temp: &Tensor<B>, heads:
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fused_invariant_step_equals_reference(seed in any::<u64>(), f in 1usize..40, n in 1usize..50, k in 1usize..6, width in 1usize..30, eta in 0.05f64..1.0, lambda in 0.1f64..500.0) {
+        let mut g = rng(seed);
+        let v = randn(&mut g, &[f, n, width], 1.0);
+        let y = randn(&mut g, &[f, n, k + 1, width], 1.0);
+        let wv: Vec<f64> = (0..f).map(|i| if i == 0 { 1.0 } else { 2.0 }).collect();
+        let weights = Tensor::from_f64(&common::be(), &wv, &[f]);
+        let gamma = randn(&mut g, &[k], 1.0).abs();
+        let (out, pi) = invariant_step::invariant_step(&v, &y, &weights, &gamma, eta, lambda);
+        let (out0, pi0) = invariant_step::invariant_step_reference(&v, &y, &weights, &gamma, eta, lambda);
+        prop_assert!(max_rel(&pi.to_f64_vec(), &pi0.to_f64_vec()) < 1e-12, "pi");
+        prop_assert!(max_rel(&out.to_f64_vec(), &out0.to_f64_vec()) < 1e-12, "features");
+        let (v, y, weights, gamma) = (to32(&v), to32(&y), to32(&weights), to32(&gamma));
+        let (out, pi) = invariant_step::invariant_step(&v, &y, &weights, &gamma, eta, lambda);
+        let (out0, pi0) = invariant_step::invariant_step_reference(&v, &y, &weights, &gamma, eta, lambda);
+        // lambda up to 500 amplifies rounding of the norms in the softmax
+        prop_assert!(max_rel(&pi.to_f64_vec(), &pi0.to_f64_vec()) < 2e-2, "pi f32");
+        prop_assert!(max_rel(&out.to_f64_vec(), &out0.to_f64_vec()) < 2e-3, "features f32");
+    }
+
+    #[test]
+    fn real_operand_kernel_equals_gather(seed in any::<u64>(), f in 1usize..30, g in 1usize..6, c in 1usize..12) {
+        let mut gen = rng(seed);
+        let p = randn(&mut gen, &[f, g, c, c], 1.0);
+        let got = invariant_step::real_operand(&p);
+        let want = invariant_step::real_operand_reference(&p);
+        prop_assert_eq!(got.shape(), want.shape());
+        prop_assert_eq!(got.to_f64_vec(), want.to_f64_vec());
+        prop_assert_eq!(invariant_step::real_operand(&to32(&p)).to_f64_vec(), to32(&want).to_f64_vec());
+    }
 
     #[test]
     fn fused_token_stats_equal_reference(seed in any::<u64>(), batch in 1usize..6, n in 1usize..400, heads in 1usize..6, dh in 1usize..20, zero_col in any::<bool>()) {

@@ -433,4 +433,38 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         let temp = Tensor::from_buffer(self, temp.clone(), &[heads]);
         crate::token_stats::token_stats_reference(&w, &temp, heads, norm_eps).map(|t| t.buffer().clone())
     }
+
+    /// The update of one shift-invariant ReduNet layer from the features `v`
+    /// (`F x n x width`), their products `y` with `E` and the `C^j`
+    /// (`F x n x (k+1) x width`), the frequency weights (`F`) and the class
+    /// weights (`k`): `(v', pi [n x k])`, see [`crate::invariant_step`]. The
+    /// default body computes it op by op.
+    fn invariant_step(
+        &self,
+        v: &Self::Buffer,
+        y: &Self::Buffer,
+        weights: &Self::Buffer,
+        gamma: &Self::Buffer,
+        spec: crate::invariant_step::InvariantStepSpec,
+    ) -> (Self::Buffer, Self::Buffer) {
+        let crate::invariant_step::InvariantStepSpec { freqs: f, n, classes: k, width, eta, lambda } = spec;
+        let t = |b: &Self::Buffer, s: &[usize]| Tensor::from_buffer(self, b.clone(), s);
+        let (out, pi) = crate::invariant_step::invariant_step_reference(
+            &t(v, &[f, n, width]),
+            &t(y, &[f, n, k + 1, width]),
+            &t(weights, &[f]),
+            &t(gamma, &[k]),
+            eta,
+            lambda,
+        );
+        (out.buffer().clone(), pi.buffer().clone())
+    }
+
+    /// The real operand `F x 2C x 2gC` of `F x g` Hermitian-packed `C x C`
+    /// operators, see [`crate::invariant_step::real_operand`]. The default
+    /// body is one gather.
+    fn real_operand(&self, packed: &Self::Buffer, f: usize, g: usize, c: usize) -> Self::Buffer {
+        let p = Tensor::from_buffer(self, packed.clone(), &[f, g, c, c]);
+        crate::invariant_step::real_operand_reference(&p).buffer().clone()
+    }
 }

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod backend;
 pub mod circulant;
 pub mod error;
+pub mod invariant_step;
 pub mod layer_ops;
 pub mod rate;
 pub mod tensor;

@@ -23,6 +23,7 @@
 
 use super::domain::Domain;
 use crate::{Error, Result};
+use rate_core::invariant_step::{invariant_step, real_operand};
 use rate_core::{Backend, ComplexTensor, FftNorm, Rates, Tensor};
 
 /// Hyperparameters of the invariant ReduNet, validated by [`InvariantConfig::validate`].
@@ -145,8 +146,6 @@ pub struct InvariantReduNet<B: Backend> {
     weights: Tensor<B>,
     /// `gamma` as a `[1, k]` row.
     gamma_row: Tensor<B>,
-    /// Gather indices turning packed operators into the real product operand.
-    unpack_index: Vec<usize>,
     /// Gather indices packing `[Re, Im]` of Hermitian operators.
     pack_index: Vec<usize>,
 }
@@ -182,46 +181,6 @@ fn check_labels(labels: &[usize], m: usize, classes: usize) -> Result<Vec<Vec<us
     Ok(groups)
 }
 
-/// Gather indices from `[P, -P, 0]` (packed `[k+1, C, C]` flattened, its
-/// negation, a zero) to the real operand `[2C, 2(k+1)C]`: row `(part, r)`,
-/// column `(j, part', c)` (part 0 real, 1 imaginary).
-fn unpack_plan(ops: usize, c: usize) -> Vec<usize> {
-    let cols = 2 * ops * c;
-    let mut idx = Vec::with_capacity(2 * c * cols);
-    // Im A[r][col] from the packed strict lower triangle.
-    let im = |base: usize, r: usize, col: usize| -> (usize, f64) {
-        match r.cmp(&col) {
-            std::cmp::Ordering::Greater => (base + r * c + col, 1.0),
-            std::cmp::Ordering::Less => (base + col * c + r, -1.0),
-            std::cmp::Ordering::Equal => (base, 0.0),
-        }
-    };
-    for row in 0..2 * c {
-        let (rb, r) = (row / c, row % c);
-        for col in 0..cols {
-            let (j, cb, oc) = (col / (2 * c), (col / c) % 2, col % c);
-            let base = j * c * c;
-            let (i, s) = match (rb, cb) {
-                (0, 0) | (1, 1) => (base + r.min(oc) * c + r.max(oc), 1.0),
-                (0, _) => {
-                    let (i, s) = im(base, r, oc);
-                    (i, -s)
-                }
-                _ => im(base, r, oc),
-            };
-            let len = ops * c * c;
-            idx.push(if s > 0.0 {
-                i
-            } else if s < 0.0 {
-                len + i
-            } else {
-                2 * len
-            });
-        }
-    }
-    idx
-}
-
 /// Gather indices from `[Re A, Im A]` (`[2 C C]`) to the packed `[C C]`.
 fn pack_plan(c: usize) -> Vec<usize> {
     (0..c * c).map(|i| if i / c <= i % c { i } else { c * c + i }).collect()
@@ -241,7 +200,6 @@ pub(crate) fn pack_features<B: Backend>(v: &ComplexTensor<B>) -> Tensor<B> {
 impl<B: Backend> InvariantReduNet<B> {
     fn empty(backend: &B, domain: Domain, channels: usize, classes: usize, config: InvariantConfig) -> Self {
         let w = domain.weights();
-        let unpack_index = unpack_plan(classes + 1, channels);
         InvariantReduNet {
             domain,
             channels,
@@ -251,7 +209,6 @@ impl<B: Backend> InvariantReduNet<B> {
             layers: Vec::new(),
             weights: Tensor::from_f64(backend, &w, &[w.len(), 1]),
             gamma_row: Tensor::zeros(backend, &[1, classes]),
-            unpack_index,
             pack_index: pack_plan(channels),
         }
     }
@@ -424,42 +381,19 @@ impl<B: Backend> InvariantReduNet<B> {
     fn real_operand(&self, layer: &InvariantLayer<B>) -> Tensor<B> {
         let f = self.domain.stored_frequencies();
         let (c, g) = (self.channels, self.classes + 1);
-        let p = layer.packed.reshape(&[f, g * c * c]);
-        // gather from [P, -P, 0] so that the signs come with the indices
-        let src = Tensor::cat(&[&p, &p.neg(), &Tensor::zeros(p.backend(), &[f, 1])], 1);
-        src.index_select(1, &self.unpack_index).reshape(&[f, 2 * c, 2 * g * c])
+        real_operand(&layer.packed.reshape(&[f, g, c, c]))
     }
 
-    /// Per-sample norms over the full spectrum of packed features `[F, n, D]`: `[n]`.
-    fn spectral_norms(&self, v: &Tensor<B>) -> Tensor<B> {
-        v.square().sum_axis(2, false).mul(&self.weights).sum_axis(0, false).sqrt()
-    }
-
-    fn normalise_spectra(&self, v: &Tensor<B>) -> Tensor<B> {
-        let n = v.dim(1);
-        v.div(&self.spectral_norms(v).clamp_min(1e-8).reshape(&[1, n, 1]))
-    }
-
-    /// One layer on packed features `[F, n, 2C]`: the new features and `pi` (`[n, k]`).
+    /// One layer on packed features `[F, n, 2C]`: the new features and `pi`
+    /// (`[n, k]`): the batched product with the layer's operand, then the
+    /// memberships and the update in one backend kernel
+    /// ([`rate_core::invariant_step`]).
     fn apply(&self, w: &Tensor<B>, v: &Tensor<B>) -> (Tensor<B>, Tensor<B>) {
         let (f, n, c2) = (v.dim(0), v.dim(1), v.dim(2));
-        let k = self.classes;
-        let g = k + 1;
-        let (eta, lambda) = (self.config.eta, self.config.lambda);
+        let g = self.classes + 1;
         // [Re | Im] of (E v, C^1 v, .., C^k v) at every frequency, one row per (f, i, j).
-        let y = v.matmul(w).reshape(&[f * n, g, c2]);
-        // ||A_j v||^2 over the full spectrum, [n, g]: diagonals of the per-(f, i) Gram matrices.
-        let diag: Vec<usize> = (0..g).map(|j| j * g + j).collect();
-        let gram = y.matmul_t(&y, false, true).reshape(&[f, n, g * g]).index_select(2, &diag);
-        let sq = gram.mul(&self.weights.reshape(&[f, 1, 1])).sum_axis(0, false);
-        let norms = sq.narrow(1, 1, k).sqrt().clamp_min(1e-8);
-        let pi = norms.scale(-lambda).softmax(1);
-        // v + eta E v - eta sum_j gamma_j pi_j C^j v, as a (1 x g)(g x 2C) product per (f, i).
-        let be = v.backend();
-        let coef = Tensor::cat(&[&Tensor::full(be, &[n, 1], eta), &pi.mul(&self.gamma_row).scale(-eta)], 1);
-        let coef = coef.reshape(&[1, n * g]).index_select(0, &vec![0; f]).reshape(&[f * n, 1, g]);
-        let delta = coef.matmul(&y).reshape(&[f, n, c2]);
-        (self.normalise_spectra(&v.add(&delta)), pi)
+        let y = v.matmul(w).reshape(&[f, n, g, c2]);
+        invariant_step(v, &y, &self.weights, &self.gamma_row, self.config.eta, self.config.lambda)
     }
 
     /// [`Self::apply`] over chunks of samples; returns the features and `yhat`.
