@@ -163,6 +163,19 @@ impl Domain {
             .collect())
     }
 
+    /// For each position of the flattened domain, the flattened position that
+    /// [`Self::roll`] by `shift` reads: `roll(x, s)[t] = x[index[t]]`.
+    pub fn roll_index(&self, shift: &[isize]) -> Result<Vec<usize>> {
+        self.check_shift(shift)?;
+        let wrap = |t: usize, s: isize, n: usize| (t as isize - s).rem_euclid(n as isize) as usize;
+        Ok(match *self {
+            Domain::Line { len } => (0..len).map(|t| wrap(t, shift[0], len)).collect(),
+            Domain::Plane { height, width } => (0..height * width)
+                .map(|p| wrap(p / width, shift[0], height) * width + wrap(p % width, shift[1], width))
+                .collect(),
+        })
+    }
+
     /// Cyclically shifts signals `[.., dims]` by `shift` (one amount per domain axis):
     /// `out[t] = x[t - s]`, NumPy's `roll`.
     pub fn roll<B: Backend>(&self, x: &Tensor<B>, shift: &[isize]) -> Result<Tensor<B>> {

@@ -489,46 +489,29 @@ impl<B: Backend> InvariantReduNet<B> {
     ///
     /// The network is shift-equivariant (every operator is block-circulant
     /// and the memberships depend on shift-invariant norms), so the samples
-    /// go through the layers once and each shift is a phase `e^{-i theta(f)}`
-    /// applied to the final spectrum: `S` times less work than transforming
-    /// the shifted copies (the test suite checks the two agree).
+    /// go through the layers once and each shift is a cyclic shift of the
+    /// output features (one gather for all shifts): `S` times less work than
+    /// transforming the shifted copies (the test suite checks the two agree).
     pub fn transform_shifted(&self, x: &Tensor<B>, shifts: &[Vec<isize>]) -> Result<Tensor<B>> {
         let n = self.check_input("invariant ReduNet transform_shifted", x)?;
         if shifts.is_empty() {
             return Err(Error::Config("invariant ReduNet transform_shifted: no shifts given".into()));
         }
-        let f = self.domain.stored_frequencies();
-        let (mut cos, mut sin) = (Vec::with_capacity(shifts.len() * f), Vec::with_capacity(shifts.len() * f));
+        let (c, p, ns) = (self.channels, self.domain.size(), shifts.len());
+        // out[i, s, ch, t] = features[i, ch, roll_s(t)]: one gather along the flattened [C P]
+        let mut index = Vec::with_capacity(ns * c * p);
         for s in shifts {
-            let theta = self.domain.shift_phases(s)?;
-            cos.extend(theta.iter().map(|t| t.cos()));
-            sin.extend(theta.iter().map(|t| t.sin()));
+            let roll = self.domain.roll_index(s)?;
+            for ch in 0..c {
+                index.extend(roll.iter().map(|&t| ch * p + t));
+            }
         }
-        let ns = shifts.len();
-        let be = x.backend();
-        // [F, 1, S, 1] after a transpose of the host layout [S, F].
-        let cos = Tensor::from_f64(be, &cos, &[ns, f]).t().reshape(&[f, 1, ns, 1]);
-        let sin = Tensor::from_f64(be, &sin, &[ns, f]).t().reshape(&[f, 1, ns, 1]);
         let (v, _, _) = self.run_layers(self.signals_to_spectra(x), false);
-        let c = self.channels;
-        let per = (self.config.chunk / ns).max(1);
-        let mut parts = Vec::new();
-        for start in (0..n).step_by(per) {
-            let len = per.min(n - start);
-            let spec = unpack_features(&v.narrow(1, start, len));
-            let (re, im) = (spec.re.reshape(&[f, len, 1, c]), spec.im.reshape(&[f, len, 1, c]));
-            // roll by s multiplies v(f) by cos(theta) - i sin(theta)
-            let sre = re.mul(&cos).add(&im.mul(&sin)).reshape(&[f, len, ns * c]);
-            let sim = im.mul(&cos).sub(&re.mul(&sin)).reshape(&[f, len, ns * c]);
-            let sig = self.domain.inverse(&ComplexTensor::new(sre, sim), FftNorm::Ortho);
-            let mut shape = vec![len * ns, c];
-            shape.extend(self.domain.dims());
-            parts.push(normalise_signals(&sig.reshape(&shape)));
-        }
-        let parts: Vec<&Tensor<B>> = parts.iter().collect();
+        // a shift keeps the norm, so the normalised features are shifted as they are
+        let rolled = self.spectra_to_signals(&v).reshape(&[n, c * p]).index_select(1, &index);
         let mut shape = vec![n, ns, c];
         shape.extend(self.domain.dims());
-        Ok(Tensor::cat(&parts, 0).reshape(&shape))
+        Ok(rolled.reshape(&shape))
     }
 
     /// The signal domain.
