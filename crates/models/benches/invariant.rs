@@ -129,7 +129,7 @@ fn report<T: CpuElem>() {
     println!("  delta R: layer 0 {:.4} -> layer 40 {:.4}", r[0].delta_r, r[LAYERS].delta_r);
     let (out, s, cpu, peak) = timed(|| net.transform_shifted(&w.test, &w.shifts).expect("transform_shifted"));
     println!(
-        "transform 100 test x 20 rotations (equivariant, one pass + phases): wall {s:.3} s, cpu {cpu:.2} s, peak RSS {peak:.1} MB"
+        "transform 100 test x 20 rotations (equivariant: one pass, then the shifts of the output): wall {s:.3} s, cpu {cpu:.2} s, peak RSS {peak:.1} MB"
     );
     drop(out);
     if std::env::var_os("INVARIANT_BENCH_SKIP_BRUTE").is_some() {
