@@ -721,6 +721,17 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         linalg::herm_inverse(re, im, batch, n).map(|(r, i)| (Arc::new(r), Arc::new(i)))
     }
 
+    fn herm_inverse_logdet(
+        &self,
+        re: &Self::Buffer,
+        im: &Self::Buffer,
+        batch: usize,
+        n: usize,
+    ) -> Result<(Self::Buffer, Self::Buffer, Self::Buffer)> {
+        linalg::herm_inverse_logdet(re, im, batch, n, "herm_inverse_logdet")
+            .map(|(r, i, l)| (Arc::new(r), Arc::new(i), Arc::new(l)))
+    }
+
     fn herm_logdet(
         &self,
         re: &Self::Buffer,

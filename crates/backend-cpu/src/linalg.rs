@@ -413,14 +413,15 @@ fn caxpy<T: CpuElem>(or: &mut [T], oi: &mut [T], ar: T, ai: T, br: &[T], bi: &[T
 /// Inverse of one Hermitian positive definite matrix (row-major, split planes)
 /// as `A^-1 = L^-H L^-1`: right-looking Cholesky, triangular inverse and the
 /// product, every inner loop an axpy over a contiguous row (`2 n^3 / 3`
-/// complex multiply-adds, vectorisable). Writes the full matrix into `xr, xi`.
+/// complex multiply-adds, vectorisable). Writes the full matrix into `xr, xi`
+/// and returns `log det A = 2 sum_j ln L_jj`.
 fn herm_inverse_one<T: CpuElem>(
     a_re: &[T],
     a_im: &[T],
     n: usize,
     xr: &mut [T],
     xi: &mut [T],
-) -> std::result::Result<(), (usize, f64)> {
+) -> std::result::Result<T, (usize, f64)> {
     let z = T::zero();
     // Lower Cholesky factor L (A = L L^H), built in place from the lower triangle.
     let mut lr = a_re.to_vec();
@@ -483,23 +484,39 @@ fn herm_inverse_one<T: CpuElem>(
             caxpy(&mut xr[p * n..=p * n + k], &mut xi[p * n..=p * n + k], ar, ai, rr, ri);
         }
     }
-    Ok(())
+    let half = (0..n).fold(z, |s, j| s + lr[j * n + j].ln());
+    Ok(half + half)
 }
 
 pub fn herm_inverse<T: CpuElem>(re: &[T], im: &[T], batch: usize, n: usize) -> Result<(Vec<T>, Vec<T>)> {
+    herm_inverse_logdet(re, im, batch, n, "herm_inverse").map(|(xr, xi, _)| (xr, xi))
+}
+
+/// [`herm_inverse`] with the log-determinants `2 sum_j ln L_jj` of the same factorisations.
+pub fn herm_inverse_logdet<T: CpuElem>(
+    re: &[T],
+    im: &[T],
+    batch: usize,
+    n: usize,
+    op: &'static str,
+) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
     let mut xr = vec![T::zero(); batch * n * n];
     let mut xi = vec![T::zero(); batch * n * n];
+    let mut ld = vec![T::zero(); batch];
     if n == 0 {
-        return Ok((xr, xi));
+        return Ok((xr, xi, ld));
     }
-    xr.par_chunks_mut(n * n).zip(xi.par_chunks_mut(n * n)).enumerate().try_for_each(|(bi, (or, oi))| {
-        let r = bi * n * n..(bi + 1) * n * n;
-        check_finite(&re[r.clone()], bi, "herm_inverse")?;
-        check_finite(&im[r.clone()], bi, "herm_inverse")?;
-        herm_inverse_one(&re[r.clone()], &im[r], n, or, oi)
-            .map_err(|(row, p)| not_pd("herm_inverse", bi, n, row, p))
-    })?;
-    Ok((xr, xi))
+    xr.par_chunks_mut(n * n).zip(xi.par_chunks_mut(n * n)).zip(ld.par_iter_mut()).enumerate().try_for_each(
+        |(bi, ((or, oi), l))| {
+            let r = bi * n * n..(bi + 1) * n * n;
+            check_finite(&re[r.clone()], bi, op)?;
+            check_finite(&im[r.clone()], bi, op)?;
+            *l = herm_inverse_one(&re[r.clone()], &im[r], n, or, oi)
+                .map_err(|(row, p)| not_pd(op, bi, n, row, p))?;
+            Ok(())
+        },
+    )?;
+    Ok((xr, xi, ld))
 }
 
 /// The textbook version of [`herm_inverse`] (Cholesky, then `n` solves against

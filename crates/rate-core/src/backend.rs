@@ -467,4 +467,19 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         let p = Tensor::from_buffer(self, packed.clone(), &[f, g, c, c]);
         crate::invariant_step::real_operand_reference(&p).buffer().clone()
     }
+
+    /// [`Self::herm_inverse`] and [`Self::herm_logdet`] of the same matrices:
+    /// `(re, im, logdet)`. The default body factors twice; a backend may
+    /// share one factorisation.
+    #[allow(clippy::type_complexity)]
+    fn herm_inverse_logdet(
+        &self,
+        re: &Self::Buffer,
+        im: &Self::Buffer,
+        batch: usize,
+        n: usize,
+    ) -> Result<(Self::Buffer, Self::Buffer, Self::Buffer)> {
+        let (r, i) = self.herm_inverse(re, im, batch, n)?;
+        Ok((r, i, self.herm_logdet(re, im, batch, n)?))
+    }
 }

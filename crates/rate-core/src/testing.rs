@@ -1302,6 +1302,34 @@ pub fn check_herm_solve<B: Backend>(b: &B) {
 }
 
 /// `herm_logdet` equals `2 sum log L_ii` of the reference complex factor.
+/// `herm_inverse_logdet` equals `herm_inverse` and `herm_logdet` of the same matrices.
+pub fn check_herm_inverse_logdet<B: Backend>(b: &B) {
+    let tol = tolerance::<B>();
+    let mut r = rng(29);
+    for (batch, n) in SPD_SIZES {
+        let (re, im) = hpd_batch(&mut r, batch, n);
+        let a = crate::ComplexTensor::new(
+            Tensor::from_f64(b, &re, &[batch, n, n]),
+            Tensor::from_f64(b, &im, &[batch, n, n]),
+        );
+        let what = format!("herm_inverse_logdet {batch}x{n}x{n}");
+        let (inv, ld) = a.herm_inverse_logdet().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let inv0 = a.herm_inverse().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let ld0 = a.herm_logdet().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(inv.shape(), inv0.shape(), "{what}");
+        assert_eq!(ld.shape(), &[batch], "{what}");
+        let scale = max_abs(&inv0.re.to_f64_vec()).max(max_abs(&inv0.im.to_f64_vec())).max(1.0);
+        assert_close_scaled(&format!("{what} re"), &inv.re.to_f64_vec(), &inv0.re.to_f64_vec(), tol, scale);
+        assert_close_scaled(&format!("{what} im"), &inv.im.to_f64_vec(), &inv0.im.to_f64_vec(), tol, scale);
+        assert_close(&format!("{what} logdet"), &ld.to_f64_vec(), &ld0.to_f64_vec(), tol);
+    }
+    let bad = crate::ComplexTensor::new(
+        Tensor::from_f64(b, &[1.0, 0.0, 0.0, -1.0], &[1, 2, 2]),
+        Tensor::zeros(b, &[1, 2, 2]),
+    );
+    assert!(bad.herm_inverse_logdet().is_err(), "herm_inverse_logdet of an indefinite matrix must fail");
+}
+
 pub fn check_herm_logdet<B: Backend>(b: &B) {
     let tol = tolerance::<B>();
     let mut r = rng(23);
@@ -1492,7 +1520,7 @@ macro_rules! conformance_tests {
                 check_index_add, check_reduce, check_softmax, check_matmul, check_matmul_batched,
                 check_matmul_empty, check_cholesky, check_spd_solve, check_spd_inverse, check_spd_logdet,
                 check_spd_not_positive_definite, check_sym_eigen, check_herm_inverse, check_herm_solve,
-                check_herm_logdet, check_herm_not_positive_definite, check_fft, check_rfft, check_irfft);
+                check_herm_logdet, check_herm_inverse_logdet, check_herm_not_positive_definite, check_fft, check_rfft, check_irfft);
         }
     };
     (@tests required $backend:expr; $($check:ident),* $(,)?) => {

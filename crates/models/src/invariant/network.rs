@@ -294,16 +294,16 @@ impl<B: Backend> InvariantReduNet<B> {
         let c = self.channels;
         let f = v.dim(0);
         let ng = groups.len() + 1;
-        let (vr, vi) = (v.narrow(2, 0, c), v.narrow(2, c, c));
-        // S_j = sum_i v_i v_i^H: Re = Vr^T Vr + Vi^T Vi, Im = Vi^T Vr - Vr^T Vi.
+        // S_j = sum_i v_i v_i^H from one real product P = [Vr Vi]^T [Vr Vi] per group:
+        // Re = Vr^T Vr + Vi^T Vi = P00 + P11, Im = Vi^T Vr - Vr^T Vi = P10 - P01.
         let mut res: Vec<Tensor<B>> = Vec::with_capacity(ng);
         let mut ims: Vec<Tensor<B>> = Vec::with_capacity(ng);
         for idx in groups {
-            let (r, i) = (vr.index_select(1, idx), vi.index_select(1, idx));
-            let re = r.matmul_t(&r, true, false).add(&i.matmul_t(&i, true, false));
-            let im = i.matmul_t(&r, true, false).sub(&r.matmul_t(&i, true, false));
-            res.push(re.reshape(&[f, 1, c, c]));
-            ims.push(im.reshape(&[f, 1, c, c]));
+            let vg = v.index_select(1, idx);
+            let p = vg.matmul_t(&vg, true, false); // [F, 2C, 2C]
+            let block = |r: usize, q: usize| p.narrow(1, r * c, c).narrow(2, q * c, c);
+            res.push(block(0, 0).add(&block(1, 1)).reshape(&[f, 1, c, c]));
+            ims.push(block(1, 0).sub(&block(0, 1)).reshape(&[f, 1, c, c]));
         }
         let sum = |parts: &[Tensor<B>]| parts[1..].iter().fold(parts[0].clone(), |acc, p| acc.add(p));
         let (all_re, all_im) = (sum(&res), sum(&ims));
@@ -328,10 +328,15 @@ impl<B: Backend> InvariantReduNet<B> {
     /// `sum_f w_f logdet(I + a_g S_g(f))` for each group, from `M_g = S_g + I/a_g`:
     /// `logdet(I + a S) = logdet M + C ln a`.
     fn weighted_logdets(&self, m: &ComplexTensor<B>, alphas: &[f64]) -> Result<Vec<f64>> {
-        let ld = m.herm_logdet()?.mul(&self.weights).sum_axis(0, false).to_f64_vec(); // [groups]
+        Ok(self.weigh_logdets(&m.herm_logdet()?, alphas))
+    }
+
+    /// [`Self::weighted_logdets`] from the per-frequency `logdet M_g` (`[F, groups]`).
+    fn weigh_logdets(&self, logdets: &Tensor<B>, alphas: &[f64]) -> Vec<f64> {
+        let ld = logdets.mul(&self.weights).sum_axis(0, false).to_f64_vec(); // [groups]
         let n = self.domain.size() as f64;
         let c = self.channels as f64;
-        Ok(ld.iter().zip(alphas).map(|(l, a)| l + n * c * a.ln()).collect())
+        ld.iter().zip(alphas).map(|(l, a)| l + n * c * a.ln()).collect()
     }
 
     /// Rates from the weighted log-determinants of (all, class 1, .., class k).
@@ -366,11 +371,11 @@ impl<B: Backend> InvariantReduNet<B> {
         let c = self.channels;
         let (nonempty, alphas) = self.group_spec(m, groups);
         let mats = self.shifted_covariances(v, &nonempty, &alphas); // [F, k+1, C, C]
-        let ld = self.weighted_logdets(&mats, &alphas)?;
+                                                                    // (S + I/a)^-1 = a (I + a S)^-1: E and C^j directly; the rates from the same factorisations
+        let (inv, logdets) = mats.herm_inverse_logdet()?;
+        let ld = self.weigh_logdets(&logdets, &alphas);
         let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
         let rates = self.rates_from(&ld, &sizes, m);
-        // (S + I/a)^-1 = a (I + a S)^-1: E and C^j directly.
-        let inv = mats.herm_inverse()?;
         let (f, g) = (v.dim(0), alphas.len());
         let both = Tensor::cat(&[&inv.re.reshape(&[f, g, c * c]), &inv.im.reshape(&[f, g, c * c])], 2);
         let packed = both.index_select(2, &self.pack_index).reshape(&[f, g, c, c]);
