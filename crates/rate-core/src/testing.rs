@@ -1301,7 +1301,6 @@ pub fn check_herm_solve<B: Backend>(b: &B) {
     }
 }
 
-/// `herm_logdet` equals `2 sum log L_ii` of the reference complex factor.
 /// `herm_inverse_logdet` equals `herm_inverse` and `herm_logdet` of the same matrices.
 pub fn check_herm_inverse_logdet<B: Backend>(b: &B) {
     let tol = tolerance::<B>();
@@ -1330,6 +1329,7 @@ pub fn check_herm_inverse_logdet<B: Backend>(b: &B) {
     assert!(bad.herm_inverse_logdet().is_err(), "herm_inverse_logdet of an indefinite matrix must fail");
 }
 
+/// `herm_logdet` equals `2 sum log L_ii` of the reference complex factor.
 pub fn check_herm_logdet<B: Backend>(b: &B) {
     let tol = tolerance::<B>();
     let mut r = rng(23);
