@@ -420,7 +420,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     }
 
     /// TSSA's token statistics of `w` (`batch x n x heads*dh`) with per-head
-    /// temperatures `temp` (`heads` values), see [`crate::token_stats`]. The
+    /// temperatures `temp` (`heads` values), see [`crate::token_stats`](mod@crate::token_stats). The
     /// default body computes them op by op.
     fn token_stats(
         &self,
