@@ -144,6 +144,30 @@ fn frequency_path_matches_dense_1d_even_odd_and_2d() {
     check_dense(&random(&be, &[6, 2, 3, 3], 5), 2, 500.0);
 }
 
+/// A cyclic shift is a phase per stored frequency (Domain::shift_phases), and
+/// Domain::roll_index reads the same positions as Domain::roll, in 1-D and 2-D.
+#[test]
+fn shift_phases_and_roll_index_describe_roll() {
+    let be = B::new();
+    for (shape, shift) in [(vec![2, 3, 9], vec![4isize]), (vec![2, 3, 4, 5], vec![1, -7])] {
+        let x = random(&be, &shape, 21);
+        let (_, _, dom) = Domain::of_signals("x", &shape).unwrap();
+        let rolled = dom.roll(&x, &shift).unwrap();
+        // roll(x, s) has spectrum e^{-i theta} v
+        let (v, w) = (dom.forward(&x, FftNorm::Ortho), dom.forward(&rolled, FftNorm::Ortho));
+        let theta = dom.shift_phases(&shift).unwrap();
+        let f = theta.len();
+        let cos = Tensor::from_f64(&be, &theta.iter().map(|t| t.cos()).collect::<Vec<_>>(), &[f, 1, 1]);
+        let sin = Tensor::from_f64(&be, &theta.iter().map(|t| t.sin()).collect::<Vec<_>>(), &[f, 1, 1]);
+        assert!(max_diff(&w.re, &v.re.mul(&cos).add(&v.im.mul(&sin))) < 1e-12, "{shape:?}: real part");
+        assert!(max_diff(&w.im, &v.im.mul(&cos).sub(&v.re.mul(&sin))) < 1e-12, "{shape:?}: imaginary part");
+        // the flat gather index of the same shift
+        let p = dom.size();
+        let flat = x.reshape(&[shape[0] * shape[1], p]).index_select(1, &dom.roll_index(&shift).unwrap());
+        assert!(max_diff(&flat, &rolled.reshape(&[shape[0] * shape[1], p])) == 0.0, "{shape:?}: roll_index");
+    }
+}
+
 #[test]
 fn transform_shifted_matches_transforming_rolled_inputs() {
     let be = B::new();
