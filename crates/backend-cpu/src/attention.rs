@@ -6,6 +6,7 @@
 //! accumulates `dK + dV` of every key tile into a per-task `n x dh` buffer
 //! (rayon fold) that is summed at the end, so no `n x n` buffer exists.
 
+use crate::lanes::lanes_max;
 use crate::CpuElem;
 use faer::{Accum, MatMut, MatRef, Par};
 use rate_core::{AttentionSpec, AxisView};
@@ -35,19 +36,6 @@ fn mm<T: CpuElem>(
 
 fn rows<T>(x: &[T], start: usize, count: usize, width: usize) -> MatRef<'_, T> {
     MatRef::from_row_major_slice(&x[start * width..(start + count) * width], count, width)
-}
-
-/// Largest entry of a non-empty row (eight lanes, so that it vectorises).
-fn row_max<T: CpuElem>(row: &[T]) -> T {
-    let mut lanes = [T::neg_infinity(); 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            *l = if x > *l { x } else { *l };
-        }
-    }
-    let tail = chunks.remainder().iter().fold(T::neg_infinity(), |a, &x| if x > a { x } else { a });
-    lanes.iter().fold(tail, |a, &x| if x > a { x } else { a })
 }
 
 /// Forward: `(O, L)` for `spec.batch` problems of `n x dh` tokens.
@@ -93,7 +81,7 @@ fn forward_tile<T: CpuElem>(
         mm(st, bq, bk, Accum::Replace, qm, km.transpose(), T::one());
         for r in 0..bq {
             let row = &mut st[r * bk..(r + 1) * bk];
-            let mx = row_max(row).max(m[r]);
+            let mx = lanes_max(row).max(m[r]);
             // exp(-inf - finite) = 0 on the first tile
             let corr = (m[r] - mx).exp();
             let sum = T::exp_shift_sum(row, mx);

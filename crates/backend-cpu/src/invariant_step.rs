@@ -5,23 +5,10 @@
 //! temporaries of the size of the products; here every value of the products
 //! is read twice and the new features written once.
 
+use crate::lanes::lanes_dot;
 use crate::CpuElem;
 use rate_core::invariant_step::{InvariantStepSpec, NORM_CLAMP};
 use rayon::prelude::*;
-
-/// `sum_i x_i^2` in eight independent lanes (so that the loop vectorises).
-#[inline(always)]
-fn sum_sq<T: CpuElem>(x: &[T]) -> T {
-    let mut lanes = [T::zero(); 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder().iter().fold(T::zero(), |s, &u| s + u * u);
-    for c in chunks {
-        for (s, &u) in lanes.iter_mut().zip(c) {
-            *s += u * u;
-        }
-    }
-    lanes.iter().fold(rest, |s, &l| s + l)
-}
 
 /// `(v', pi)`: see [`rate_core::invariant_step`].
 pub fn invariant_step<T: CpuElem>(
@@ -43,7 +30,7 @@ pub fn invariant_step<T: CpuElem>(
         for (fi, &wf) in weights.iter().enumerate() {
             let yb = &y[(fi * n + i) * block..(fi * n + i + 1) * block];
             for (acc, row) in p.iter_mut().zip(yb[width..].chunks_exact(width)) {
-                *acc += wf * sum_sq(row);
+                *acc += wf * lanes_dot(row, row);
             }
         }
         let mut shift = T::neg_infinity();
@@ -76,7 +63,7 @@ pub fn invariant_step<T: CpuElem>(
                 for (&cj, yj) in coef[i * g..(i + 1) * g].iter().zip(yb.chunks_exact(width)) {
                     o.iter_mut().zip(yj).for_each(|(a, &b)| *a += cj * b);
                 }
-                *p = weights[fi] * sum_sq(o);
+                *p = weights[fi] * lanes_dot(o, o);
             }
             part
         })

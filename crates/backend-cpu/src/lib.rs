@@ -13,6 +13,7 @@ mod attention;
 mod blocked;
 mod fft;
 mod invariant_step;
+mod lanes;
 mod linalg;
 mod nn;
 mod token_stats;

@@ -1,6 +1,7 @@
 //! Fused row kernels of the transformer layers on the CPU: LayerNorm forward and backward, softmax along rows and its backward, one pass over each row, rows in parallel.
 
-use crate::CpuElem;
+use crate::lanes::{lanes_dot, lanes_max, lanes_sum};
+use crate::{exp_f32, CpuElem};
 use rayon::prelude::*;
 use std::any::Any;
 
@@ -129,72 +130,6 @@ fn softmax_row<T: CpuElem>(row: &mut [T], exp: impl Fn(T) -> T) {
     row.iter_mut().for_each(|v| *v = exp(*v - mx));
     let r = T::one() / lanes_sum(row);
     row.iter_mut().for_each(|v| *v *= r);
-}
-
-/// Maximum of a row with eight independent accumulators (vectorisable).
-fn lanes_max<T: CpuElem>(row: &[T]) -> T {
-    let mut acc = [T::neg_infinity(); 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        if let Ok(c) = <&[T; 8]>::try_from(c) {
-            for j in 0..8 {
-                acc[j] = acc[j].max(c[j]);
-            }
-        }
-    }
-    chunks.remainder().iter().fold(acc.iter().fold(T::neg_infinity(), |m, &v| m.max(v)), |m, &v| m.max(v))
-}
-
-/// Sum of a row with eight independent accumulators (vectorisable).
-fn lanes_sum<T: CpuElem>(row: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        if let Ok(c) = <&[T; 8]>::try_from(c) {
-            for j in 0..8 {
-                acc[j] += c[j];
-            }
-        }
-    }
-    chunks.remainder().iter().fold(acc.iter().fold(T::zero(), |s, &v| s + v), |s, &v| s + v)
-}
-
-/// Dot product of two rows with eight independent accumulators (vectorisable).
-fn lanes_dot<T: CpuElem>(a: &[T], b: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        if let (Ok(x), Ok(y)) = (<&[T; 8]>::try_from(x), <&[T; 8]>::try_from(y)) {
-            for j in 0..8 {
-                acc[j] += x[j] * y[j];
-            }
-        }
-    }
-    let tail = ca.remainder().iter().zip(cb.remainder()).fold(T::zero(), |s, (&x, &y)| s + x * y);
-    acc.iter().fold(T::zero(), |s, &v| s + v) + tail
-}
-
-/// `e^x` in f32 by range reduction `x = k ln 2 + r`, `|r| <= ln 2 / 2`, and a
-/// degree-6 Taylor polynomial of `e^r` (relative error below 2.5e-7);
-/// branch-free and without float-to-int conversions, so loops over it
-/// vectorise. Arguments are clamped to `[-87.3, 88]` (below: the smallest
-/// normal number instead of 0).
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // 1.5 * 2^23: in [2^23, 2^24) the spacing is 1, so t = ROUND + k holds the
-    // integer k (|k| <= 127) in its low mantissa bits
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.336_54, 88.0);
-    let t = x * LOG2E + ROUND;
-    let k = t - ROUND;
-    let r = (x - k * LN2_HI) - k * LN2_LO;
-    let p = 1.0
-        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let k_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
-    p * f32::from_bits(k_bits.wrapping_add(127) << 23)
 }
 
 /// Backward of a row softmax: `y * (g - rowsum(g * y))`.

@@ -5,30 +5,13 @@
 //! per-chunk partials added at the end (so the rounding differs from the
 //! reference by a few ulps, not more).
 
+use crate::lanes::lanes_sq_dot;
 use crate::CpuElem;
 use rate_core::token_stats::{TokenStats, TokenStatsSpec};
 use rayon::prelude::*;
 
 /// Tokens per task, at least (smaller problems run on the calling thread).
 const MIN_ROWS: usize = 64;
-
-/// `sum_i x_i^2 y_i` in eight independent lanes (so that the loop vectorises).
-#[inline(always)]
-fn sq_dot<T: CpuElem>(x: &[T], y: &[T]) -> T {
-    let mut lanes = [T::zero(); 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (a, b) in xc.zip(yc) {
-        for ((s, &u), &v) in lanes.iter_mut().zip(a).zip(b) {
-            *s += u * u * v;
-        }
-    }
-    let mut sum = T::zero();
-    for (&u, &v) in xr.iter().zip(yr) {
-        sum += u * u * v;
-    }
-    lanes.iter().fold(sum, |s, &l| s + l)
-}
 
 /// Per-chunk partial sums of the second pass: `sum_n Pi` and `sum_n Pi w^2`.
 struct Partial<T> {
@@ -67,7 +50,7 @@ fn rows_pass<T: CpuElem>(
     for ((wr, wp), (s_row, p_row)) in rows.zip(heads) {
         let mut shift = T::neg_infinity();
         for k in 0..h {
-            let s = sq_dot(&wr[k * dh..(k + 1) * dh], &inv_norm2[k * dh..(k + 1) * dh]);
+            let s = lanes_sq_dot(&wr[k * dh..(k + 1) * dh], &inv_norm2[k * dh..(k + 1) * dh]);
             s_row[k] = s;
             p_row[k] = temp[k] * s;
             shift = shift.max(p_row[k]);
@@ -89,42 +72,37 @@ fn rows_pass<T: CpuElem>(
     part
 }
 
-/// The statistics of one sequence `w` (`n x dim`) into the output slices;
-/// rows split into chunks on rayon when `parallel`.
-#[allow(clippy::too_many_arguments)]
+/// The statistics of one sequence `w` (`n x dim`) into its slices of the
+/// outputs; rows split into chunks on rayon when `parallel`.
 fn one_sequence<T: CpuElem>(
     w: &[T],
     temp: &[T],
     s: &TokenStatsSpec,
     parallel: bool,
-    col_sq: &mut [T],
-    what2: &mut [T],
-    pi: &mut [T],
-    pi_sum: &mut [T],
-    pi_sq: &mut [T],
-    w_pi: &mut [T],
+    out: TokenStats<&mut [T]>,
 ) {
     let (n, h, dh) = (s.n, s.heads, s.dh);
     let dim = h * dh;
+    // one chunk (one task) unless parallel
     let chunk = if parallel { n.div_ceil(4 * rayon::current_num_threads()).max(MIN_ROWS) } else { n };
     // pass 1: sum_n w^2 per column
-    let col_pass = |rows: &[T]| {
-        let mut acc = vec![T::zero(); dim];
-        for r in rows.chunks_exact(dim) {
-            acc.iter_mut().zip(r).for_each(|(a, &x)| *a += x * x);
-        }
-        acc
-    };
-    let add = |mut a: Vec<T>, b: Vec<T>| {
-        a.iter_mut().zip(&b).for_each(|(x, &y)| *x += y);
-        a
-    };
-    let sums = if parallel && chunk < n {
-        w.par_chunks(chunk * dim).map(col_pass).reduce(|| vec![T::zero(); dim], add)
-    } else {
-        col_pass(w)
-    };
-    col_sq.copy_from_slice(&sums);
+    let sums = w
+        .par_chunks(chunk * dim)
+        .map(|rows| {
+            let mut acc = vec![T::zero(); dim];
+            for r in rows.chunks_exact(dim) {
+                acc.iter_mut().zip(r).for_each(|(a, &x)| *a += x * x);
+            }
+            acc
+        })
+        .reduce(
+            || vec![T::zero(); dim],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, &y)| *x += y);
+                a
+            },
+        );
+    out.col_sq.copy_from_slice(&sums);
     let eps = T::of(s.norm_eps);
     let inv_norm2: Vec<T> = sums
         .iter()
@@ -134,18 +112,15 @@ fn one_sequence<T: CpuElem>(
         })
         .collect();
     // pass 2: scores, memberships, w Pi and the weighted moments
-    let part = if parallel && chunk < n {
-        w.par_chunks(chunk * dim)
-            .zip(what2.par_chunks_mut(chunk * h))
-            .zip(pi.par_chunks_mut(chunk * h))
-            .zip(w_pi.par_chunks_mut(chunk * dim))
-            .map(|(((wc, sc), pc), oc)| rows_pass(wc, &inv_norm2, temp, h, dh, sc, pc, oc))
-            .reduce(|| Partial::zeros(h, dim), Partial::add)
-    } else {
-        rows_pass(w, &inv_norm2, temp, h, dh, what2, pi, w_pi)
-    };
-    pi_sum.copy_from_slice(&part.pi_sum);
-    pi_sq.copy_from_slice(&part.pi_sq);
+    let part = w
+        .par_chunks(chunk * dim)
+        .zip(out.what2_sum.par_chunks_mut(chunk * h))
+        .zip(out.pi.par_chunks_mut(chunk * h))
+        .zip(out.w_pi.par_chunks_mut(chunk * dim))
+        .map(|(((wc, sc), pc), oc)| rows_pass(wc, &inv_norm2, temp, h, dh, sc, pc, oc))
+        .reduce(|| Partial::zeros(h, dim), Partial::add);
+    out.pi_sum.copy_from_slice(&part.pi_sum);
+    out.pi_sq.copy_from_slice(&part.pi_sq);
 }
 
 /// The statistics of `spec.batch` sequences `w` (`batch x n x heads*dh`):
@@ -167,28 +142,18 @@ pub fn token_stats<T: CpuElem>(w: &[T], temp: &[T], s: TokenStatsSpec) -> TokenS
     let by_sequence = !in_task && b >= 2 * threads && n * dim * b >= 1 << 16;
     let rows_parallel = !in_task && !by_sequence && n >= 2 * MIN_ROWS;
     let TokenStats { col_sq, what2_sum, pi, pi_sum, pi_sq, w_pi } = &mut out;
-    let body = |((((((wb, cb), sb), pb), psb), pqb), ob): (
-        (((((&[T], &mut [T]), &mut [T]), &mut [T]), &mut [T]), &mut [T]),
-        &mut [T],
-    )| { one_sequence(wb, temp, &s, rows_parallel, cb, sb, pb, psb, pqb, ob) };
-    if by_sequence {
-        w.par_chunks(n * dim)
-            .zip(col_sq.par_chunks_mut(dim))
-            .zip(what2_sum.par_chunks_mut(n * h))
-            .zip(pi.par_chunks_mut(n * h))
-            .zip(pi_sum.par_chunks_mut(h))
-            .zip(pi_sq.par_chunks_mut(dim))
-            .zip(w_pi.par_chunks_mut(n * dim))
-            .for_each(body);
-    } else {
-        w.chunks(n * dim)
-            .zip(col_sq.chunks_mut(dim))
-            .zip(what2_sum.chunks_mut(n * h))
-            .zip(pi.chunks_mut(n * h))
-            .zip(pi_sum.chunks_mut(h))
-            .zip(pi_sq.chunks_mut(dim))
-            .zip(w_pi.chunks_mut(n * dim))
-            .for_each(body);
-    }
+    w.par_chunks(n * dim)
+        .zip(col_sq.par_chunks_mut(dim))
+        .zip(what2_sum.par_chunks_mut(n * h))
+        .zip(pi.par_chunks_mut(n * h))
+        .zip(pi_sum.par_chunks_mut(h))
+        .zip(pi_sq.par_chunks_mut(dim))
+        .zip(w_pi.par_chunks_mut(n * dim))
+        // all sequences in one task unless by_sequence
+        .with_min_len(if by_sequence { 1 } else { b.max(1) })
+        .for_each(|((((((wb, col_sq), what2_sum), pi), pi_sum), pi_sq), w_pi)| {
+            let out = TokenStats { col_sq, what2_sum, pi, pi_sum, pi_sq, w_pi };
+            one_sequence(wb, temp, &s, rows_parallel, out)
+        });
     out
 }

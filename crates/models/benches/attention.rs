@@ -7,6 +7,8 @@
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
 
+mod common;
+
 use backend_cpu::CpuBackend;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use models::nn::flash;
@@ -84,11 +86,7 @@ fn setup(n: usize) -> (Tensor<B>, Tssa<B>, Mssa) {
 }
 
 fn bench_forward(c: &mut Criterion) {
-    // freed temporaries are reused, as in the `rate` binary (set
-    // RATE_BENCH_DEFAULT_MALLOC to measure with glibc's defaults)
-    if std::env::var_os("RATE_BENCH_DEFAULT_MALLOC").is_none() {
-        backend_cpu::keep_freed_memory();
-    }
+    common::allocator_as_in_the_binary();
     let mut g = c.benchmark_group("attention_forward");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     for n in (8..=15).map(|p| 1usize << p) {
@@ -110,6 +108,7 @@ fn bench_forward(c: &mut Criterion) {
 }
 
 fn bench_forward_backward(c: &mut Criterion) {
+    common::allocator_as_in_the_binary();
     let mut g = c.benchmark_group("attention_forward_backward");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     for n in [1024, 4096, 16384] {

@@ -9,6 +9,8 @@
 //! skips the slow transform of all 2000 rotated copies. Freed memory is kept for reuse as in the
 //! `rate` binary ([`backend_cpu::keep_freed_memory`]; `RATE_BENCH_DEFAULT_MALLOC=1` to opt out).
 
+mod common;
+
 use backend_cpu::{CpuBackend, CpuElem};
 use criterion::{BenchmarkId, Criterion};
 use models::invariant::{construct_dense, Activation, Domain, InvariantConfig, InvariantReduNet, Lifting};
@@ -194,11 +196,7 @@ fn bench_sweep(c: &mut Criterion) {
 }
 
 fn main() {
-    // freed temporaries are reused, as in the `rate` binary (set
-    // RATE_BENCH_DEFAULT_MALLOC to measure with glibc's defaults)
-    if std::env::var_os("RATE_BENCH_DEFAULT_MALLOC").is_none() {
-        backend_cpu::keep_freed_memory();
-    }
+    common::allocator_as_in_the_binary();
     if std::env::var_os("INVARIANT_BENCH_NO_REPORT").is_none() {
         report::<f64>();
         report::<f32>();

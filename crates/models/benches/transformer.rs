@@ -16,6 +16,8 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
+mod common;
+
 use backend_cpu::CpuBackend;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use models::nn::aot::{AotConfig, AotLayer};
@@ -54,11 +56,7 @@ fn inputs(be: &Be, channels: usize, size: usize, classes: usize, batch: usize) -
 }
 
 fn bench_crate(c: &mut Criterion) {
-    // freed temporaries are reused, as in the `rate` binary (set
-    // RATE_BENCH_DEFAULT_MALLOC to measure with glibc's defaults)
-    if std::env::var_os("RATE_BENCH_DEFAULT_MALLOC").is_none() {
-        backend_cpu::keep_freed_memory();
-    }
+    common::allocator_as_in_the_binary();
     let be = Be::new();
     let batch = batch();
     let (exec, train_exec) = (execution(false), execution(true));
@@ -123,10 +121,12 @@ fn bench_classifier<L: Block<Be>>(c: &mut Criterion, group_name: &str, config: &
 }
 
 fn bench_aot(c: &mut Criterion) {
+    common::allocator_as_in_the_binary();
     bench_classifier::<AotLayer<Be>>(c, "aot", &AotConfig::cifar_small());
 }
 
 fn bench_tost(c: &mut Criterion) {
+    common::allocator_as_in_the_binary();
     bench_classifier::<TostLayer<Be>>(c, "tost", &TostConfig::cifar_small());
 }
 

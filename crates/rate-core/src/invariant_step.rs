@@ -19,7 +19,7 @@
 //! `[[Re A_j, -Im A_j], [Im A_j, Re A_j]]` (rows: real, imaginary part of the input).
 
 use crate::backend::Backend;
-use crate::tensor::Tensor;
+use crate::tensor::{ComplexTensor, Tensor};
 
 /// Clamp of the norms (compressed norms and the feature norm).
 pub const NORM_CLAMP: f64 = 1e-8;
@@ -109,6 +109,24 @@ pub fn invariant_step_reference<B: Backend>(
     let u = v.add(&coef.matmul(&y).reshape(&[f, n, width]));
     let norm = u.square().sum_axis(2, false).mul(&weights).sum_axis(0, false).sqrt();
     (u.div(&norm.clamp_min(NORM_CLAMP).reshape(&[1, n, 1])), pi)
+}
+
+/// Hermitian operators `[F, g, C, C]` (both planes) packed as `[F, g, C, C]`
+/// reals: `Re A` on and above the diagonal, `Im A` below it (the layout
+/// [`real_operand`] unpacks).
+pub fn pack_operators<B: Backend>(ops: &ComplexTensor<B>) -> Tensor<B> {
+    let s = ops.re.shape();
+    assert!(
+        s.len() == 4 && s[2] == s[3] && ops.im.shape() == s,
+        "pack_operators: operators {:?} / {:?} are not [F, g, C, C]",
+        s,
+        ops.im.shape()
+    );
+    let (f, g, c) = (s[0], s[1], s[2]);
+    let both = Tensor::cat(&[&ops.re.reshape(&[f, g, c * c]), &ops.im.reshape(&[f, g, c * c])], 2);
+    // from [Re A, Im A] (2 C C): row <= column from the real plane, else the imaginary one
+    let plan: Vec<usize> = (0..c * c).map(|i| if i / c <= i % c { i } else { c * c + i }).collect();
+    both.index_select(2, &plan).reshape(&[f, g, c, c])
 }
 
 /// The real operand `[F, 2C, 2gC]` of Hermitian-packed operators

@@ -179,7 +179,7 @@ impl Domain {
     /// Cyclically shifts signals `[.., dims]` by `shift` (one amount per domain axis):
     /// `out[t] = x[t - s]`, NumPy's `roll`.
     pub fn roll<B: Backend>(&self, x: &Tensor<B>, shift: &[isize]) -> Result<Tensor<B>> {
-        self.check_shift(shift)?;
+        let index = self.roll_index(shift)?;
         let dims = self.dims();
         let r = x.rank();
         if r < dims.len() || x.shape()[r - dims.len()..] != dims[..] {
@@ -189,15 +189,9 @@ impl Domain {
                 dims
             )));
         }
-        let mut out = x.clone();
-        for (a, (&n, &s)) in dims.iter().zip(shift).enumerate() {
-            if s.rem_euclid(n as isize) == 0 {
-                continue;
-            }
-            let idx: Vec<usize> = (0..n as isize).map(|t| (t - s).rem_euclid(n as isize) as usize).collect();
-            out = out.index_select((r - dims.len() + a) as isize, &idx);
-        }
-        Ok(out)
+        // one gather over the flattened domain axes
+        let lead = x.shape()[..r - dims.len()].iter().product::<usize>();
+        Ok(x.reshape(&[lead, self.size()]).index_select(1, &index).reshape(x.shape()))
     }
 
     /// DFT of real signals `[a, b, dims..]` over the domain axes, stored

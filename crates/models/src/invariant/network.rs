@@ -23,7 +23,7 @@
 
 use super::domain::Domain;
 use crate::{Error, Result};
-use rate_core::invariant_step::{invariant_step, real_operand};
+use rate_core::invariant_step::{invariant_step, pack_operators, real_operand};
 use rate_core::{Backend, ComplexTensor, FftNorm, Rates, Tensor};
 
 /// Hyperparameters of the invariant ReduNet, validated by [`InvariantConfig::validate`].
@@ -146,8 +146,6 @@ pub struct InvariantReduNet<B: Backend> {
     weights: Tensor<B>,
     /// `gamma` as a `[1, k]` row.
     gamma_row: Tensor<B>,
-    /// Gather indices packing `[Re, Im]` of Hermitian operators.
-    pack_index: Vec<usize>,
 }
 
 /// Per-sample Euclidean normalisation of signals `[m, ..]`, clamped below at 1e-8.
@@ -181,11 +179,6 @@ fn check_labels(labels: &[usize], m: usize, classes: usize) -> Result<Vec<Vec<us
     Ok(groups)
 }
 
-/// Gather indices from `[Re A, Im A]` (`[2 C C]`) to the packed `[C C]`.
-fn pack_plan(c: usize) -> Vec<usize> {
-    (0..c * c).map(|i| if i / c <= i % c { i } else { c * c + i }).collect()
-}
-
 /// Splits packed features `[F, n, 2C]` into the complex half spectrum `[F, n, C]`.
 pub(crate) fn unpack_features<B: Backend>(v: &Tensor<B>) -> ComplexTensor<B> {
     let c = v.dim(2) / 2;
@@ -209,7 +202,6 @@ impl<B: Backend> InvariantReduNet<B> {
             layers: Vec::new(),
             weights: Tensor::from_f64(backend, &w, &[w.len(), 1]),
             gamma_row: Tensor::zeros(backend, &[1, classes]),
-            pack_index: pack_plan(channels),
         }
     }
 
@@ -325,14 +317,9 @@ impl<B: Backend> InvariantReduNet<B> {
         self.channels as f64 / (samples as f64 * self.config.eps_sq)
     }
 
-    /// `sum_f w_f logdet(I + a_g S_g(f))` for each group, from `M_g = S_g + I/a_g`:
-    /// `logdet(I + a S) = logdet M + C ln a`.
-    fn weighted_logdets(&self, m: &ComplexTensor<B>, alphas: &[f64]) -> Result<Vec<f64>> {
-        Ok(self.weigh_logdets(&m.herm_logdet()?, alphas))
-    }
-
-    /// [`Self::weighted_logdets`] from the per-frequency `logdet M_g` (`[F, groups]`).
-    fn weigh_logdets(&self, logdets: &Tensor<B>, alphas: &[f64]) -> Vec<f64> {
+    /// `sum_f w_f logdet(I + a_g S_g(f))` for each group, from the per-frequency
+    /// `logdet M_g` (`[F, groups]`, `M_g = S_g + I/a_g`): `logdet(I + a S) = logdet M + C ln a`.
+    fn weighted_logdets(&self, logdets: &Tensor<B>, alphas: &[f64]) -> Vec<f64> {
         let ld = logdets.mul(&self.weights).sum_axis(0, false).to_f64_vec(); // [groups]
         let n = self.domain.size() as f64;
         let c = self.channels as f64;
@@ -359,7 +346,8 @@ impl<B: Backend> InvariantReduNet<B> {
     fn rates_of(&self, v: &Tensor<B>, groups: &[Vec<usize>]) -> Result<Rates> {
         let m = v.dim(1);
         let (nonempty, alphas) = self.group_spec(m, groups);
-        let ld = self.weighted_logdets(&self.shifted_covariances(v, &nonempty, &alphas), &alphas)?;
+        let ld =
+            self.weighted_logdets(&self.shifted_covariances(v, &nonempty, &alphas).herm_logdet()?, &alphas);
         let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
         Ok(self.rates_from(&ld, &sizes, m))
     }
@@ -368,17 +356,15 @@ impl<B: Backend> InvariantReduNet<B> {
     /// rates of those features (every class is non-empty here).
     fn build_layer(&self, v: &Tensor<B>, groups: &[Vec<usize>]) -> Result<(InvariantLayer<B>, Rates)> {
         let m = v.dim(1);
-        let c = self.channels;
         let (nonempty, alphas) = self.group_spec(m, groups);
-        let mats = self.shifted_covariances(v, &nonempty, &alphas); // [F, k+1, C, C]
-                                                                    // (S + I/a)^-1 = a (I + a S)^-1: E and C^j directly; the rates from the same factorisations
+        // [F, k+1, C, C]; (S + I/a)^-1 = a (I + a S)^-1: E and C^j directly, and the
+        // rates from the same factorisations
+        let mats = self.shifted_covariances(v, &nonempty, &alphas);
         let (inv, logdets) = mats.herm_inverse_logdet()?;
-        let ld = self.weigh_logdets(&logdets, &alphas);
+        let ld = self.weighted_logdets(&logdets, &alphas);
         let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
         let rates = self.rates_from(&ld, &sizes, m);
-        let (f, g) = (v.dim(0), alphas.len());
-        let both = Tensor::cat(&[&inv.re.reshape(&[f, g, c * c]), &inv.im.reshape(&[f, g, c * c])], 2);
-        let packed = both.index_select(2, &self.pack_index).reshape(&[f, g, c, c]);
+        let packed = pack_operators(&inv);
         Ok((InvariantLayer { packed }, rates))
     }
 

@@ -189,8 +189,8 @@ impl<B: Backend> Tssa<B> {
     /// Forward on `x = [batch, tokens, dim]`: the output and the cache.
     ///
     /// The column norms, memberships and `Pi`-weighted moments come from one
-    /// backend kernel ([`rate_core::token_stats`](mod@rate_core::token_stats): two passes over `w` on the
-    /// CPU) and the factor `1 / (1 + dots)` is folded into the columns of
+    /// backend kernel ([`token_stats`](mod@rate_core::token_stats): two passes
+    /// over `w` on the CPU) and the factor `1 / (1 + dots)` is folded into the columns of
     /// `to_out.0.weight`, so that only `w`, `w Pi` and the output are
     /// `tokens x dim`; [`Self::forward_reference`] is the same map written
     /// step by step.
