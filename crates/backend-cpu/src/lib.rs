@@ -199,22 +199,27 @@ fn map_vec<T: Send + Sync + Copy, U: Send>(x: &[T], f: impl Fn(T) -> U + Sync + 
 /// Block of elements per rayon task in the elementwise loops below.
 const BLOCK: usize = 1 << 14;
 
-/// `f` over `x` with one monomorphised loop per op, so that it vectorises
-/// (a copy updated in place: collecting through `map` would not vectorise).
+/// Memory-bound elementwise work (one load or two and a store per element)
+/// stays on the calling thread below this many elements: waking the pool
+/// costs more than it saves until the operands are far larger than the
+/// caches (relu of 409,600 f32: 80 us on one thread, 150-230 us split in two,
+/// on the 2-core machine of `docs/performance.md`).
+const STREAM_PAR_THRESHOLD: usize = 1 << 20;
+
+/// `f` over `x` for the cheap, memory-bound ops: one monomorphised loop per
+/// op writing the output once (collecting a slice iterator vectorises; a copy
+/// updated in place would write every element twice).
 fn map_unary<T: Copy + Send + Sync>(x: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
-    let mut out = x.to_vec();
-    let body = |c: &mut [T]| c.iter_mut().for_each(|v| *v = f(*v));
-    if out.len() >= PAR_THRESHOLD {
-        out.par_chunks_mut(BLOCK).for_each(body);
+    if x.len() >= STREAM_PAR_THRESHOLD {
+        x.par_iter().with_min_len(BLOCK).map(|&v| f(v)).collect()
     } else {
-        body(&mut out);
+        x.iter().map(|&v| f(v)).collect()
     }
-    out
 }
 
 /// `f(a, b)` elementwise over equal-length slices, like [`map_unary`].
 fn zip_map<T: Copy + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
-    if a.len() >= PAR_THRESHOLD {
+    if a.len() >= STREAM_PAR_THRESHOLD {
         a.par_iter().zip(b.par_iter()).with_min_len(BLOCK).map(|(&x, &y)| f(x, y)).collect()
     } else {
         a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
@@ -371,21 +376,39 @@ fn binary_with<T: CpuElem>(
     }
     if let Some(period) = repeated_block(b_strides, out_shape).filter(|_| contiguous(a_strides)) {
         // b is one contiguous block repeated along the leading axes (a bias row)
-        let mut out = a.to_vec();
-        let body = |o: &mut [T]| o.iter_mut().zip(b.iter()).for_each(|(x, &y)| *x = f(*x, y));
-        if n >= PAR_THRESHOLD {
-            out.par_chunks_mut(period).for_each(body);
-        } else {
-            out.chunks_mut(period).for_each(body);
+        let b = &b[..period];
+        if n < STREAM_PAR_THRESHOLD {
+            let mut out = Vec::with_capacity(n);
+            for row in a[..n].chunks(period) {
+                out.extend(row.iter().zip(b).map(|(&x, &y)| f(x, y)));
+            }
+            return Arc::new(out);
         }
+        let mut out = a[..n].to_vec();
+        out.par_chunks_mut(period).for_each(|o| o.iter_mut().zip(b).for_each(|(x, &y)| *x = f(*x, y)));
         return Arc::new(out);
     }
     if contiguous(a_strides) && contiguous(b_strides) {
-        return Arc::new(zip_map(a, b, f));
+        return Arc::new(zip_map(&a[..n], &b[..n], f));
     }
     let inner = out_shape[r - 1];
     let (ia, ib) = (a_strides[r - 1], b_strides[r - 1]);
     let rows = row_offsets(out_shape, a_strides, b_strides);
+    if n < STREAM_PAR_THRESHOLD {
+        // one pass writing each output once, row by row
+        let mut out = Vec::with_capacity(n);
+        for &(oa, ob) in &rows {
+            match (ia, ib) {
+                (1, 1) => {
+                    out.extend(a[oa..oa + inner].iter().zip(&b[ob..ob + inner]).map(|(&x, &y)| f(x, y)))
+                }
+                (1, 0) => out.extend(a[oa..oa + inner].iter().map(|&x| f(x, b[ob]))),
+                (0, 1) => out.extend(b[ob..ob + inner].iter().map(|&y| f(a[oa], y))),
+                _ => out.extend((0..inner).map(|j| f(a[oa + j * ia], b[ob + j * ib]))),
+            }
+        }
+        return Arc::new(out);
+    }
     let mut out = vec![T::zero(); n];
     let body = |(row, chunk): (usize, &mut [T])| {
         let (oa, ob) = rows[row];
@@ -409,11 +432,7 @@ fn binary_with<T: CpuElem>(
             }
         }
     };
-    if n >= PAR_THRESHOLD {
-        out.par_chunks_mut(inner).enumerate().for_each(body);
-    } else {
-        out.chunks_mut(inner).enumerate().for_each(body);
-    }
+    out.par_chunks_mut(inner).enumerate().for_each(body);
     Arc::new(out)
 }
 
