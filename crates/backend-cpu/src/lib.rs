@@ -519,6 +519,17 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         let rows = row_offsets(&out_shape, &src_strides, &zeros);
         let inner = out_shape[r - 1];
         let is = src_strides[r - 1];
+        if n < STREAM_PAR_THRESHOLD {
+            let mut out = Vec::with_capacity(n);
+            for &(base, _) in &rows {
+                if is == 1 {
+                    out.extend_from_slice(&x[base..base + inner]);
+                } else {
+                    out.extend((0..inner).map(|j| x[base + j * is]));
+                }
+            }
+            return Arc::new(out);
+        }
         let mut out = vec![T::zero(); n];
         let body = |(row, chunk): (usize, &mut [T])| {
             let base = rows[row].0;
@@ -530,11 +541,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                 *o = x[base + j * is];
             }
         };
-        if n >= PAR_THRESHOLD {
-            out.par_chunks_mut(inner).enumerate().for_each(body);
-        } else {
-            out.chunks_mut(inner).enumerate().for_each(body);
-        }
+        out.par_chunks_mut(inner).enumerate().for_each(body);
         Arc::new(out)
     }
 

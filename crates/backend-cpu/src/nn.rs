@@ -38,13 +38,9 @@ pub fn layer_norm<T: CpuElem>(
                 let xr = &x[(r0 + i) * dim..(r0 + i + 1) * dim];
                 let mu = lanes_sum(xr) * inv_d;
                 // centred values first (vectorised), then their squares summed
-                for j in 0..dim {
-                    yr[j] = xr[j] - mu;
-                }
+                yr.iter_mut().zip(xr).for_each(|(y, &x)| *y = x - mu);
                 let rs = T::one() / (lanes_dot(yr, yr) * inv_d + eps).sqrt();
-                for j in 0..dim {
-                    yr[j] = yr[j] * rs * weight[j] + bias[j];
-                }
+                yr.iter_mut().zip(weight.iter().zip(bias)).for_each(|(y, (&w, &b))| *y = *y * rs * w + b);
                 mc[i] = mu;
                 rc[i] = rs;
             }
@@ -82,17 +78,13 @@ pub fn layer_norm_backward<T: CpuElem>(
                 let gr = &grad[r * dim..(r + 1) * dim];
                 let (mu, rs) = (mean[r], rstd[r]);
                 // dxr holds g = dL/dy * weight until the last loop
-                for j in 0..dim {
-                    xhat[j] = (xr[j] - mu) * rs;
-                    dxr[j] = gr[j] * weight[j];
-                    dw[j] += gr[j] * xhat[j];
-                    db[j] += gr[j];
-                }
+                xhat.iter_mut().zip(xr).for_each(|(h, &x)| *h = (x - mu) * rs);
+                dxr.iter_mut().zip(gr.iter().zip(weight)).for_each(|(d, (&g, &w))| *d = g * w);
+                dw.iter_mut().zip(gr.iter().zip(&xhat)).for_each(|(a, (&g, &h))| *a += g * h);
+                db.iter_mut().zip(gr).for_each(|(a, &g)| *a += g);
                 let m1 = lanes_sum(dxr) * inv_d;
                 let m2 = lanes_dot(dxr, &xhat) * inv_d;
-                for j in 0..dim {
-                    dxr[j] = rs * (dxr[j] - m1 - xhat[j] * m2);
-                }
+                dxr.iter_mut().zip(&xhat).for_each(|(d, &h)| *d = rs * (*d - m1 - h * m2));
             }
             (dw, db)
         })
@@ -100,10 +92,8 @@ pub fn layer_norm_backward<T: CpuElem>(
     let mut dw = vec![T::zero(); dim];
     let mut db = vec![T::zero(); dim];
     for (pw, pb) in partials {
-        for j in 0..dim {
-            dw[j] += pw[j];
-            db[j] += pb[j];
-        }
+        dw.iter_mut().zip(&pw).for_each(|(a, &p)| *a += p);
+        db.iter_mut().zip(&pb).for_each(|(a, &p)| *a += p);
     }
     (dx, dw, db)
 }
@@ -145,9 +135,7 @@ pub fn softmax_backward<T: CpuElem>(y: &[T], grad: &[T], len: usize) -> Vec<T> {
             let o = base + i * len;
             let (yr, gr) = (&y[o..o + len], &grad[o..o + len]);
             let dot = lanes_dot(yr, gr);
-            for j in 0..len {
-                row[j] = yr[j] * (gr[j] - dot);
-            }
+            row.iter_mut().zip(yr.iter().zip(gr)).for_each(|(o, (&y, &g))| *o = y * (g - dot));
         }
     });
     out
