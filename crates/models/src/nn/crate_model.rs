@@ -346,6 +346,15 @@ pub struct LayerWeights<B: Backend> {
     pub ista: Tensor<B>,
 }
 
+/// Which gradient of the ISTA block a backward pass adds under its weight's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IstaGrad {
+    /// `dL/dD`, the parameter's gradient.
+    Dictionary,
+    /// `dL/dM` of the fused matrix, turned into `dL/dD` after the micro-batches are summed.
+    Fused,
+}
+
 /// What [`CrateLayer::backward`] needs (and what the measurements read).
 #[derive(Clone, Debug)]
 pub struct CrateLayerCache<B: Backend> {
@@ -398,7 +407,25 @@ impl<B: Backend> CrateLayer<B> {
         prefix: &str,
         grads: &mut Grads<B>,
     ) -> Tensor<B> {
-        let g_i = self.ista.backward(&cache.ista, grad_out, &join(prefix, "1.fn"), grads);
+        self.backward_with(cache, grad_out, prefix, grads, IstaGrad::Dictionary)
+    }
+
+    /// [`Self::backward`], with the ISTA entry (`prefix.1.fn.weight`) holding
+    /// `dD` or, under [`IstaGrad::Fused`], the gradient `dM` of the fused
+    /// matrix (see [`Ista::backward_fused`]).
+    fn backward_with(
+        &self,
+        cache: &CrateLayerCache<B>,
+        grad_out: &Tensor<B>,
+        prefix: &str,
+        grads: &mut Grads<B>,
+        ista: IstaGrad,
+    ) -> Tensor<B> {
+        let ista_prefix = join(prefix, "1.fn");
+        let g_i = match ista {
+            IstaGrad::Dictionary => self.ista.backward(&cache.ista, grad_out, &ista_prefix, grads),
+            IstaGrad::Fused => self.ista.backward_fused(&cache.ista, grad_out, &ista_prefix, grads),
+        };
         let g_half = self.norm2.backward(&cache.norm2, &g_i, &join(prefix, "1.norm"), grads);
         let g_a = self.attn.backward(&cache.attn, &g_half, &join(prefix, "0.fn"), grads);
         let g_z = self.norm1.backward(&cache.norm1, &g_a, &join(prefix, "0.norm"), grads);
@@ -548,18 +575,39 @@ impl Execution {
             let g = backward(&cache, &loss.backward(&ce, w));
             Ok((value * w, g.params, g.input))
         })?;
-        let mut total = 0.0;
-        let mut params = Grads::new();
+        let total = parts.iter().map(|p| p.0).sum();
         let mut inputs = Vec::with_capacity(parts.len());
-        for (value, g, input) in parts {
-            total += value;
-            for (name, t) in g {
-                accumulate(&mut params, name, t);
-            }
+        let mut sums = Vec::with_capacity(parts.len());
+        for (_, g, input) in parts {
+            sums.push(g);
             inputs.push(input);
         }
+        let params = self.sum_gradients(sums);
         let input = Tensor::cat(&inputs.iter().collect::<Vec<_>>(), 0);
         Ok((total, CrateGradients { params, input }))
+    }
+
+    /// The sum of the micro-batches' gradient maps by a fixed pairwise tree
+    /// (`((g0 + g1) + (g2 + g3)) + ..`): the same order whatever the thread
+    /// count, and each level's pairs on the rayon pool when [`Self::parallel`].
+    fn sum_gradients<B: Backend>(&self, mut level: Vec<Grads<B>>) -> Grads<B> {
+        let add = |pair: &mut [Grads<B>]| -> Grads<B> {
+            let mut acc = std::mem::take(&mut pair[0]);
+            for other in pair[1..].iter_mut() {
+                for (name, t) in std::mem::take(other) {
+                    accumulate(&mut acc, name, t);
+                }
+            }
+            acc
+        };
+        while level.len() > 1 {
+            level = if self.parallel {
+                level.par_chunks_mut(2).map(add).collect()
+            } else {
+                level.chunks_mut(2).map(add).collect()
+            };
+        }
+        level.pop().unwrap_or_default()
     }
 }
 
@@ -710,12 +758,21 @@ impl<B: Backend> Crate<B> {
     /// Backward from `dL/d(logits)`: the gradient of every parameter (PyTorch
     /// names) and of the input images.
     pub fn backward(&self, cache: &CrateCache<B>, grad_logits: &Tensor<B>) -> CrateGradients<B> {
+        self.backward_with(cache, grad_logits, IstaGrad::Dictionary)
+    }
+
+    fn backward_with(
+        &self,
+        cache: &CrateCache<B>,
+        grad_logits: &Tensor<B>,
+        ista: IstaGrad,
+    ) -> CrateGradients<B> {
         let mut grads = Grads::new();
         let g_pooled = self.head.backward(&cache.head, grad_logits, "mlp_head", &mut grads);
         let last_tokens = cache.tokens.last().map_or(self.config.tokens(), |t| t.dim(1));
         let mut g = self.config.pool.backward(&g_pooled, last_tokens);
         for (i, (layer, lc)) in self.layers.iter().zip(&cache.layers).enumerate().rev() {
-            g = layer.backward(lc, &g, &format!("transformer.layers.{i}"), &mut grads);
+            g = layer.backward_with(lc, &g, &format!("transformer.layers.{i}"), &mut grads, ista);
         }
         let (g_patches, g_cls, g_pos) = add_cls_and_positions_backward(&g);
         accumulate(&mut grads, "cls_token".into(), g_cls);
@@ -769,12 +826,19 @@ impl<B: Backend> Crate<B> {
             return self.loss_and_gradients(images, labels, loss);
         }
         let weights = self.prepare();
-        exec.loss_and_gradients(
+        // each micro-batch adds dL/dM of the fused ISTA matrices; dL/dD (linear in it) once at the end
+        let (value, mut grads) = exec.loss_and_gradients(
             labels,
             loss,
             |start, len| self.run(&images.narrow(0, start, len), self.last_layer_queries(), &weights),
-            |cache, g| self.backward(cache, g),
-        )
+            |cache, g| self.backward_with(cache, g, IstaGrad::Fused),
+        )?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(g) = grads.params.get_mut(&format!("transformer.layers.{i}.1.fn.weight")) {
+                *g = layer.ista.weight_grad_from_fused(g);
+            }
+        }
+        Ok((value, grads))
     }
 
     /// Per-layer coding rate (per head, tokens L2-normalised, `eps^2 = 0.01`),

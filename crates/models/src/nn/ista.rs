@@ -102,18 +102,39 @@ impl<B: Backend> Ista<B> {
         prefix: &str,
         grads: &mut Grads<B>,
     ) -> Tensor<B> {
+        let mut local = Grads::new();
+        let dx = self.backward_fused(cache, grad_out, "", &mut local);
+        for (name, dm) in local {
+            accumulate(grads, join(prefix, &name), self.weight_grad_from_fused(&dm));
+        }
+        dx
+    }
+
+    /// Backward of the fast path that adds the gradient of the fused matrix,
+    /// `dM = x^T G`, under `prefix.weight` instead of `dD`; returns `dL/dx`.
+    /// `dD` is linear in `dM`, so the `dM` of several micro-batches may be
+    /// summed first and turned into `dD` once by [`Self::weight_grad_from_fused`].
+    pub fn backward_fused(
+        &self,
+        cache: &IstaCache<B>,
+        grad_out: &Tensor<B>,
+        prefix: &str,
+        grads: &mut Grads<B>,
+    ) -> Tensor<B> {
         let g = self.masked(cache, grad_out);
         let m = match &cache.fused {
             Some(m) => m.clone(),
             None => self.fused_matrix(),
         };
         let x2 = self.rows(&cache.x);
-        let d = &self.weight;
-        let dm = x2.matmul_t(&g, true, false);
-        let sym = dm.add(&dm.t());
-        let dd = dm.sub(&d.matmul(&sym)).scale(self.step_size);
-        accumulate(grads, join(prefix, "weight"), dd);
+        accumulate(grads, join(prefix, "weight"), x2.matmul_t(&g, true, false));
         g.matmul_t(&m, false, true).reshape(cache.x.shape())
+    }
+
+    /// `dD = eta (dM - D (dM + dM^T))` from the gradient `dM` of the fused matrix.
+    pub fn weight_grad_from_fused(&self, dm: &Tensor<B>) -> Tensor<B> {
+        let sym = dm.add(&dm.t());
+        dm.sub(&self.weight.matmul(&sym)).scale(self.step_size)
     }
 
     /// Backward of the literal form, term by term:
