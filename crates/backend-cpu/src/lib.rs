@@ -27,6 +27,13 @@ use std::sync::Arc;
 
 /// Element types the CPU backend computes in (f32 and f64).
 pub trait CpuElem: Element + faer::traits::RealField + rustfft::FftNum {
+    /// `e^x` of the row kernels: the correctly rounded `exp`, and in f32 the
+    /// branch-free [`exp_f32`] so that row loops over it vectorise.
+    #[inline(always)]
+    fn row_exp(x: Self) -> Self {
+        x.exp()
+    }
+
     /// Replaces each `x` of `row` by `exp(x - shift)` and returns their sum
     /// (the inner loop of the attention softmax).
     fn exp_shift_sum(row: &mut [Self], shift: Self) -> Self {
@@ -40,6 +47,11 @@ pub trait CpuElem: Element + faer::traits::RealField + rustfft::FftNum {
 }
 
 impl CpuElem for f32 {
+    #[inline(always)]
+    fn row_exp(x: f32) -> f32 {
+        exp_f32(x)
+    }
+
     fn exp_shift_sum(row: &mut [f32], shift: f32) -> f32 {
         // eight independent lanes so that the loop and its sum vectorise
         let mut lanes = [0.0f32; 8];
@@ -186,7 +198,7 @@ fn clear_after_factorisation(n: usize) {
 }
 
 /// Elementwise work above this many elements is split across rayon threads.
-const PAR_THRESHOLD: usize = 1 << 15;
+pub(crate) const PAR_THRESHOLD: usize = 1 << 15;
 
 fn map_vec<T: Send + Sync + Copy, U: Send>(x: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U> {
     if x.len() >= PAR_THRESHOLD {

@@ -1,13 +1,32 @@
 //! Fused row kernels of the transformer layers on the CPU: LayerNorm forward and backward, softmax along rows and its backward, one pass over each row, rows in parallel.
 
 use crate::lanes::{lanes_dot, lanes_max, lanes_sum};
-use crate::{exp_f32, CpuElem};
+use crate::CpuElem;
 use rayon::prelude::*;
-use std::any::Any;
 
 /// Rows handled by one rayon task (about 16K elements, at least one row).
 fn rows_per_task(dim: usize) -> usize {
     (1 << 14) / dim.max(1) + 1
+}
+
+/// Whether a row kernel over `n` elements runs on the calling thread: when it
+/// is small, or when the caller is itself a task of the pool (micro-batches
+/// running in parallel), where splitting it further gains nothing. The
+/// sequential paths append each row to the output instead of zeroing it first;
+/// every row is computed by the same code either way, so the results are identical.
+fn on_calling_thread(n: usize) -> bool {
+    n < crate::PAR_THRESHOLD || rayon::current_thread_index().is_some()
+}
+
+/// One LayerNorm row into `yr`; returns `(mean, 1/std)`.
+#[inline]
+fn layer_norm_row<T: CpuElem>(xr: &[T], yr: &mut [T], weight: &[T], bias: &[T], inv_d: T, eps: T) -> (T, T) {
+    let mu = lanes_sum(xr) * inv_d;
+    // centred values first (vectorised), then their squares summed
+    yr.iter_mut().zip(xr).for_each(|(y, &x)| *y = x - mu);
+    let rs = T::one() / (lanes_dot(yr, yr) * inv_d + eps).sqrt();
+    yr.iter_mut().zip(weight.iter().zip(bias)).for_each(|(y, (&w, &b))| *y = *y * rs * w + b);
+    (mu, rs)
 }
 
 /// LayerNorm of `rows x dim` (see `rate_core::layer_ops`): `(y, mean, rstd)`.
@@ -19,15 +38,27 @@ pub fn layer_norm<T: CpuElem>(
     dim: usize,
     eps: f64,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    if dim == 0 {
+        return (Vec::new(), vec![T::zero(); rows], vec![T::zero(); rows]);
+    }
+    let inv_d = T::one() / T::of(dim as f64);
+    let eps = T::of(eps);
+    if on_calling_thread(rows * dim) {
+        let (mut y, mut mean, mut rstd) =
+            (Vec::with_capacity(rows * dim), Vec::with_capacity(rows), Vec::with_capacity(rows));
+        let mut yr = vec![T::zero(); dim];
+        for xr in x[..rows * dim].chunks_exact(dim) {
+            let (mu, rs) = layer_norm_row(xr, &mut yr, weight, bias, inv_d, eps);
+            y.extend_from_slice(&yr);
+            mean.push(mu);
+            rstd.push(rs);
+        }
+        return (y, mean, rstd);
+    }
     let mut y = vec![T::zero(); rows * dim];
     let mut mean = vec![T::zero(); rows];
     let mut rstd = vec![T::zero(); rows];
-    if dim == 0 {
-        return (y, mean, rstd);
-    }
     let per = rows_per_task(dim);
-    let inv_d = T::one() / T::of(dim as f64);
-    let eps = T::of(eps);
     y.par_chunks_mut(per * dim)
         .zip(mean.par_chunks_mut(per))
         .zip(rstd.par_chunks_mut(per))
@@ -36,19 +67,39 @@ pub fn layer_norm<T: CpuElem>(
             let r0 = task * per;
             for (i, yr) in yc.chunks_mut(dim).enumerate() {
                 let xr = &x[(r0 + i) * dim..(r0 + i + 1) * dim];
-                let mu = lanes_sum(xr) * inv_d;
-                // centred values first (vectorised), then their squares summed
-                yr.iter_mut().zip(xr).for_each(|(y, &x)| *y = x - mu);
-                let rs = T::one() / (lanes_dot(yr, yr) * inv_d + eps).sqrt();
-                yr.iter_mut().zip(weight.iter().zip(bias)).for_each(|(y, (&w, &b))| *y = *y * rs * w + b);
-                mc[i] = mu;
-                rc[i] = rs;
+                (mc[i], rc[i]) = layer_norm_row(xr, yr, weight, bias, inv_d, eps);
             }
         });
     (y, mean, rstd)
 }
 
-/// Backward of [`layer_norm`]: `(dx, dweight, dbias)`.
+/// One row of the LayerNorm backward into `dxr`, adding to `dw` and `db`
+/// (`xhat` is scratch of the row's length).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn layer_norm_backward_row<T: CpuElem>(
+    (xr, gr): (&[T], &[T]),
+    (mu, rs): (T, T),
+    weight: &[T],
+    inv_d: T,
+    dxr: &mut [T],
+    xhat: &mut [T],
+    dw: &mut [T],
+    db: &mut [T],
+) {
+    // dxr holds g = dL/dy * weight until the last loop
+    xhat.iter_mut().zip(xr).for_each(|(h, &x)| *h = (x - mu) * rs);
+    dxr.iter_mut().zip(gr.iter().zip(weight)).for_each(|(d, (&g, &w))| *d = g * w);
+    dw.iter_mut().zip(gr.iter().zip(xhat.iter())).for_each(|(a, (&g, &h))| *a += g * h);
+    db.iter_mut().zip(gr).for_each(|(a, &g)| *a += g);
+    let m1 = lanes_sum(dxr) * inv_d;
+    let m2 = lanes_dot(dxr, xhat) * inv_d;
+    dxr.iter_mut().zip(xhat.iter()).for_each(|(d, &h)| *d = rs * (*d - m1 - h * m2));
+}
+
+/// Backward of [`layer_norm`]: `(dx, dweight, dbias)`. The weight and bias
+/// gradients are summed per task of [`rows_per_task`] rows, then over the
+/// tasks in order, on either path.
 pub fn layer_norm_backward<T: CpuElem>(
     x: &[T],
     mean: &[T],
@@ -58,76 +109,107 @@ pub fn layer_norm_backward<T: CpuElem>(
     rows: usize,
     dim: usize,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let mut dx = vec![T::zero(); rows * dim];
     if dim == 0 || rows == 0 {
-        return (dx, vec![T::zero(); dim], vec![T::zero(); dim]);
+        return (vec![T::zero(); rows * dim], vec![T::zero(); dim], vec![T::zero(); dim]);
     }
     let per = rows_per_task(dim);
     let inv_d = T::one() / T::of(dim as f64);
+    let row = |r: usize| (&x[r * dim..(r + 1) * dim], &grad[r * dim..(r + 1) * dim]);
+    let mut dw = vec![T::zero(); dim];
+    let mut db = vec![T::zero(); dim];
+    let add = |acc: &mut [T], part: &[T]| acc.iter_mut().zip(part).for_each(|(a, &p)| *a += p);
+    if on_calling_thread(rows * dim) {
+        let mut dx = Vec::with_capacity(rows * dim);
+        let (mut dxr, mut xhat) = (vec![T::zero(); dim], vec![T::zero(); dim]);
+        let (mut pw, mut pb) = (vec![T::zero(); dim], vec![T::zero(); dim]);
+        for r0 in (0..rows).step_by(per) {
+            pw.fill(T::zero());
+            pb.fill(T::zero());
+            for r in r0..(r0 + per).min(rows) {
+                let stats = (mean[r], rstd[r]);
+                layer_norm_backward_row(row(r), stats, weight, inv_d, &mut dxr, &mut xhat, &mut pw, &mut pb);
+                dx.extend_from_slice(&dxr);
+            }
+            add(&mut dw, &pw);
+            add(&mut db, &pb);
+        }
+        return (dx, dw, db);
+    }
+    let mut dx = vec![T::zero(); rows * dim];
     let partials: Vec<(Vec<T>, Vec<T>)> = dx
         .par_chunks_mut(per * dim)
         .enumerate()
         .map(|(task, dxc)| {
-            let mut dw = vec![T::zero(); dim];
-            let mut db = vec![T::zero(); dim];
+            let mut pw = vec![T::zero(); dim];
+            let mut pb = vec![T::zero(); dim];
             let mut xhat = vec![T::zero(); dim];
             let r0 = task * per;
             for (i, dxr) in dxc.chunks_mut(dim).enumerate() {
                 let r = r0 + i;
-                let xr = &x[r * dim..(r + 1) * dim];
-                let gr = &grad[r * dim..(r + 1) * dim];
-                let (mu, rs) = (mean[r], rstd[r]);
-                // dxr holds g = dL/dy * weight until the last loop
-                xhat.iter_mut().zip(xr).for_each(|(h, &x)| *h = (x - mu) * rs);
-                dxr.iter_mut().zip(gr.iter().zip(weight)).for_each(|(d, (&g, &w))| *d = g * w);
-                dw.iter_mut().zip(gr.iter().zip(&xhat)).for_each(|(a, (&g, &h))| *a += g * h);
-                db.iter_mut().zip(gr).for_each(|(a, &g)| *a += g);
-                let m1 = lanes_sum(dxr) * inv_d;
-                let m2 = lanes_dot(dxr, &xhat) * inv_d;
-                dxr.iter_mut().zip(&xhat).for_each(|(d, &h)| *d = rs * (*d - m1 - h * m2));
+                layer_norm_backward_row(
+                    row(r),
+                    (mean[r], rstd[r]),
+                    weight,
+                    inv_d,
+                    dxr,
+                    &mut xhat,
+                    &mut pw,
+                    &mut pb,
+                );
             }
-            (dw, db)
+            (pw, pb)
         })
         .collect();
-    let mut dw = vec![T::zero(); dim];
-    let mut db = vec![T::zero(); dim];
     for (pw, pb) in partials {
-        dw.iter_mut().zip(&pw).for_each(|(a, &p)| *a += p);
-        db.iter_mut().zip(&pb).for_each(|(a, &p)| *a += p);
+        add(&mut dw, &pw);
+        add(&mut db, &pb);
     }
     (dx, dw, db)
 }
 
-/// Softmax of each contiguous row of `len` values (max-subtracted). In f32
-/// the exponential is the branch-free [`exp_f32`] so that the row loop
-/// vectorises; f64 uses the correctly rounded `exp`.
+/// Softmax of each contiguous row of `len` values (max-subtracted), the
+/// exponential by [`CpuElem::row_exp`].
 pub fn softmax_rows<T: CpuElem>(x: &[T], len: usize) -> Vec<T> {
-    let mut out = x.to_vec();
     if len == 0 {
+        return x.to_vec();
+    }
+    if on_calling_thread(x.len()) {
+        // each row copied and normalised while it is in the L1 cache
+        let mut out: Vec<T> = Vec::with_capacity(x.len());
+        for xr in x.chunks(len) {
+            let start = out.len();
+            out.extend_from_slice(xr);
+            softmax_row(&mut out[start..]);
+        }
         return out;
     }
+    let mut out = x.to_vec();
     let per = rows_per_task(len);
-    if let Some(o) = (&mut out as &mut dyn Any).downcast_mut::<Vec<f32>>() {
-        o.par_chunks_mut(per * len).for_each(|c| c.chunks_mut(len).for_each(|r| softmax_row(r, exp_f32)));
-    } else {
-        out.par_chunks_mut(per * len).for_each(|c| c.chunks_mut(len).for_each(|r| softmax_row(r, T::exp)));
-    }
+    out.par_chunks_mut(per * len).for_each(|c| c.chunks_mut(len).for_each(softmax_row));
     out
 }
 
-fn softmax_row<T: CpuElem>(row: &mut [T], exp: impl Fn(T) -> T) {
+fn softmax_row<T: CpuElem>(row: &mut [T]) {
     let mx = lanes_max(row);
-    row.iter_mut().for_each(|v| *v = exp(*v - mx));
+    row.iter_mut().for_each(|v| *v = T::row_exp(*v - mx));
     let r = T::one() / lanes_sum(row);
     row.iter_mut().for_each(|v| *v *= r);
 }
 
 /// Backward of a row softmax: `y * (g - rowsum(g * y))`.
 pub fn softmax_backward<T: CpuElem>(y: &[T], grad: &[T], len: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); y.len()];
     if len == 0 {
+        return vec![T::zero(); y.len()];
+    }
+    if on_calling_thread(y.len()) {
+        let mut out = Vec::with_capacity(y.len());
+        for (yr, gr) in y.chunks(len).zip(grad.chunks(len)) {
+            let dot = lanes_dot(yr, gr);
+            out.extend(yr.iter().zip(gr).map(|(&y, &g)| y * (g - dot)));
+        }
         return out;
     }
+    let mut out = vec![T::zero(); y.len()];
     let per = rows_per_task(len);
     out.par_chunks_mut(per * len).enumerate().for_each(|(task, chunk)| {
         let base = task * per * len;

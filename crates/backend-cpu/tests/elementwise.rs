@@ -73,3 +73,43 @@ fn binary_ops_equal_the_host_loop_for_every_broadcast_at_every_size() {
         }
     }
 }
+
+/// LayerNorm (forward and backward) and the row softmax (forward and
+/// backward) give bitwise the same results when called from a pool task,
+/// where they run row by row on the calling thread, as when called from
+/// outside, where large inputs are split across the pool.
+#[test]
+fn row_kernels_are_identical_nested_in_the_pool_and_outside() {
+    use rate_core::layer_ops::{layer_norm, layer_norm_backward, softmax_backward};
+    for precision in ["f32", "f64"] {
+        for (rows, dim) in [(3, 5), (300, 128), (700, 65)] {
+            let run =
+                |be: &dyn Fn(&[f64], &[usize]) -> Vec<Vec<f64>>| be(&values(rows * dim, 7), &[rows, dim]);
+            fn kernels<B: rate_core::Backend>(be: &B, x: &[f64], shape: &[usize]) -> Vec<Vec<f64>> {
+                let d = shape[1];
+                let x = Tensor::from_f64(be, x, shape);
+                let g = Tensor::from_f64(be, &values(x.numel(), 8), shape);
+                let w = Tensor::from_f64(be, &values(d, 9), &[d]);
+                let b = Tensor::from_f64(be, &values(d, 10), &[d]);
+                let (y, mean, rstd) = layer_norm(&x, &w, &b, 1e-5);
+                let (dx, dw, db) = layer_norm_backward(&x, &mean, &rstd, &w, &g);
+                let s = x.scale(3.0).softmax(-1);
+                let ds = softmax_backward(&s, &g);
+                [y, mean, rstd, dx, dw, db, s, ds].iter().map(|t| t.to_f64_vec()).collect()
+            }
+            let f32_be = CpuBackend::<f32>::new();
+            let f64_be = CpuBackend::<f64>::new();
+            let compute = |x: &[f64], shape: &[usize]| match precision {
+                "f32" => kernels(&f32_be, x, shape),
+                _ => kernels(&f64_be, x, shape),
+            };
+            let outside = run(&compute);
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a pool");
+            let nested = pool.install(|| run(&compute));
+            assert_eq!(outside.len(), nested.len());
+            for (k, (a, b)) in outside.iter().zip(&nested).enumerate() {
+                assert!(a == b, "{precision} {rows}x{dim}: output {k} differs between the two paths");
+            }
+        }
+    }
+}
