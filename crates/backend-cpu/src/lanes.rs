@@ -3,6 +3,7 @@
 use crate::CpuElem;
 
 /// Maximum of a row with eight independent accumulators (vectorisable).
+#[inline(always)]
 pub fn lanes_max<T: CpuElem>(row: &[T]) -> T {
     let mut acc = [T::neg_infinity(); 8];
     let mut chunks = row.chunks_exact(8);
@@ -17,6 +18,7 @@ pub fn lanes_max<T: CpuElem>(row: &[T]) -> T {
 }
 
 /// Sum of a row with eight independent accumulators (vectorisable).
+#[inline(always)]
 pub fn lanes_sum<T: CpuElem>(row: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let mut chunks = row.chunks_exact(8);
@@ -31,6 +33,7 @@ pub fn lanes_sum<T: CpuElem>(row: &[T]) -> T {
 }
 
 /// Dot product of two rows with eight independent accumulators (vectorisable).
+#[inline(always)]
 pub fn lanes_dot<T: CpuElem>(a: &[T], b: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -46,6 +49,7 @@ pub fn lanes_dot<T: CpuElem>(a: &[T], b: &[T]) -> T {
 }
 
 /// `sum_i x_i^2 y_i` of two rows with eight independent accumulators (vectorisable).
+#[inline(always)]
 pub fn lanes_sq_dot<T: CpuElem>(x: &[T], y: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let (mut cx, mut cy) = (x.chunks_exact(8), y.chunks_exact(8));
