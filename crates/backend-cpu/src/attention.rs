@@ -6,7 +6,7 @@
 //! accumulates `dK + dV` of every key tile into a per-task `n x dh` buffer
 //! (rayon fold) that is summed at the end, so no `n x n` buffer exists.
 
-use crate::lanes::lanes_max;
+use crate::lanes::{add_partials, lanes_max};
 use crate::CpuElem;
 use faer::{Accum, MatMut, MatRef, Par};
 use rate_core::{AttentionSpec, AxisView};
@@ -143,10 +143,7 @@ pub fn backward<T: CpuElem>(w: &[T], out: &[T], lse: &[T], g: &[T], spec: Attent
                     acc
                 },
             )
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, &y)| *x += y);
-                a
-            });
+            .reduce_with(add_partials);
         if let Some(total) = total {
             dwb.copy_from_slice(&total);
         }

@@ -6,6 +6,7 @@
 //! barriers between panels; independent row blocks need no synchronisation
 //! and keep every thread busy even when the machine is shared.
 
+use crate::lanes::add_into;
 use crate::{clear_upper_simd_state, CpuElem};
 use faer::{Accum, MatMut, MatRef};
 use rate_core::MatmulSpec;
@@ -112,7 +113,7 @@ pub fn matmul<T: CpuElem>(a: &[T], b: &[T], s: MatmulSpec) -> Option<Vec<T>> {
     let mut parts = partials.into_iter();
     let mut out = parts.next()?;
     for p in parts {
-        out.iter_mut().zip(&p).for_each(|(o, &v)| *o += v);
+        add_into(&mut out, &p);
     }
     Some(out)
 }

@@ -5,7 +5,7 @@
 //! temporaries of the size of the products; here every value of the products
 //! is read twice and the new features written once.
 
-use crate::lanes::lanes_dot;
+use crate::lanes::{add_partials, lanes_dot};
 use crate::CpuElem;
 use rate_core::invariant_step::{InvariantStepSpec, NORM_CLAMP};
 use rayon::prelude::*;
@@ -67,13 +67,7 @@ pub fn invariant_step<T: CpuElem>(
             }
             part
         })
-        .reduce(
-            || vec![T::zero(); n],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, &y)| *x += y);
-                a
-            },
-        );
+        .reduce(|| vec![T::zero(); n], add_partials);
     // pass 3: normalise every sample over the full spectrum
     let inv: Vec<T> = norms.iter().map(|&q| T::one() / q.sqrt().max(clamp)).collect();
     out.par_chunks_mut(n * width).for_each(|of| {

@@ -406,21 +406,6 @@ fn binary_with<T: CpuElem>(
     let inner = out_shape[r - 1];
     let (ia, ib) = (a_strides[r - 1], b_strides[r - 1]);
     let rows = row_offsets(out_shape, a_strides, b_strides);
-    if n < STREAM_PAR_THRESHOLD {
-        // one pass writing each output once, row by row
-        let mut out = Vec::with_capacity(n);
-        for &(oa, ob) in &rows {
-            match (ia, ib) {
-                (1, 1) => {
-                    out.extend(a[oa..oa + inner].iter().zip(&b[ob..ob + inner]).map(|(&x, &y)| f(x, y)))
-                }
-                (1, 0) => out.extend(a[oa..oa + inner].iter().map(|&x| f(x, b[ob]))),
-                (0, 1) => out.extend(b[ob..ob + inner].iter().map(|&y| f(a[oa], y))),
-                _ => out.extend((0..inner).map(|j| f(a[oa + j * ia], b[ob + j * ib]))),
-            }
-        }
-        return Arc::new(out);
-    }
     let mut out = vec![T::zero(); n];
     let body = |(row, chunk): (usize, &mut [T])| {
         let (oa, ob) = rows[row];
@@ -444,7 +429,11 @@ fn binary_with<T: CpuElem>(
             }
         }
     };
-    out.par_chunks_mut(inner).enumerate().for_each(body);
+    if n >= STREAM_PAR_THRESHOLD {
+        out.par_chunks_mut(inner).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(inner).enumerate().for_each(body);
+    }
     Arc::new(out)
 }
 
@@ -531,17 +520,6 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         let rows = row_offsets(&out_shape, &src_strides, &zeros);
         let inner = out_shape[r - 1];
         let is = src_strides[r - 1];
-        if n < STREAM_PAR_THRESHOLD {
-            let mut out = Vec::with_capacity(n);
-            for &(base, _) in &rows {
-                if is == 1 {
-                    out.extend_from_slice(&x[base..base + inner]);
-                } else {
-                    out.extend((0..inner).map(|j| x[base + j * is]));
-                }
-            }
-            return Arc::new(out);
-        }
         let mut out = vec![T::zero(); n];
         let body = |(row, chunk): (usize, &mut [T])| {
             let base = rows[row].0;
@@ -553,7 +531,11 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                 *o = x[base + j * is];
             }
         };
-        out.par_chunks_mut(inner).enumerate().for_each(body);
+        if n >= STREAM_PAR_THRESHOLD {
+            out.par_chunks_mut(inner).enumerate().for_each(body);
+        } else {
+            out.chunks_mut(inner).enumerate().for_each(body);
+        }
         Arc::new(out)
     }
 

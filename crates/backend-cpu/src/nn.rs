@@ -1,6 +1,6 @@
 //! Fused row kernels of the transformer layers on the CPU: LayerNorm forward and backward, softmax along rows and its backward, one pass over each row, rows in parallel.
 
-use crate::lanes::{lanes_dot, lanes_max, lanes_sum};
+use crate::lanes::{add_into, lanes_dot, lanes_max, lanes_sum};
 use crate::CpuElem;
 use rayon::prelude::*;
 
@@ -125,7 +125,6 @@ pub fn layer_norm_backward<T: CpuElem>(
     let row = |r: usize| (&x[r * dim..(r + 1) * dim], &grad[r * dim..(r + 1) * dim]);
     let mut dw = vec![T::zero(); dim];
     let mut db = vec![T::zero(); dim];
-    let add = |acc: &mut [T], part: &[T]| acc.iter_mut().zip(part).for_each(|(a, &p)| *a += p);
     if on_calling_thread(rows * dim) {
         let mut dx = Vec::with_capacity(rows * dim);
         let (mut dxr, mut xhat) = (vec![T::zero(); dim], vec![T::zero(); dim]);
@@ -147,8 +146,8 @@ pub fn layer_norm_backward<T: CpuElem>(
                 }));
                 dx.extend_from_slice(&dxr);
             }
-            add(&mut dw, &pw);
-            add(&mut db, &pb);
+            add_into(&mut dw, &pw);
+            add_into(&mut db, &pb);
         }
         return (dx, dw, db);
     }
@@ -178,8 +177,8 @@ pub fn layer_norm_backward<T: CpuElem>(
         })
         .collect();
     for (pw, pb) in partials {
-        add(&mut dw, &pw);
-        add(&mut db, &pb);
+        add_into(&mut dw, &pw);
+        add_into(&mut db, &pb);
     }
     (dx, dw, db)
 }

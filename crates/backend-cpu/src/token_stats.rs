@@ -5,7 +5,7 @@
 //! per-chunk partials added at the end (so the rounding differs from the
 //! reference by a few ulps, not more).
 
-use crate::lanes::lanes_sq_dot;
+use crate::lanes::{add_into, add_partials, lanes_sq_dot};
 use crate::CpuElem;
 use rate_core::token_stats::{TokenStats, TokenStatsSpec};
 use rayon::prelude::*;
@@ -24,8 +24,8 @@ impl<T: CpuElem> Partial<T> {
         Partial { pi_sum: vec![T::zero(); h], pi_sq: vec![T::zero(); dim] }
     }
     fn add(mut self, o: Partial<T>) -> Self {
-        self.pi_sum.iter_mut().zip(&o.pi_sum).for_each(|(a, &b)| *a += b);
-        self.pi_sq.iter_mut().zip(&o.pi_sq).for_each(|(a, &b)| *a += b);
+        add_into(&mut self.pi_sum, &o.pi_sum);
+        add_into(&mut self.pi_sq, &o.pi_sq);
         self
     }
 }
@@ -95,13 +95,7 @@ fn one_sequence<T: CpuElem>(
             }
             acc
         })
-        .reduce(
-            || vec![T::zero(); dim],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, &y)| *x += y);
-                a
-            },
-        );
+        .reduce(|| vec![T::zero(); dim], add_partials);
     out.col_sq.copy_from_slice(&sums);
     let eps = T::of(s.norm_eps);
     let inv_norm2: Vec<T> = sums
