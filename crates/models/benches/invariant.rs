@@ -6,7 +6,7 @@
 //! read from `/proc/self/status` after resetting it, operator bytes), then
 //! runs the criterion groups. `INVARIANT_BENCH_REPORT_ONLY=1` stops after the
 //! figures; `INVARIANT_BENCH_NO_REPORT=1` skips them; `INVARIANT_BENCH_SKIP_BRUTE=1`
-//! skips the slow transform of all 2000 rotated copies. Freed memory is kept for reuse as in the
+//! skips the slow transform of all 2000 rotated copies; `INVARIANT_BENCH_PRECISION=f32` (or `f64`) reports one precision in a fresh process. Freed memory is kept for reuse as in the
 //! `rate` binary ([`backend_cpu::keep_freed_memory`]; `RATE_BENCH_DEFAULT_MALLOC=1` to opt out).
 
 mod common;
@@ -198,8 +198,15 @@ fn bench_sweep(c: &mut Criterion) {
 fn main() {
     common::allocator_as_in_the_binary();
     if std::env::var_os("INVARIANT_BENCH_NO_REPORT").is_none() {
-        report::<f64>();
-        report::<f32>();
+        // `INVARIANT_BENCH_PRECISION=f32|f64` reports one precision only (a fresh process: its peak
+        // resident set is not inflated by the other precision's freed memory).
+        let only = std::env::var("INVARIANT_BENCH_PRECISION").unwrap_or_default();
+        if only != "f32" {
+            report::<f64>();
+        }
+        if only != "f64" {
+            report::<f32>();
+        }
         if std::env::var_os("INVARIANT_BENCH_REPORT_ONLY").is_some() {
             return;
         }
