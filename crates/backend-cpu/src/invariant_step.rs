@@ -79,39 +79,46 @@ pub fn invariant_step<T: CpuElem>(
 }
 
 /// The real operand `[F, 2C, 2gC]` of packed operators `[F, g, C, C]`
-/// (see [`rate_core::invariant_step`]), frequencies in parallel, every entry
-/// read straight from its triangle.
+/// (see [`rate_core::invariant_step`]), frequencies in parallel: each
+/// operator is unfolded once from its triangles into full `Re A`, `Im A`
+/// (per-task scratch), whose rows are then copied into place.
 pub fn real_operand<T: CpuElem>(packed: &[T], f: usize, g: usize, c: usize) -> Vec<T> {
     let cols = 2 * g * c;
     let mut out = vec![T::zero(); f * 2 * c * cols];
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(2 * c * cols).zip(packed.par_chunks(g * c * c)).for_each(|(o, p)| {
-        for (row, orow) in o.chunks_exact_mut(cols).enumerate() {
-            let (imag_in, r) = (row >= c, row % c);
-            for (j, blk) in orow.chunks_exact_mut(2 * c).enumerate() {
-                let pj = &p[j * c * c..(j + 1) * c * c];
-                let (re_out, im_out) = blk.split_at_mut(c);
-                for oc in 0..c {
-                    let re = pj[r.min(oc) * c + r.max(oc)];
-                    // Im A[r][oc]: stored below the diagonal, antisymmetric
-                    let im = match r.cmp(&oc) {
-                        std::cmp::Ordering::Greater => pj[r * c + oc],
-                        std::cmp::Ordering::Less => -pj[oc * c + r],
-                        std::cmp::Ordering::Equal => T::zero(),
-                    };
-                    // row (real part of the input): [Re, -Im]; (imaginary part): [Im, Re]
-                    if imag_in {
-                        re_out[oc] = im;
-                        im_out[oc] = re;
-                    } else {
-                        re_out[oc] = re;
-                        im_out[oc] = -im;
+    out.par_chunks_mut(2 * c * cols).zip(packed.par_chunks(g * c * c)).for_each_init(
+        || (vec![T::zero(); c * c], vec![T::zero(); c * c]),
+        |(re, im), (o, p)| {
+            let (top, bottom) = o.split_at_mut(c * cols);
+            for (j, pj) in p.chunks_exact(c * c).enumerate() {
+                // the full Re A (symmetric) and Im A (antisymmetric) from the triangles
+                for a in 0..c {
+                    for b in a..c {
+                        let x = pj[a * c + b];
+                        re[a * c + b] = x;
+                        re[b * c + a] = x;
+                    }
+                    im[a * c + a] = T::zero();
+                    for b in 0..a {
+                        let x = pj[a * c + b];
+                        im[a * c + b] = x;
+                        im[b * c + a] = -x;
                     }
                 }
+                // row r (real part of the input): [Re, -Im]; row c + r (imaginary part): [Im, Re]
+                for r in 0..c {
+                    let (rre, rim) = (&re[r * c..(r + 1) * c], &im[r * c..(r + 1) * c]);
+                    let t = &mut top[r * cols + j * 2 * c..r * cols + (j + 1) * 2 * c];
+                    t[..c].copy_from_slice(rre);
+                    t[c..].iter_mut().zip(rim).for_each(|(o, &x)| *o = -x);
+                    let b = &mut bottom[r * cols + j * 2 * c..r * cols + (j + 1) * 2 * c];
+                    b[..c].copy_from_slice(rim);
+                    b[c..].copy_from_slice(rre);
+                }
             }
-        }
-    });
+        },
+    );
     out
 }

@@ -77,6 +77,20 @@ fn rss_mb() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// `(anonymous, file-backed)` resident memory in MB (the binary's own pages are file-backed).
+fn rss_split_mb() -> (f64, f64) {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
 /// CPU seconds (user + system, all threads) this process has used.
 fn cpu_seconds() -> f64 {
     let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -111,7 +125,8 @@ fn report<T: CpuElem>() {
     let (_, rss0) = rss_mb();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("--- invariant ReduNet, {} ({threads} hardware threads) ---", be.name());
-    println!("baseline RSS after data set-up: {rss0:.1} MB");
+    let (anon, file) = rss_split_mb();
+    println!("baseline RSS after data set-up: {rss0:.1} MB ({anon:.1} MB anonymous, {file:.1} MB file-backed: the binary)");
     println!("load average: {}", load_average());
     let (lifted, s, _, _) = timed(|| {
         let lift = Lifting::random(&be, CHANNELS, RADII, &[KERNEL], 0, Activation::Relu).expect("lift");

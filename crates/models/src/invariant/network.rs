@@ -37,7 +37,10 @@ pub struct InvariantConfig {
     pub eps_sq: f64,
     /// Softmax sharpness `lambda` of the membership estimate.
     pub lambda: f64,
-    /// Samples pushed through a layer at once (bounds the working memory).
+    /// Samples pushed through a layer at once. It bounds the working memory:
+    /// a chunk's products take `F x chunk x 2(k+1)C` values. The default of 16
+    /// keeps them in cache for the rotation-MNIST shapes (2.8 MB in f32; the
+    /// measurements are in `docs/performance.md`).
     pub chunk: usize,
     /// Keep the frequency-domain features of every layer in the records (for inspection and parity checks).
     pub keep_spectra: bool,
@@ -46,7 +49,7 @@ pub struct InvariantConfig {
 impl Default for InvariantConfig {
     /// The chapter's rotation-MNIST settings: 40 layers, `eta = 0.5`, `eps^2 = 0.1`, `lambda = 500`.
     fn default() -> Self {
-        InvariantConfig { layers: 40, eta: 0.5, eps_sq: 0.1, lambda: 500.0, chunk: 32, keep_spectra: false }
+        InvariantConfig { layers: 40, eta: 0.5, eps_sq: 0.1, lambda: 500.0, chunk: 16, keep_spectra: false }
     }
 }
 
@@ -283,24 +286,36 @@ impl<B: Backend> InvariantReduNet<B> {
     /// inverse is the operator `a_g (I + a_g S_g)^-1` itself. The classes
     /// partition the samples, so `S = sum_j S_j`.
     fn shifted_covariances(&self, v: &Tensor<B>, groups: &[&[usize]], alphas: &[f64]) -> ComplexTensor<B> {
-        let c = self.channels;
-        let f = v.dim(0);
-        let ng = groups.len() + 1;
-        // S_j = sum_i v_i v_i^H from one real product P = [Vr Vi]^T [Vr Vi] per group:
-        // Re = Vr^T Vr + Vi^T Vi = P00 + P11, Im = Vi^T Vr - Vr^T Vi = P10 - P01.
-        let mut res: Vec<Tensor<B>> = Vec::with_capacity(ng);
-        let mut ims: Vec<Tensor<B>> = Vec::with_capacity(ng);
-        for idx in groups {
-            let vg = v.index_select(1, idx);
-            let p = vg.matmul_t(&vg, true, false); // [F, 2C, 2C]
-            let block = |r: usize, q: usize| p.narrow(1, r * c, c).narrow(2, q * c, c);
-            res.push(block(0, 0).add(&block(1, 1)).reshape(&[f, 1, c, c]));
-            ims.push(block(1, 0).sub(&block(0, 1)).reshape(&[f, 1, c, c]));
-        }
-        let sum = |parts: &[Tensor<B>]| parts[1..].iter().fold(parts[0].clone(), |acc, p| acc.add(p));
-        let (all_re, all_im) = (sum(&res), sum(&ims));
-        res.insert(0, all_re);
-        ims.insert(0, all_im);
+        let (c, f, m) = (self.channels, v.dim(0), v.dim(1));
+        let k = groups.len();
+        let ng = k + 1;
+        // S_j = sum_i v_i v_i^H with Re S_j = Vr^T Vr + Vi^T Vi = U^T U for U = [Vr; Vi] (the
+        // group's real parts stacked over its imaginary parts) and Im S_j = X - X^T for
+        // X = Vi^T Vr. A packed sample [vr | vi] is two rows of C, so every U comes from one
+        // gather of rows; all groups go into one batched product, a smaller group padded
+        // with a zero sample (index m), which adds nothing.
+        let rows = groups.iter().map(|g| g.len()).max().unwrap_or(0);
+        let src = if groups.iter().all(|g| g.len() == rows) {
+            v.reshape(&[f, 2 * m, c])
+        } else {
+            Tensor::cat(&[v, &Tensor::zeros(v.backend(), &[f, 1, 2 * c])], 1).reshape(&[f, 2 * (m + 1), c])
+        };
+        let padded =
+            |g: &[usize]| g.iter().copied().chain(std::iter::repeat_n(m, rows - g.len())).collect::<Vec<_>>();
+        let idx: Vec<usize> = groups
+            .iter()
+            .flat_map(|g| {
+                let g = padded(g);
+                let re: Vec<usize> = g.iter().map(|&i| 2 * i).collect();
+                re.into_iter().chain(g.into_iter().map(|i| 2 * i + 1))
+            })
+            .collect();
+        let u = src.index_select(1, &idx).reshape(&[f * k, 2 * rows, c]);
+        let re_k = u.matmul_t(&u, true, false).reshape(&[f, k, c, c]);
+        let x = u.narrow(1, rows, rows).matmul_t(&u.narrow(1, 0, rows), true, false);
+        let im_k = x.sub(&x.t()).reshape(&[f, k, c, c]);
+        // the classes partition the samples: S = sum_j S_j
+        let (re_all, im_all) = (re_k.sum_axis(1, true), im_k.sum_axis(1, true));
         let mut shift = vec![0.0; ng * c * c];
         for (gi, a) in alphas.iter().enumerate() {
             for d in 0..c {
@@ -308,8 +323,8 @@ impl<B: Backend> InvariantReduNet<B> {
             }
         }
         let shift = Tensor::from_f64(v.backend(), &shift, &[1, ng, c, c]);
-        let re = Tensor::cat(&res.iter().collect::<Vec<_>>(), 1).add(&shift);
-        let im = Tensor::cat(&ims.iter().collect::<Vec<_>>(), 1);
+        let re = Tensor::cat(&[&re_all, &re_k], 1).add(&shift);
+        let im = Tensor::cat(&[&im_all, &im_k], 1);
         ComplexTensor::new(re, im)
     }
 
