@@ -5,9 +5,11 @@
 //! temporaries of the size of the products; here every value of the products
 //! is read twice and the new features written once.
 
+use crate::clear_upper_simd_state;
 use crate::lanes::{add_partials, lanes_dot};
 use crate::CpuElem;
-use rate_core::invariant_step::{InvariantStepSpec, NORM_CLAMP};
+use faer::{Accum, MatMut, MatRef};
+use rate_core::invariant_step::{InvariantProductsSpec, InvariantStepSpec, NORM_CLAMP};
 use rayon::prelude::*;
 
 /// `(v', pi)`: see [`rate_core::invariant_step`].
@@ -79,9 +81,7 @@ pub fn invariant_step<T: CpuElem>(
 }
 
 /// The real operand `[F, 2C, 2gC]` of packed operators `[F, g, C, C]`
-/// (see [`rate_core::invariant_step`]), frequencies in parallel: each
-/// operator is unfolded once from its triangles into full `Re A`, `Im A`
-/// (per-task scratch), whose rows are then copied into place.
+/// (see [`rate_core::invariant_step`]), frequencies in parallel (see [`unfold_operand`]).
 pub fn real_operand<T: CpuElem>(packed: &[T], f: usize, g: usize, c: usize) -> Vec<T> {
     let cols = 2 * g * c;
     let mut out = vec![T::zero(); f * 2 * c * cols];
@@ -90,35 +90,69 @@ pub fn real_operand<T: CpuElem>(packed: &[T], f: usize, g: usize, c: usize) -> V
     }
     out.par_chunks_mut(2 * c * cols).zip(packed.par_chunks(g * c * c)).for_each_init(
         || (vec![T::zero(); c * c], vec![T::zero(); c * c]),
-        |(re, im), (o, p)| {
-            let (top, bottom) = o.split_at_mut(c * cols);
-            for (j, pj) in p.chunks_exact(c * c).enumerate() {
-                // the full Re A (symmetric) and Im A (antisymmetric) from the triangles
-                for a in 0..c {
-                    for b in a..c {
-                        let x = pj[a * c + b];
-                        re[a * c + b] = x;
-                        re[b * c + a] = x;
-                    }
-                    im[a * c + a] = T::zero();
-                    for b in 0..a {
-                        let x = pj[a * c + b];
-                        im[a * c + b] = x;
-                        im[b * c + a] = -x;
-                    }
-                }
-                // row r (real part of the input): [Re, -Im]; row c + r (imaginary part): [Im, Re]
-                for r in 0..c {
-                    let (rre, rim) = (&re[r * c..(r + 1) * c], &im[r * c..(r + 1) * c]);
-                    let t = &mut top[r * cols + j * 2 * c..r * cols + (j + 1) * 2 * c];
-                    t[..c].copy_from_slice(rre);
-                    t[c..].iter_mut().zip(rim).for_each(|(o, &x)| *o = -x);
-                    let b = &mut bottom[r * cols + j * 2 * c..r * cols + (j + 1) * 2 * c];
-                    b[..c].copy_from_slice(rim);
-                    b[c..].copy_from_slice(rre);
-                }
-            }
-        },
+        |(re, im), (o, p)| unfold_operand(p, c, re, im, o),
     );
     out
+}
+
+/// The products `[F, n, 2gC]` of features `[F, n, 2C]` with the real operand
+/// of packed operators `[F, g, C, C]` (see [`rate_core::invariant_step::invariant_products`]):
+/// frequencies in parallel, each unfolding its `2C x 2gC` operand into
+/// per-task scratch (never the whole `[F, 2C, 2gC]`) for one sequential faer product.
+pub fn invariant_products<T: CpuElem>(v: &[T], packed: &[T], spec: InvariantProductsSpec) -> Vec<T> {
+    let InvariantProductsSpec { freqs: f, n, ops: g, channels: c } = spec;
+    let (width, cols) = (2 * c, 2 * g * c);
+    let mut out = vec![T::zero(); f * n * cols];
+    if out.is_empty() || c == 0 {
+        return out;
+    }
+    out.par_chunks_mut(n * cols)
+        .zip(v.par_chunks(n * width))
+        .zip(packed.par_chunks(g * c * c))
+        .for_each_init(
+            || (vec![T::zero(); c * c], vec![T::zero(); c * c], vec![T::zero(); width * cols]),
+            |(re, im, w), ((o, vf), p)| {
+                unfold_operand(p, c, re, im, w);
+                let dst = MatMut::from_row_major_slice_mut(o, n, cols);
+                let lhs = MatRef::from_row_major_slice(vf, n, width);
+                let rhs = MatRef::from_row_major_slice(w, width, cols);
+                faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, T::one(), faer::Par::Seq);
+                clear_upper_simd_state();
+            },
+        );
+    out
+}
+
+/// One frequency's real operand `[2C, 2gC]` into `o` from its `g` packed
+/// operators `p` (`[g, C, C]`): each operator is unfolded from its triangles
+/// into full `Re A` (symmetric) and `Im A` (antisymmetric) in `re`, `im`,
+/// whose rows are then copied into place.
+fn unfold_operand<T: CpuElem>(p: &[T], c: usize, re: &mut [T], im: &mut [T], o: &mut [T]) {
+    let cols = o.len() / (2 * c);
+    let (top, bottom) = o.split_at_mut(c * cols);
+    for (j, pj) in p.chunks_exact(c * c).enumerate() {
+        for a in 0..c {
+            for b in a..c {
+                let x = pj[a * c + b];
+                re[a * c + b] = x;
+                re[b * c + a] = x;
+            }
+            im[a * c + a] = T::zero();
+            for b in 0..a {
+                let x = pj[a * c + b];
+                im[a * c + b] = x;
+                im[b * c + a] = -x;
+            }
+        }
+        // row r (real part of the input): [Re, -Im]; row c + r (imaginary part): [Im, Re]
+        for r in 0..c {
+            let (rre, rim) = (&re[r * c..(r + 1) * c], &im[r * c..(r + 1) * c]);
+            let t = &mut top[r * cols + j * 2 * c..r * cols + (j + 1) * 2 * c];
+            t[..c].copy_from_slice(rre);
+            t[c..].iter_mut().zip(rim).for_each(|(o, &x)| *o = -x);
+            let b = &mut bottom[r * cols + j * 2 * c..r * cols + (j + 1) * 2 * c];
+            b[..c].copy_from_slice(rim);
+            b[c..].copy_from_slice(rre);
+        }
+    }
 }

@@ -883,4 +883,13 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
     fn real_operand(&self, packed: &Self::Buffer, f: usize, g: usize, c: usize) -> Self::Buffer {
         Arc::new(invariant_step::real_operand(packed, f, g, c))
     }
+
+    fn invariant_products(
+        &self,
+        v: &Self::Buffer,
+        packed: &Self::Buffer,
+        spec: rate_core::invariant_step::InvariantProductsSpec,
+    ) -> Self::Buffer {
+        Arc::new(invariant_step::invariant_products(v, packed, spec))
+    }
 }

@@ -1,4 +1,4 @@
-//! The fused CPU kernels behind the CRATE layers equal their references: LayerNorm and softmax (forward and backward) against the tensor-op default bodies, blocked matmuls and the vectorised elementwise paths against plain host loops, in f64 and f32.
+//! The fused CPU kernels behind the CRATE layers and the invariant ReduNet equal their references: LayerNorm and softmax (forward and backward) against the tensor-op default bodies, blocked matmuls and the vectorised elementwise paths against plain host loops, in f64 and f32.
 mod common;
 
 use backend_cpu::CpuBackend;
@@ -90,6 +90,22 @@ proptest! {
         prop_assert_eq!(got.shape(), want.shape());
         prop_assert_eq!(got.to_f64_vec(), want.to_f64_vec());
         prop_assert_eq!(invariant_step::real_operand(&to32(&p)).to_f64_vec(), to32(&want).to_f64_vec());
+    }
+
+    /// The per-frequency unfolded products equal the default body (the whole
+    /// real operand from the reference gather, then the batched product).
+    #[test]
+    fn invariant_products_kernel_equals_operand_product(seed in any::<u64>(), f in 1usize..20, n in 0usize..40, g in 1usize..6, c in 1usize..12) {
+        let mut gen = rng(seed);
+        let p = randn(&mut gen, &[f, g, c, c], 1.0);
+        let v = randn(&mut gen, &[f, n, 2 * c], 1.0);
+        let got = invariant_step::invariant_products(&v, &p);
+        let want = v.matmul(&invariant_step::real_operand_reference(&p));
+        prop_assert_eq!(got.shape(), &[f, n, 2 * g * c][..]);
+        prop_assert!(max_rel(&got.to_f64_vec(), &want.to_f64_vec()) < 1e-13, "f64");
+        let got32 = invariant_step::invariant_products(&to32(&v), &to32(&p));
+        let want32 = to32(&v).matmul(&invariant_step::real_operand_reference(&to32(&p)));
+        prop_assert!(max_rel(&got32.to_f64_vec(), &want32.to_f64_vec()) < 1e-5, "f32");
     }
 
     #[test]

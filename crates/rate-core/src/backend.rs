@@ -468,6 +468,33 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         crate::invariant_step::real_operand_reference(&p).buffer().clone()
     }
 
+    /// The products `y = v W` of one shift-invariant ReduNet layer: features
+    /// `v` (`F x n x 2C`, packed half spectra) times the real operand `W`
+    /// (`F x 2C x 2gC`) of `F x g` Hermitian-packed operators, `F x n x 2gC`,
+    /// see [`crate::invariant_step::invariant_products`]. The default body
+    /// unfolds `W` ([`Self::real_operand`]) and multiplies; a backend may
+    /// unfold it one frequency at a time so that it is never stored whole.
+    fn invariant_products(
+        &self,
+        v: &Self::Buffer,
+        packed: &Self::Buffer,
+        spec: crate::invariant_step::InvariantProductsSpec,
+    ) -> Self::Buffer {
+        let crate::invariant_step::InvariantProductsSpec { freqs: f, n, ops: g, channels: c } = spec;
+        let w = self.real_operand(packed, f, g, c);
+        let s = MatmulSpec {
+            batch: f,
+            m: n,
+            k: 2 * c,
+            n: 2 * g * c,
+            trans_a: false,
+            trans_b: false,
+            a_batched: true,
+            b_batched: true,
+        };
+        self.matmul(v, &w, s)
+    }
+
     /// [`Self::herm_inverse`] and [`Self::herm_logdet`] of the same matrices:
     /// `(re, im, logdet)`. The default body factors twice; a backend may
     /// share one factorisation.

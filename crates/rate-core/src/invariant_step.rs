@@ -142,6 +142,43 @@ pub fn real_operand<B: Backend>(packed: &Tensor<B>) -> Tensor<B> {
     Tensor::from_buffer(be, be.real_operand(packed.buffer(), f, g, c), &[f, 2 * c, 2 * g * c])
 }
 
+/// Shapes of [`Backend::invariant_products`]: `freqs` stored frequencies,
+/// `n` samples, `ops` operators (`k + 1`) of `channels x channels`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvariantProductsSpec {
+    /// Stored frequencies `F`.
+    pub freqs: usize,
+    /// Samples `n`.
+    pub n: usize,
+    /// Operators per frequency `g = k + 1` (`E`, then the `C^j`).
+    pub ops: usize,
+    /// Channels `C`.
+    pub channels: usize,
+}
+
+/// The products `[F, n, 2gC]` of features `v` (`[F, n, 2C]`) with the real
+/// operand of Hermitian-packed operators `packed` (`[F, g, C, C]`): row
+/// `(f, i)` holds `[Re | Im]` of `A_0(f) v_i(f), .., A_{g-1}(f) v_i(f)`
+/// (`v.matmul(&real_operand(packed))`, on the backend's kernel).
+pub fn invariant_products<B: Backend>(v: &Tensor<B>, packed: &Tensor<B>) -> Tensor<B> {
+    assert!(
+        packed.rank() == 4 && packed.dim(2) == packed.dim(3),
+        "invariant_products: packed operators {:?} are not [F, g, C, C]",
+        packed.shape()
+    );
+    let (f, g, c) = (packed.dim(0), packed.dim(1), packed.dim(2));
+    assert!(
+        v.rank() == 3 && v.dim(0) == f && v.dim(2) == 2 * c,
+        "invariant_products: features {:?} are not [{f}, n, {}]",
+        v.shape(),
+        2 * c
+    );
+    let n = v.dim(1);
+    let be = v.backend();
+    let spec = InvariantProductsSpec { freqs: f, n, ops: g, channels: c };
+    Tensor::from_buffer(be, be.invariant_products(v.buffer(), packed.buffer(), spec), &[f, n, 2 * g * c])
+}
+
 /// The default body of [`Backend::real_operand`]: one gather from
 /// `[P, -P, 0]` so that the signs come with the indices.
 pub fn real_operand_reference<B: Backend>(packed: &Tensor<B>) -> Tensor<B> {

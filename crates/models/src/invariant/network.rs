@@ -19,11 +19,12 @@
 //! `[[Re A^T, Im A^T], [-Im A^T, Re A^T]]` stacked over the operators
 //! (`2C x 2(k+1)C`). Operators are stored Hermitian-packed: `C^2` reals per
 //! operator and frequency (upper triangle of the real part, strict lower
-//! triangle of the imaginary part), and unpacked once per layer application.
+//! triangle of the imaginary part), and unpacked one frequency at a time
+//! inside the products (never stored unpacked).
 
 use super::domain::Domain;
 use crate::{Error, Result};
-use rate_core::invariant_step::{invariant_step, pack_operators, real_operand};
+use rate_core::invariant_step::{invariant_products, invariant_step, pack_operators};
 use rate_core::{Backend, ComplexTensor, FftNorm, Rates, Tensor};
 
 /// Hyperparameters of the invariant ReduNet, validated by [`InvariantConfig::validate`].
@@ -243,9 +244,8 @@ impl<B: Backend> InvariantReduNet<B> {
             }
             let (layer, rates) = net.build_layer(&v, &groups)?;
             record.rates_true.push(rates);
-            let w = net.real_operand(&layer);
             net.layers.push(layer);
-            let (next, yhat) = net.apply_chunked(&w, &v);
+            let (next, yhat) = net.apply_chunked(&net.layers[net.layers.len() - 1], &v);
             v = next;
             rc_predicted.push(if yhat == labels {
                 None
@@ -383,38 +383,39 @@ impl<B: Backend> InvariantReduNet<B> {
         Ok((InvariantLayer { packed }, rates))
     }
 
-    /// The real operand `[F, 2C, 2(k+1)C]` of a layer's batched product.
-    fn real_operand(&self, layer: &InvariantLayer<B>) -> Tensor<B> {
+    /// The layer's operators as `[F, k+1, C, C]`.
+    fn operands(&self, layer: &InvariantLayer<B>) -> Tensor<B> {
         let f = self.domain.stored_frequencies();
         let (c, g) = (self.channels, self.classes + 1);
-        real_operand(&layer.packed.reshape(&[f, g, c, c]))
+        layer.packed.reshape(&[f, g, c, c])
     }
 
     /// One layer on packed features `[F, n, 2C]`: the new features and `pi`
-    /// (`[n, k]`): the batched product with the layer's operand, then the
-    /// memberships and the update in one backend kernel
+    /// (`[n, k]`): the products with the layer's operators
+    /// ([`rate_core::invariant_step::invariant_products`], unfolded per
+    /// frequency), then the memberships and the update in one backend kernel
     /// ([`rate_core::invariant_step`]).
-    fn apply(&self, w: &Tensor<B>, v: &Tensor<B>) -> (Tensor<B>, Tensor<B>) {
+    fn apply(&self, layer: &InvariantLayer<B>, v: &Tensor<B>) -> (Tensor<B>, Tensor<B>) {
         let (f, n, c2) = (v.dim(0), v.dim(1), v.dim(2));
         let g = self.classes + 1;
         // [Re | Im] of (E v, C^1 v, .., C^k v) at every frequency, one row per (f, i, j).
-        let y = v.matmul(w).reshape(&[f, n, g, c2]);
+        let y = invariant_products(v, &self.operands(layer)).reshape(&[f, n, g, c2]);
         invariant_step(v, &y, &self.weights, &self.gamma_row, self.config.eta, self.config.lambda)
     }
 
     /// [`Self::apply`] over chunks of samples; returns the features and `yhat`.
-    fn apply_chunked(&self, w: &Tensor<B>, v: &Tensor<B>) -> (Tensor<B>, Vec<usize>) {
+    fn apply_chunked(&self, layer: &InvariantLayer<B>, v: &Tensor<B>) -> (Tensor<B>, Vec<usize>) {
         let n = v.dim(1);
         let chunk = self.config.chunk;
         if n <= chunk {
-            let (out, pi) = self.apply(w, v);
+            let (out, pi) = self.apply(layer, v);
             return (out, pi.argmax_axis(1));
         }
         let mut parts = Vec::new();
         let mut yhat = Vec::with_capacity(n);
         for start in (0..n).step_by(chunk) {
             let len = chunk.min(n - start);
-            let (out, pi) = self.apply(w, &v.narrow(1, start, len));
+            let (out, pi) = self.apply(layer, &v.narrow(1, start, len));
             yhat.extend(pi.argmax_axis(1));
             parts.push(out);
         }
@@ -436,8 +437,7 @@ impl<B: Backend> InvariantReduNet<B> {
         Ok(m)
     }
 
-    /// Pushes packed spectra through every layer, in chunks of samples (each
-    /// layer's operand is unpacked once for all chunks).
+    /// Pushes packed spectra through every layer, in chunks of samples.
     fn run_layers(&self, v: Tensor<B>, keep: bool) -> (Tensor<B>, Vec<Vec<usize>>, Vec<ComplexTensor<B>>) {
         let n = v.dim(1);
         let chunk = self.config.chunk;
@@ -461,9 +461,8 @@ impl<B: Backend> InvariantReduNet<B> {
             if keep {
                 spectra.push(unpack_features(&join(&parts)));
             }
-            let w = self.real_operand(layer);
             for p in parts.iter_mut() {
-                let (out, pi) = self.apply(&w, p);
+                let (out, pi) = self.apply(layer, p);
                 picks.push(pi.argmax_indices(1));
                 *p = out;
             }
