@@ -88,10 +88,9 @@ pub fn real_operand<T: CpuElem>(packed: &[T], f: usize, g: usize, c: usize) -> V
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(2 * c * cols).zip(packed.par_chunks(g * c * c)).for_each_init(
-        || (vec![T::zero(); c * c], vec![T::zero(); c * c]),
-        |(re, im), (o, p)| unfold_operand(p, c, re, im, o),
-    );
+    out.par_chunks_mut(2 * c * cols)
+        .zip(packed.par_chunks(g * c * c))
+        .for_each_init(|| vec![T::zero(); c], |col, (o, p)| unfold_operand(p, c, col, o));
     out
 }
 
@@ -110,9 +109,9 @@ pub fn invariant_products<T: CpuElem>(v: &[T], packed: &[T], spec: InvariantProd
         .zip(v.par_chunks(n * width))
         .zip(packed.par_chunks(g * c * c))
         .for_each_init(
-            || (vec![T::zero(); c * c], vec![T::zero(); c * c], vec![T::zero(); width * cols]),
-            |(re, im, w), ((o, vf), p)| {
-                unfold_operand(p, c, re, im, w);
+            || (vec![T::zero(); c], vec![T::zero(); width * cols]),
+            |(col, w), ((o, vf), p)| {
+                unfold_operand(p, c, col, w);
                 let dst = MatMut::from_row_major_slice_mut(o, n, cols);
                 let lhs = MatRef::from_row_major_slice(vf, n, width);
                 let rhs = MatRef::from_row_major_slice(w, width, cols);
@@ -124,35 +123,41 @@ pub fn invariant_products<T: CpuElem>(v: &[T], packed: &[T], spec: InvariantProd
 }
 
 /// One frequency's real operand `[2C, 2gC]` into `o` from its `g` packed
-/// operators `p` (`[g, C, C]`): each operator is unfolded from its triangles
-/// into full `Re A` (symmetric) and `Im A` (antisymmetric) in `re`, `im`,
-/// whose rows are then copied into place.
-fn unfold_operand<T: CpuElem>(p: &[T], c: usize, re: &mut [T], im: &mut [T], o: &mut [T]) {
+/// operators `p` (`[g, C, C]`), row by row: row `r` of `A` is the packed row
+/// `r` (`Re` from the diagonal on, `Im` before it) completed by column `r`
+/// (`Re A[r][q] = Re A[q][r]` for `q < r`, `Im A[r][q] = -Im A[q][r]` for
+/// `q > r`), gathered once into `col`.
+fn unfold_operand<T: CpuElem>(p: &[T], c: usize, col: &mut [T], o: &mut [T]) {
     let cols = o.len() / (2 * c);
     let (top, bottom) = o.split_at_mut(c * cols);
     for (j, pj) in p.chunks_exact(c * c).enumerate() {
-        for a in 0..c {
-            for b in a..c {
-                let x = pj[a * c + b];
-                re[a * c + b] = x;
-                re[b * c + a] = x;
-            }
-            im[a * c + a] = T::zero();
-            for b in 0..a {
-                let x = pj[a * c + b];
-                im[a * c + b] = x;
-                im[b * c + a] = -x;
-            }
-        }
-        // row r (real part of the input): [Re, -Im]; row c + r (imaginary part): [Im, Re]
         for r in 0..c {
-            let (rre, rim) = (&re[r * c..(r + 1) * c], &im[r * c..(r + 1) * c]);
-            let t = &mut top[r * cols + j * 2 * c..r * cols + (j + 1) * 2 * c];
-            t[..c].copy_from_slice(rre);
-            t[c..].iter_mut().zip(rim).for_each(|(o, &x)| *o = -x);
-            let b = &mut bottom[r * cols + j * 2 * c..r * cols + (j + 1) * 2 * c];
-            b[..c].copy_from_slice(rim);
-            b[c..].copy_from_slice(rre);
+            col.iter_mut().zip(pj[r..].iter().step_by(c)).for_each(|(d, &x)| *d = x);
+            let row = &pj[r * c..(r + 1) * c];
+            let span = r * cols + j * 2 * c..r * cols + (j + 1) * 2 * c;
+            // row r (real part of the input): [Re, -Im]; row c + r (imaginary part): [Im, Re]
+            let (t_re, t_im) = top[span.clone()].split_at_mut(c);
+            let (b_im, b_re) = bottom[span].split_at_mut(c);
+            // q < r: Re from the column, Im from the row
+            for q in 0..r {
+                let (re, im) = (col[q], row[q]);
+                t_re[q] = re;
+                t_im[q] = -im;
+                b_im[q] = im;
+                b_re[q] = re;
+            }
+            t_re[r] = row[r];
+            t_im[r] = T::zero();
+            b_im[r] = T::zero();
+            b_re[r] = row[r];
+            // q > r: Re from the row, Im = -(column)
+            for q in r + 1..c {
+                let (re, im) = (row[q], -col[q]);
+                t_re[q] = re;
+                t_im[q] = -im;
+                b_im[q] = im;
+                b_re[q] = re;
+            }
         }
     }
 }

@@ -224,6 +224,23 @@ fn chunking_does_not_change_the_result() {
     .unwrap();
     assert!(max_diff(&whole.features, &parts.features) < 1e-14);
     assert_eq!(whole.record.yhat, parts.record.yhat);
+    // the transform in equal chunks (7 samples at most 2 or 3 at a time: 2+2+2+1 is
+    // split as 1+2+2+2, 3+3+1 as 2+2+3) gives the same features as in one piece
+    let test = random(&be, &[7, 2, 6], 12);
+    let want = whole.network.transform(&test).unwrap();
+    for most in [2, 3] {
+        let net = InvariantReduNet::construct(
+            &x,
+            &y,
+            3,
+            &InvariantConfig { layers: 3, lambda: 5.0, chunk: most, ..Default::default() },
+        )
+        .unwrap()
+        .network;
+        let got = net.transform(&test).unwrap();
+        assert!(max_diff(&got.features, &want.features) < 1e-14, "chunks of at most {most}");
+        assert_eq!(got.yhat, want.yhat, "chunks of at most {most}");
+    }
 }
 
 #[test]

@@ -38,10 +38,11 @@ pub struct InvariantConfig {
     pub eps_sq: f64,
     /// Softmax sharpness `lambda` of the membership estimate.
     pub lambda: f64,
-    /// Samples pushed through a layer at once. It bounds the working memory:
-    /// a chunk's products take `F x chunk x 2(k+1)C` values. The default of 16
-    /// keeps them in cache for the rotation-MNIST shapes (2.8 MB in f32; the
-    /// measurements are in `docs/performance.md`).
+    /// Most samples pushed through a layer at once; the samples are split into
+    /// equal chunks of at most this many. It bounds the working memory: a
+    /// chunk's products take `F x chunk x 2(k+1)C` values, and each chunk
+    /// unfolds the layer's operators once (`docs/performance.md` has the
+    /// measurements behind the default of 25).
     pub chunk: usize,
     /// Keep the frequency-domain features of every layer in the records (for inspection and parity checks).
     pub keep_spectra: bool,
@@ -50,7 +51,7 @@ pub struct InvariantConfig {
 impl Default for InvariantConfig {
     /// The chapter's rotation-MNIST settings: 40 layers, `eta = 0.5`, `eps^2 = 0.1`, `lambda = 500`.
     fn default() -> Self {
-        InvariantConfig { layers: 40, eta: 0.5, eps_sq: 0.1, lambda: 500.0, chunk: 16, keep_spectra: false }
+        InvariantConfig { layers: 40, eta: 0.5, eps_sq: 0.1, lambda: 500.0, chunk: 25, keep_spectra: false }
     }
 }
 
@@ -181,6 +182,13 @@ fn check_labels(labels: &[usize], m: usize, classes: usize) -> Result<Vec<Vec<us
         )));
     }
     Ok(groups)
+}
+
+/// `(start, len)` of the fewest equal chunks (sizes differing by at most
+/// one) of `n` samples with at most `most` in each.
+fn chunks(n: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let count = n.div_ceil(most.max(1)).max(1);
+    (0..count).map(move |i| (i * n / count, (i + 1) * n / count - i * n / count))
 }
 
 /// Splits packed features `[F, n, 2C]` into the complex half spectrum `[F, n, C]`.
@@ -413,8 +421,7 @@ impl<B: Backend> InvariantReduNet<B> {
         }
         let mut parts = Vec::new();
         let mut yhat = Vec::with_capacity(n);
-        for start in (0..n).step_by(chunk) {
-            let len = chunk.min(n - start);
+        for (start, len) in chunks(n, chunk) {
             let (out, pi) = self.apply(layer, &v.narrow(1, start, len));
             yhat.extend(pi.argmax_axis(1));
             parts.push(out);
@@ -441,11 +448,8 @@ impl<B: Backend> InvariantReduNet<B> {
     fn run_layers(&self, v: Tensor<B>, keep: bool) -> (Tensor<B>, Vec<Vec<usize>>, Vec<ComplexTensor<B>>) {
         let n = v.dim(1);
         let chunk = self.config.chunk;
-        let mut parts: Vec<Tensor<B>> = if n <= chunk {
-            vec![v]
-        } else {
-            (0..n).step_by(chunk).map(|s| v.narrow(1, s, chunk.min(n - s))).collect()
-        };
+        let mut parts: Vec<Tensor<B>> =
+            if n <= chunk { vec![v] } else { chunks(n, chunk).map(|(s, len)| v.narrow(1, s, len)).collect() };
         let join = |parts: &[Tensor<B>]| {
             if parts.len() == 1 {
                 parts[0].clone()
@@ -622,5 +626,31 @@ impl<B: Backend> InvariantReduNet<B> {
         let mut shape = vec![g, c, c];
         shape.extend(self.domain.dims());
         Ok(k.reshape(&shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    /// The chunks cover `0..n` in order, hold at most `most` samples each and
+    /// differ in size by at most one.
+    #[test]
+    fn chunks_partition_the_samples_evenly() {
+        for n in 0..60 {
+            for most in 1..25 {
+                let c: Vec<(usize, usize)> = chunks(n, most).collect();
+                let mut next = 0;
+                for &(start, len) in &c {
+                    assert_eq!(start, next, "n {n} most {most}: {c:?}");
+                    assert!(len <= most, "n {n} most {most}: {c:?}");
+                    next += len;
+                }
+                assert_eq!(next, n, "n {n} most {most}: {c:?}");
+                let (lo, hi) = (c.iter().map(|x| x.1).min(), c.iter().map(|x| x.1).max());
+                assert!(hi.zip(lo).is_none_or(|(h, l)| h - l <= 1), "n {n} most {most}: {c:?}");
+                assert_eq!(c.len(), n.div_ceil(most).max(1), "n {n} most {most}");
+            }
+        }
     }
 }
