@@ -28,13 +28,7 @@ pub fn invariant_step<T: CpuElem>(
     // pass 1: per sample, the compressed norms over the full spectrum and the memberships
     let mut pi = vec![T::zero(); n * k];
     pi.par_chunks_mut(k).enumerate().for_each(|(i, p)| {
-        p.fill(T::zero());
-        for (fi, &wf) in weights.iter().enumerate() {
-            let yb = &y[(fi * n + i) * block..(fi * n + i + 1) * block];
-            for (acc, row) in p.iter_mut().zip(yb[width..].chunks_exact(width)) {
-                *acc += wf * lanes_dot(row, row);
-            }
-        }
+        pulp::Arch::new().dispatch(SampleNorms { y, weights, i, n, width, p: &mut *p });
         let mut shift = T::neg_infinity();
         for x in p.iter_mut() {
             *x = -lambda * x.sqrt().max(clamp);
@@ -58,15 +52,15 @@ pub fn invariant_step<T: CpuElem>(
         .enumerate()
         .map(|(fi, of)| {
             let mut part = vec![T::zero(); n];
-            for (i, (o, p)) in of.chunks_exact_mut(width).zip(part.iter_mut()).enumerate() {
-                let row = (fi * n + i) * width;
-                o.copy_from_slice(&v[row..row + width]);
-                let yb = &y[(fi * n + i) * block..(fi * n + i + 1) * block];
-                for (&cj, yj) in coef[i * g..(i + 1) * g].iter().zip(yb.chunks_exact(width)) {
-                    o.iter_mut().zip(yj).for_each(|(a, &b)| *a += cj * b);
-                }
-                *p = weights[fi] * lanes_dot(o, o);
-            }
+            pulp::Arch::new().dispatch(Combine {
+                v: &v[fi * n * width..(fi + 1) * n * width],
+                y: &y[fi * n * block..(fi + 1) * n * block],
+                coef: &coef,
+                wf: weights[fi],
+                width,
+                out: of,
+                part: &mut part,
+            });
             part
         })
         .reduce(|| vec![T::zero(); n], add_partials);
@@ -78,6 +72,67 @@ pub fn invariant_step<T: CpuElem>(
         }
     });
     (out, pi)
+}
+
+/// Pass 1 of [`invariant_step`] for sample `i`: `p[j] = sum_f w_f ||y[f, i, 1 + j]||^2`,
+/// compiled for the CPU's best instruction set by `pulp` (as the row kernels in `nn.rs`).
+struct SampleNorms<'a, T> {
+    y: &'a [T],
+    weights: &'a [T],
+    i: usize,
+    n: usize,
+    width: usize,
+    p: &'a mut [T],
+}
+
+impl<T: CpuElem> pulp::WithSimd for SampleNorms<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let SampleNorms { y, weights, i, n, width, p } = self;
+        let block = (p.len() + 1) * width;
+        p.fill(T::zero());
+        for (fi, &wf) in weights.iter().enumerate() {
+            let yb = &y[(fi * n + i) * block..(fi * n + i + 1) * block];
+            for (acc, row) in p.iter_mut().zip(yb[width..].chunks_exact(width)) {
+                *acc += wf * lanes_dot(row, row);
+            }
+        }
+    }
+}
+
+/// Pass 2 of [`invariant_step`] at one frequency: `u_i = v_i + sum_j coef[i, j] y[i, j]`
+/// into `out` and `w_f ||u_i||^2` into `part`, compiled for the CPU's best
+/// instruction set by `pulp`.
+struct Combine<'a, T> {
+    v: &'a [T],
+    y: &'a [T],
+    coef: &'a [T],
+    wf: T,
+    width: usize,
+    out: &'a mut [T],
+    part: &'a mut [T],
+}
+
+impl<T: CpuElem> pulp::WithSimd for Combine<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Combine { v, y, coef, wf, width, out, part } = self;
+        let g = coef.len() / part.len().max(1);
+        let block = g * width;
+        for (i, ((o, p), vi)) in
+            out.chunks_exact_mut(width).zip(part.iter_mut()).zip(v.chunks_exact(width)).enumerate()
+        {
+            o.copy_from_slice(vi);
+            for (&cj, yj) in
+                coef[i * g..(i + 1) * g].iter().zip(y[i * block..(i + 1) * block].chunks_exact(width))
+            {
+                o.iter_mut().zip(yj).for_each(|(a, &b)| *a += cj * b);
+            }
+            *p = wf * lanes_dot(o, o);
+        }
+    }
 }
 
 /// The real operand `[F, 2C, 2gC]` of packed operators `[F, g, C, C]`
