@@ -6,7 +6,7 @@
 //! read from `/proc/self/status` after resetting it, operator bytes), then
 //! runs the criterion groups. `INVARIANT_BENCH_REPORT_ONLY=1` stops after the
 //! figures; `INVARIANT_BENCH_NO_REPORT=1` skips them; `INVARIANT_BENCH_SKIP_BRUTE=1`
-//! skips the slow transform of all 2000 rotated copies; `INVARIANT_BENCH_PRECISION=f32` (or `f64`) reports one precision in a fresh process. Freed memory is kept for reuse as in the
+//! skips the slow transform of all 2000 rotated copies; `INVARIANT_BENCH_PRECISION=f32` (or `f64`) reports one precision in a fresh process; `INVARIANT_BENCH_CONSTRUCT_ONLY=1` stops after the construction and prints the whole process's peak (never reset). Freed memory is kept for reuse as in the
 //! `rate` binary ([`backend_cpu::keep_freed_memory`]; `RATE_BENCH_DEFAULT_MALLOC=1` to opt out).
 
 mod common;
@@ -144,6 +144,13 @@ fn report<T: CpuElem>() {
     );
     let r = built.record.rates_true;
     println!("  delta R: layer 0 {:.4} -> layer 40 {:.4}", r[0].delta_r, r[LAYERS].delta_r);
+    if std::env::var_os("INVARIANT_BENCH_CONSTRUCT_ONLY").is_some() {
+        // the whole process's peak (never reset): binary, data set-up and construction
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?");
+        println!("process peak after data set-up and construction only: {hwm}");
+        return;
+    }
     let (out, s, cpu, peak) = timed(|| net.transform_shifted(&w.test, &w.shifts).expect("transform_shifted"));
     println!(
         "transform 100 test x 20 rotations (equivariant: one pass, then the shifts of the output): wall {s:.3} s, cpu {cpu:.2} s, peak RSS {peak:.1} MB"
