@@ -1,7 +1,7 @@
 //! `rate redunet rotation|translation`: the shift-invariant ReduNet (4.1.16-4.1.27) on polar-resampled and translated digits, with invariance measures and plots.
 
 use crate::plot::{self, Series};
-use crate::redunet_cmd::gram_heatmap;
+use crate::redunet_cmd::pool_heatmap;
 use crate::util::{dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Job};
 use clap::Args;
 use models::classify::{accuracy, knn_predict, NearestSubspace};
@@ -170,14 +170,22 @@ fn spectral_rates<B: Backend>(
     Ok(Rates { r, rc, delta_r: r - rc })
 }
 
-/// Mean |cosine| between samples of the same class and of different classes (rows of `z`).
-fn cosine_contrast(z: &[f64], n: usize, d: usize, labels: &[usize]) -> (f64, f64) {
-    let norms: Vec<f64> =
-        (0..n).map(|i| z[i * d..(i + 1) * d].iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300)).collect();
+/// `|cos|` between every pair of samples (each flattened), `n x n` row-major,
+/// from one product of the unit rows on the backend (zero rows give 0).
+fn abs_cosines<B: Backend>(x: &Tensor<B>) -> Vec<f64> {
+    let x = flat(x);
+    let u = x.div(&x.norm_axis(1).clamp_min(1e-30));
+    u.matmul_t(&u, false, true).to_f64_vec().into_iter().map(f64::abs).collect()
+}
+
+/// Mean |cosine| between samples of the same class and of different classes,
+/// from the `|cos|` matrix `g` (`n x n`, see [`abs_cosines`]).
+fn cosine_contrast(g: &[f64], labels: &[usize]) -> (f64, f64) {
+    let n = labels.len();
     let (mut within, mut nw, mut across, mut na) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for i in 0..n {
         for j in i + 1..n {
-            let c = (0..d).map(|q| z[i * d + q] * z[j * d + q]).sum::<f64>().abs() / (norms[i] * norms[j]);
+            let c = g[i * n + j];
             if labels[i] == labels[j] {
                 within += c;
                 nw += 1.0;
@@ -335,21 +343,12 @@ impl Job for RotationJob {
             .count();
         pb.inc(1);
 
-        // Cosine block structure (Figure 4.11).
-        let xin = flat(&paug).to_f64_vec();
-        let xf = flat(&feats).to_f64_vec();
-        let (din, df) = (c_in * t, c_out * t);
-        let (win_in, across_in) = cosine_contrast(&xin, n * a.rotations, din, &yaug);
-        let (win_f, across_f) = cosine_contrast(&xf, n * a.rotations, df, &yaug);
-        let normalise = |z: &[f64], d: usize| -> Vec<f64> {
-            z.chunks(d)
-                .flat_map(|r| {
-                    let s = r.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
-                    r.iter().map(move |x| x / s).collect::<Vec<_>>()
-                })
-                .collect()
-        };
-        let (h, side) = gram_heatmap(&normalise(&xin, din), n * a.rotations, din, &yaug, 400);
+        // Cosine block structure (Figure 4.11): all pairs from one product each.
+        let g_in = abs_cosines(&paug);
+        let g_f = abs_cosines(&feats);
+        let (win_in, across_in) = cosine_contrast(&g_in, &yaug);
+        let (win_f, across_f) = cosine_contrast(&g_f, &yaug);
+        let (h, side) = pool_heatmap(&g_in, &yaug, 400);
         plot::heatmap(
             &a.out.join("cosine_inputs.png"),
             "|cos| of rotated test inputs (sorted by class)",
@@ -357,7 +356,7 @@ impl Job for RotationJob {
             side,
             1.0,
         )?;
-        let (h, side) = gram_heatmap(&normalise(&xf, df), n * a.rotations, df, &yaug, 400);
+        let (h, side) = pool_heatmap(&g_f, &yaug, 400);
         plot::heatmap(
             &a.out.join("cosine_features.png"),
             "|cos| of their ReduNet features (sorted by class)",
@@ -533,5 +532,53 @@ impl Job for TranslationJob {
         Ok(json!({ "out": a.out.display().to_string(), "test_accuracy_raw": acc_raw,
             "test_accuracy_features": acc_feat, "consistent_prediction_share": consistent as f64 / n as f64,
             "build_s": build_s }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{abs_cosines, cosine_contrast};
+    use crate::redunet_cmd::{gram_heatmap, pool_heatmap};
+    use backend_cpu::CpuBackend;
+    use rate_core::Tensor;
+
+    /// The product-based `|cos|` matrix and the class contrast equal a direct
+    /// pairwise computation (a zero sample included), and pooling the matrix
+    /// gives the heatmap of the direct `|Z Z^T|` of the unit rows.
+    #[test]
+    fn cosines_from_one_product_equal_pairwise_loops() {
+        let be = CpuBackend::<f64>::new();
+        let (n, d) = (9, 6);
+        let mut v: Vec<f64> = (0..n * d).map(|i| ((i * 37 + 11) % 17) as f64 - 8.0).collect();
+        v[3 * d..4 * d].iter_mut().for_each(|x| *x = 0.0);
+        let labels = [0, 1, 2, 0, 1, 2, 0, 1, 1];
+        let g = abs_cosines(&Tensor::from_f64(&be, &v, &[n, 2, d / 2]));
+        let norm = |i: usize| v[i * d..(i + 1) * d].iter().map(|x| x * x).sum::<f64>().sqrt();
+        let (mut within, mut nw, mut across, mut na) = (0.0, 0.0, 0.0, 0.0);
+        for i in 0..n {
+            for j in 0..n {
+                let dot: f64 = (0..d).map(|c| v[i * d + c] * v[j * d + c]).sum();
+                let want =
+                    if norm(i) == 0.0 || norm(j) == 0.0 { 0.0 } else { dot.abs() / (norm(i) * norm(j)) };
+                assert!((g[i * n + j] - want).abs() < 1e-12, "({i}, {j}): {} vs {want}", g[i * n + j]);
+                if j > i {
+                    if labels[i] == labels[j] {
+                        within += want;
+                        nw += 1.0;
+                    } else {
+                        across += want;
+                        na += 1.0;
+                    }
+                }
+            }
+        }
+        let (w, a) = cosine_contrast(&g, &labels);
+        assert!((w - within / nw).abs() < 1e-12 && (a - across / na).abs() < 1e-12, "{w} {a}");
+        let unit: Vec<f64> =
+            (0..n * d).map(|e| if norm(e / d) == 0.0 { 0.0 } else { v[e] / norm(e / d) }).collect();
+        let (h0, s0) = gram_heatmap(&unit, n, d, &labels, 4);
+        let (h, s) = pool_heatmap(&g, &labels, 4);
+        assert_eq!(s, s0);
+        assert!(h.iter().zip(&h0).all(|(x, y)| (x - y).abs() < 1e-12), "{h:?} vs {h0:?}");
     }
 }

@@ -254,6 +254,19 @@ fn project_2d(z: &[f64], m: usize, d: usize) -> Vec<(f64, f64)> {
 
 /// `|Z Z^T|` with samples sorted by class, average-pooled to at most `max_side` cells a side.
 pub fn gram_heatmap(z: &[f64], m: usize, d: usize, labels: &[usize], max_side: usize) -> (Vec<f64>, usize) {
+    let mut g = vec![0.0; m * m];
+    for i in 0..m {
+        for j in 0..m {
+            g[i * m + j] = (0..d).map(|c| z[i * d + c] * z[j * d + c]).sum::<f64>().abs();
+        }
+    }
+    pool_heatmap(&g, labels, max_side)
+}
+
+/// A non-negative `m x m` matrix `g` (`m = labels.len()`) with rows and columns
+/// sorted by class, average-pooled to at most `max_side` cells a side.
+pub fn pool_heatmap(g: &[f64], labels: &[usize], max_side: usize) -> (Vec<f64>, usize) {
+    let m = labels.len();
     let mut order: Vec<usize> = (0..m).collect();
     order.sort_by_key(|&i| (labels[i], i));
     let side = m.min(max_side).max(1);
@@ -263,8 +276,7 @@ pub fn gram_heatmap(z: &[f64], m: usize, d: usize, labels: &[usize], max_side: u
         let ba = a * side / m;
         for (b, &j) in order.iter().enumerate() {
             let bb = b * side / m;
-            let dot: f64 = (0..d).map(|c| z[i * d + c] * z[j * d + c]).sum();
-            out[ba * side + bb] += dot.abs();
+            out[ba * side + bb] += g[i * m + j];
             cnt[ba * side + bb] += 1.0;
         }
     }
