@@ -754,31 +754,9 @@ mod tests {
     #[test]
     fn fast_herm_inverse_matches_solves_and_inverts() {
         // Random Hermitian positive definite matrices of several orders.
-        let mut seed = 12345u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        };
         for n in [1usize, 2, 3, 7, 20] {
             let batch = 3;
-            let (mut re, mut im) = (vec![0.0f64; batch * n * n], vec![0.0f64; batch * n * n]);
-            for b in 0..batch {
-                let g: Vec<(f64, f64)> = (0..n * n).map(|_| (rnd(), rnd())).collect();
-                // A = G G^H + n I
-                for i in 0..n {
-                    for j in 0..n {
-                        let (mut sr, mut si) = (0.0, 0.0);
-                        for k in 0..n {
-                            let (ar, ai) = g[i * n + k];
-                            let (br, bi) = g[j * n + k];
-                            sr += ar * br + ai * bi;
-                            si += ai * br - ar * bi;
-                        }
-                        re[b * n * n + i * n + j] = sr + if i == j { n as f64 } else { 0.0 };
-                        im[b * n * n + i * n + j] = si;
-                    }
-                }
-            }
+            let (re, im) = random_hpd::<f64>(batch, n, 12345 + n as u64);
             let (fr, fi) = herm_inverse(&re, &im, batch, n).unwrap();
             let (sr, si) = herm_inverse_by_solves(&re, &im, batch, n).unwrap();
             let d =

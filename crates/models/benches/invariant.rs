@@ -6,7 +6,7 @@
 //! read from `/proc/self/status` after resetting it, operator bytes), then
 //! runs the criterion groups. `INVARIANT_BENCH_REPORT_ONLY=1` stops after the
 //! figures; `INVARIANT_BENCH_NO_REPORT=1` skips them; `INVARIANT_BENCH_SKIP_BRUTE=1`
-//! skips the slow transform of all 2000 rotated copies; `INVARIANT_BENCH_PRECISION=f32` (or `f64`) reports one precision in a fresh process; `INVARIANT_BENCH_CONSTRUCT_ONLY=1` stops after the construction and prints the whole process's peak (never reset). Freed memory is kept for reuse as in the
+//! skips the slow transform of all 2000 rotated copies; `INVARIANT_BENCH_PRECISION=f32` (or `f64`) reports one precision in a fresh process. The whole-process peak of the construction alone is the `invariant_memory` example's. Freed memory is kept for reuse as in the
 //! `rate` binary ([`backend_cpu::keep_freed_memory`]; `RATE_BENCH_DEFAULT_MALLOC=1` to opt out).
 
 mod common;
@@ -63,32 +63,29 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// `(current, peak)` resident set size in MB.
-fn rss_mb() -> (f64, f64) {
+/// Fields of `/proc/self/status` in MB (NaN where missing), in the order asked.
+fn status_mb<const N: usize>(keys: [&str; N]) -> [f64; N] {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |k: &str| {
+    keys.map(|k| {
         s.lines()
             .find(|l| l.starts_with(k))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<f64>().ok())
             .map(|kb| kb / 1024.0)
             .unwrap_or(f64::NAN)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    })
+}
+
+/// `(current, peak)` resident set size in MB.
+fn rss_mb() -> (f64, f64) {
+    let [rss, hwm] = status_mb(["VmRSS:", "VmHWM:"]);
+    (rss, hwm)
 }
 
 /// `(anonymous, file-backed)` resident memory in MB (the binary's own pages are file-backed).
 fn rss_split_mb() -> (f64, f64) {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(f64::NAN)
-    };
-    (field("RssAnon:"), field("RssFile:"))
+    let [anon, file] = status_mb(["RssAnon:", "RssFile:"]);
+    (anon, file)
 }
 
 /// CPU seconds (user + system, all threads) this process has used.
@@ -144,13 +141,6 @@ fn report<T: CpuElem>() {
     );
     let r = built.record.rates_true;
     println!("  delta R: layer 0 {:.4} -> layer 40 {:.4}", r[0].delta_r, r[LAYERS].delta_r);
-    if std::env::var_os("INVARIANT_BENCH_CONSTRUCT_ONLY").is_some() {
-        // the whole process's peak (never reset): binary, data set-up and construction
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?");
-        println!("process peak after data set-up and construction only: {hwm}");
-        return;
-    }
     let (out, s, cpu, peak) = timed(|| net.transform_shifted(&w.test, &w.shifts).expect("transform_shifted"));
     println!(
         "transform 100 test x 20 rotations (equivariant: one pass, then the shifts of the output): wall {s:.3} s, cpu {cpu:.2} s, peak RSS {peak:.1} MB"
