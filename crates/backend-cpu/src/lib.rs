@@ -11,6 +11,7 @@
 
 mod attention;
 mod blocked;
+mod dense_attention;
 mod fft;
 mod invariant_step;
 mod lanes;
@@ -19,7 +20,8 @@ mod nn;
 mod token_stats;
 
 use rate_core::{
-    AttentionSpec, AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, Result, UnaryOp,
+    AttentionSpec, AxisView, Backend, BinaryOp, DenseAttentionSpec, Element, FftNorm, MatmulSpec, ReduceOp,
+    Result, UnaryOp,
 };
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -857,6 +859,21 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         spec: AttentionSpec,
     ) -> Self::Buffer {
         Arc::new(attention::backward(w, out, lse, grad_out, spec))
+    }
+
+    fn attention_dense(&self, w: &Self::Buffer, spec: DenseAttentionSpec) -> (Self::Buffer, Self::Buffer) {
+        let (a, o) = dense_attention::forward(w, spec);
+        (Arc::new(a), Arc::new(o))
+    }
+
+    fn attention_dense_backward(
+        &self,
+        w: &Self::Buffer,
+        attn: &Self::Buffer,
+        grad_out: &Self::Buffer,
+        spec: DenseAttentionSpec,
+    ) -> Self::Buffer {
+        Arc::new(dense_attention::backward(w, attn, grad_out, spec))
     }
 
     fn token_stats(

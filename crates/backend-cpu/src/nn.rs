@@ -205,8 +205,9 @@ pub fn softmax_rows<T: CpuElem>(x: &[T], len: usize) -> Vec<T> {
     out
 }
 
+/// One row softmax in place (max-subtracted); the body of every softmax kernel.
 #[inline(always)]
-fn softmax_row_body<T: CpuElem>(row: &mut [T]) {
+pub(crate) fn softmax_row_body<T: CpuElem>(row: &mut [T]) {
     let mx = lanes_max(row);
     row.iter_mut().for_each(|v| *v = T::row_exp(*v - mx));
     let r = T::one() / lanes_sum(row);

@@ -1,11 +1,14 @@
-//! The fused CPU kernels behind the CRATE layers and the invariant ReduNet equal their references: LayerNorm and softmax (forward and backward) against the tensor-op default bodies, blocked matmuls and the vectorised elementwise paths against plain host loops, in f64 and f32.
+//! The fused CPU kernels behind the CRATE layers and the invariant ReduNet equal their references: LayerNorm, softmax and dense multi-head attention (forward and backward) against the tensor-op default bodies, blocked matmuls and the vectorised elementwise paths against plain host loops, in f64 and f32.
 mod common;
 
 use backend_cpu::CpuBackend;
 use common::{randn, rng};
 use models::Tensor;
 use proptest::prelude::*;
-use rate_core::{invariant_step, layer_ops, token_stats};
+use rate_core::{
+    attention, attention_dense, attention_dense_backward, invariant_step, layer_ops, token_stats,
+    DenseAttentionSpec,
+};
 
 type B32 = CpuBackend<f32>;
 
@@ -106,6 +109,39 @@ proptest! {
         let got32 = invariant_step::invariant_products(&to32(&v), &to32(&p));
         let want32 = to32(&v).matmul(&invariant_step::real_operand_reference(&to32(&p)));
         prop_assert!(max_rel(&got32.to_f64_vec(), &want32.to_f64_vec()) < 1e-5, "f32");
+    }
+
+    /// The dense multi-head attention kernel (heads read in place from the
+    /// interleaved layout) equals the default body (heads split by a
+    /// permutation, batched products), forward and backward; larger cases
+    /// run the sequences as parallel tasks, small ones on the calling thread.
+    #[test]
+    fn dense_attention_kernel_equals_reference(seed in any::<u64>(), batch in 1usize..5, n in 1usize..80, heads in 1usize..5, dh in 1usize..20) {
+        let mut gen = rng(seed);
+        let w = randn(&mut gen, &[batch, n, heads * dh], 0.5);
+        let g = randn(&mut gen, &[batch, n, heads * dh], 1.0);
+        let spec = DenseAttentionSpec::for_tokens(&w, heads);
+        let check = |w: &Tensor<_>, g: &Tensor<_>, tol: f64| -> Result<(), TestCaseError> {
+            let (attn, out) = attention_dense(w, spec);
+            let (attn0, out0) = attention::dense_forward(w, spec);
+            prop_assert_eq!(attn.shape(), &[batch, heads, n, n][..]);
+            prop_assert_eq!(out.shape(), w.shape());
+            prop_assert!(max_rel(&attn.to_f64_vec(), &attn0.to_f64_vec()) < tol, "attention");
+            prop_assert!(max_rel(&out.to_f64_vec(), &out0.to_f64_vec()) < tol, "output");
+            let gw = attention_dense_backward(w, &attn, g, spec);
+            let gw0 = attention::dense_backward(w, &attn0, g, spec);
+            prop_assert!(max_rel(&gw.to_f64_vec(), &gw0.to_f64_vec()) < 10.0 * tol, "backward");
+            Ok(())
+        };
+        check(&w, &g, 1e-13)?;
+        let (w32, g32) = (to32(&w), to32(&g));
+        let (attn, out) = attention_dense(&w32, spec);
+        let (attn0, out0) = attention::dense_forward(&w32, spec);
+        prop_assert!(max_rel(&attn.to_f64_vec(), &attn0.to_f64_vec()) < 1e-5, "attention f32");
+        prop_assert!(max_rel(&out.to_f64_vec(), &out0.to_f64_vec()) < 1e-5, "output f32");
+        let gw = attention_dense_backward(&w32, &attn, &g32, spec);
+        let gw0 = attention::dense_backward(&w32, &attn0, &g32, spec);
+        prop_assert!(max_rel(&gw.to_f64_vec(), &gw0.to_f64_vec()) < 1e-4, "backward f32");
     }
 
     #[test]

@@ -208,3 +208,108 @@ pub fn cumsum_by_doubling<B: Backend>(x: &Tensor<B>, reverse: bool) -> Tensor<B>
     }
     acc
 }
+
+/// Sizes of one dense multi-head attention call ([`attention_dense`]) on
+/// head-interleaved tokens `[batch, tokens, heads * dim_head]`: the columns
+/// `h dim_head .. (h + 1) dim_head` of a row are the token in head `h`, as a
+/// projection `x U^T` leaves them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenseAttentionSpec {
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence `n`.
+    pub tokens: usize,
+    /// Heads `H`.
+    pub heads: usize,
+    /// Columns per head `dh`.
+    pub dim_head: usize,
+}
+
+impl DenseAttentionSpec {
+    /// Spec for `w` of shape `[batch, tokens, heads * dim_head]`; panics naming the shape otherwise.
+    pub fn for_tokens<B: Backend>(w: &Tensor<B>, heads: usize) -> Self {
+        assert!(
+            w.rank() == 3 && heads > 0 && w.dim(2) % heads == 0,
+            "attention_dense: tokens {:?} are not [batch, tokens, {heads} heads x dim_head]",
+            w.shape()
+        );
+        DenseAttentionSpec { batch: w.dim(0), tokens: w.dim(1), heads, dim_head: w.dim(2) / heads }
+    }
+
+    fn tokens_shape(&self) -> [usize; 3] {
+        [self.batch, self.tokens, self.heads * self.dim_head]
+    }
+
+    fn attention_shape(&self) -> [usize; 4] {
+        [self.batch, self.heads, self.tokens, self.tokens]
+    }
+}
+
+/// Dense shared-QKV attention of every head on the backend:
+/// `A_h = softmax_rows(W_h W_h^T)` (`[batch, heads, n, n]`, kept for the
+/// backward and for attention maps) and the merged outputs `A_h W_h`
+/// (`[batch, n, heads * dim_head]`, head-interleaved like `w`). Any scale
+/// is folded into `w` by the caller.
+pub fn attention_dense<B: Backend>(w: &Tensor<B>, spec: DenseAttentionSpec) -> (Tensor<B>, Tensor<B>) {
+    check_dense(w, "tokens", &spec.tokens_shape());
+    let be = w.backend();
+    let (a, o) = be.attention_dense(w.buffer(), spec);
+    (Tensor::from_buffer(be, a, &spec.attention_shape()), Tensor::from_buffer(be, o, &spec.tokens_shape()))
+}
+
+/// Backward of [`attention_dense`]: `dL/dW` (`[batch, n, heads * dim_head]`)
+/// from the tokens, the attention and `dL/d(merged output)`.
+pub fn attention_dense_backward<B: Backend>(
+    w: &Tensor<B>,
+    attn: &Tensor<B>,
+    grad_out: &Tensor<B>,
+    spec: DenseAttentionSpec,
+) -> Tensor<B> {
+    check_dense(w, "tokens", &spec.tokens_shape());
+    check_dense(attn, "attention", &spec.attention_shape());
+    check_dense(grad_out, "output gradient", &spec.tokens_shape());
+    let be = w.backend();
+    let g = be.attention_dense_backward(w.buffer(), attn.buffer(), grad_out.buffer(), spec);
+    Tensor::from_buffer(be, g, &spec.tokens_shape())
+}
+
+fn check_dense<B: Backend>(t: &Tensor<B>, what: &str, shape: &[usize]) {
+    assert_eq!(t.shape(), shape, "attention_dense: {what} {:?} do not match the spec {shape:?}", t.shape());
+}
+
+/// The heads of head-interleaved tokens as `[batch, heads, n, dim_head]`.
+fn split_heads<B: Backend>(w: &Tensor<B>, s: DenseAttentionSpec) -> Tensor<B> {
+    w.reshape(&[s.batch, s.tokens, s.heads, s.dim_head]).permute(&[0, 2, 1, 3])
+}
+
+/// `[batch, heads, n, dim_head]` back to head-interleaved `[batch, n, heads * dim_head]`.
+fn merge_heads<B: Backend>(x: &Tensor<B>, s: DenseAttentionSpec) -> Tensor<B> {
+    x.permute(&[0, 2, 1, 3]).reshape(&s.tokens_shape())
+}
+
+/// The dense attention built from tensor ops (the default body of
+/// `Backend::attention_dense`): heads split by a permutation, one batched
+/// product for the scores, a row softmax, one batched product, heads merged.
+pub fn dense_forward<B: Backend>(w: &Tensor<B>, spec: DenseAttentionSpec) -> (Tensor<B>, Tensor<B>) {
+    let wh = split_heads(w, spec);
+    let attn = wh.matmul_t(&wh, false, true).softmax(-1);
+    let out = merge_heads(&attn.matmul(&wh), spec);
+    (attn, out)
+}
+
+/// The dense backward built from tensor ops (the default body of
+/// `Backend::attention_dense_backward`): with `G` the output gradient of a
+/// head, `dS = A * (G W^T - rowsum(A * G W^T))` and
+/// `dW = A^T G + dS^T W + dS W` (`W` is query, key and value).
+pub fn dense_backward<B: Backend>(
+    w: &Tensor<B>,
+    attn: &Tensor<B>,
+    grad_out: &Tensor<B>,
+    spec: DenseAttentionSpec,
+) -> Tensor<B> {
+    let wh = split_heads(w, spec);
+    let g = split_heads(grad_out, spec);
+    let ds = crate::layer_ops::softmax_backward(attn, &g.matmul_t(&wh, false, true));
+    let gw = attn.matmul_t(&g, true, false).add(&ds.matmul_t(&wh, true, false)).add(&ds.matmul(&wh));
+    merge_heads(&gw, spec)
+}

@@ -419,6 +419,44 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         .clone()
     }
 
+    /// Dense shared-QKV attention of every head of head-interleaved tokens
+    /// `w` (`batch x n x heads*dh`): the attention `softmax_rows(W_h W_h^T)`
+    /// (`batch x heads x n x n`) and the merged outputs `A_h W_h`
+    /// (`batch x n x heads*dh`), see [`crate::attention::attention_dense`].
+    /// The default body splits the heads by a permutation and multiplies; a
+    /// backend may work on the interleaved layout in place.
+    fn attention_dense(
+        &self,
+        w: &Self::Buffer,
+        spec: crate::attention::DenseAttentionSpec,
+    ) -> (Self::Buffer, Self::Buffer) {
+        let [b, n, width] = [spec.batch, spec.tokens, spec.heads * spec.dim_head];
+        let t = Tensor::from_buffer(self, w.clone(), &[b, n, width]);
+        let (a, o) = crate::attention::dense_forward(&t, spec);
+        (a.buffer().clone(), o.buffer().clone())
+    }
+
+    /// Backward of [`Self::attention_dense`]: `dL/dW` (`batch x n x heads*dh`)
+    /// from the tokens, the attention and `dL/d(merged output)`.
+    fn attention_dense_backward(
+        &self,
+        w: &Self::Buffer,
+        attn: &Self::Buffer,
+        grad_out: &Self::Buffer,
+        spec: crate::attention::DenseAttentionSpec,
+    ) -> Self::Buffer {
+        let [b, h, n, width] = [spec.batch, spec.heads, spec.tokens, spec.heads * spec.dim_head];
+        let t = |x: &Self::Buffer, s: &[usize]| Tensor::from_buffer(self, x.clone(), s);
+        crate::attention::dense_backward(
+            &t(w, &[b, n, width]),
+            &t(attn, &[b, h, n, n]),
+            &t(grad_out, &[b, n, width]),
+            spec,
+        )
+        .buffer()
+        .clone()
+    }
+
     /// TSSA's token statistics of `w` (`batch x n x heads*dh`) with per-head
     /// temperatures `temp` (`heads` values), see [`crate::token_stats`](mod@crate::token_stats). The
     /// default body computes them op by op.

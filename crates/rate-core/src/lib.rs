@@ -19,7 +19,10 @@ pub mod tensor;
 pub mod testing;
 pub mod token_stats;
 
-pub use attention::{attention_tiled, attention_tiled_backward, AttentionSpec};
+pub use attention::{
+    attention_dense, attention_dense_backward, attention_tiled, attention_tiled_backward, AttentionSpec,
+    DenseAttentionSpec,
+};
 pub use backend::{AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, UnaryOp};
 pub use error::{Error, Result};
 pub use rate::{

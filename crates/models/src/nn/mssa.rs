@@ -29,7 +29,7 @@ use super::flash::{self, TiledCache};
 use super::{accumulate, init, join, Grads, Linear, Module};
 use crate::{Backend, Tensor};
 use rand::rngs::StdRng;
-use rate_core::layer_ops;
+use rate_core::{attention_dense, attention_dense_backward, layer_ops, DenseAttentionSpec};
 
 /// The MSSA block (the authors' `Attention` module).
 #[derive(Clone, Debug)]
@@ -49,8 +49,10 @@ pub struct Mssa<B: Backend> {
 pub struct MssaCache<B: Backend> {
     /// Input `[batch, tokens, dim]`.
     pub x: Tensor<B>,
-    /// Projected tokens per head, scaled: `W' = dh^-1/4 x U`, `[batch, heads, tokens, dim_head]`.
-    pub w: Tensor<B>,
+    /// Projected tokens, scaled: `W' = dh^-1/4 x U^T`, head-interleaved
+    /// `[batch, tokens, heads * dim_head]` as the projection leaves them
+    /// ([`Self::heads`] splits them).
+    pub proj: Tensor<B>,
     /// Attention `phi(W W^T / sqrt(dh))` of the query rows, `[batch, heads, queries, tokens]`;
     /// `None` when the tiled path ran (the `n x n` matrix was never formed).
     pub attn: Option<Tensor<B>>,
@@ -166,24 +168,29 @@ impl<B: Backend> Mssa<B> {
         let (b, n) = self.dims(x);
         assert!(queries >= 1 && queries <= n, "Mssa: {queries} queries for {n} tokens");
         let (h, dh) = (self.heads, self.dim_head);
-        let w = x.matmul_t(&weights.qkv, false, true).reshape(&[b, n, h, dh]).permute(&[0, 2, 1, 3]);
-        let (heads_out, attn, tiled) = if phi == Phi::Softmax && queries == n && n > tiled_above {
-            let (o, c) = flash::tiled_forward(&w.reshape(&[b * h, n, dh]), 1.0);
-            (o.reshape(&[b, h, n, dh]), None, Some(c))
+        let proj = x.matmul_t(&weights.qkv, false, true);
+        let split = || proj.reshape(&[b, n, h, dh]).permute(&[0, 2, 1, 3]);
+        let (merged, attn, tiled) = if phi == Phi::Softmax && queries == n && n > tiled_above {
+            let (o, c) = flash::tiled_forward(&split().reshape(&[b * h, n, dh]), 1.0);
+            (merge(&o.reshape(&[b, h, n, dh])), None, Some(c))
+        } else if phi == Phi::Softmax && queries == n {
+            // every head on the interleaved layout, no permutation (the fast path)
+            let (attn, merged) = attention_dense(&proj, DenseAttentionSpec::for_tokens(&proj, h));
+            (merged, Some(attn), None)
         } else {
+            let w = split();
             let q = if queries == n { w.clone() } else { w.narrow(2, 0, queries) };
             let mut attn = q.matmul_t(&w, false, true).softmax(-1);
             if let Phi::Threshold(tau) = phi {
                 attn = attn.add_scalar(-tau).step().scale(tau);
             }
-            (attn.matmul(&w), Some(attn), None)
+            (merge(&attn.matmul(&w)), Some(attn), None)
         };
-        let merged = heads_out.permute(&[0, 2, 1, 3]).reshape(&[b, queries, h * dh]);
         let y = match &weights.to_out {
             Some(l) => l.forward(&merged),
             None => merged.scale(1.0 / self.weight_scale()),
         };
-        (y, MssaCache { x: x.clone(), w, attn, tiled, phi, merged, queries, weights: weights.clone() })
+        (y, MssaCache { x: x.clone(), proj, attn, tiled, phi, merged, queries, weights: weights.clone() })
     }
 
     /// The literal forward, `softmax(W W^T / sqrt(dh)) W` with `W = x U`
@@ -224,31 +231,34 @@ impl<B: Backend> Mssa<B> {
             }
             None => grad_out.scale(1.0 / c),
         };
-        let g_o = g_merged.reshape(&[b, nq, h, dh]).permute(&[0, 2, 1, 3]);
-        let w = &cache.w;
-        let g_w = match (&cache.tiled, &cache.attn, cache.phi) {
-            (Some(tc), _, _) => {
-                flash::tiled_backward(tc, &g_o.reshape(&[b * h, n, dh])).reshape(&[b, h, n, dh])
-            }
+        let split = |t: &Tensor<B>, rows: usize| t.reshape(&[b, rows, h, dh]).permute(&[0, 2, 1, 3]);
+        let g_proj = match (&cache.tiled, &cache.attn, cache.phi) {
+            (Some(tc), _, _) => merge(
+                &flash::tiled_backward(tc, &split(&g_merged, nq).reshape(&[b * h, n, dh]))
+                    .reshape(&[b, h, n, dh]),
+            ),
             // h(softmax) is piecewise constant: only the value path
-            (None, Some(attn), Phi::Threshold(_)) => attn.matmul_t(&g_o, true, false),
+            (None, Some(attn), Phi::Threshold(_)) => {
+                merge(&attn.matmul_t(&split(&g_merged, nq), true, false))
+            }
+            (None, Some(attn), Phi::Softmax) if nq == n => attention_dense_backward(
+                &cache.proj,
+                attn,
+                &g_merged,
+                DenseAttentionSpec::for_tokens(&cache.proj, h),
+            ),
             (None, Some(attn), Phi::Softmax) => {
-                let q = if nq == n { w.clone() } else { w.narrow(2, 0, nq) };
-                let g_scores = layer_ops::softmax_backward(attn, &g_o.matmul_t(w, false, true));
+                let (w, g_o) = (split(&cache.proj, n), split(&g_merged, nq));
+                let q = w.narrow(2, 0, nq);
+                let g_scores = layer_ops::softmax_backward(attn, &g_o.matmul_t(&w, false, true));
                 // keys and values: all rows of W'
                 let g_w = attn.matmul_t(&g_o, true, false).add(&g_scores.matmul_t(&q, true, false));
                 // queries: the first nq rows of W'
-                let g_q = g_scores.matmul(w);
-                if nq == n {
-                    g_w.add(&g_q)
-                } else {
-                    let pad = Tensor::zeros(w.backend(), &[b, h, n - nq, dh]);
-                    g_w.add(&Tensor::cat(&[&g_q, &pad], 2))
-                }
+                let pad = Tensor::zeros(w.backend(), &[b, h, n - nq, dh]);
+                merge(&g_w.add(&Tensor::cat(&[&g_scores.matmul(&w), &pad], 2)))
             }
             (None, None, _) => unreachable!("Mssa: a dense cache always holds the attention matrix"),
         };
-        let g_proj = g_w.permute(&[0, 2, 1, 3]).reshape(&[b, n, h * dh]);
         // W' = x (c U)^T
         let scaled_qkv = Linear { weight: cache.weights.qkv.clone(), bias: None };
         let mut local = Grads::new();
@@ -257,6 +267,25 @@ impl<B: Backend> Mssa<B> {
             accumulate(grads, join(&join(prefix, "qkv"), &name), g_param.scale(c));
         }
         gx
+    }
+}
+
+/// `[batch, heads, rows, dim_head]` to head-interleaved `[batch, rows, heads * dim_head]`.
+fn merge<B: Backend>(x: &Tensor<B>) -> Tensor<B> {
+    let (b, h, rows, dh) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    x.permute(&[0, 2, 1, 3]).reshape(&[b, rows, h * dh])
+}
+
+impl<B: Backend> MssaCache<B> {
+    /// The scaled projected tokens per head, `[batch, heads, tokens, dim_head]`.
+    pub fn heads(&self) -> Tensor<B> {
+        let (b, n) = (self.proj.dim(0), self.proj.dim(1));
+        let h = match (&self.attn, &self.tiled) {
+            (Some(a), _) => a.dim(1),
+            (None, Some(t)) => t.spec.batch / b.max(1),
+            (None, None) => unreachable!("Mssa: a cache holds the attention or the tiled cache"),
+        };
+        self.proj.reshape(&[b, n, h, self.proj.dim(2) / h]).permute(&[0, 2, 1, 3])
     }
 }
 
