@@ -7,6 +7,7 @@
 //! and keep every thread busy even when the machine is shared.
 
 use crate::lanes::add_into;
+use crate::pool::take_for_overwrite;
 use crate::{clear_upper_simd_state, CpuElem};
 use faer::{Accum, MatMut, MatRef};
 use rate_core::MatmulSpec;
@@ -49,10 +50,11 @@ fn product<T: CpuElem>(
 /// rayon task; every task leaves its thread's AVX state clean.
 pub fn batched<T: CpuElem>(a: &[T], b: &[T], s: MatmulSpec) -> Vec<T> {
     let MatmulSpec { batch, m, k, n, a_batched, b_batched, .. } = s;
-    let mut out = vec![T::zero(); batch * m * n];
     if m * n == 0 || k == 0 {
-        return out;
+        return vec![T::zero(); batch * m * n];
     }
+    // every element is written (Accum::Replace)
+    let mut out = take_for_overwrite(batch * m * n);
     let body = |(bi, dst): (usize, &mut [T])| {
         let a_blk = if a_batched { &a[bi * m * k..(bi + 1) * m * k] } else { &a[..m * k] };
         let b_blk = if b_batched { &b[bi * k * n..(bi + 1) * k * n] } else { &b[..k * n] };
@@ -82,7 +84,7 @@ pub fn matmul<T: CpuElem>(a: &[T], b: &[T], s: MatmulSpec) -> Option<Vec<T>> {
         }
         let blocks = (m / TARGET_ROWS).max(4 * threads).min(m / MIN_BLOCK);
         let rows = m.div_ceil(blocks);
-        let mut out = vec![T::zero(); m * n];
+        let mut out = take_for_overwrite(m * n);
         out.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
             let mb = dst.len() / n;
             let a_blk = &a[i * rows * k..(i * rows + mb) * k];

@@ -8,6 +8,7 @@
 //! sequential product.
 
 use crate::nn::softmax_row_body;
+use crate::pool::take_for_overwrite;
 use crate::{clear_upper_simd_state, CpuElem};
 use faer::{Accum, MatMut, MatRef, Par};
 use rate_core::DenseAttentionSpec;
@@ -42,11 +43,12 @@ fn in_parallel(s: &DenseAttentionSpec) -> bool {
 pub fn forward<T: CpuElem>(w: &[T], s: DenseAttentionSpec) -> (Vec<T>, Vec<T>) {
     let DenseAttentionSpec { batch, tokens: n, heads, dim_head: dh } = s;
     let width = heads * dh;
-    let mut attn = vec![T::zero(); batch * heads * n * n];
-    let mut out = vec![T::zero(); batch * n * width];
     if n == 0 || width == 0 {
-        return (attn, out);
+        return (vec![T::zero(); batch * heads * n * n], vec![T::zero(); batch * n * width]);
     }
+    // every element of both is written (Accum::Replace)
+    let mut attn = take_for_overwrite(batch * heads * n * n);
+    let mut out = take_for_overwrite(batch * n * width);
     let body = |(b, (a_seq, o_seq)): (usize, (&mut [T], &mut [T]))| {
         let w_seq = &w[b * n * width..(b + 1) * n * width];
         for (h, a) in a_seq.chunks_mut(n * n).enumerate() {
@@ -73,10 +75,11 @@ pub fn forward<T: CpuElem>(w: &[T], s: DenseAttentionSpec) -> (Vec<T>, Vec<T>) {
 pub fn backward<T: CpuElem>(w: &[T], attn: &[T], grad: &[T], s: DenseAttentionSpec) -> Vec<T> {
     let DenseAttentionSpec { batch, tokens: n, heads, dim_head: dh } = s;
     let width = heads * dh;
-    let mut gw = vec![T::zero(); batch * n * width];
     if n == 0 || width == 0 {
-        return gw;
+        return vec![T::zero(); batch * n * width];
     }
+    // every element is written (Accum::Replace, then Accum::Add)
+    let mut gw = take_for_overwrite(batch * n * width);
     let body = |ds: &mut Vec<T>, (b, gw_seq): (usize, &mut [T])| {
         let seq = b * n * width..(b + 1) * n * width;
         let (w_seq, g_seq) = (&w[seq.clone()], &grad[seq]);

@@ -1,6 +1,6 @@
 //! `CpuBackend`: the rate-core `Backend` on the CPU in f32 and f64 (faer for matmul, Cholesky and eigen; rustfft; rayon).
 //!
-//! Buffers are `Arc<Vec<T>>`, so reshapes and clones are free. Dense linear
+//! Buffers are `Arc<HostVec<T>>` (a `Vec` that can be recycled, see [`pool`]), so reshapes and clones are free. Dense linear
 //! algebra goes to faer; batches of small matrices (the per-class and
 //! per-frequency operators of ReduNet) are factored by a plain Cholesky
 //! loop, one matrix per rayon task, where faer's per-call set-up would
@@ -17,6 +17,7 @@ mod invariant_step;
 mod lanes;
 mod linalg;
 mod nn;
+pub mod pool;
 mod token_stats;
 
 use rate_core::{
@@ -27,8 +28,25 @@ use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+pub use pool::{recycle_buffers, HostVec};
+
+/// A CPU buffer: shared, so reshapes and clones are free.
+pub type Buf<T> = Arc<HostVec<T>>;
+
+fn buf<T: CpuElem>(v: Vec<T>) -> Buf<T> {
+    Arc::new(HostVec(v))
+}
+
 /// Element types the CPU backend computes in (f32 and f64).
 pub trait CpuElem: Element + faer::traits::RealField + rustfft::FftNum {
+    /// Runs `f` on the calling thread's pool of recycled buffers of this
+    /// type ([`pool`]); `None` where there is none (the default, or while
+    /// the thread shuts down).
+    fn with_pool<R>(f: impl FnOnce(&mut pool::Pool<Self>) -> R) -> Option<R> {
+        drop(f);
+        None
+    }
+
     /// `e^x` of the row kernels: the correctly rounded `exp`, and in f32 the
     /// branch-free [`exp_f32`] so that row loops over it vectorise.
     #[inline(always)]
@@ -48,7 +66,16 @@ pub trait CpuElem: Element + faer::traits::RealField + rustfft::FftNum {
     }
 }
 
+thread_local! {
+    static POOL_F32: std::cell::RefCell<pool::Pool<f32>> = std::cell::RefCell::default();
+    static POOL_F64: std::cell::RefCell<pool::Pool<f64>> = std::cell::RefCell::default();
+}
+
 impl CpuElem for f32 {
+    fn with_pool<R>(f: impl FnOnce(&mut pool::Pool<f32>) -> R) -> Option<R> {
+        POOL_F32.try_with(|p| p.try_borrow_mut().ok().map(|mut p| f(&mut p))).ok().flatten()
+    }
+
     #[inline(always)]
     fn row_exp(x: f32) -> f32 {
         exp_f32(x)
@@ -72,7 +99,11 @@ impl CpuElem for f32 {
         sum + lanes.iter().sum::<f32>()
     }
 }
-impl CpuElem for f64 {}
+impl CpuElem for f64 {
+    fn with_pool<R>(f: impl FnOnce(&mut pool::Pool<f64>) -> R) -> Option<R> {
+        POOL_F64.try_with(|p| p.try_borrow_mut().ok().map(|mut p| f(&mut p))).ok().flatten()
+    }
+}
 
 /// `e^x` in f32 by range reduction `x = k ln 2 + r`, `|r| <= ln 2 / 2`, and a
 /// degree-6 Taylor polynomial for `e^r` (relative error below 5e-7 on the
@@ -366,15 +397,15 @@ fn row_offsets(shape: &[usize], sa: &[usize], sb: &[usize]) -> Vec<(usize, usize
 /// of `Backend::binary`); rows whose inner stride is 1 or 0 run as slice loops.
 fn binary_with<T: CpuElem>(
     f: impl Fn(T, T) -> T + Sync + Send + Copy,
-    a: &Arc<Vec<T>>,
+    a: &Buf<T>,
     a_strides: &[usize],
-    b: &Arc<Vec<T>>,
+    b: &Buf<T>,
     b_strides: &[usize],
     out_shape: &[usize],
-) -> Arc<Vec<T>> {
+) -> Buf<T> {
     let n: usize = out_shape.iter().product();
     if n == 0 {
-        return Arc::new(Vec::new());
+        return buf(Vec::new());
     }
     let r = out_shape.len();
     let contiguous = |s: &[usize]| {
@@ -386,7 +417,7 @@ fn binary_with<T: CpuElem>(
         })
     };
     if r == 0 {
-        return Arc::new(vec![f(a[0], b[0])]);
+        return buf(vec![f(a[0], b[0])]);
     }
     if let Some(period) = repeated_block(b_strides, out_shape).filter(|_| contiguous(a_strides)) {
         // b is one contiguous block repeated along the leading axes (a bias row)
@@ -396,14 +427,14 @@ fn binary_with<T: CpuElem>(
             for row in a[..n].chunks(period) {
                 out.extend(row.iter().zip(b).map(|(&x, &y)| f(x, y)));
             }
-            return Arc::new(out);
+            return buf(out);
         }
         let mut out = a[..n].to_vec();
         out.par_chunks_mut(period).for_each(|o| o.iter_mut().zip(b).for_each(|(x, &y)| *x = f(*x, y)));
-        return Arc::new(out);
+        return buf(out);
     }
     if contiguous(a_strides) && contiguous(b_strides) {
-        return Arc::new(zip_map(&a[..n], &b[..n], f));
+        return buf(zip_map(&a[..n], &b[..n], f));
     }
     let inner = out_shape[r - 1];
     let (ia, ib) = (a_strides[r - 1], b_strides[r - 1]);
@@ -436,27 +467,27 @@ fn binary_with<T: CpuElem>(
     } else {
         out.chunks_mut(inner).enumerate().for_each(body);
     }
-    Arc::new(out)
+    buf(out)
 }
 
 impl<T: CpuElem> Backend for CpuBackend<T> {
     type Elem = T;
-    type Buffer = Arc<Vec<T>>;
+    type Buffer = Buf<T>;
 
     fn name(&self) -> String {
         format!("cpu-{}", T::NAME)
     }
 
     fn upload(&self, data: &[T]) -> Self::Buffer {
-        Arc::new(data.to_vec())
+        buf(data.to_vec())
     }
 
     fn download(&self, buf: &Self::Buffer) -> Vec<T> {
-        buf.as_ref().clone()
+        buf.to_vec()
     }
 
     fn full(&self, len: usize, value: T) -> Self::Buffer {
-        Arc::new(vec![value; len])
+        buf(vec![value; len])
     }
 
     fn len(&self, buf: &Self::Buffer) -> usize {
@@ -465,7 +496,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
 
     fn unary(&self, op: UnaryOp, x: &Self::Buffer) -> Self::Buffer {
         let (zero, one) = (T::zero(), T::one());
-        Arc::new(match op {
+        buf(match op {
             UnaryOp::Relu => map_unary(x, |v| v.max(zero)),
             UnaryOp::Step => map_unary(x, |v| if v > zero { one } else { zero }),
             UnaryOp::Neg => map_unary(x, |v| -v),
@@ -509,7 +540,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         let r = shape.len();
         let n: usize = shape.iter().product();
         if n == 0 {
-            return Arc::new(Vec::new());
+            return buf(Vec::new());
         }
         let mut in_strides = vec![1usize; r];
         for i in (0..r.saturating_sub(1)).rev() {
@@ -522,7 +553,8 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         let rows = row_offsets(&out_shape, &src_strides, &zeros);
         let inner = out_shape[r - 1];
         let is = src_strides[r - 1];
-        let mut out = vec![T::zero(); n];
+        // every element is written (a gather)
+        let mut out = pool::take_for_overwrite(n);
         let body = |(row, chunk): (usize, &mut [T])| {
             let base = rows[row].0;
             if is == 1 {
@@ -538,7 +570,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         } else {
             out.chunks_mut(inner).enumerate().for_each(body);
         }
-        Arc::new(out)
+        buf(out)
     }
 
     fn narrow(&self, x: &Self::Buffer, v: AxisView, start: usize, count: usize) -> Self::Buffer {
@@ -547,7 +579,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
             let base = (o * v.len + start) * v.inner;
             out.extend_from_slice(&x[base..base + count * v.inner]);
         }
-        Arc::new(out)
+        buf(out)
     }
 
     fn concat(&self, parts: &[&Self::Buffer], outer: usize, lens: &[usize], inner: usize) -> Self::Buffer {
@@ -558,7 +590,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                 out.extend_from_slice(&p[o * l * inner..(o + 1) * l * inner]);
             }
         }
-        Arc::new(out)
+        buf(out)
     }
 
     fn index_select(&self, x: &Self::Buffer, v: AxisView, index: &[usize]) -> Self::Buffer {
@@ -569,7 +601,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                 let row = &x[o * v.len..(o + 1) * v.len];
                 out.extend(index.iter().map(|&i| row[i]));
             }
-            return Arc::new(out);
+            return buf(out);
         }
         for o in 0..v.outer {
             for &i in index {
@@ -577,7 +609,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                 out.extend_from_slice(&x[base..base + v.inner]);
             }
         }
-        Arc::new(out)
+        buf(out)
     }
 
     fn index_add(&self, x: &Self::Buffer, v: AxisView, index: &[usize], len: usize) -> Self::Buffer {
@@ -591,7 +623,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                 }
             }
         }
-        Arc::new(out)
+        buf(out)
     }
 
     fn reduce(&self, op: ReduceOp, x: &Self::Buffer, v: AxisView) -> Self::Buffer {
@@ -629,24 +661,24 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
             }
         };
         if inner == 0 {
-            return Arc::new(out);
+            return buf(out);
         }
         if outer * len * inner >= PAR_THRESHOLD && outer > 1 {
             out.par_chunks_mut(inner).enumerate().for_each(body);
         } else {
             out.chunks_mut(inner).enumerate().for_each(body);
         }
-        Arc::new(out)
+        buf(out)
     }
 
     fn softmax(&self, x: &Self::Buffer, v: AxisView) -> Self::Buffer {
         if v.inner == 1 {
-            return Arc::new(nn::softmax_rows(x, v.len));
+            return buf(nn::softmax_rows(x, v.len));
         }
         let AxisView { outer, len, inner } = v;
         let mut out = vec![T::zero(); x.len()];
         if out.is_empty() {
-            return Arc::new(out);
+            return buf(out);
         }
         let body = |(o, dst): (usize, &mut [T])| {
             let src = &x[o * len * inner..(o + 1) * len * inner];
@@ -672,7 +704,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         } else {
             out.chunks_mut(len * inner).enumerate().for_each(body);
         }
-        Arc::new(out)
+        buf(out)
     }
 
     fn matmul(&self, a: &Self::Buffer, b: &Self::Buffer, s: MatmulSpec) -> Self::Buffer {
@@ -694,13 +726,13 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
             clear_upper_simd_state();
             out
         };
-        Arc::new(out)
+        buf(out)
     }
 
     fn cholesky(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer> {
         let out = linalg::cholesky_batch(self, a, batch, n, "cholesky");
         clear_after_factorisation(n);
-        out.map(Arc::new)
+        out.map(buf)
     }
 
     fn spd_solve(
@@ -711,25 +743,25 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         n: usize,
         nrhs: usize,
     ) -> Result<Self::Buffer> {
-        let out = linalg::spd_solve(self, a, b, batch, n, nrhs).map(Arc::new);
+        let out = linalg::spd_solve(self, a, b, batch, n, nrhs).map(buf);
         clear_after_factorisation(n);
         out
     }
 
     fn spd_inverse(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer> {
-        let out = linalg::spd_inverse(self, a, batch, n).map(Arc::new);
+        let out = linalg::spd_inverse(self, a, batch, n).map(buf);
         clear_after_factorisation(n);
         out
     }
 
     fn spd_logdet(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer> {
-        let out = linalg::spd_logdet(self, a, batch, n).map(Arc::new);
+        let out = linalg::spd_logdet(self, a, batch, n).map(buf);
         clear_after_factorisation(n);
         out
     }
 
     fn sym_eigen(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<(Self::Buffer, Self::Buffer)> {
-        let out = linalg::sym_eigen(a, batch, n).map(|(v, u)| (Arc::new(v), Arc::new(u)));
+        let out = linalg::sym_eigen(a, batch, n).map(|(v, u)| (buf(v), buf(u)));
         clear_upper_simd_state_everywhere();
         out
     }
@@ -741,7 +773,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         batch: usize,
         n: usize,
     ) -> Result<(Self::Buffer, Self::Buffer)> {
-        linalg::herm_inverse(re, im, batch, n).map(|(r, i)| (Arc::new(r), Arc::new(i)))
+        linalg::herm_inverse(re, im, batch, n).map(|(r, i)| (buf(r), buf(i)))
     }
 
     fn herm_inverse_logdet(
@@ -752,7 +784,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         n: usize,
     ) -> Result<(Self::Buffer, Self::Buffer, Self::Buffer)> {
         linalg::herm_inverse_logdet(re, im, batch, n, "herm_inverse_logdet")
-            .map(|(r, i, l)| (Arc::new(r), Arc::new(i), Arc::new(l)))
+            .map(|(r, i, l)| (buf(r), buf(i), buf(l)))
     }
 
     fn herm_logdet(
@@ -762,7 +794,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         batch: usize,
         n: usize,
     ) -> Result<Self::Buffer> {
-        linalg::herm_logdet(re, im, batch, n).map(Arc::new)
+        linalg::herm_logdet(re, im, batch, n).map(buf)
     }
 
     fn herm_solve(
@@ -773,7 +805,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         n: usize,
         nrhs: usize,
     ) -> Result<(Self::Buffer, Self::Buffer)> {
-        linalg::herm_solve((a.0, a.1), (b.0, b.1), batch, n, nrhs).map(|(r, i)| (Arc::new(r), Arc::new(i)))
+        linalg::herm_solve((a.0, a.1), (b.0, b.1), batch, n, nrhs).map(|(r, i)| (buf(r), buf(i)))
     }
 
     fn fft(
@@ -785,12 +817,12 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         norm: FftNorm,
     ) -> (Self::Buffer, Self::Buffer) {
         let (r, i) = self.fft.c2c(re, im, v, inverse, norm);
-        (Arc::new(r), Arc::new(i))
+        (buf(r), buf(i))
     }
 
     fn rfft(&self, x: &Self::Buffer, v: AxisView, norm: FftNorm) -> (Self::Buffer, Self::Buffer) {
         let (r, i) = self.fft.r2c(x, v, norm);
-        (Arc::new(r), Arc::new(i))
+        (buf(r), buf(i))
     }
 
     fn irfft(
@@ -801,7 +833,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         n: usize,
         norm: FftNorm,
     ) -> Self::Buffer {
-        Arc::new(self.fft.c2r(re, im, v, n, norm))
+        buf(self.fft.c2r(re, im, v, n, norm))
     }
 
     fn layer_norm(
@@ -814,7 +846,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         eps: f64,
     ) -> (Self::Buffer, Self::Buffer, Self::Buffer) {
         let (y, m, r) = nn::layer_norm(x, weight, bias, rows, dim, eps);
-        (Arc::new(y), Arc::new(m), Arc::new(r))
+        (buf(y), buf(m), buf(r))
     }
 
     fn layer_norm_backward(
@@ -828,7 +860,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         dim: usize,
     ) -> (Self::Buffer, Self::Buffer, Self::Buffer) {
         let (dx, dw, db) = nn::layer_norm_backward(x, mean, rstd, weight, grad, rows, dim);
-        (Arc::new(dx), Arc::new(dw), Arc::new(db))
+        (buf(dx), buf(dw), buf(db))
     }
 
     fn softmax_backward(
@@ -838,16 +870,16 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         _rows: usize,
         len: usize,
     ) -> Self::Buffer {
-        Arc::new(nn::softmax_backward(y, grad, len))
+        buf(nn::softmax_backward(y, grad, len))
     }
 
     fn cumsum(&self, x: &Self::Buffer, v: AxisView, reverse: bool) -> Self::Buffer {
-        Arc::new(attention::cumsum(x, v, reverse))
+        buf(attention::cumsum(x, v, reverse))
     }
 
     fn attention_tiled(&self, w: &Self::Buffer, spec: AttentionSpec) -> (Self::Buffer, Self::Buffer) {
         let (o, l) = attention::forward(w, spec);
-        (Arc::new(o), Arc::new(l))
+        (buf(o), buf(l))
     }
 
     fn attention_tiled_backward(
@@ -858,12 +890,12 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         grad_out: &Self::Buffer,
         spec: AttentionSpec,
     ) -> Self::Buffer {
-        Arc::new(attention::backward(w, out, lse, grad_out, spec))
+        buf(attention::backward(w, out, lse, grad_out, spec))
     }
 
     fn attention_dense(&self, w: &Self::Buffer, spec: DenseAttentionSpec) -> (Self::Buffer, Self::Buffer) {
         let (a, o) = dense_attention::forward(w, spec);
-        (Arc::new(a), Arc::new(o))
+        (buf(a), buf(o))
     }
 
     fn attention_dense_backward(
@@ -873,7 +905,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         grad_out: &Self::Buffer,
         spec: DenseAttentionSpec,
     ) -> Self::Buffer {
-        Arc::new(dense_attention::backward(w, attn, grad_out, spec))
+        buf(dense_attention::backward(w, attn, grad_out, spec))
     }
 
     fn token_stats(
@@ -882,7 +914,7 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         temp: &Self::Buffer,
         spec: rate_core::TokenStatsSpec,
     ) -> rate_core::TokenStats<Self::Buffer> {
-        token_stats::token_stats(w, temp, spec).map(Arc::new)
+        token_stats::token_stats(w, temp, spec).map(buf)
     }
 
     fn invariant_step(
@@ -894,11 +926,11 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         spec: rate_core::invariant_step::InvariantStepSpec,
     ) -> (Self::Buffer, Self::Buffer) {
         let (out, pi) = invariant_step::invariant_step(v, y, weights, gamma, spec);
-        (Arc::new(out), Arc::new(pi))
+        (buf(out), buf(pi))
     }
 
     fn real_operand(&self, packed: &Self::Buffer, f: usize, g: usize, c: usize) -> Self::Buffer {
-        Arc::new(invariant_step::real_operand(packed, f, g, c))
+        buf(invariant_step::real_operand(packed, f, g, c))
     }
 
     fn invariant_products(
@@ -907,6 +939,6 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         packed: &Self::Buffer,
         spec: rate_core::invariant_step::InvariantProductsSpec,
     ) -> Self::Buffer {
-        Arc::new(invariant_step::invariant_products(v, packed, spec))
+        buf(invariant_step::invariant_products(v, packed, spec))
     }
 }

@@ -16,15 +16,13 @@ pub const SMALL: usize = 64;
 
 pub fn matmul<T: CpuElem>(be: &CpuBackend<T>, a: &[T], b: &[T], s: MatmulSpec) -> Vec<T> {
     let MatmulSpec { batch, m, k, n, trans_a, trans_b, a_batched, b_batched } = s;
-    let mut out = vec![T::zero(); batch * m * n];
-    if m * n == 0 {
-        return out;
+    if m * n == 0 || k == 0 {
+        return vec![T::zero(); batch * m * n];
     }
+    // every element is written (Accum::Replace)
+    let mut out = crate::pool::take_for_overwrite(batch * m * n);
     let one_product = |bi: usize, dst: &mut [T], par: faer::Par| {
         let dst = MatMut::from_row_major_slice_mut(dst, m, n);
-        if k == 0 {
-            return;
-        }
         let ao = if a_batched { bi * m * k } else { 0 };
         let bo = if b_batched { bi * k * n } else { 0 };
         let a = &a[ao..ao + m * k];

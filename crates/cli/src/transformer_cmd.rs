@@ -218,16 +218,23 @@ fn print_summary(summary: &serde_json::Value, json_out: bool) {
 /// Runs `rate crate ...`.
 pub fn run_crate(cmd: CrateCmd, opts: BackendOpts, json_out: bool) -> CliResult<()> {
     let summary = match cmd {
-        CrateCmd::Forward(a) => dispatch(opts, ForwardJob { kind: Kind::Crate, args: a })?,
+        CrateCmd::Forward(a) => forward(opts, Kind::Crate, a)?,
     };
     print_summary(&summary, json_out);
     Ok(())
 }
 
+/// `rate crate|aot|tost forward`, with recycled product buffers on the CPU
+/// ([`backend_cpu::pool`]; the scaling and denoising jobs measure memory and keep the default).
+fn forward(opts: BackendOpts, kind: Kind, args: ForwardArgs) -> CliResult<serde_json::Value> {
+    backend_cpu::recycle_buffers(backend_cpu::pool::MODEL_STEP_BYTES);
+    dispatch(opts, ForwardJob { kind, args })
+}
+
 /// Runs `rate aot ...`.
 pub fn run_aot(cmd: AotCmd, opts: BackendOpts, json_out: bool) -> CliResult<()> {
     let summary = match cmd {
-        AotCmd::Forward(a) => dispatch(opts, ForwardJob { kind: Kind::Aot, args: a })?,
+        AotCmd::Forward(a) => forward(opts, Kind::Aot, a)?,
         AotCmd::Denoise(a) => dispatch(opts, DenoiseJob(a))?,
     };
     print_summary(&summary, json_out);
@@ -237,7 +244,7 @@ pub fn run_aot(cmd: AotCmd, opts: BackendOpts, json_out: bool) -> CliResult<()> 
 /// Runs `rate tost ...`.
 pub fn run_tost(cmd: TostCmd, opts: BackendOpts, json_out: bool) -> CliResult<()> {
     let summary = match cmd {
-        TostCmd::Forward(a) => dispatch(opts, ForwardJob { kind: Kind::Tost, args: a })?,
+        TostCmd::Forward(a) => forward(opts, Kind::Tost, a)?,
         TostCmd::Scaling(a) => dispatch(opts, ScalingJob(a))?,
     };
     print_summary(&summary, json_out);

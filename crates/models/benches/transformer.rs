@@ -8,7 +8,9 @@
 //! at the `cifar` size.
 //!
 //! Seeds are fixed and the inputs are built outside the timed loop. Freed memory is kept for reuse
-//! as in the `rate` binary ([`backend_cpu::keep_freed_memory`]; `RATE_BENCH_DEFAULT_MALLOC=1` to opt out).
+//! as in the `rate` binary ([`backend_cpu::keep_freed_memory`]; `RATE_BENCH_DEFAULT_MALLOC=1` to opt out),
+//! and product outputs are written into recycled buffers as in `rate crate|aot|tost forward`
+//! ([`backend_cpu::recycle_buffers`]; `RATE_BENCH_NO_RECYCLE=1` to opt out).
 //! Every model runs as parallel micro-batches (`Execution::parallel_micro_batches`;
 //! same results up to rounding) of 4 images for inference and 8 for a training
 //! step, what `rate crate|aot|tost forward` does by default on the CPU; set
@@ -56,7 +58,7 @@ fn inputs(be: &Be, channels: usize, size: usize, classes: usize, batch: usize) -
 }
 
 fn bench_crate(c: &mut Criterion) {
-    common::allocator_as_in_the_binary();
+    common::allocator_as_in_model_jobs();
     let be = Be::new();
     let batch = batch();
     let (exec, train_exec) = (execution(false), execution(true));
@@ -121,12 +123,12 @@ fn bench_classifier<L: Block<Be>>(c: &mut Criterion, group_name: &str, config: &
 }
 
 fn bench_aot(c: &mut Criterion) {
-    common::allocator_as_in_the_binary();
+    common::allocator_as_in_model_jobs();
     bench_classifier::<AotLayer<Be>>(c, "aot", &AotConfig::cifar_small());
 }
 
 fn bench_tost(c: &mut Criterion) {
-    common::allocator_as_in_the_binary();
+    common::allocator_as_in_model_jobs();
     bench_classifier::<TostLayer<Be>>(c, "tost", &TostConfig::cifar_small());
 }
 
