@@ -325,6 +325,7 @@ fn unary_fn<T: CpuElem>(op: UnaryOp) -> impl Fn(T) -> T + Sync + Send {
                 x
             }
         }
+        UnaryOp::ReluShift(c) => (x + T::of(c)).max(zero),
     }
 }
 
@@ -347,6 +348,13 @@ fn binary_fn<T: CpuElem>(op: BinaryOp) -> impl Fn(T, T) -> T + Sync + Send + Cop
                 a
             } else {
                 b
+            }
+        }
+        BinaryOp::WherePositive => {
+            if b > T::zero() {
+                a
+            } else {
+                T::zero()
             }
         }
     }
@@ -511,6 +519,10 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
                 let c = T::of(c);
                 map_unary(x, move |v| v * c)
             }
+            UnaryOp::ReluShift(c) => {
+                let c = T::of(c);
+                map_unary(x, move |v| (v + c).max(zero))
+            }
             _ => map_vec(x, unary_fn::<T>(op)),
         })
     }
@@ -530,6 +542,14 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
             BinaryOp::Sub => binary_with(|x: T, y: T| x - y, a, a_strides, b, b_strides, out_shape),
             BinaryOp::Mul => binary_with(|x: T, y: T| x * y, a, a_strides, b, b_strides, out_shape),
             BinaryOp::Div => binary_with(|x: T, y: T| x / y, a, a_strides, b, b_strides, out_shape),
+            BinaryOp::WherePositive => binary_with(
+                |x: T, y: T| if y > T::zero() { x } else { T::zero() },
+                a,
+                a_strides,
+                b,
+                b_strides,
+                out_shape,
+            ),
             BinaryOp::Max | BinaryOp::Min => {
                 binary_with(binary_fn::<T>(op), a, a_strides, b, b_strides, out_shape)
             }

@@ -1,6 +1,7 @@
 //! Fused row kernels of the transformer layers on the CPU: LayerNorm forward and backward, softmax along rows and its backward, one pass over each row, rows in parallel.
 
 use crate::lanes::{add_into, lanes_dot, lanes_max, lanes_sum};
+use crate::pool::take_for_overwrite;
 use crate::CpuElem;
 use rayon::prelude::*;
 
@@ -11,9 +12,8 @@ fn rows_per_task(dim: usize) -> usize {
 
 /// Whether a row kernel over `n` elements runs on the calling thread: when it
 /// is small, or when the caller is itself a task of the pool (micro-batches
-/// running in parallel), where splitting it further gains nothing. The
-/// sequential paths append each row to the output instead of zeroing it first;
-/// every row is computed by the same code either way, so the results are identical.
+/// running in parallel), where splitting it further gains nothing. Every
+/// row is computed by the same code either way, so the results are identical.
 fn on_calling_thread(n: usize) -> bool {
     n < crate::PAR_THRESHOLD || rayon::current_thread_index().is_some()
 }
@@ -30,6 +30,8 @@ fn layer_norm_row<T: CpuElem>(xr: &[T], yr: &mut [T], weight: &[T], bias: &[T], 
 }
 
 /// LayerNorm of `rows x dim` (see `rate_core::layer_ops`): `(y, mean, rstd)`.
+/// Rows are written straight into the output (a recycled buffer where
+/// there is one, see [`crate::pool`]), one `pulp` dispatch per block of rows.
 pub fn layer_norm<T: CpuElem>(
     x: &[T],
     weight: &[T],
@@ -43,41 +45,24 @@ pub fn layer_norm<T: CpuElem>(
     }
     let inv_d = T::one() / T::of(dim as f64);
     let eps = T::of(eps);
-    if on_calling_thread(rows * dim) {
-        let (mut y, mut mean, mut rstd) =
-            (Vec::with_capacity(rows * dim), Vec::with_capacity(rows), Vec::with_capacity(rows));
-        let mut yr = vec![T::zero(); dim];
-        for xr in x[..rows * dim].chunks_exact(dim) {
-            let (mu, rs) = pulp::Arch::new().dispatch(Dispatched(LayerNormRow {
-                xr,
-                yr: &mut yr,
-                weight,
-                bias,
-                inv_d,
-                eps,
-            }));
-            y.extend_from_slice(&yr);
-            mean.push(mu);
-            rstd.push(rs);
-        }
-        return (y, mean, rstd);
-    }
-    let mut y = vec![T::zero(); rows * dim];
+    // every row of y is written
+    let mut y = take_for_overwrite(rows * dim);
     let mut mean = vec![T::zero(); rows];
     let mut rstd = vec![T::zero(); rows];
+    let block = |r0: usize, y: &mut [T], mean: &mut [T], rstd: &mut [T]| {
+        let x = &x[r0 * dim..r0 * dim + y.len()];
+        pulp::Arch::new().dispatch(LayerNormRows { x, y, mean, rstd, weight, bias, dim, inv_d, eps });
+    };
+    if on_calling_thread(rows * dim) {
+        block(0, &mut y, &mut mean, &mut rstd);
+        return (y, mean, rstd);
+    }
     let per = rows_per_task(dim);
     y.par_chunks_mut(per * dim)
         .zip(mean.par_chunks_mut(per))
         .zip(rstd.par_chunks_mut(per))
         .enumerate()
-        .for_each(|(task, ((yc, mc), rc))| {
-            let r0 = task * per;
-            for (i, yr) in yc.chunks_mut(dim).enumerate() {
-                let xr = &x[(r0 + i) * dim..(r0 + i + 1) * dim];
-                (mc[i], rc[i]) =
-                    pulp::Arch::new().dispatch(Dispatched(LayerNormRow { xr, yr, weight, bias, inv_d, eps }));
-            }
-        });
+        .for_each(|(task, ((yc, mc), rc))| block(task * per, yc, mc, rc));
     (y, mean, rstd)
 }
 
@@ -107,7 +92,8 @@ fn layer_norm_backward_row<T: CpuElem>(
 
 /// Backward of [`layer_norm`]: `(dx, dweight, dbias)`. The weight and bias
 /// gradients are summed per task of [`rows_per_task`] rows, then over the
-/// tasks in order, on either path.
+/// tasks in order, on either path; each task is one `pulp` dispatch and
+/// writes its rows of `dx` in place.
 pub fn layer_norm_backward<T: CpuElem>(
     x: &[T],
     mean: &[T],
@@ -122,60 +108,32 @@ pub fn layer_norm_backward<T: CpuElem>(
     }
     let per = rows_per_task(dim);
     let inv_d = T::one() / T::of(dim as f64);
-    let row = |r: usize| (&x[r * dim..(r + 1) * dim], &grad[r * dim..(r + 1) * dim]);
+    // every row of dx is written
+    let mut dx = take_for_overwrite(rows * dim);
+    let task = |(t, dxc): (usize, &mut [T])| -> (Vec<T>, Vec<T>) {
+        let (r0, r1) = (t * per, t * per + dxc.len() / dim);
+        let (mut pw, mut pb, mut xhat) = (vec![T::zero(); dim], vec![T::zero(); dim], vec![T::zero(); dim]);
+        pulp::Arch::new().dispatch(LayerNormBackwardRows {
+            x: &x[r0 * dim..r1 * dim],
+            grad: &grad[r0 * dim..r1 * dim],
+            stats: (&mean[r0..r1], &rstd[r0..r1]),
+            weight,
+            dim,
+            inv_d,
+            dx: dxc,
+            xhat: &mut xhat,
+            dw: &mut pw,
+            db: &mut pb,
+        });
+        (pw, pb)
+    };
+    let partials: Vec<(Vec<T>, Vec<T>)> = if on_calling_thread(rows * dim) {
+        dx.chunks_mut(per * dim).enumerate().map(task).collect()
+    } else {
+        dx.par_chunks_mut(per * dim).enumerate().map(task).collect()
+    };
     let mut dw = vec![T::zero(); dim];
     let mut db = vec![T::zero(); dim];
-    if on_calling_thread(rows * dim) {
-        let mut dx = Vec::with_capacity(rows * dim);
-        let (mut dxr, mut xhat) = (vec![T::zero(); dim], vec![T::zero(); dim]);
-        let (mut pw, mut pb) = (vec![T::zero(); dim], vec![T::zero(); dim]);
-        for r0 in (0..rows).step_by(per) {
-            pw.fill(T::zero());
-            pb.fill(T::zero());
-            for r in r0..(r0 + per).min(rows) {
-                let stats = (mean[r], rstd[r]);
-                pulp::Arch::new().dispatch(Dispatched(LayerNormBackwardRow {
-                    rows: row(r),
-                    stats,
-                    weight,
-                    inv_d,
-                    dxr: &mut dxr,
-                    xhat: &mut xhat,
-                    dw: &mut pw,
-                    db: &mut pb,
-                }));
-                dx.extend_from_slice(&dxr);
-            }
-            add_into(&mut dw, &pw);
-            add_into(&mut db, &pb);
-        }
-        return (dx, dw, db);
-    }
-    let mut dx = vec![T::zero(); rows * dim];
-    let partials: Vec<(Vec<T>, Vec<T>)> = dx
-        .par_chunks_mut(per * dim)
-        .enumerate()
-        .map(|(task, dxc)| {
-            let mut pw = vec![T::zero(); dim];
-            let mut pb = vec![T::zero(); dim];
-            let mut xhat = vec![T::zero(); dim];
-            let r0 = task * per;
-            for (i, dxr) in dxc.chunks_mut(dim).enumerate() {
-                let r = r0 + i;
-                pulp::Arch::new().dispatch(Dispatched(LayerNormBackwardRow {
-                    rows: row(r),
-                    stats: (mean[r], rstd[r]),
-                    weight,
-                    inv_d,
-                    dxr,
-                    xhat: &mut xhat,
-                    dw: &mut pw,
-                    db: &mut pb,
-                }));
-            }
-            (pw, pb)
-        })
-        .collect();
     for (pw, pb) in partials {
         add_into(&mut dw, &pw);
         add_into(&mut db, &pb);
@@ -236,43 +194,56 @@ impl<T: CpuElem> pulp::WithSimd for Dispatched<SoftmaxRow<'_, T>> {
     }
 }
 
-/// The arguments of [`layer_norm_row`].
-struct LayerNormRow<'a, T> {
-    xr: &'a [T],
-    yr: &'a mut [T],
+/// A block of rows of [`layer_norm`]: the arguments of [`layer_norm_row`] for each row.
+struct LayerNormRows<'a, T> {
+    x: &'a [T],
+    y: &'a mut [T],
+    mean: &'a mut [T],
+    rstd: &'a mut [T],
     weight: &'a [T],
     bias: &'a [T],
+    dim: usize,
     inv_d: T,
     eps: T,
 }
 
-impl<T: CpuElem> pulp::WithSimd for Dispatched<LayerNormRow<'_, T>> {
-    type Output = (T, T);
+impl<T: CpuElem> pulp::WithSimd for LayerNormRows<'_, T> {
+    type Output = ();
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) -> (T, T) {
-        let k = self.0;
-        layer_norm_row(k.xr, k.yr, k.weight, k.bias, k.inv_d, k.eps)
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let k = self;
+        let rows = k.x.chunks_exact(k.dim).zip(k.y.chunks_exact_mut(k.dim));
+        for ((xr, yr), (m, r)) in rows.zip(k.mean.iter_mut().zip(k.rstd.iter_mut())) {
+            (*m, *r) = layer_norm_row(xr, yr, k.weight, k.bias, k.inv_d, k.eps);
+        }
     }
 }
 
-/// The arguments of [`layer_norm_backward_row`].
-struct LayerNormBackwardRow<'a, T> {
-    rows: (&'a [T], &'a [T]),
-    stats: (T, T),
+/// A block of rows of [`layer_norm_backward`], adding to the block's `dw` and `db`.
+struct LayerNormBackwardRows<'a, T> {
+    x: &'a [T],
+    grad: &'a [T],
+    stats: (&'a [T], &'a [T]),
     weight: &'a [T],
+    dim: usize,
     inv_d: T,
-    dxr: &'a mut [T],
+    dx: &'a mut [T],
     xhat: &'a mut [T],
     dw: &'a mut [T],
     db: &'a mut [T],
 }
 
-impl<T: CpuElem> pulp::WithSimd for Dispatched<LayerNormBackwardRow<'_, T>> {
+impl<T: CpuElem> pulp::WithSimd for LayerNormBackwardRows<'_, T> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let k = self.0;
-        layer_norm_backward_row(k.rows, k.stats, k.weight, k.inv_d, k.dxr, k.xhat, k.dw, k.db);
+        let k = self;
+        let d = k.dim;
+        for (r, dxr) in k.dx.chunks_exact_mut(d).enumerate() {
+            let rows = (&k.x[r * d..(r + 1) * d], &k.grad[r * d..(r + 1) * d]);
+            let stats = (k.stats.0[r], k.stats.1[r]);
+            layer_norm_backward_row(rows, stats, k.weight, k.inv_d, dxr, k.xhat, k.dw, k.db);
+        }
     }
 }
 

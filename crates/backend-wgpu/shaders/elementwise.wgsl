@@ -35,6 +35,7 @@ fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         case 11u: { r = v * c; }
         case 12u: { r = select(v, c, v < c); }
         case 13u: { r = select(v, c, v > c); }
+        case 14u: { let s = v + c; r = select(0.0, s, s > 0.0); }
         default: { r = v; }
     }
     out[i] = r;
@@ -81,6 +82,7 @@ fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         case 3u: { r = a / b; }
         case 4u: { r = select(b, a, a >= b); }
         case 5u: { r = select(b, a, a <= b); }
+        case 6u: { r = select(0.0, a, b > 0.0); }
         default: { r = a; }
     }
     out[i] = r;

@@ -62,6 +62,7 @@ fn unary_code(op: UnaryOp) -> (u32, f64) {
         UnaryOp::MulScalar(c) => (11, c),
         UnaryOp::ClampMin(c) => (12, c),
         UnaryOp::ClampMax(c) => (13, c),
+        UnaryOp::ReluShift(c) => (14, c),
     }
 }
 
@@ -111,6 +112,7 @@ pub fn binary(ctx: &Ctx, op: BinaryOp, a: &Buf, sa: &[usize], b: &Buf, sb: &[usi
         BinaryOp::Div => 3,
         BinaryOp::Max => 4,
         BinaryOp::Min => 5,
+        BinaryOp::WherePositive => 6,
     };
     let mut p = vec![0u32; 28];
     p[0] = u(n);

@@ -132,6 +132,7 @@ fn unary_ops() {
         (UnaryOp::MulScalar(-0.75), false, 2e-6),
         (UnaryOp::ClampMin(0.3), false, 0.0),
         (UnaryOp::ClampMax(-0.2), false, 0.0),
+        (UnaryOp::ReluShift(-0.3), false, 2e-6),
     ];
     for (op, positive, rtol) in ops {
         let (a64, a32) = if positive { (&p64, &p32) } else { (&x64, &x32) };
@@ -168,7 +169,15 @@ fn binary_broadcasting() {
         ("a read transposed", vec![1, 3, 12], contiguous_strides(&shape), false),
         ("scalar b", contiguous_strides(&shape), vec![0, 0, 0], true),
     ];
-    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min] {
+    for op in [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Max,
+        BinaryOp::Min,
+        BinaryOp::WherePositive,
+    ] {
         for (name, sa, sb, small_b) in &cases {
             let (bb64, bb32) = if *small_b { (&r64, &r32) } else { (&b64, &b32) };
             let got = g.download(&g.binary(op, &g.upload(&a32), sa, &g.upload(bb32), sb, &shape));

@@ -87,6 +87,9 @@ pub enum UnaryOp {
     ClampMin(f64),
     /// min(x, c)
     ClampMax(f64),
+    /// max(x + c, 0): the ReLU of `x + c` in one pass (the ISTA step's
+    /// `ReLU(. - eta lambda)`); the same rounding as `AddScalar(c)` then `Relu`.
+    ReluShift(f64),
 }
 
 /// Elementwise binary operations (with broadcasting handled by the tensor).
@@ -104,6 +107,9 @@ pub enum BinaryOp {
     Max,
     /// min(a, b)
     Min,
+    /// `a` where `b > 0`, else 0: a gradient masked by a ReLU output in one
+    /// pass (`a * step(b)` for finite `a`).
+    WherePositive,
 }
 
 /// Reductions along one axis.

@@ -371,6 +371,14 @@ impl<B: Backend> Tensor<B> {
     pub fn soft_threshold(&self, lambda: f64) -> Self {
         self.unary(UnaryOp::SoftThreshold(lambda))
     }
+    /// `max(self + c, 0)` in one pass (`add_scalar(c).relu()`).
+    pub fn relu_shift(&self, c: f64) -> Self {
+        self.unary(UnaryOp::ReluShift(c))
+    }
+    /// `self` where `mask > 0`, else 0, broadcasting (`self * mask.step()` in one pass).
+    pub fn where_positive(&self, mask: &Tensor<B>) -> Self {
+        self.binary(BinaryOp::WherePositive, mask)
+    }
     /// `max(self, c)`.
     pub fn clamp_min(&self, c: f64) -> Self {
         self.unary(UnaryOp::ClampMin(c))

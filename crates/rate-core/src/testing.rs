@@ -158,6 +158,7 @@ fn ref_unary(op: UnaryOp, x: f64) -> f64 {
         UnaryOp::MulScalar(c) => x * c,
         UnaryOp::ClampMin(c) => x.max(c),
         UnaryOp::ClampMax(c) => x.min(c),
+        UnaryOp::ReluShift(c) => (x + c).max(0.0),
     }
 }
 
@@ -169,6 +170,13 @@ fn ref_binary_scalar(op: BinaryOp, a: f64, b: f64) -> f64 {
         BinaryOp::Div => a / b,
         BinaryOp::Max => a.max(b),
         BinaryOp::Min => a.min(b),
+        BinaryOp::WherePositive => {
+            if b > 0.0 {
+                a
+            } else {
+                0.0
+            }
+        }
     }
 }
 
@@ -574,6 +582,8 @@ pub fn check_unary<B: Backend>(b: &B) {
         (UnaryOp::MulScalar(0.3), &signed),
         (UnaryOp::ClampMin(-0.5), &signed),
         (UnaryOp::ClampMax(0.5), &signed),
+        (UnaryOp::ReluShift(-0.25), &signed),
+        (UnaryOp::ReluShift(0.5), &signed),
     ];
     for (op, data) in ops {
         let (t, x) = input(b, data, &[data.len()]);
@@ -588,8 +598,15 @@ pub fn check_unary<B: Backend>(b: &B) {
     assert_eq!(Tensor::<B>::zeros(b, &[0, 3]).exp().to_f64_vec(), Vec::<f64>::new());
 }
 
-const BINARY_OPS: [BinaryOp; 6] =
-    [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min];
+const BINARY_OPS: [BinaryOp; 7] = [
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Div,
+    BinaryOp::Max,
+    BinaryOp::Min,
+    BinaryOp::WherePositive,
+];
 
 /// Every [`BinaryOp`] on equal shapes, small and large (parallel path).
 pub fn check_binary<B: Backend>(b: &B) {

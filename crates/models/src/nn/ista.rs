@@ -73,7 +73,7 @@ impl<B: Backend> Ista<B> {
     /// step when a batch runs as several micro-batches).
     pub fn forward_fused(&self, x: &Tensor<B>, m: &Tensor<B>) -> (Tensor<B>, IstaCache<B>) {
         let m = m.clone();
-        let out = self.rows(x).matmul(&m).add_scalar(-self.step_size * self.lambda).relu().reshape(x.shape());
+        let out = self.rows(x).matmul(&m).relu_shift(-self.step_size * self.lambda).reshape(x.shape());
         (out.clone(), IstaCache { x: x.clone(), out, fused: Some(m) })
     }
 
@@ -91,7 +91,7 @@ impl<B: Backend> Ista<B> {
 
     /// `dL/d(pre-activation)`: the output gradient where the output is positive.
     fn masked(&self, cache: &IstaCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
-        self.rows(&grad_out.mul(&cache.out.step()))
+        self.rows(&grad_out.where_positive(&cache.out))
     }
 
     /// Backward of the fast path: adds `prefix.weight` and returns `dL/dx`.
