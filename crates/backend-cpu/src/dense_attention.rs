@@ -71,7 +71,8 @@ pub fn forward<T: CpuElem>(w: &[T], s: DenseAttentionSpec) -> (Vec<T>, Vec<T>) {
 
 /// `dL/dW` `[batch, n, heads * dh]`: per head, with `G` the output gradient,
 /// `dS = A * (G W^T - rowsum(A * G W^T))` in an `n x n` scratch, then
-/// `dW = A^T G + dS^T W + dS W` accumulated in place.
+/// `dW = A^T G + dS^T W + dS W = A^T G + (dS + dS^T) W` accumulated in
+/// place: the key and query terms share one product (`W` is both).
 pub fn backward<T: CpuElem>(w: &[T], attn: &[T], grad: &[T], s: DenseAttentionSpec) -> Vec<T> {
     let DenseAttentionSpec { batch, tokens: n, heads, dim_head: dh } = s;
     let width = heads * dh;
@@ -89,10 +90,10 @@ pub fn backward<T: CpuElem>(w: &[T], attn: &[T], grad: &[T], s: DenseAttentionSp
             mm(MatMut::from_row_major_slice_mut(ds, n, n), Accum::Replace, gh, wh.transpose());
             clear_upper_simd_state();
             pulp::Arch::new().dispatch(SoftmaxBackwardRows { y: a, g: ds, len: n });
+            symmetrise(ds, n);
             let a = MatRef::from_row_major_slice(a, n, n);
             let dsm = MatRef::from_row_major_slice(ds, n, n);
             mm(head_mut(gw_seq, h, n, dh, width), Accum::Replace, a.transpose(), gh);
-            mm(head_mut(gw_seq, h, n, dh, width), Accum::Add, dsm.transpose(), wh);
             mm(head_mut(gw_seq, h, n, dh, width), Accum::Add, dsm, wh);
         }
         clear_upper_simd_state();
@@ -104,6 +105,18 @@ pub fn backward<T: CpuElem>(w: &[T], attn: &[T], grad: &[T], s: DenseAttentionSp
         gw.chunks_mut(n * width).enumerate().for_each(|item| body(&mut ds, item));
     }
     gw
+}
+
+/// `x <- x + x^T` of an `n x n` row-major matrix, in place.
+fn symmetrise<T: CpuElem>(x: &mut [T], n: usize) {
+    for i in 0..n {
+        for j in 0..i {
+            let s = x[i * n + j] + x[j * n + i];
+            x[i * n + j] = s;
+            x[j * n + i] = s;
+        }
+        x[i * n + i] = x[i * n + i] + x[i * n + i];
+    }
 }
 
 /// The row softmax of every row of `x` in place, compiled for the CPU's best
