@@ -169,15 +169,7 @@ fn binary_broadcasting() {
         ("a read transposed", vec![1, 3, 12], contiguous_strides(&shape), false),
         ("scalar b", contiguous_strides(&shape), vec![0, 0, 0], true),
     ];
-    for op in [
-        BinaryOp::Add,
-        BinaryOp::Sub,
-        BinaryOp::Mul,
-        BinaryOp::Div,
-        BinaryOp::Max,
-        BinaryOp::Min,
-        BinaryOp::WherePositive,
-    ] {
+    for op in rate_core::testing::BINARY_OPS {
         for (name, sa, sb, small_b) in &cases {
             let (bb64, bb32) = if *small_b { (&r64, &r32) } else { (&b64, &b32) };
             let got = g.download(&g.binary(op, &g.upload(&a32), sa, &g.upload(bb32), sb, &shape));

@@ -598,7 +598,8 @@ pub fn check_unary<B: Backend>(b: &B) {
     assert_eq!(Tensor::<B>::zeros(b, &[0, 3]).exp().to_f64_vec(), Vec::<f64>::new());
 }
 
-const BINARY_OPS: [BinaryOp; 7] = [
+/// Every [`BinaryOp`], for conformance tests that loop over them.
+pub const BINARY_OPS: [BinaryOp; 7] = [
     BinaryOp::Add,
     BinaryOp::Sub,
     BinaryOp::Mul,
