@@ -7,7 +7,7 @@
 //! pool); its heads run in turn on the calling thread with faer's
 //! sequential product.
 
-use crate::nn::softmax_row_body;
+use crate::nn::{softmax_backward_rows_in_place, softmax_rows_in_place};
 use crate::pool::take_for_overwrite;
 use crate::{clear_upper_simd_state, CpuElem};
 use faer::{Accum, MatMut, MatRef, Par};
@@ -55,7 +55,7 @@ pub fn forward<T: CpuElem>(w: &[T], s: DenseAttentionSpec) -> (Vec<T>, Vec<T>) {
             let wh = head(w_seq, h, n, dh, width);
             mm(MatMut::from_row_major_slice_mut(a, n, n), Accum::Replace, wh, wh.transpose());
             clear_upper_simd_state();
-            pulp::Arch::new().dispatch(SoftmaxRows { x: a, len: n });
+            softmax_rows_in_place(a, n);
             mm(head_mut(o_seq, h, n, dh, width), Accum::Replace, MatRef::from_row_major_slice(a, n, n), wh);
         }
         clear_upper_simd_state();
@@ -89,7 +89,7 @@ pub fn backward<T: CpuElem>(w: &[T], attn: &[T], grad: &[T], s: DenseAttentionSp
             let (wh, gh) = (head(w_seq, h, n, dh, width), head(g_seq, h, n, dh, width));
             mm(MatMut::from_row_major_slice_mut(ds, n, n), Accum::Replace, gh, wh.transpose());
             clear_upper_simd_state();
-            pulp::Arch::new().dispatch(SoftmaxBackwardRows { y: a, g: ds, len: n });
+            softmax_backward_rows_in_place(a, ds, n);
             symmetrise(ds, n);
             let a = MatRef::from_row_major_slice(a, n, n);
             let dsm = MatRef::from_row_major_slice(ds, n, n);
@@ -116,39 +116,6 @@ fn symmetrise<T: CpuElem>(x: &mut [T], n: usize) {
             x[j * n + i] = s;
         }
         x[i * n + i] = x[i * n + i] + x[i * n + i];
-    }
-}
-
-/// The row softmax of every row of `x` in place, compiled for the CPU's best
-/// instruction set by `pulp` (one dispatch per block of rows).
-struct SoftmaxRows<'a, T> {
-    x: &'a mut [T],
-    len: usize,
-}
-
-impl<T: CpuElem> pulp::WithSimd for SoftmaxRows<'_, T> {
-    type Output = ();
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        self.x.chunks_mut(self.len).for_each(softmax_row_body);
-    }
-}
-
-/// The softmax backward `g <- y * (g - rowsum(g * y))` of every row, in place.
-struct SoftmaxBackwardRows<'a, T> {
-    y: &'a [T],
-    g: &'a mut [T],
-    len: usize,
-}
-
-impl<T: CpuElem> pulp::WithSimd for SoftmaxBackwardRows<'_, T> {
-    type Output = ();
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        for (yr, gr) in self.y.chunks(self.len).zip(self.g.chunks_mut(self.len)) {
-            let dot = crate::lanes::lanes_dot(yr, gr);
-            gr.iter_mut().zip(yr).for_each(|(g, &y)| *g = y * (*g - dot));
-        }
     }
 }
 

@@ -142,55 +142,81 @@ pub fn layer_norm_backward<T: CpuElem>(
 }
 
 /// Softmax of each contiguous row of `len` values (max-subtracted), the
-/// exponential by [`CpuElem::row_exp`].
+/// exponential by [`CpuElem::row_exp`]. Blocks of [`rows_per_task`] rows are
+/// copied into the (recycled) output and normalised there while in the cache.
 pub fn softmax_rows<T: CpuElem>(x: &[T], len: usize) -> Vec<T> {
     if len == 0 {
         return x.to_vec();
     }
+    let per = rows_per_task(len) * len;
+    // every element is written (copied, then normalised in place)
+    let mut out = take_for_overwrite(x.len());
+    let task = |(t, c): (usize, &mut [T])| {
+        c.copy_from_slice(&x[t * per..t * per + c.len()]);
+        softmax_rows_in_place(c, len);
+    };
     if on_calling_thread(x.len()) {
-        // each row copied and normalised while it is in the L1 cache
-        let mut out: Vec<T> = Vec::with_capacity(x.len());
-        for xr in x.chunks(len) {
-            let start = out.len();
-            out.extend_from_slice(xr);
-            softmax_row(&mut out[start..]);
-        }
-        return out;
+        out.chunks_mut(per).enumerate().for_each(task);
+    } else {
+        out.par_chunks_mut(per).enumerate().for_each(task);
     }
-    let mut out = x.to_vec();
-    let per = rows_per_task(len);
-    out.par_chunks_mut(per * len).for_each(|c| c.chunks_mut(len).for_each(softmax_row));
     out
 }
 
 /// One row softmax in place (max-subtracted); the body of every softmax kernel.
 #[inline(always)]
-pub(crate) fn softmax_row_body<T: CpuElem>(row: &mut [T]) {
+fn softmax_row_body<T: CpuElem>(row: &mut [T]) {
     let mx = lanes_max(row);
     row.iter_mut().for_each(|v| *v = T::row_exp(*v - mx));
     let r = T::one() / lanes_sum(row);
     row.iter_mut().for_each(|v| *v *= r);
 }
 
-/// One softmax row, compiled for the CPU's best instruction set (see [`Dispatched`]).
-fn softmax_row<T: CpuElem>(row: &mut [T]) {
-    pulp::Arch::new().dispatch(Dispatched(SoftmaxRow(row)));
+/// The row softmax of every row (of `len` values) of `x`, in place.
+pub(crate) fn softmax_rows_in_place<T: CpuElem>(x: &mut [T], len: usize) {
+    pulp::Arch::new().dispatch(SoftmaxRows { x, len });
 }
 
-/// A row kernel handed to `pulp`, which compiles its body (every function it
-/// calls is `#[inline(always)]`) once per instruction set and picks one at run
-/// time: AVX2 + FMA where present, so that the eight-lane loops run one
-/// instruction per eight f32 instead of baseline SSE2's two. The arithmetic is
-/// the same on every path (no contraction into FMA), so are the results.
-struct Dispatched<K>(K);
+/// The softmax backward `g <- y * (g - rowsum(g * y))` of every row (of
+/// `len` values), in place: `y` the softmax output, `g` its gradient.
+pub(crate) fn softmax_backward_rows_in_place<T: CpuElem>(y: &[T], g: &mut [T], len: usize) {
+    pulp::Arch::new().dispatch(SoftmaxBackwardRows { y, g, len });
+}
 
-struct SoftmaxRow<'a, T>(&'a mut [T]);
+/// The block kernels below are handed to `pulp`, which compiles their bodies
+/// (every function they call is `#[inline(always)]`) once per instruction set
+/// and picks one at run time: AVX2 + FMA where present, so that the
+/// eight-lane loops run one instruction per eight f32 instead of baseline
+/// SSE2's two. The arithmetic is the same on every path (no contraction into
+/// FMA), so are the results. One dispatch serves a block of rows.
+struct SoftmaxRows<'a, T> {
+    x: &'a mut [T],
+    len: usize,
+}
 
-impl<T: CpuElem> pulp::WithSimd for Dispatched<SoftmaxRow<'_, T>> {
+impl<T: CpuElem> pulp::WithSimd for SoftmaxRows<'_, T> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        softmax_row_body(self.0 .0);
+        self.x.chunks_mut(self.len).for_each(softmax_row_body);
+    }
+}
+
+/// See [`softmax_backward_rows_in_place`].
+struct SoftmaxBackwardRows<'a, T> {
+    y: &'a [T],
+    g: &'a mut [T],
+    len: usize,
+}
+
+impl<T: CpuElem> pulp::WithSimd for SoftmaxBackwardRows<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        for (yr, gr) in self.y.chunks(self.len).zip(self.g.chunks_mut(self.len)) {
+            let dot = lanes_dot(yr, gr);
+            gr.iter_mut().zip(yr).for_each(|(g, &y)| *g = y * (*g - dot));
+        }
     }
 }
 
@@ -247,29 +273,25 @@ impl<T: CpuElem> pulp::WithSimd for LayerNormBackwardRows<'_, T> {
     }
 }
 
-/// Backward of a row softmax: `y * (g - rowsum(g * y))`.
+/// Backward of a row softmax: `y * (g - rowsum(g * y))`, blocks of
+/// [`rows_per_task`] rows of the gradient copied into the (recycled) output
+/// and updated there.
 pub fn softmax_backward<T: CpuElem>(y: &[T], grad: &[T], len: usize) -> Vec<T> {
     if len == 0 {
         return vec![T::zero(); y.len()];
     }
+    let per = rows_per_task(len) * len;
+    // every element is written (copied, then updated in place)
+    let mut out = take_for_overwrite(y.len());
+    let task = |(t, c): (usize, &mut [T])| {
+        let rows = t * per..t * per + c.len();
+        c.copy_from_slice(&grad[rows.clone()]);
+        softmax_backward_rows_in_place(&y[rows], c, len);
+    };
     if on_calling_thread(y.len()) {
-        let mut out = Vec::with_capacity(y.len());
-        for (yr, gr) in y.chunks(len).zip(grad.chunks(len)) {
-            let dot = lanes_dot(yr, gr);
-            out.extend(yr.iter().zip(gr).map(|(&y, &g)| y * (g - dot)));
-        }
-        return out;
+        out.chunks_mut(per).enumerate().for_each(task);
+    } else {
+        out.par_chunks_mut(per).enumerate().for_each(task);
     }
-    let mut out = vec![T::zero(); y.len()];
-    let per = rows_per_task(len);
-    out.par_chunks_mut(per * len).enumerate().for_each(|(task, chunk)| {
-        let base = task * per * len;
-        for (i, row) in chunk.chunks_mut(len).enumerate() {
-            let o = base + i * len;
-            let (yr, gr) = (&y[o..o + len], &grad[o..o + len]);
-            let dot = lanes_dot(yr, gr);
-            row.iter_mut().zip(yr.iter().zip(gr)).for_each(|(o, (&y, &g))| *o = y * (g - dot));
-        }
-    });
     out
 }

@@ -263,7 +263,7 @@ fn measurements_follow_the_reference_definitions() {
         let mean = fr.iter().sum::<f64>() / 3.0;
         assert!((lm.sparsity - mean).abs() < 1e-15);
         // coding rate: the authors' formula on the n x n Gram of unit tokens, summed over heads
-        let w = cache.layers[l].attn.heads().to_f64_vec();
+        let w = cache.layers[l].attn.head_tokens().to_f64_vec();
         let mut totals = [0.0; 3];
         for b in 0..3 {
             for h in 0..heads {

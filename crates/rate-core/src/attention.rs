@@ -277,23 +277,28 @@ fn check_dense<B: Backend>(t: &Tensor<B>, what: &str, shape: &[usize]) {
     assert_eq!(t.shape(), shape, "attention_dense: {what} {:?} do not match the spec {shape:?}", t.shape());
 }
 
-/// The heads of head-interleaved tokens as `[batch, heads, n, dim_head]`.
-fn split_heads<B: Backend>(w: &Tensor<B>, s: DenseAttentionSpec) -> Tensor<B> {
+/// Head-interleaved tokens `[batch, rows, heads * dim_head]` as
+/// `[batch, heads, rows, dim_head]` (one permutation).
+pub fn split_heads<B: Backend>(w: &Tensor<B>, heads: usize) -> Tensor<B> {
+    let s = DenseAttentionSpec::for_tokens(w, heads);
     w.reshape(&[s.batch, s.tokens, s.heads, s.dim_head]).permute(&[0, 2, 1, 3])
 }
 
-/// `[batch, heads, n, dim_head]` back to head-interleaved `[batch, n, heads * dim_head]`.
-fn merge_heads<B: Backend>(x: &Tensor<B>, s: DenseAttentionSpec) -> Tensor<B> {
-    x.permute(&[0, 2, 1, 3]).reshape(&s.tokens_shape())
+/// `[batch, heads, rows, dim_head]` back to head-interleaved
+/// `[batch, rows, heads * dim_head]` (one permutation).
+pub fn merge_heads<B: Backend>(x: &Tensor<B>) -> Tensor<B> {
+    assert_eq!(x.rank(), 4, "merge_heads: {:?} is not [batch, heads, rows, dim_head]", x.shape());
+    let (b, h, rows, dh) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    x.permute(&[0, 2, 1, 3]).reshape(&[b, rows, h * dh])
 }
 
 /// The dense attention built from tensor ops (the default body of
 /// `Backend::attention_dense`): heads split by a permutation, one batched
 /// product for the scores, a row softmax, one batched product, heads merged.
 pub fn dense_forward<B: Backend>(w: &Tensor<B>, spec: DenseAttentionSpec) -> (Tensor<B>, Tensor<B>) {
-    let wh = split_heads(w, spec);
+    let wh = split_heads(w, spec.heads);
     let attn = wh.matmul_t(&wh, false, true).softmax(-1);
-    let out = merge_heads(&attn.matmul(&wh), spec);
+    let out = merge_heads(&attn.matmul(&wh));
     (attn, out)
 }
 
@@ -307,9 +312,9 @@ pub fn dense_backward<B: Backend>(
     grad_out: &Tensor<B>,
     spec: DenseAttentionSpec,
 ) -> Tensor<B> {
-    let wh = split_heads(w, spec);
-    let g = split_heads(grad_out, spec);
+    let wh = split_heads(w, spec.heads);
+    let g = split_heads(grad_out, spec.heads);
     let ds = crate::layer_ops::softmax_backward(attn, &g.matmul_t(&wh, false, true));
     let gw = attn.matmul_t(&g, true, false).add(&ds.matmul_t(&wh, true, false)).add(&ds.matmul(&wh));
-    merge_heads(&gw, spec)
+    merge_heads(&gw)
 }

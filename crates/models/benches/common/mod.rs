@@ -4,9 +4,10 @@
 /// ([`backend_cpu::keep_freed_memory`]) unless `RATE_BENCH_DEFAULT_MALLOC` is
 /// set (then glibc's defaults are measured). Idempotent: every bench function
 /// calls it, so a filtered run configures the allocator the same way.
-#[allow(dead_code)] // the transformer bench uses `allocator_as_in_model_jobs`
 pub fn allocator_as_in_the_binary() {
-    allocator_setting();
+    if std::env::var_os("RATE_BENCH_DEFAULT_MALLOC").is_none() {
+        backend_cpu::keep_freed_memory();
+    }
 }
 
 /// [`allocator_as_in_the_binary`] and, as `rate crate|aot|tost forward` do,
@@ -14,14 +15,8 @@ pub fn allocator_as_in_the_binary() {
 /// `RATE_BENCH_NO_RECYCLE` is set.
 #[allow(dead_code)] // not every bench binary runs model steps
 pub fn allocator_as_in_model_jobs() {
-    allocator_setting();
+    allocator_as_in_the_binary();
     if std::env::var_os("RATE_BENCH_NO_RECYCLE").is_none() {
         backend_cpu::recycle_buffers(backend_cpu::pool::MODEL_STEP_BYTES);
-    }
-}
-
-fn allocator_setting() {
-    if std::env::var_os("RATE_BENCH_DEFAULT_MALLOC").is_none() {
-        backend_cpu::keep_freed_memory();
     }
 }

@@ -222,7 +222,7 @@ impl<B: Backend> Block<B> for AotLayer<B> {
     }
 
     fn measure(cache: &Self::Cache) -> Result<BlockMeasurement<B>> {
-        let rates = head_coding_rates(&cache.attn.heads(), MEASURE_EPS_SQ)?;
+        let rates = head_coding_rates(&cache.attn.head_tokens(), MEASURE_EPS_SQ)?;
         let (coding_rate_per_head, coding_rate, coding_rate_std) = summarize_rates(&rates);
         Ok(BlockMeasurement {
             coding_rate_per_head,

@@ -881,9 +881,8 @@ pub(crate) fn mean_std(v: &[f64], unbiased: bool) -> (f64, f64) {
 }
 
 fn measure_layer<B: Backend>(lc: &CrateLayerCache<B>) -> Result<LayerMeasurement<B>> {
-    let w_heads = lc.attn.heads();
-    let rates = head_coding_rates(&w_heads, MEASURE_EPS_SQ)?;
-    let heads = w_heads.dim(1);
+    let rates = head_coding_rates(&lc.attn.head_tokens(), MEASURE_EPS_SQ)?;
+    let heads = lc.attn.heads;
     let b = rates.len() as f64;
     let coding_rate_per_head = (0..heads).map(|h| rates.iter().map(|r| r[h]).sum::<f64>() / b).collect();
     let totals: Vec<f64> = rates.iter().map(|r| r.iter().sum()).collect();

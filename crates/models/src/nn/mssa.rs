@@ -29,6 +29,7 @@ use super::flash::{self, TiledCache};
 use super::{accumulate, init, join, Grads, Linear, Module};
 use crate::{Backend, Tensor};
 use rand::rngs::StdRng;
+use rate_core::attention::{merge_heads, split_heads};
 use rate_core::{attention_dense, attention_dense_backward, layer_ops, DenseAttentionSpec};
 
 /// The MSSA block (the authors' `Attention` module).
@@ -51,8 +52,10 @@ pub struct MssaCache<B: Backend> {
     pub x: Tensor<B>,
     /// Projected tokens, scaled: `W' = dh^-1/4 x U^T`, head-interleaved
     /// `[batch, tokens, heads * dim_head]` as the projection leaves them
-    /// ([`Self::heads`] splits them).
+    /// ([`Self::head_tokens`] splits them).
     pub proj: Tensor<B>,
+    /// Number of heads the projection holds.
+    pub heads: usize,
     /// Attention `phi(W W^T / sqrt(dh))` of the query rows, `[batch, heads, queries, tokens]`;
     /// `None` when the tiled path ran (the `n x n` matrix was never formed).
     pub attn: Option<Tensor<B>>,
@@ -115,8 +118,8 @@ impl<B: Backend> Mssa<B> {
 
     /// Projects `x` and splits the heads: `[batch, heads, tokens, dim_head]`.
     pub fn project(&self, x: &Tensor<B>) -> Tensor<B> {
-        let (b, n) = self.dims(x);
-        self.qkv.forward(x).reshape(&[b, n, self.heads, self.dim_head]).permute(&[0, 2, 1, 3])
+        self.dims(x); // asserts the shape, naming it
+        split_heads(&self.qkv.forward(x), self.heads)
     }
 
     /// `dh^-1/4`: the attention scale split over the two factors of `W W^T`.
@@ -169,37 +172,48 @@ impl<B: Backend> Mssa<B> {
         assert!(queries >= 1 && queries <= n, "Mssa: {queries} queries for {n} tokens");
         let (h, dh) = (self.heads, self.dim_head);
         let proj = x.matmul_t(&weights.qkv, false, true);
-        let split = || proj.reshape(&[b, n, h, dh]).permute(&[0, 2, 1, 3]);
         let (merged, attn, tiled) = if phi == Phi::Softmax && queries == n && n > tiled_above {
-            let (o, c) = flash::tiled_forward(&split().reshape(&[b * h, n, dh]), 1.0);
-            (merge(&o.reshape(&[b, h, n, dh])), None, Some(c))
+            let (o, c) = flash::tiled_forward(&split_heads(&proj, h).reshape(&[b * h, n, dh]), 1.0);
+            (merge_heads(&o.reshape(&[b, h, n, dh])), None, Some(c))
         } else if phi == Phi::Softmax && queries == n {
             // every head on the interleaved layout, no permutation (the fast path)
             let (attn, merged) = attention_dense(&proj, DenseAttentionSpec::for_tokens(&proj, h));
             (merged, Some(attn), None)
         } else {
-            let w = split();
+            let w = split_heads(&proj, h);
             let q = if queries == n { w.clone() } else { w.narrow(2, 0, queries) };
             let mut attn = q.matmul_t(&w, false, true).softmax(-1);
             if let Phi::Threshold(tau) = phi {
                 attn = attn.add_scalar(-tau).step().scale(tau);
             }
-            (merge(&attn.matmul(&w)), Some(attn), None)
+            (merge_heads(&attn.matmul(&w)), Some(attn), None)
         };
         let y = match &weights.to_out {
             Some(l) => l.forward(&merged),
             None => merged.scale(1.0 / self.weight_scale()),
         };
-        (y, MssaCache { x: x.clone(), proj, attn, tiled, phi, merged, queries, weights: weights.clone() })
+        (
+            y,
+            MssaCache {
+                x: x.clone(),
+                proj,
+                heads: h,
+                attn,
+                tiled,
+                phi,
+                merged,
+                queries,
+                weights: weights.clone(),
+            },
+        )
     }
 
     /// The literal forward, `softmax(W W^T / sqrt(dh)) W` with `W = x U`
     /// split into heads and merged by `to_out`: the reference of [`Self::forward`].
     pub fn forward_reference(&self, x: &Tensor<B>) -> Tensor<B> {
-        let (b, n) = self.dims(x);
         let w = self.project(x);
         let attn = w.matmul_t(&w, false, true).scale(self.scale()).softmax(-1);
-        let merged = attn.matmul(&w).permute(&[0, 2, 1, 3]).reshape(&[b, n, self.heads * self.dim_head]);
+        let merged = merge_heads(&attn.matmul(&w));
         match &self.to_out {
             Some(l) => l.forward(&merged),
             None => merged,
@@ -231,15 +245,14 @@ impl<B: Backend> Mssa<B> {
             }
             None => grad_out.scale(1.0 / c),
         };
-        let split = |t: &Tensor<B>, rows: usize| t.reshape(&[b, rows, h, dh]).permute(&[0, 2, 1, 3]);
         let g_proj = match (&cache.tiled, &cache.attn, cache.phi) {
-            (Some(tc), _, _) => merge(
-                &flash::tiled_backward(tc, &split(&g_merged, nq).reshape(&[b * h, n, dh]))
+            (Some(tc), _, _) => merge_heads(
+                &flash::tiled_backward(tc, &split_heads(&g_merged, h).reshape(&[b * h, n, dh]))
                     .reshape(&[b, h, n, dh]),
             ),
             // h(softmax) is piecewise constant: only the value path
             (None, Some(attn), Phi::Threshold(_)) => {
-                merge(&attn.matmul_t(&split(&g_merged, nq), true, false))
+                merge_heads(&attn.matmul_t(&split_heads(&g_merged, h), true, false))
             }
             (None, Some(attn), Phi::Softmax) if nq == n => attention_dense_backward(
                 &cache.proj,
@@ -248,14 +261,14 @@ impl<B: Backend> Mssa<B> {
                 DenseAttentionSpec::for_tokens(&cache.proj, h),
             ),
             (None, Some(attn), Phi::Softmax) => {
-                let (w, g_o) = (split(&cache.proj, n), split(&g_merged, nq));
+                let (w, g_o) = (split_heads(&cache.proj, h), split_heads(&g_merged, h));
                 let q = w.narrow(2, 0, nq);
                 let g_scores = layer_ops::softmax_backward(attn, &g_o.matmul_t(&w, false, true));
                 // keys and values: all rows of W'
                 let g_w = attn.matmul_t(&g_o, true, false).add(&g_scores.matmul_t(&q, true, false));
                 // queries: the first nq rows of W'
                 let pad = Tensor::zeros(w.backend(), &[b, h, n - nq, dh]);
-                merge(&g_w.add(&Tensor::cat(&[&g_scores.matmul(&w), &pad], 2)))
+                merge_heads(&g_w.add(&Tensor::cat(&[&g_scores.matmul(&w), &pad], 2)))
             }
             (None, None, _) => unreachable!("Mssa: a dense cache always holds the attention matrix"),
         };
@@ -270,22 +283,10 @@ impl<B: Backend> Mssa<B> {
     }
 }
 
-/// `[batch, heads, rows, dim_head]` to head-interleaved `[batch, rows, heads * dim_head]`.
-fn merge<B: Backend>(x: &Tensor<B>) -> Tensor<B> {
-    let (b, h, rows, dh) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-    x.permute(&[0, 2, 1, 3]).reshape(&[b, rows, h * dh])
-}
-
 impl<B: Backend> MssaCache<B> {
     /// The scaled projected tokens per head, `[batch, heads, tokens, dim_head]`.
-    pub fn heads(&self) -> Tensor<B> {
-        let (b, n) = (self.proj.dim(0), self.proj.dim(1));
-        let h = match (&self.attn, &self.tiled) {
-            (Some(a), _) => a.dim(1),
-            (None, Some(t)) => t.spec.batch / b.max(1),
-            (None, None) => unreachable!("Mssa: a cache holds the attention or the tiled cache"),
-        };
-        self.proj.reshape(&[b, n, h, self.proj.dim(2) / h]).permute(&[0, 2, 1, 3])
+    pub fn head_tokens(&self) -> Tensor<B> {
+        split_heads(&self.proj, self.heads)
     }
 }
 

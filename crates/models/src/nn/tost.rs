@@ -184,8 +184,7 @@ impl<B: Backend> Block<B> for TostLayer<B> {
     fn measure(cache: &Self::Cache) -> Result<BlockMeasurement<B>> {
         let w = cache.attn.projected();
         let pi = cache.attn.memberships();
-        let (b, n, h) = (pi.dim(0), pi.dim(1), pi.dim(2));
-        let heads = w.reshape(&[b, n, h, w.dim(2) / h]).permute(&[0, 2, 1, 3]);
+        let heads = rate_core::attention::split_heads(w, pi.dim(2));
         let rates = head_coding_rates(&heads, MEASURE_EPS_SQ)?;
         let (coding_rate_per_head, coding_rate, coding_rate_std) = summarize_rates(&rates);
         let sparsity = mean_std(&zero_fraction_per_image(&cache.ista.out), false);
