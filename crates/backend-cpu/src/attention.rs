@@ -31,7 +31,7 @@ fn mm<T: CpuElem>(
         Par::Seq,
     );
     // the softmax that follows calls libm's exp on this thread: see `clear_upper_simd_state`
-    crate::clear_upper_simd_state();
+    crate::host::clear_upper_simd_state();
 }
 
 fn rows<T>(x: &[T], start: usize, count: usize, width: usize) -> MatRef<'_, T> {

@@ -6,9 +6,10 @@
 //! barriers between panels; independent row blocks need no synchronisation
 //! and keep every thread busy even when the machine is shared.
 
+use crate::host::clear_upper_simd_state;
 use crate::lanes::add_into;
 use crate::pool::take_for_overwrite;
-use crate::{clear_upper_simd_state, CpuElem};
+use crate::CpuElem;
 use faer::{Accum, MatMut, MatRef};
 use rate_core::MatmulSpec;
 use rayon::prelude::*;

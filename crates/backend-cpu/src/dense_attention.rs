@@ -7,9 +7,10 @@
 //! pool); its heads run in turn on the calling thread with faer's
 //! sequential product.
 
+use crate::host::clear_upper_simd_state;
 use crate::nn::{softmax_backward_rows_in_place, softmax_rows_in_place};
 use crate::pool::take_for_overwrite;
-use crate::{clear_upper_simd_state, CpuElem};
+use crate::CpuElem;
 use faer::{Accum, MatMut, MatRef, Par};
 use rate_core::DenseAttentionSpec;
 use rayon::prelude::*;

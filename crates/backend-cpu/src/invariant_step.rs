@@ -5,11 +5,11 @@
 //! temporaries of the size of the products; here every value of the products
 //! is read twice and the new features written once.
 
-use crate::clear_upper_simd_state;
+use crate::host::clear_upper_simd_state;
 use crate::lanes::{add_partials, lanes_dot};
 use crate::CpuElem;
 use faer::{Accum, MatMut, MatRef};
-use rate_core::invariant_step::{InvariantProductsSpec, InvariantStepSpec, NORM_CLAMP};
+use rate_core::kernels::invariant::{InvariantProductsSpec, InvariantStepSpec, NORM_CLAMP};
 use rayon::prelude::*;
 
 /// `(v', pi)`: see [`rate_core::invariant_step`].

@@ -15,7 +15,7 @@ fn rows_per_task(dim: usize) -> usize {
 /// running in parallel), where splitting it further gains nothing. Every
 /// row is computed by the same code either way, so the results are identical.
 fn on_calling_thread(n: usize) -> bool {
-    n < crate::PAR_THRESHOLD || rayon::current_thread_index().is_some()
+    n < crate::par::PAR_THRESHOLD || rayon::current_thread_index().is_some()
 }
 
 /// One LayerNorm row into `yr`; returns `(mean, 1/std)`.

@@ -7,7 +7,7 @@
 
 use crate::lanes::{add_into, add_partials, lanes_sq_dot};
 use crate::CpuElem;
-use rate_core::token_stats::{TokenStats, TokenStatsSpec};
+use rate_core::kernels::{TokenStats, TokenStatsSpec};
 use rayon::prelude::*;
 
 /// Tokens per task, at least (smaller problems run on the calling thread).

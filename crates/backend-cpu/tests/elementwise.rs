@@ -80,12 +80,12 @@ fn binary_ops_equal_the_host_loop_for_every_broadcast_at_every_size() {
 /// outside, where large inputs are split across the pool.
 #[test]
 fn row_kernels_are_identical_nested_in_the_pool_and_outside() {
-    use rate_core::layer_ops::{layer_norm, layer_norm_backward, softmax_backward};
+    use rate_core::kernels::{layer_norm, layer_norm_backward, softmax_backward};
     for precision in ["f32", "f64"] {
         for (rows, dim) in [(3, 5), (300, 128), (700, 65)] {
             let run =
                 |be: &dyn Fn(&[f64], &[usize]) -> Vec<Vec<f64>>| be(&values(rows * dim, 7), &[rows, dim]);
-            fn kernels<B: rate_core::Backend>(be: &B, x: &[f64], shape: &[usize]) -> Vec<Vec<f64>> {
+            fn kernels<B: rate_core::Kernels>(be: &B, x: &[f64], shape: &[usize]) -> Vec<Vec<f64>> {
                 let d = shape[1];
                 let x = Tensor::from_f64(be, x, shape);
                 let g = Tensor::from_f64(be, &values(x.numel(), 8), shape);

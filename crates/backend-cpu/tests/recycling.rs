@@ -1,7 +1,8 @@
 //! Recycled buffers (`backend_cpu::recycle_buffers`) never show through: products, permutations and dense attention written into buffers that held NaN give exactly the results computed into fresh zeroed buffers, and the poisoned buffers were the ones reused.
 use backend_cpu::pool::pooled_bytes;
 use backend_cpu::{recycle_buffers, CpuBackend};
-use rate_core::{attention_dense, attention_dense_backward, DenseAttentionSpec, Tensor};
+use rate_core::kernels::{attention_dense, attention_dense_backward, DenseAttentionSpec};
+use rate_core::Tensor;
 
 type Be = CpuBackend<f64>;
 

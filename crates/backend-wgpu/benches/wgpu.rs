@@ -16,7 +16,7 @@ use models::invariant::{InvariantConfig, InvariantReduNet};
 use models::nn::crate_model::{Crate, CrateConfig};
 use models::nn::loss::CrossEntropy;
 use models::redunet::{gaussians, Engine, Gaussians, ReduNet, ReduNetConfig};
-use rate_core::{AxisView, Backend, FftNorm, MatmulSpec, Tensor};
+use rate_core::{AxisView, Backend, FftNorm, Kernels, MatmulSpec, Tensor};
 use std::time::Duration;
 
 type Cpu = CpuBackend<f32>;
@@ -140,7 +140,7 @@ fn model_group<'a>(c: &'a mut Criterion, name: String) -> BenchmarkGroup<'a, Wal
 }
 
 /// Figure 4.5 ReduNet on `be`: build (rates recorded) and transform of the held-out samples.
-fn redunet_rows<B: Backend>(
+fn redunet_rows<B: Kernels>(
     grp: &mut BenchmarkGroup<'_, WallTime>,
     be: &B,
     who: &str,
@@ -164,7 +164,7 @@ fn redunet_rows<B: Backend>(
 }
 
 /// CRATE (`mnist_small`, batch [`CRATE_BATCH`]) on `be`: logits, and loss with every gradient (cross-entropy).
-fn crate_rows<B: Backend>(grp: &mut BenchmarkGroup<'_, WallTime>, be: &B, who: &str) {
+fn crate_rows<B: Kernels>(grp: &mut BenchmarkGroup<'_, WallTime>, be: &B, who: &str) {
     let config = CrateConfig::mnist_small();
     let model = Crate::new(be, &config, 0).expect("mnist_small is a valid config");
     let shape = [CRATE_BATCH, config.channels, config.image_size, config.image_size];
@@ -185,7 +185,7 @@ fn crate_rows<B: Backend>(grp: &mut BenchmarkGroup<'_, WallTime>, be: &B, who: &
 }
 
 /// Invariant ReduNet construction on `be` (random 1-D signals, see [`INVARIANT`]).
-fn invariant_rows<B: Backend>(grp: &mut BenchmarkGroup<'_, WallTime>, be: &B, who: &str) {
+fn invariant_rows<B: Kernels>(grp: &mut BenchmarkGroup<'_, WallTime>, be: &B, who: &str) {
     let (m, ch, t, classes, layers) = INVARIANT;
     let signals: Vec<f64> = lcg(m * ch * t, 12).into_iter().map(f64::from).collect();
     let x = Tensor::from_f64(be, &signals, &[m, ch, t]);

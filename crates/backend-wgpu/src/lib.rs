@@ -33,7 +33,7 @@ pub use ctx::ADAPTER_ENV;
 pub use linalg::jacobi_eigen;
 
 use ctx::{Buf, Ctx};
-use rate_core::{AxisView, Backend, BinaryOp, FftNorm, MatmulSpec, ReduceOp, Result, UnaryOp};
+use rate_core::{AxisView, Backend, BinaryOp, FftNorm, Kernels, MatmulSpec, ReduceOp, Result, UnaryOp};
 use std::sync::Arc;
 
 /// The wgpu backend (f32). Clones share the device.
@@ -196,3 +196,7 @@ impl Backend for WgpuBackend {
         fft::transform(&self.ctx, fft::Input::Half(re, im), view, n, true, norm, n, false).0
     }
 }
+
+/// The fused kernels keep their reference bodies (built from the WGSL
+/// primitives above), tested against the CPU in f64 by the conformance suite.
+impl Kernels for WgpuBackend {}

@@ -10,7 +10,7 @@ use models::invariant::{
     polar_resample, rotate_polar, Activation, Domain, InvariantConfig, InvariantReduNet, Lifting, PolarGrid,
 };
 use rate_core::circulant::{frequency_covariances, half_spectrum_weights};
-use rate_core::{Backend, ComplexTensor, Rates, Tensor};
+use rate_core::{ComplexTensor, Kernels, Rates, Tensor};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -141,7 +141,7 @@ fn train_test(name: &str, n_train: usize, n_test: usize, seed: u64) -> CliResult
 }
 
 /// Rates of per-layer half spectra `[F, n, C]` (signal length `t`) with true labels.
-fn spectral_rates<B: Backend>(
+fn spectral_rates<B: Kernels>(
     v: &ComplexTensor<B>,
     labels: &[usize],
     k: usize,
@@ -172,7 +172,7 @@ fn spectral_rates<B: Backend>(
 
 /// `|cos|` between every pair of samples (each flattened), `n x n` row-major,
 /// from one product of the unit rows on the backend (zero rows give 0).
-fn abs_cosines<B: Backend>(x: &Tensor<B>) -> Vec<f64> {
+fn abs_cosines<B: Kernels>(x: &Tensor<B>) -> Vec<f64> {
     let x = flat(x);
     let u = x.div(&x.norm_axis(1).clamp_min(1e-30));
     u.matmul_t(&u, false, true).to_f64_vec().into_iter().map(f64::abs).collect()
@@ -202,19 +202,19 @@ fn rates_curve(r: &[Rates]) -> Vec<(f64, f64)> {
     r.iter().enumerate().map(|(l, r)| (l as f64, r.delta_r)).collect()
 }
 
-fn flat<B: Backend>(x: &Tensor<B>) -> Tensor<B> {
+fn flat<B: Kernels>(x: &Tensor<B>) -> Tensor<B> {
     let n = x.dim(0);
     x.reshape(&[n, x.numel() / n])
 }
 
 /// Each sample flattened and scaled to unit norm (the authors normalise before classifying).
-fn unit_rows<B: Backend>(x: &Tensor<B>) -> Tensor<B> {
+fn unit_rows<B: Kernels>(x: &Tensor<B>) -> Tensor<B> {
     let x = flat(x);
     let norms = x.square().sum_axis(1, true).sqrt().add_scalar(1e-300);
     x.div(&norms)
 }
 
-fn ns_accuracy<B: Backend>(
+fn ns_accuracy<B: Kernels>(
     train: &Tensor<B>,
     ytr: &[usize],
     test: &Tensor<B>,
@@ -228,7 +228,7 @@ fn ns_accuracy<B: Backend>(
 }
 
 /// Cosine k-nearest-neighbour accuracy (k = 5 as in the authors' evaluation, fewer if the training set is smaller).
-fn knn_accuracy<B: Backend>(
+fn knn_accuracy<B: Kernels>(
     train: &Tensor<B>,
     ytr: &[usize],
     test: &Tensor<B>,
@@ -242,7 +242,7 @@ struct RotationJob(RotationArgs);
 
 impl Job for RotationJob {
     type Output = serde_json::Value;
-    fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
+    fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
         ensure_dir(&a.out)?;
         if a.rotations == 0 {
@@ -448,7 +448,7 @@ struct TranslationJob(TranslationArgs);
 
 impl Job for TranslationJob {
     type Output = serde_json::Value;
-    fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
+    fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
         ensure_dir(&a.out)?;
         let (train, test) = train_test(&a.data, a.train_per_class, a.test_per_class, a.seed)?;

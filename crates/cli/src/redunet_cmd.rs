@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
 use models::data::{self, Dataset};
 use models::redunet::{gaussians, Depth, Engine, Record, ReduNet, ReduNetConfig, Trace};
-use rate_core::{Backend, Rates, Tensor};
+use rate_core::{Kernels, Rates, Tensor};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -190,7 +190,7 @@ fn rates_json(rates: &[Rates]) -> serde_json::Value {
 }
 
 /// Rows of `z` normalised to unit length (zero rows stay zero).
-fn normalise_rows<B: Backend>(z: &Tensor<B>) -> Tensor<B> {
+fn normalise_rows<B: Kernels>(z: &Tensor<B>) -> Tensor<B> {
     z.div(&z.norm_axis(1).clamp_min(1e-8))
 }
 
@@ -306,7 +306,7 @@ fn rate_plot(path: &Path, title: &str, rates: &[Rates]) -> CliResult<()> {
     Ok(())
 }
 
-fn last_yhat<B: Backend>(trace: &Trace<B>) -> Option<Vec<usize>> {
+fn last_yhat<B: Kernels>(trace: &Trace<B>) -> Option<Vec<usize>> {
     let l = trace.yhat_layers();
     if l == 0 {
         return None;
@@ -318,7 +318,7 @@ struct GaussiansJob(GaussiansArgs);
 
 impl Job for GaussiansJob {
     type Output = serde_json::Value;
-    fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
+    fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
         if a.dim < a.classes {
             return Err(CliError::Usage(format!(
@@ -451,7 +451,7 @@ struct FitJob(FitArgs);
 
 impl Job for FitJob {
     type Output = serde_json::Value;
-    fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
+    fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
         ensure_dir(&a.out)?;
         let (train, test) = load_split(&a)?;
@@ -537,7 +537,7 @@ struct TransformJob(TransformArgs);
 
 impl Job for TransformJob {
     type Output = serde_json::Value;
-    fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
+    fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
         let mut net = ReduNet::load(be, a.model.join("model.safetensors"))?;
         if let Some(engine) = a.engine {

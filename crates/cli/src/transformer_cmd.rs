@@ -36,7 +36,7 @@ use models::nn::tost::TostLayer;
 use models::nn::tssa::Tssa;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rate_core::{Backend, Tensor};
+use rate_core::{Kernels, Tensor};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -120,7 +120,7 @@ const DEFAULT_MICRO_BATCH: (usize, usize) = (4, 8);
 impl ForwardArgs {
     /// How the batch is executed on backend `be` (see `--micro-batch`), for the
     /// logits or for the gradients.
-    fn execution<B: Backend>(&self, be: &B, gradients: bool) -> Execution {
+    fn execution<B: Kernels>(&self, be: &B, gradients: bool) -> Execution {
         let default = if gradients { DEFAULT_MICRO_BATCH.1 } else { DEFAULT_MICRO_BATCH.0 };
         match self.micro_batch.unwrap_or(default) {
             0 => Execution { micro_batch: None, parallel: false },
@@ -332,7 +332,7 @@ pub struct ForwardJob {
 
 type ForwardResult<B> = (Tensor<B>, Option<(f64, CrateGradients<B>)>, BTreeMap<String, String>);
 
-fn crate_forward<B: Backend>(
+fn crate_forward<B: Kernels>(
     be: &B,
     a: &ForwardArgs,
     overrides: &BTreeMap<String, String>,
@@ -351,7 +351,7 @@ fn crate_forward<B: Backend>(
     Ok((logits, grads, config.to_metadata()))
 }
 
-fn classifier_forward<B: Backend, L: Block<B>>(
+fn classifier_forward<B: Kernels, L: Block<B>>(
     be: &B,
     a: &ForwardArgs,
     overrides: &BTreeMap<String, String>,
@@ -369,7 +369,7 @@ fn classifier_forward<B: Backend, L: Block<B>>(
 
 impl Job for ForwardJob {
     type Output = serde_json::Value;
-    fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
+    fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = &self.args;
         let overrides = match &a.config {
             Some(p) => read_config(p)?,
@@ -435,7 +435,7 @@ pub struct DenoiseJob(pub DenoiseArgs);
 
 impl Job for DenoiseJob {
     type Output = serde_json::Value;
-    fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
+    fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
         if a.deltas.is_empty() {
             return Err(CliError::Usage("--deltas needs at least one noise level".into()));
@@ -558,7 +558,7 @@ fn loglog_slope(rows: &[(usize, f64)]) -> Option<f64> {
 
 impl Job for ScalingJob {
     type Output = serde_json::Value;
-    fn run<B: Backend>(self, be: &B) -> CliResult<serde_json::Value> {
+    fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
         if a.min_tokens == 0 || a.max_tokens < a.min_tokens {
             return Err(CliError::Usage(format!(

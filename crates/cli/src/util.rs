@@ -58,7 +58,7 @@ pub trait Job {
     /// What the job returns.
     type Output;
     /// Runs on backend `B`.
-    fn run<B: rate_core::Backend>(self, backend: &B) -> CliResult<Self::Output>;
+    fn run<B: rate_core::Kernels>(self, backend: &B) -> CliResult<Self::Output>;
 }
 
 /// Runs `job` on the backend the options name.

@@ -15,7 +15,7 @@ use backend_cpu::{CpuBackend, CpuElem};
 use criterion::{BenchmarkId, Criterion};
 use models::invariant::{construct_dense, Activation, Domain, InvariantConfig, InvariantReduNet, Lifting};
 use rand::{Rng, SeedableRng};
-use rate_core::{Backend, Tensor};
+use rate_core::{Backend, Kernels, Tensor};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -29,21 +29,21 @@ const LAYERS: usize = 40;
 const TEST: usize = 100;
 const ROTATIONS: usize = 20;
 
-fn uniform<B: Backend>(be: &B, shape: &[usize], seed: u64) -> Tensor<B> {
+fn uniform<B: Kernels>(be: &B, shape: &[usize], seed: u64) -> Tensor<B> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>()).collect();
     Tensor::from_f64(be, &v, shape)
 }
 
-struct Workload<B: Backend> {
+struct Workload<B: Kernels> {
     train: Tensor<B>,
     labels: Vec<usize>,
     test: Tensor<B>,
     shifts: Vec<Vec<isize>>,
 }
 
-fn workload<B: Backend>(be: &B) -> Workload<B> {
+fn workload<B: Kernels>(be: &B) -> Workload<B> {
     let m = TRAIN_PER_CLASS * CLASSES;
     let lift = Lifting::random(be, CHANNELS, RADII, &[KERNEL], 0, Activation::Relu).expect("lifting kernels");
     let train = lift.apply(&uniform(be, &[m, RADII, ANGLES], 1)).expect("lift train");

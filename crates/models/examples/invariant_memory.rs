@@ -13,11 +13,11 @@
 
 use backend_cpu::CpuBackend;
 use models::invariant::{Activation, InvariantConfig, InvariantReduNet, Lifting};
-use models::{Backend, Tensor};
+use models::{Kernels, Tensor};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
-fn uniform<B: Backend>(be: &B, shape: &[usize], seed: u64) -> Tensor<B> {
+fn uniform<B: Kernels>(be: &B, shape: &[usize], seed: u64) -> Tensor<B> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>()).collect();

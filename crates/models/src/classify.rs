@@ -12,13 +12,13 @@
 //!   the tied class whose neighbour is the nearest.
 
 use crate::{Error, Result};
-use rate_core::{Backend, Tensor};
+use rate_core::{Kernels, Tensor};
 
 fn config(msg: String) -> Error {
     Error::Config(msg)
 }
 
-fn check_matrix<B: Backend>(z: &Tensor<B>, op: &str, what: &str) -> Result<(usize, usize)> {
+fn check_matrix<B: Kernels>(z: &Tensor<B>, op: &str, what: &str) -> Result<(usize, usize)> {
     if z.rank() != 2 || z.dim(0) == 0 || z.dim(1) == 0 {
         return Err(config(format!(
             "{op}: {what} has shape {:?}, expected a non-empty samples x features matrix",
@@ -30,14 +30,14 @@ fn check_matrix<B: Backend>(z: &Tensor<B>, op: &str, what: &str) -> Result<(usiz
 
 /// Nearest-subspace classifier: one `d x r` orthonormal basis per class.
 #[derive(Clone, Debug)]
-pub struct NearestSubspace<B: Backend> {
+pub struct NearestSubspace<B: Kernels> {
     /// `U_j`, `d x r` each.
     bases: Vec<Tensor<B>>,
     dim: usize,
     components: usize,
 }
 
-impl<B: Backend> NearestSubspace<B> {
+impl<B: Kernels> NearestSubspace<B> {
     /// Fits `components` directions per class from training rows `z` and
     /// their labels (`0..num_classes`, every class present, `components` at
     /// most `d` and at most the class size).
@@ -137,13 +137,13 @@ impl<B: Backend> NearestSubspace<B> {
 }
 
 /// Rows divided by their norms (clamped at `1e-12`).
-fn unit_rows<B: Backend>(z: &Tensor<B>) -> Tensor<B> {
+fn unit_rows<B: Kernels>(z: &Tensor<B>) -> Tensor<B> {
     z.div(&z.norm_axis(1).clamp_min(1e-12))
 }
 
 /// k-nearest-neighbour labels of the rows of `test` among the rows of `train`
 /// by cosine similarity (see the module docs for the vote and its ties).
-pub fn knn_predict<B: Backend>(
+pub fn knn_predict<B: Kernels>(
     train: &Tensor<B>,
     train_labels: &[usize],
     test: &Tensor<B>,

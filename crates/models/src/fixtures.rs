@@ -4,7 +4,7 @@
 //! `fixtures/`. Under `RATE_FIXTURES` a missing file is an error, never a skip.
 
 use crate::io::TensorFile;
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Error, Kernels, Result, Tensor};
 use std::path::PathBuf;
 
 /// The fixture directory: `$RATE_FIXTURES` or `<repo>/fixtures`.
@@ -29,7 +29,7 @@ pub fn load(name: &str) -> Result<TensorFile> {
 
 impl TensorFile {
     /// The array `name` uploaded as a tensor of its own shape.
-    pub fn tensor<B: Backend>(&self, backend: &B, name: &str) -> Result<Tensor<B>> {
+    pub fn tensor<B: Kernels>(&self, backend: &B, name: &str) -> Result<Tensor<B>> {
         let a = self.get(name)?;
         Ok(Tensor::from_f64(backend, &a.data, &a.shape))
     }

@@ -14,7 +14,7 @@ pub mod io;
 pub mod nn;
 pub mod redunet;
 
-pub use rate_core::{Backend, Error as CoreError, Tensor};
+pub use rate_core::{Backend, Error as CoreError, Kernels, Tensor};
 
 /// Errors of the models crate.
 #[derive(Debug, thiserror::Error)]

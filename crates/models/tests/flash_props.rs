@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
-use rate_core::attention::{tiled_backward, tiled_forward};
+use rate_core::kernels::attention_tiled::{tiled_backward, tiled_forward};
 use rate_core::AttentionSpec;
 
 type B = CpuBackend<f64>;

@@ -5,9 +5,9 @@ use backend_cpu::CpuBackend;
 use common::{randn, rng};
 use models::Tensor;
 use proptest::prelude::*;
-use rate_core::{
-    attention, attention_dense, attention_dense_backward, invariant_step, layer_ops, token_stats,
-    DenseAttentionSpec,
+use rate_core::kernels::{
+    self, attention_dense, attention_dense as dense, attention_dense_backward, invariant, layer_norm as rows,
+    token_stats as stats, DenseAttentionSpec,
 };
 
 type B32 = CpuBackend<f32>;
@@ -20,22 +20,22 @@ fn to32(t: &Tensor<common::B>) -> Tensor<B32> {
     Tensor::from_f64(&B32::new(), &t.to_f64_vec(), t.shape())
 }
 
-fn check_layer_norm<B: models::Backend>(
+fn check_layer_norm<B: models::Kernels>(
     x: &Tensor<B>,
     w: &Tensor<B>,
     b: &Tensor<B>,
     g: &Tensor<B>,
     tol: f64,
 ) {
-    let (y, m, r) = layer_ops::layer_norm(x, w, b, 1e-5);
-    let (y0, m0, r0) = layer_ops::layer_norm_reference(x, w, b, 1e-5);
+    let (y, m, r) = kernels::layer_norm(x, w, b, 1e-5);
+    let (y0, m0, r0) = rows::layer_norm_reference(x, w, b, 1e-5);
     for (what, p, q) in [("y", &y, &y0), ("mean", &m, &m0), ("rstd", &r, &r0)] {
         assert_eq!(p.shape(), q.shape(), "{what}");
         let e = max_rel(&p.to_f64_vec(), &q.to_f64_vec());
         assert!(e < tol, "layer_norm {what}: {e:e}");
     }
-    let (dx, dw, db) = layer_ops::layer_norm_backward(x, &m, &r, w, g);
-    let (dx0, dw0, db0) = layer_ops::layer_norm_backward_reference(x, &m, &r, w, g);
+    let (dx, dw, db) = kernels::layer_norm_backward(x, &m, &r, w, g);
+    let (dx0, dw0, db0) = rows::layer_norm_backward_reference(x, &m, &r, w, g);
     for (what, p, q) in [("dx", &dx, &dx0), ("dweight", &dw, &dw0), ("dbias", &db, &db0)] {
         let e = max_rel(&p.to_f64_vec(), &q.reshape(p.shape()).to_f64_vec());
         assert!(e < tol * 10.0, "layer_norm_backward {what}: {e:e}");
@@ -43,9 +43,9 @@ fn check_layer_norm<B: models::Backend>(
 }
 
 /// The fused token statistics equal the op-by-op reference, every output.
-fn check_token_stats<B: models::Backend>(w: &Tensor<B>, temp: &Tensor<B>, heads: usize, tol: f64) {
-    let got = token_stats::token_stats(w, temp, heads, 1e-12);
-    let want = token_stats::token_stats_reference(w, temp, heads, 1e-12);
+fn check_token_stats<B: models::Kernels>(w: &Tensor<B>, temp: &Tensor<B>, heads: usize, tol: f64) {
+    let got = kernels::token_stats(w, temp, heads, 1e-12);
+    let want = stats::token_stats_reference(w, temp, heads, 1e-12);
     let pairs = [
         ("col_sq", &got.col_sq, &want.col_sq),
         ("what2_sum", &got.what2_sum, &want.what2_sum),
@@ -72,13 +72,13 @@ proptest! {
         let wv: Vec<f64> = (0..f).map(|i| if i == 0 { 1.0 } else { 2.0 }).collect();
         let weights = Tensor::from_f64(&common::be(), &wv, &[f]);
         let gamma = randn(&mut g, &[k], 1.0).abs();
-        let (out, pi) = invariant_step::invariant_step(&v, &y, &weights, &gamma, eta, lambda);
-        let (out0, pi0) = invariant_step::invariant_step_reference(&v, &y, &weights, &gamma, eta, lambda);
+        let (out, pi) = kernels::invariant_step(&v, &y, &weights, &gamma, eta, lambda);
+        let (out0, pi0) = invariant::invariant_step_reference(&v, &y, &weights, &gamma, eta, lambda);
         prop_assert!(max_rel(&pi.to_f64_vec(), &pi0.to_f64_vec()) < 1e-12, "pi");
         prop_assert!(max_rel(&out.to_f64_vec(), &out0.to_f64_vec()) < 1e-12, "features");
         let (v, y, weights, gamma) = (to32(&v), to32(&y), to32(&weights), to32(&gamma));
-        let (out, pi) = invariant_step::invariant_step(&v, &y, &weights, &gamma, eta, lambda);
-        let (out0, pi0) = invariant_step::invariant_step_reference(&v, &y, &weights, &gamma, eta, lambda);
+        let (out, pi) = kernels::invariant_step(&v, &y, &weights, &gamma, eta, lambda);
+        let (out0, pi0) = invariant::invariant_step_reference(&v, &y, &weights, &gamma, eta, lambda);
         // lambda up to 500 amplifies rounding of the norms in the softmax
         prop_assert!(max_rel(&pi.to_f64_vec(), &pi0.to_f64_vec()) < 2e-2, "pi f32");
         prop_assert!(max_rel(&out.to_f64_vec(), &out0.to_f64_vec()) < 2e-3, "features f32");
@@ -88,11 +88,11 @@ proptest! {
     fn real_operand_kernel_equals_gather(seed in any::<u64>(), f in 1usize..30, g in 1usize..6, c in 1usize..12) {
         let mut gen = rng(seed);
         let p = randn(&mut gen, &[f, g, c, c], 1.0);
-        let got = invariant_step::real_operand(&p);
-        let want = invariant_step::real_operand_reference(&p);
+        let got = kernels::real_operand(&p);
+        let want = invariant::real_operand_reference(&p);
         prop_assert_eq!(got.shape(), want.shape());
         prop_assert_eq!(got.to_f64_vec(), want.to_f64_vec());
-        prop_assert_eq!(invariant_step::real_operand(&to32(&p)).to_f64_vec(), to32(&want).to_f64_vec());
+        prop_assert_eq!(kernels::real_operand(&to32(&p)).to_f64_vec(), to32(&want).to_f64_vec());
     }
 
     /// The per-frequency unfolded products equal the default body (the whole
@@ -102,12 +102,12 @@ proptest! {
         let mut gen = rng(seed);
         let p = randn(&mut gen, &[f, g, c, c], 1.0);
         let v = randn(&mut gen, &[f, n, 2 * c], 1.0);
-        let got = invariant_step::invariant_products(&v, &p);
-        let want = v.matmul(&invariant_step::real_operand_reference(&p));
+        let got = kernels::invariant_products(&v, &p);
+        let want = v.matmul(&invariant::real_operand_reference(&p));
         prop_assert_eq!(got.shape(), &[f, n, 2 * g * c][..]);
         prop_assert!(max_rel(&got.to_f64_vec(), &want.to_f64_vec()) < 1e-13, "f64");
-        let got32 = invariant_step::invariant_products(&to32(&v), &to32(&p));
-        let want32 = to32(&v).matmul(&invariant_step::real_operand_reference(&to32(&p)));
+        let got32 = kernels::invariant_products(&to32(&v), &to32(&p));
+        let want32 = to32(&v).matmul(&invariant::real_operand_reference(&to32(&p)));
         prop_assert!(max_rel(&got32.to_f64_vec(), &want32.to_f64_vec()) < 1e-5, "f32");
     }
 
@@ -123,24 +123,24 @@ proptest! {
         let spec = DenseAttentionSpec::for_tokens(&w, heads);
         let check = |w: &Tensor<_>, g: &Tensor<_>, tol: f64| -> Result<(), TestCaseError> {
             let (attn, out) = attention_dense(w, spec);
-            let (attn0, out0) = attention::dense_forward(w, spec);
+            let (attn0, out0) = dense::dense_forward(w, spec);
             prop_assert_eq!(attn.shape(), &[batch, heads, n, n][..]);
             prop_assert_eq!(out.shape(), w.shape());
             prop_assert!(max_rel(&attn.to_f64_vec(), &attn0.to_f64_vec()) < tol, "attention");
             prop_assert!(max_rel(&out.to_f64_vec(), &out0.to_f64_vec()) < tol, "output");
             let gw = attention_dense_backward(w, &attn, g, spec);
-            let gw0 = attention::dense_backward(w, &attn0, g, spec);
+            let gw0 = dense::dense_backward(w, &attn0, g, spec);
             prop_assert!(max_rel(&gw.to_f64_vec(), &gw0.to_f64_vec()) < 10.0 * tol, "backward");
             Ok(())
         };
         check(&w, &g, 1e-13)?;
         let (w32, g32) = (to32(&w), to32(&g));
         let (attn, out) = attention_dense(&w32, spec);
-        let (attn0, out0) = attention::dense_forward(&w32, spec);
+        let (attn0, out0) = dense::dense_forward(&w32, spec);
         prop_assert!(max_rel(&attn.to_f64_vec(), &attn0.to_f64_vec()) < 1e-5, "attention f32");
         prop_assert!(max_rel(&out.to_f64_vec(), &out0.to_f64_vec()) < 1e-5, "output f32");
         let gw = attention_dense_backward(&w32, &attn, &g32, spec);
-        let gw0 = attention::dense_backward(&w32, &attn0, &g32, spec);
+        let gw0 = dense::dense_backward(&w32, &attn0, &g32, spec);
         prop_assert!(max_rel(&gw.to_f64_vec(), &gw0.to_f64_vec()) < 1e-4, "backward f32");
     }
 
@@ -195,8 +195,8 @@ proptest! {
         let y32 = z32.softmax(-1).to_f64_vec();
         let worst = y32.iter().zip(&want32).map(|(a, b)| (a - b).abs() / (b + 1e-30)).fold(0.0, f64::max);
         prop_assert!(y32.iter().zip(&want32).all(|(a, b)| (a - b).abs() <= 5e-6 * b + 1e-37), "f32 softmax: {worst:e}");
-        let d = layer_ops::softmax_backward(&y, &gy);
-        let d0 = layer_ops::softmax_backward_reference(&y, &gy);
+        let d = kernels::softmax_backward(&y, &gy);
+        let d0 = rows::softmax_backward_reference(&y, &gy);
         prop_assert!(max_rel(&d.to_f64_vec(), &d0.to_f64_vec()) < 1e-13);
     }
 

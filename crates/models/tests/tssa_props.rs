@@ -178,8 +178,8 @@ proptest! {
         let be = B::new();
         let mut rng = StdRng::seed_from_u64(seed);
         let x = normal(&be, &[outer, len, inner], 1.0, 0.0, &mut rng);
-        let fast = x.cumsum(1, reverse).to_f64_vec();
-        let generic = rate_core::attention::cumsum_by_doubling(&x, reverse).to_f64_vec();
+        let fast = rate_core::kernels::cumsum(&x, 1, reverse).to_f64_vec();
+        let generic = rate_core::kernels::scan::cumsum_by_doubling(&x, reverse).to_f64_vec();
         let xv = x.to_f64_vec();
         for o in 0..outer {
             for j in 0..inner {

@@ -1,4 +1,4 @@
-//! The `Backend` trait: the few primitives (matmul, Cholesky solves, FFT, softmax, thresholds) every model is built from.
+//! The `Backend` trait: the primitives (matmul, Cholesky solves and inverses, FFT, elementwise ops, reductions, layout) every model is built from; the fused kernels are the `Kernels` extension trait (`crate::kernels`).
 //!
 //! A backend owns opaque buffers of one element type, laid out row-major and
 //! contiguous. Shapes live in [`crate::Tensor`]; a primitive receives only the
@@ -6,8 +6,6 @@
 //! around the axis). Host memory is reached only through [`Backend::upload`]
 //! and [`Backend::download`], so a buffer may live on a GPU.
 
-use crate::attention::AttentionSpec;
-use crate::tensor::Tensor;
 use crate::Result;
 use std::fmt::{Debug, Display};
 
@@ -175,7 +173,11 @@ pub struct MatmulSpec {
     pub b_batched: bool,
 }
 
-/// The primitive operations a backend provides.
+/// The primitive operations a backend provides; every method is required.
+///
+/// The fused kernels of the models are the extension trait
+/// [`crate::kernels::Kernels`], whose methods all have reference bodies built
+/// from these.
 ///
 /// Every method takes and returns whole contiguous row-major buffers. Sizes
 /// are checked by [`crate::Tensor`] before a call reaches the backend, so a
@@ -321,236 +323,4 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         n: usize,
         norm: FftNorm,
     ) -> Self::Buffer;
-
-    // ---- composite kernels of the transformer layers, with default bodies from the primitives ----
-
-    /// LayerNorm of `rows` contiguous rows of `dim` values with affine
-    /// `weight` and `bias` (`dim` each), biased variance: `(y, mean, rstd)`,
-    /// the statistics one value per row (see [`crate::layer_ops`]).
-    fn layer_norm(
-        &self,
-        x: &Self::Buffer,
-        weight: &Self::Buffer,
-        bias: &Self::Buffer,
-        rows: usize,
-        dim: usize,
-        eps: f64,
-    ) -> (Self::Buffer, Self::Buffer, Self::Buffer) {
-        let t = |b: &Self::Buffer, s: &[usize]| crate::Tensor::from_buffer(self, b.clone(), s);
-        let (y, m, r) = crate::layer_ops::layer_norm_reference(
-            &t(x, &[rows, dim]),
-            &t(weight, &[dim]),
-            &t(bias, &[dim]),
-            eps,
-        );
-        (y.buffer().clone(), m.buffer().clone(), r.buffer().clone())
-    }
-
-    /// Backward of [`Self::layer_norm`] from the input, its row statistics,
-    /// the weight and `dL/dy`: `(dL/dx, dL/dweight, dL/dbias)`.
-    fn layer_norm_backward(
-        &self,
-        x: &Self::Buffer,
-        mean: &Self::Buffer,
-        rstd: &Self::Buffer,
-        weight: &Self::Buffer,
-        grad: &Self::Buffer,
-        rows: usize,
-        dim: usize,
-    ) -> (Self::Buffer, Self::Buffer, Self::Buffer) {
-        let t = |b: &Self::Buffer, s: &[usize]| crate::Tensor::from_buffer(self, b.clone(), s);
-        let (dx, dw, db) = crate::layer_ops::layer_norm_backward_reference(
-            &t(x, &[rows, dim]),
-            &t(mean, &[rows]),
-            &t(rstd, &[rows]),
-            &t(weight, &[dim]),
-            &t(grad, &[rows, dim]),
-        );
-        (dx.buffer().clone(), dw.buffer().clone(), db.buffer().clone())
-    }
-
-    /// Backward of a softmax over `rows` contiguous rows of `len` values:
-    /// `y * (grad - rowsum(grad * y))` for the softmax output `y`.
-    fn softmax_backward(
-        &self,
-        y: &Self::Buffer,
-        grad: &Self::Buffer,
-        rows: usize,
-        len: usize,
-    ) -> Self::Buffer {
-        let t = |b: &Self::Buffer| crate::Tensor::from_buffer(self, b.clone(), &[rows, len]);
-        crate::layer_ops::softmax_backward_reference(&t(y), &t(grad)).buffer().clone()
-    }
-
-    // ---- composite kernels with default bodies (a backend may override them for speed) ----
-
-    /// Inclusive cumulative sum along the axis of `view`, from the last entry
-    /// backwards when `reverse`. The default adds shifted copies
-    /// (`ceil(log2 len)` passes).
-    fn cumsum(&self, x: &Self::Buffer, view: AxisView, reverse: bool) -> Self::Buffer {
-        let t = Tensor::from_buffer(self, x.clone(), &[view.outer, view.len, view.inner]);
-        crate::attention::cumsum_by_doubling(&t, reverse).buffer().clone()
-    }
-
-    /// Tiled shared-QKV attention `softmax(s W W^T) W` of `spec.batch`
-    /// problems `W` (`n x dh`): the output and the row log-sum-exp of the
-    /// logits (`batch x n`), never forming an `n x n` matrix (see
-    /// [`crate::attention`]).
-    fn attention_tiled(&self, w: &Self::Buffer, spec: AttentionSpec) -> (Self::Buffer, Self::Buffer) {
-        let t = Tensor::from_buffer(self, w.clone(), &[spec.batch, spec.n, spec.dh]);
-        let (o, l) = crate::attention::tiled_forward(&t, spec);
-        (o.buffer().clone(), l.buffer().clone())
-    }
-
-    /// Backward of [`Self::attention_tiled`]: `dL/dW` (`batch x n x dh`) from
-    /// the tokens, the output, the row log-sum-exp and `dL/d(output)`.
-    fn attention_tiled_backward(
-        &self,
-        w: &Self::Buffer,
-        out: &Self::Buffer,
-        lse: &Self::Buffer,
-        grad_out: &Self::Buffer,
-        spec: AttentionSpec,
-    ) -> Self::Buffer {
-        let shape = [spec.batch, spec.n, spec.dh];
-        let t = |b: &Self::Buffer, s: &[usize]| Tensor::from_buffer(self, b.clone(), s);
-        crate::attention::tiled_backward(
-            &t(w, &shape),
-            &t(out, &shape),
-            &t(lse, &[spec.batch, spec.n]),
-            &t(grad_out, &shape),
-            spec,
-        )
-        .buffer()
-        .clone()
-    }
-
-    /// Dense shared-QKV attention of every head of head-interleaved tokens
-    /// `w` (`batch x n x heads*dh`): the attention `softmax_rows(W_h W_h^T)`
-    /// (`batch x heads x n x n`) and the merged outputs `A_h W_h`
-    /// (`batch x n x heads*dh`), see [`crate::attention::attention_dense`].
-    /// The default body splits the heads by a permutation and multiplies; a
-    /// backend may work on the interleaved layout in place.
-    fn attention_dense(
-        &self,
-        w: &Self::Buffer,
-        spec: crate::attention::DenseAttentionSpec,
-    ) -> (Self::Buffer, Self::Buffer) {
-        let [b, n, width] = [spec.batch, spec.tokens, spec.heads * spec.dim_head];
-        let t = Tensor::from_buffer(self, w.clone(), &[b, n, width]);
-        let (a, o) = crate::attention::dense_forward(&t, spec);
-        (a.buffer().clone(), o.buffer().clone())
-    }
-
-    /// Backward of [`Self::attention_dense`]: `dL/dW` (`batch x n x heads*dh`)
-    /// from the tokens, the attention and `dL/d(merged output)`.
-    fn attention_dense_backward(
-        &self,
-        w: &Self::Buffer,
-        attn: &Self::Buffer,
-        grad_out: &Self::Buffer,
-        spec: crate::attention::DenseAttentionSpec,
-    ) -> Self::Buffer {
-        let [b, h, n, width] = [spec.batch, spec.heads, spec.tokens, spec.heads * spec.dim_head];
-        let t = |x: &Self::Buffer, s: &[usize]| Tensor::from_buffer(self, x.clone(), s);
-        crate::attention::dense_backward(
-            &t(w, &[b, n, width]),
-            &t(attn, &[b, h, n, n]),
-            &t(grad_out, &[b, n, width]),
-            spec,
-        )
-        .buffer()
-        .clone()
-    }
-
-    /// TSSA's token statistics of `w` (`batch x n x heads*dh`) with per-head
-    /// temperatures `temp` (`heads` values), see [`crate::token_stats`](mod@crate::token_stats). The
-    /// default body computes them op by op.
-    fn token_stats(
-        &self,
-        w: &Self::Buffer,
-        temp: &Self::Buffer,
-        spec: crate::token_stats::TokenStatsSpec,
-    ) -> crate::token_stats::TokenStats<Self::Buffer> {
-        let crate::token_stats::TokenStatsSpec { batch, n, heads, dh, norm_eps } = spec;
-        let w = Tensor::from_buffer(self, w.clone(), &[batch, n, heads * dh]);
-        let temp = Tensor::from_buffer(self, temp.clone(), &[heads]);
-        crate::token_stats::token_stats_reference(&w, &temp, heads, norm_eps).map(|t| t.buffer().clone())
-    }
-
-    /// The update of one shift-invariant ReduNet layer from the features `v`
-    /// (`F x n x width`), their products `y` with `E` and the `C^j`
-    /// (`F x n x (k+1) x width`), the frequency weights (`F`) and the class
-    /// weights (`k`): `(v', pi [n x k])`, see [`crate::invariant_step`]. The
-    /// default body computes it op by op.
-    fn invariant_step(
-        &self,
-        v: &Self::Buffer,
-        y: &Self::Buffer,
-        weights: &Self::Buffer,
-        gamma: &Self::Buffer,
-        spec: crate::invariant_step::InvariantStepSpec,
-    ) -> (Self::Buffer, Self::Buffer) {
-        let crate::invariant_step::InvariantStepSpec { freqs: f, n, classes: k, width, eta, lambda } = spec;
-        let t = |b: &Self::Buffer, s: &[usize]| Tensor::from_buffer(self, b.clone(), s);
-        let (out, pi) = crate::invariant_step::invariant_step_reference(
-            &t(v, &[f, n, width]),
-            &t(y, &[f, n, k + 1, width]),
-            &t(weights, &[f]),
-            &t(gamma, &[k]),
-            eta,
-            lambda,
-        );
-        (out.buffer().clone(), pi.buffer().clone())
-    }
-
-    /// The real operand `F x 2C x 2gC` of `F x g` Hermitian-packed `C x C`
-    /// operators, see [`crate::invariant_step::real_operand`]. The default
-    /// body is one gather.
-    fn real_operand(&self, packed: &Self::Buffer, f: usize, g: usize, c: usize) -> Self::Buffer {
-        let p = Tensor::from_buffer(self, packed.clone(), &[f, g, c, c]);
-        crate::invariant_step::real_operand_reference(&p).buffer().clone()
-    }
-
-    /// The products `y = v W` of one shift-invariant ReduNet layer: features
-    /// `v` (`F x n x 2C`, packed half spectra) times the real operand `W`
-    /// (`F x 2C x 2gC`) of `F x g` Hermitian-packed operators, `F x n x 2gC`,
-    /// see [`crate::invariant_step::invariant_products`]. The default body
-    /// unfolds `W` ([`Self::real_operand`]) and multiplies; a backend may
-    /// unfold it one frequency at a time so that it is never stored whole.
-    fn invariant_products(
-        &self,
-        v: &Self::Buffer,
-        packed: &Self::Buffer,
-        spec: crate::invariant_step::InvariantProductsSpec,
-    ) -> Self::Buffer {
-        let crate::invariant_step::InvariantProductsSpec { freqs: f, n, ops: g, channels: c } = spec;
-        let w = self.real_operand(packed, f, g, c);
-        let s = MatmulSpec {
-            batch: f,
-            m: n,
-            k: 2 * c,
-            n: 2 * g * c,
-            trans_a: false,
-            trans_b: false,
-            a_batched: true,
-            b_batched: true,
-        };
-        self.matmul(v, &w, s)
-    }
-
-    /// [`Self::herm_inverse`] and [`Self::herm_logdet`] of the same matrices:
-    /// `(re, im, logdet)`. The default body factors twice; a backend may
-    /// share one factorisation.
-    #[allow(clippy::type_complexity)]
-    fn herm_inverse_logdet(
-        &self,
-        re: &Self::Buffer,
-        im: &Self::Buffer,
-        batch: usize,
-        n: usize,
-    ) -> Result<(Self::Buffer, Self::Buffer, Self::Buffer)> {
-        let (r, i) = self.herm_inverse(re, im, batch, n)?;
-        Ok((r, i, self.herm_logdet(re, im, batch, n)?))
-    }
 }

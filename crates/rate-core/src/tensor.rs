@@ -137,14 +137,14 @@ impl<B: Backend> Tensor<B> {
         numel(&self.shape)
     }
 
-    fn axis(&self, axis: isize, op: &str) -> usize {
+    pub(crate) fn axis(&self, axis: isize, op: &str) -> usize {
         let r = self.shape.len() as isize;
         let a = if axis < 0 { axis + r } else { axis };
         assert!(a >= 0 && a < r, "{op}: axis {axis} out of range for shape {:?}", self.shape);
         a as usize
     }
 
-    fn view(&self, axis: usize) -> AxisView {
+    pub(crate) fn view(&self, axis: usize) -> AxisView {
         AxisView {
             outer: numel(&self.shape[..axis]),
             len: self.shape[axis],
@@ -462,11 +462,6 @@ impl<B: Backend> Tensor<B> {
         }
         self.abs().reshape(&[self.numel()]).max_axis(0, false).scalar()
     }
-    /// Inclusive cumulative sum along `axis` (from the last entry backwards when `reverse`).
-    pub fn cumsum(&self, axis: isize, reverse: bool) -> Self {
-        let a = self.axis(axis, "cumsum");
-        self.with(self.backend.cumsum(&self.buf, self.view(a), reverse), self.shape.clone())
-    }
     /// Softmax along `axis`.
     pub fn softmax(&self, axis: isize) -> Self {
         let a = self.axis(axis, "softmax");
@@ -540,7 +535,8 @@ impl<B: Backend> Tensor<B> {
         self.matmul_t(other, false, false)
     }
 
-    fn square_batch(&self, op: &str) -> (usize, usize) {
+    /// `(batch, n)` of a batch of square matrices `[.., n, n]`; panics naming `op` otherwise.
+    pub(crate) fn square_batch(&self, op: &str) -> (usize, usize) {
         let (b, r, c) = self.batch_dims(op);
         assert_eq!(r, c, "{op}: matrices of shape {:?} are not square", self.shape);
         (b, r)
@@ -724,7 +720,7 @@ impl<B: Backend> ComplexTensor<B> {
         self.re.with(out, s)
     }
 
-    fn square_batch(&self, op: &str) -> (usize, usize) {
+    pub(crate) fn square_batch(&self, op: &str) -> (usize, usize) {
         self.re.square_batch(op)
     }
 
@@ -742,19 +738,6 @@ impl<B: Backend> ComplexTensor<B> {
         let r = self.re.rank();
         let out = self.re.backend.herm_logdet(&self.re.buf, &self.im.buf, b, n)?;
         Ok(self.re.with(out, self.re.shape[..r - 2].to_vec()))
-    }
-
-    /// [`Self::herm_inverse`] and [`Self::herm_logdet`] together, from one
-    /// factorisation where the backend supports it.
-    pub fn herm_inverse_logdet(&self) -> Result<(Self, Tensor<B>)> {
-        let (b, n) = self.square_batch("herm_inverse_logdet");
-        let r = self.re.rank();
-        let (re, im, ld) = self.re.backend.herm_inverse_logdet(&self.re.buf, &self.im.buf, b, n)?;
-        let s = self.re.shape.clone();
-        Ok((
-            ComplexTensor { re: self.re.with(re, s.clone()), im: self.re.with(im, s) },
-            self.re.with(ld, self.re.shape[..r - 2].to_vec()),
-        ))
     }
 
     /// Solves `self X = rhs` for Hermitian positive definite `self`.

@@ -29,7 +29,7 @@ pub use csv::{csv_from_bytes, read_csv, CsvOptions, Header, LabelColumn};
 pub use idx::{idx_from_bytes, idx_labels_path, parse_idx_images, parse_idx_labels, read_idx};
 pub use tensors::{dataset_from_tensor_file, read_safetensors, safetensors_from_bytes};
 
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Error, Kernels, Result, Tensor};
 use bytes::format_err;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -245,12 +245,12 @@ impl Dataset {
     }
 
     /// Uploads the features as a `samples x features` tensor (the layout of `Z`).
-    pub fn to_tensor<B: Backend>(&self, backend: &B) -> Tensor<B> {
+    pub fn to_tensor<B: Kernels>(&self, backend: &B) -> Tensor<B> {
         Tensor::from_f64(backend, &self.features, &[self.len(), self.num_features()])
     }
 
     /// Uploads the features as a `samples x sample_shape...` tensor (e.g. `m x 3 x 32 x 32`).
-    pub fn to_tensor_shaped<B: Backend>(&self, backend: &B) -> Tensor<B> {
+    pub fn to_tensor_shaped<B: Kernels>(&self, backend: &B) -> Tensor<B> {
         let mut shape = Vec::with_capacity(1 + self.sample_shape.len());
         shape.push(self.len());
         shape.extend_from_slice(&self.sample_shape);

@@ -17,11 +17,11 @@
 use super::domain::Domain;
 use super::network::{normalise_signals, InvariantConfig};
 use crate::{Error, Result};
-use rate_core::{Backend, Rates, Tensor};
+use rate_core::{Kernels, Rates, Tensor};
 
 /// What the dense construction produces.
 #[derive(Clone, Debug)]
-pub struct DenseConstruction<B: Backend> {
+pub struct DenseConstruction<B: Kernels> {
     /// Per layer, the operators `[k+1, C N, C N]` (index 0 is `E`, then `C^1..C^k`).
     pub operators: Vec<Tensor<B>>,
     /// Features entering layer `0..L` and leaving the last, `[m, C, dims..]` (`L + 1` entries).
@@ -60,7 +60,7 @@ fn family_index(domain: &Domain) -> Vec<usize> {
 ///
 /// Same inputs and conventions as [`super::InvariantReduNet::construct`]
 /// (the `chunk` and `keep_spectra` fields are ignored).
-pub fn construct_dense<B: Backend>(
+pub fn construct_dense<B: Kernels>(
     x: &Tensor<B>,
     labels: &[usize],
     classes: usize,

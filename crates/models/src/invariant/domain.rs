@@ -11,7 +11,7 @@
 //! ([`Domain::weights`]: 1 for self-conjugate ones, 2 for the others).
 
 use crate::{Error, Result};
-use rate_core::{Backend, ComplexTensor, FftNorm, Tensor};
+use rate_core::{ComplexTensor, FftNorm, Kernels, Tensor};
 
 /// The cyclic group acting on the signals: shifts of a line or translations of a plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,7 +178,7 @@ impl Domain {
 
     /// Cyclically shifts signals `[.., dims]` by `shift` (one amount per domain axis):
     /// `out[t] = x[t - s]`, NumPy's `roll`.
-    pub fn roll<B: Backend>(&self, x: &Tensor<B>, shift: &[isize]) -> Result<Tensor<B>> {
+    pub fn roll<B: Kernels>(&self, x: &Tensor<B>, shift: &[isize]) -> Result<Tensor<B>> {
         let index = self.roll_index(shift)?;
         let dims = self.dims();
         let r = x.rank();
@@ -196,7 +196,7 @@ impl Domain {
 
     /// DFT of real signals `[a, b, dims..]` over the domain axes, stored
     /// half spectrum laid out per frequency: `[F, a, b]`.
-    pub fn forward<B: Backend>(&self, x: &Tensor<B>, norm: FftNorm) -> ComplexTensor<B> {
+    pub fn forward<B: Kernels>(&self, x: &Tensor<B>, norm: FftNorm) -> ComplexTensor<B> {
         let s = x.shape();
         assert!(
             s.len() == 2 + self.rank() && s[2..] == self.dims()[..],
@@ -214,7 +214,7 @@ impl Domain {
     }
 
     /// Inverse of [`Self::forward`]: a half spectrum `[F, a, b]` of real signals back to `[a, b, dims..]`.
-    pub fn inverse<B: Backend>(&self, v: &ComplexTensor<B>, norm: FftNorm) -> Tensor<B> {
+    pub fn inverse<B: Kernels>(&self, v: &ComplexTensor<B>, norm: FftNorm) -> Tensor<B> {
         let s = v.shape();
         assert!(
             s.len() == 3 && s[0] == self.stored_frequencies(),
@@ -235,7 +235,7 @@ impl Domain {
     /// Extends a stored half spectrum `[.., F, ..]` (frequency on `axis`) to
     /// the full spectrum `[.., N, ..]` by conjugate symmetry, full frequencies
     /// flattened row-major over [`Self::dims`].
-    pub fn full_spectrum<B: Backend>(&self, v: &ComplexTensor<B>, axis: usize) -> ComplexTensor<B> {
+    pub fn full_spectrum<B: Kernels>(&self, v: &ComplexTensor<B>, axis: usize) -> ComplexTensor<B> {
         assert_eq!(
             v.shape()[axis],
             self.stored_frequencies(),

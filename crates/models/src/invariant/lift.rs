@@ -17,7 +17,7 @@ use super::domain::Domain;
 use crate::{Error, Result};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
-use rate_core::{Backend, ComplexTensor, FftNorm, Tensor};
+use rate_core::{ComplexTensor, FftNorm, Kernels, Tensor};
 
 /// The entrywise nonlinearity `tau` after the convolutions.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -32,12 +32,12 @@ pub enum Activation {
 
 /// Fixed convolution kernels `[K, C, s..]` and the nonlinearity that follows.
 #[derive(Clone, Debug)]
-pub struct Lifting<B: Backend> {
+pub struct Lifting<B: Kernels> {
     kernels: Tensor<B>,
     activation: Activation,
 }
 
-impl<B: Backend> Lifting<B> {
+impl<B: Kernels> Lifting<B> {
     /// `out_channels` kernels over `in_channels` channels of size `kernel_size`
     /// (one entry for 1-D, two for 2-D), with independent N(0, 1) entries drawn
     /// from `StdRng::seed_from_u64(seed)` in row-major order.

@@ -24,8 +24,9 @@
 
 use super::domain::Domain;
 use crate::{Error, Result};
-use rate_core::invariant_step::{invariant_products, invariant_step, pack_operators};
-use rate_core::{Backend, ComplexTensor, FftNorm, Rates, Tensor};
+use rate_core::kernels::invariant::pack_operators;
+use rate_core::kernels::{herm_inverse_logdet, invariant_products, invariant_step};
+use rate_core::{ComplexTensor, FftNorm, Kernels, Rates, Tensor};
 
 /// Hyperparameters of the invariant ReduNet, validated by [`InvariantConfig::validate`].
 #[derive(Clone, Debug, PartialEq)]
@@ -82,13 +83,13 @@ impl InvariantConfig {
 
 /// One layer: the Hermitian-packed operators `E(f), C^1(f), .., C^k(f)`.
 #[derive(Clone, Debug)]
-pub struct InvariantLayer<B: Backend> {
+pub struct InvariantLayer<B: Kernels> {
     /// `[F, k+1, C, C]`: entry `[f, j, a, b]` is `Re A_j(f)[a][b]` for `a <= b`
     /// and `Im A_j(f)[a][b]` for `a > b`; `A_0 = E`, `A_j = C^j`.
     packed: Tensor<B>,
 }
 
-impl<B: Backend> InvariantLayer<B> {
+impl<B: Kernels> InvariantLayer<B> {
     /// The packed operators `[F, k+1, C, C]` (see the type's docs).
     pub fn packed(&self) -> &Tensor<B> {
         &self.packed
@@ -102,7 +103,7 @@ impl<B: Backend> InvariantLayer<B> {
 
 /// What the construction records per layer.
 #[derive(Clone, Debug)]
-pub struct ConstructionRecord<B: Backend> {
+pub struct ConstructionRecord<B: Kernels> {
     /// Rates of the features entering layer `0..L` and leaving the last
     /// (`L + 1` entries) with the true labels and `w_j = m_j / m`.
     pub rates_true: Vec<Rates>,
@@ -118,7 +119,7 @@ pub struct ConstructionRecord<B: Backend> {
 
 /// The result of [`InvariantReduNet::construct`].
 #[derive(Clone, Debug)]
-pub struct Construction<B: Backend> {
+pub struct Construction<B: Kernels> {
     /// The network.
     pub network: InvariantReduNet<B>,
     /// Training features after the last layer, in the signal domain, unit norm.
@@ -129,7 +130,7 @@ pub struct Construction<B: Backend> {
 
 /// The result of [`InvariantReduNet::transform`].
 #[derive(Clone, Debug)]
-pub struct Transformed<B: Backend> {
+pub struct Transformed<B: Kernels> {
     /// Features after the last layer, in the signal domain, unit norm.
     pub features: Tensor<B>,
     /// `argmax_j pi_j` of each sample inside each layer (`L x n`).
@@ -140,7 +141,7 @@ pub struct Transformed<B: Backend> {
 
 /// A constructed shift-invariant ReduNet (1-D shifts or 2-D translations).
 #[derive(Clone, Debug)]
-pub struct InvariantReduNet<B: Backend> {
+pub struct InvariantReduNet<B: Kernels> {
     domain: Domain,
     channels: usize,
     classes: usize,
@@ -154,7 +155,7 @@ pub struct InvariantReduNet<B: Backend> {
 }
 
 /// Per-sample Euclidean normalisation of signals `[m, ..]`, clamped below at 1e-8.
-pub(crate) fn normalise_signals<B: Backend>(x: &Tensor<B>) -> Tensor<B> {
+pub(crate) fn normalise_signals<B: Kernels>(x: &Tensor<B>) -> Tensor<B> {
     let m = x.dim(0);
     let flat = x.reshape(&[m, x.numel() / m.max(1)]);
     flat.div(&flat.norm_axis(1).clamp_min(1e-8)).reshape(x.shape())
@@ -192,17 +193,17 @@ fn chunks(n: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// Splits packed features `[F, n, 2C]` into the complex half spectrum `[F, n, C]`.
-pub(crate) fn unpack_features<B: Backend>(v: &Tensor<B>) -> ComplexTensor<B> {
+pub(crate) fn unpack_features<B: Kernels>(v: &Tensor<B>) -> ComplexTensor<B> {
     let c = v.dim(2) / 2;
     ComplexTensor::new(v.narrow(2, 0, c), v.narrow(2, c, c))
 }
 
 /// Packs a complex half spectrum `[F, n, C]` as `[F, n, 2C]`.
-pub(crate) fn pack_features<B: Backend>(v: &ComplexTensor<B>) -> Tensor<B> {
+pub(crate) fn pack_features<B: Kernels>(v: &ComplexTensor<B>) -> Tensor<B> {
     Tensor::cat(&[&v.re, &v.im], 2)
 }
 
-impl<B: Backend> InvariantReduNet<B> {
+impl<B: Kernels> InvariantReduNet<B> {
     fn empty(backend: &B, domain: Domain, channels: usize, classes: usize, config: InvariantConfig) -> Self {
         let w = domain.weights();
         InvariantReduNet {
@@ -383,7 +384,7 @@ impl<B: Backend> InvariantReduNet<B> {
         // [F, k+1, C, C]; (S + I/a)^-1 = a (I + a S)^-1: E and C^j directly, and the
         // rates from the same factorisations
         let mats = self.shifted_covariances(v, &nonempty, &alphas);
-        let (inv, logdets) = mats.herm_inverse_logdet()?;
+        let (inv, logdets) = herm_inverse_logdet(&mats)?;
         let ld = self.weighted_logdets(&logdets, &alphas);
         let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
         let rates = self.rates_from(&ld, &sizes, m);
@@ -400,7 +401,7 @@ impl<B: Backend> InvariantReduNet<B> {
 
     /// One layer on packed features `[F, n, 2C]`: the new features and `pi`
     /// (`[n, k]`): the products with the layer's operators
-    /// ([`rate_core::invariant_step::invariant_products`], unfolded per
+    /// ([`rate_core::kernels::invariant::invariant_products`], unfolded per
     /// frequency), then the memberships and the update in one backend kernel
     /// ([`rate_core::invariant_step`]).
     fn apply(&self, layer: &InvariantLayer<B>, v: &Tensor<B>) -> (Tensor<B>, Tensor<B>) {

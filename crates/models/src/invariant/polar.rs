@@ -13,7 +13,7 @@
 //! 4) the bilinear samples agree exactly, e.g. NumPy's `rot90` is a shift by `-A/4`.
 
 use crate::{Error, Result};
-use rate_core::{Backend, Tensor};
+use rate_core::{Kernels, Tensor};
 
 /// The polar sampling grid.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -35,7 +35,7 @@ impl Default for PolarGrid {
 
 /// Resamples images `[m, H, W]` (or `[m, C, H, W]`, giving `C R` channels,
 /// radii fastest) on the polar grid: `[m, R, A]` (or `[m, C R, A]`).
-pub fn polar_resample<B: Backend>(images: &Tensor<B>, grid: &PolarGrid) -> Result<Tensor<B>> {
+pub fn polar_resample<B: Kernels>(images: &Tensor<B>, grid: &PolarGrid) -> Result<Tensor<B>> {
     let s = images.shape().to_vec();
     let (m, c, h, w) = match s.len() {
         3 => (s[0], 1, s[1], s[2]),
@@ -104,7 +104,7 @@ pub fn polar_resample<B: Backend>(images: &Tensor<B>, grid: &PolarGrid) -> Resul
 }
 
 /// Rotates polar samples `[.., A]` by `steps` angle steps (`2 pi steps / A`): a cyclic shift of the last axis, `out[a] = x[a - steps]`.
-pub fn rotate_polar<B: Backend>(x: &Tensor<B>, steps: isize) -> Result<Tensor<B>> {
+pub fn rotate_polar<B: Kernels>(x: &Tensor<B>, steps: isize) -> Result<Tensor<B>> {
     if x.rank() == 0 || x.dim(-1) == 0 {
         return Err(Error::Config(format!("rotate_polar: shape {:?} has no angle axis", x.shape())));
     }

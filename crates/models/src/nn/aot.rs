@@ -22,7 +22,7 @@ use super::crate_model::{head_coding_rates, MEASURE_EPS_SQ};
 use super::layernorm::{LayerNorm, LayerNormCache};
 use super::mssa::{Mssa, MssaCache, Phi, TILED_ABOVE_TOKENS};
 use super::{join, Grads, Module};
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Error, Kernels, Result, Tensor};
 use rand::rngs::StdRng;
 use std::collections::BTreeMap;
 
@@ -125,7 +125,7 @@ impl ModelConfig for AotConfig {
 
 /// One AoT layer: `z + MSSA(LN(z))` or `z + MSSA(z)`.
 #[derive(Clone, Debug)]
-pub struct AotLayer<B: Backend> {
+pub struct AotLayer<B: Kernels> {
     /// `{prefix}.0.norm`, if present.
     pub norm: Option<LayerNorm<B>>,
     /// `{prefix}.0.fn`.
@@ -138,14 +138,14 @@ pub struct AotLayer<B: Backend> {
 
 /// What [`AotLayer::backward`] needs.
 #[derive(Clone, Debug)]
-pub struct AotLayerCache<B: Backend> {
+pub struct AotLayerCache<B: Kernels> {
     /// Cache of the LayerNorm, if present.
     pub norm: Option<LayerNormCache<B>>,
     /// Cache of MSSA (projected tokens, attention maps).
     pub attn: MssaCache<B>,
 }
 
-impl<B: Backend> AotLayer<B> {
+impl<B: Kernels> AotLayer<B> {
     /// A layer with PyTorch's default initialisation.
     pub fn new(
         backend: &B,
@@ -194,7 +194,7 @@ impl<B: Backend> AotLayer<B> {
     }
 }
 
-impl<B: Backend> Block<B> for AotLayer<B> {
+impl<B: Kernels> Block<B> for AotLayer<B> {
     type Config = AotConfig;
     type Cache = AotLayerCache<B>;
 
@@ -234,7 +234,7 @@ impl<B: Backend> Block<B> for AotLayer<B> {
     }
 }
 
-impl<B: Backend> Module<B> for AotLayer<B> {
+impl<B: Kernels> Module<B> for AotLayer<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         if let Some(ln) = &self.norm {
             ln.visit(&join(prefix, "0.norm"), f);

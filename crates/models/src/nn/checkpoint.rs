@@ -2,14 +2,14 @@
 
 use super::Module;
 use crate::io::{HostArray, OutArray};
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Error, Kernels, Result, Tensor};
 use safetensors::Dtype;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Copies the tensors of a state dict into `model`'s parameters, refusing a
 /// missing, unknown, mis-shaped or non-float tensor by name.
-pub fn load_parameters<'a, B: Backend, M: Module<B>>(
+pub fn load_parameters<'a, B: Kernels, M: Module<B>>(
     backend: &B,
     model: &mut M,
     tensors: impl IntoIterator<Item = (&'a str, &'a HostArray)>,
@@ -50,7 +50,7 @@ pub fn load_parameters<'a, B: Backend, M: Module<B>>(
 
 /// Writes `model`'s parameters (PyTorch names) and `metadata` as safetensors,
 /// atomically; `dtype` is F32 or F64 (`what` names the model in the error).
-pub fn save_parameters<B: Backend, M: Module<B>>(
+pub fn save_parameters<B: Kernels, M: Module<B>>(
     model: &M,
     path: impl AsRef<Path>,
     dtype: Dtype,
@@ -68,7 +68,7 @@ pub fn save_parameters<B: Backend, M: Module<B>>(
 }
 
 /// `model`'s parameters by PyTorch name.
-pub fn state_dict<B: Backend, M: Module<B>>(model: &M) -> BTreeMap<String, Tensor<B>> {
+pub fn state_dict<B: Kernels, M: Module<B>>(model: &M) -> BTreeMap<String, Tensor<B>> {
     let mut out = BTreeMap::new();
     model.visit("", &mut |name, p| {
         out.insert(name, p.clone());
@@ -77,7 +77,7 @@ pub fn state_dict<B: Backend, M: Module<B>>(model: &M) -> BTreeMap<String, Tenso
 }
 
 /// Refuses anything but a non-empty `[batch, channels, size, size]` image batch.
-pub fn check_images<B: Backend>(images: &Tensor<B>, channels: usize, size: usize, what: &str) -> Result<()> {
+pub fn check_images<B: Kernels>(images: &Tensor<B>, channels: usize, size: usize, what: &str) -> Result<()> {
     let s = images.shape();
     if s.len() != 4 || s[0] == 0 || s[1] != channels || s[2] != size || s[3] != size {
         return Err(Error::Config(format!(

@@ -18,7 +18,7 @@ use super::layernorm::LAYERNORM_EPS;
 use super::loss::CrossEntropy;
 use super::{accumulate, init, join, Grads, Module};
 use crate::io::{HostArray, TensorFile};
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Error, Kernels, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use safetensors::Dtype;
@@ -216,7 +216,7 @@ pub trait ModelConfig: Clone + Debug + PartialEq + Send + Sync {
 }
 
 /// One block `Z -> f(Z)` of a classifier, with explicit forward and backward.
-pub trait Block<B: Backend>: Module<B> + Clone + Debug + Send + Sync + Sized {
+pub trait Block<B: Kernels>: Module<B> + Clone + Debug + Send + Sync + Sized {
     /// The model configuration it is built from.
     type Config: ModelConfig;
     /// What the backward pass and the measurements need.
@@ -239,7 +239,7 @@ pub trait Block<B: Backend>: Module<B> + Clone + Debug + Send + Sync + Sized {
 
 /// Per-layer measurements of AoT and TOST (as CRATE's [`super::crate_model::LayerMeasurement`]).
 #[derive(Clone, Debug)]
-pub struct BlockMeasurement<B: Backend> {
+pub struct BlockMeasurement<B: Kernels> {
     /// Coding rate of each head's projected tokens (L2-normalised, `eps^2 = 0.01`), mean over the batch.
     pub coding_rate_per_head: Vec<f64>,
     /// Sum over heads of the coding rate, mean over the batch.
@@ -265,7 +265,7 @@ pub(crate) fn summarize_rates(rates: &[Vec<f64>]) -> (Vec<f64>, f64, f64) {
 
 /// A classifier: embedding, class token, positions, blocks, head.
 #[derive(Clone, Debug)]
-pub struct Classifier<B: Backend, L: Block<B>> {
+pub struct Classifier<B: Kernels, L: Block<B>> {
     /// The validated configuration.
     pub config: L::Config,
     /// `to_patch_embedding`.
@@ -282,7 +282,7 @@ pub struct Classifier<B: Backend, L: Block<B>> {
 
 /// Everything backward and the measurements need from a forward pass.
 #[derive(Clone, Debug)]
-pub struct ClassifierCache<B: Backend, L: Block<B>> {
+pub struct ClassifierCache<B: Kernels, L: Block<B>> {
     /// Cache of the patch embedding.
     pub embedding: PatchEmbeddingCache<B>,
     /// `Z^0` and the output of every layer.
@@ -293,7 +293,7 @@ pub struct ClassifierCache<B: Backend, L: Block<B>> {
     pub head: HeadCache<B>,
 }
 
-impl<B: Backend, L: Block<B>> Classifier<B, L> {
+impl<B: Kernels, L: Block<B>> Classifier<B, L> {
     /// A model with PyTorch's default initialisation, seeded (`cls_token`, `pos_embedding` `N(0, 1)`).
     pub fn new(backend: &B, config: &L::Config, seed: u64) -> Result<Self> {
         config.validate()?;
@@ -456,7 +456,7 @@ impl<B: Backend, L: Block<B>> Classifier<B, L> {
     }
 }
 
-impl<B: Backend, L: Block<B>> Module<B> for Classifier<B, L> {
+impl<B: Kernels, L: Block<B>> Module<B> for Classifier<B, L> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         self.embedding.visit(&join(prefix, "to_patch_embedding"), f);
         f(join(prefix, "pos_embedding"), &self.pos_embedding);

@@ -21,7 +21,7 @@ use super::loss::CrossEntropy;
 use super::mssa::{Mssa, MssaCache, MssaWeights};
 use super::{accumulate, init, join, Grads, Module};
 use crate::io::{HostArray, TensorFile};
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Error, Kernels, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -326,7 +326,7 @@ pub fn layer_count<'a>(names: impl Iterator<Item = &'a str>) -> std::result::Res
 
 /// One CRATE layer: `u = z + MSSA(LN1(z))`, `z' = ISTA(LN2(u))`.
 #[derive(Clone, Debug)]
-pub struct CrateLayer<B: Backend> {
+pub struct CrateLayer<B: Kernels> {
     /// `{prefix}.0.norm`.
     pub norm1: LayerNorm<B>,
     /// `{prefix}.0.fn`.
@@ -339,7 +339,7 @@ pub struct CrateLayer<B: Backend> {
 
 /// Weights derived from a layer's parameters for the fast path.
 #[derive(Clone, Debug)]
-pub struct LayerWeights<B: Backend> {
+pub struct LayerWeights<B: Kernels> {
     /// Scaled MSSA weights.
     pub attn: MssaWeights<B>,
     /// The fused ISTA matrix `M = I + eta (D - D^T D)`.
@@ -357,7 +357,7 @@ enum IstaGrad {
 
 /// What [`CrateLayer::backward`] needs (and what the measurements read).
 #[derive(Clone, Debug)]
-pub struct CrateLayerCache<B: Backend> {
+pub struct CrateLayerCache<B: Kernels> {
     /// Cache of the first LayerNorm.
     pub norm1: LayerNormCache<B>,
     /// Cache of MSSA (projected tokens, attention maps).
@@ -370,7 +370,7 @@ pub struct CrateLayerCache<B: Backend> {
     pub ista: IstaCache<B>,
 }
 
-impl<B: Backend> CrateLayer<B> {
+impl<B: Kernels> CrateLayer<B> {
     /// `z -> ISTA(LN2(z + MSSA(LN1(z))))` for `[batch, tokens, dim]`, with the cache.
     pub fn forward(&self, z: &Tensor<B>) -> (Tensor<B>, CrateLayerCache<B>) {
         self.forward_queries(z, z.dim(1), &self.prepare())
@@ -439,7 +439,7 @@ impl<B: Backend> CrateLayer<B> {
     }
 }
 
-impl<B: Backend> Module<B> for CrateLayer<B> {
+impl<B: Kernels> Module<B> for CrateLayer<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         self.norm1.visit(&join(prefix, "0.norm"), f);
         self.attn.visit(&join(prefix, "0.fn"), f);
@@ -456,7 +456,7 @@ impl<B: Backend> Module<B> for CrateLayer<B> {
 
 /// The CRATE image classifier.
 #[derive(Clone, Debug)]
-pub struct Crate<B: Backend> {
+pub struct Crate<B: Kernels> {
     /// The validated configuration.
     pub config: CrateConfig,
     /// `to_patch_embedding`.
@@ -473,7 +473,7 @@ pub struct Crate<B: Backend> {
 
 /// Everything the backward pass and the measurements need from a forward pass.
 #[derive(Clone, Debug)]
-pub struct CrateCache<B: Backend> {
+pub struct CrateCache<B: Kernels> {
     /// Cache of the patch embedding.
     pub embedding: PatchEmbeddingCache<B>,
     /// Tokens `Z^0` (after class token and positions) and the output `Z^{l+1}` of every layer
@@ -487,7 +487,7 @@ pub struct CrateCache<B: Backend> {
 
 /// Gradients of a loss with respect to every parameter (by PyTorch name) and to the input images.
 #[derive(Clone, Debug)]
-pub struct CrateGradients<B: Backend> {
+pub struct CrateGradients<B: Kernels> {
     /// `dL/dθ` for every parameter name.
     pub params: Grads<B>,
     /// `dL/d(images)`, `[batch, C, H, W]`.
@@ -496,7 +496,7 @@ pub struct CrateGradients<B: Backend> {
 
 /// Per-layer measurements (the authors' `crate_hook.py` quantities).
 #[derive(Clone, Debug)]
-pub struct LayerMeasurement<B: Backend> {
+pub struct LayerMeasurement<B: Kernels> {
     /// Coding rate of each head's projected tokens, mean over the batch (`heads` values).
     pub coding_rate_per_head: Vec<f64>,
     /// Sum over heads of the coding rate, mean over the batch (the authors' `R^c(Z^l)`).
@@ -560,7 +560,7 @@ impl Execution {
     /// micro-batches: `forward(start, len)` runs one micro-batch, `backward` takes its cache and
     /// `dL/d(logits)`. Each micro-batch's mean loss weighs `len / batch` in the batch mean; losses
     /// and parameter gradients are summed, input gradients stacked in batch order.
-    pub(crate) fn loss_and_gradients<B: Backend, C: Send>(
+    pub(crate) fn loss_and_gradients<B: Kernels, C: Send>(
         &self,
         labels: &[usize],
         loss: &CrossEntropy,
@@ -590,7 +590,7 @@ impl Execution {
     /// The sum of the micro-batches' gradient maps by a fixed pairwise tree
     /// (`((g0 + g1) + (g2 + g3)) + ..`): the same order whatever the thread
     /// count, and each level's pairs on the rayon pool when [`Self::parallel`].
-    fn sum_gradients<B: Backend>(&self, mut level: Vec<Grads<B>>) -> Grads<B> {
+    fn sum_gradients<B: Kernels>(&self, mut level: Vec<Grads<B>>) -> Grads<B> {
         let add = |pair: &mut [Grads<B>]| -> Grads<B> {
             let mut acc = std::mem::take(&mut pair[0]);
             for other in pair[1..].iter_mut() {
@@ -614,7 +614,7 @@ impl Execution {
 /// `eps^2` of the authors' per-head coding-rate measurement (`CodingRate(eps=0.01)`).
 pub const MEASURE_EPS_SQ: f64 = 0.01;
 
-impl<B: Backend> Crate<B> {
+impl<B: Kernels> Crate<B> {
     /// A model with PyTorch's default initialisation, seeded: Linear `U(±1/sqrt(in))`,
     /// LayerNorm ones/zeros, `cls_token` and `pos_embedding` `N(0, 1)`, ISTA `D` Kaiming-uniform.
     pub fn new(backend: &B, config: &CrateConfig, seed: u64) -> Result<Self> {
@@ -851,7 +851,7 @@ impl<B: Backend> Crate<B> {
 /// Coding rates `[batch][head]` of `[batch, heads, tokens, dim_head]` projected
 /// tokens, each token scaled to unit norm first (norms clamped at 1e-12), with
 /// `R = 1/2 logdet(I + p/(N eps^2) W^T W)` by [`rate_core::coding_rate`].
-pub fn head_coding_rates<B: Backend>(w: &Tensor<B>, eps_sq: f64) -> Result<Vec<Vec<f64>>> {
+pub fn head_coding_rates<B: Kernels>(w: &Tensor<B>, eps_sq: f64) -> Result<Vec<Vec<f64>>> {
     let (b, h, n, p) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
     let unit = w.div(&w.norm_axis(-1).clamp_min(1e-12)).reshape(&[b * h, n, p]);
     let mut out = vec![vec![0.0; h]; b];
@@ -865,7 +865,7 @@ pub fn head_coding_rates<B: Backend>(w: &Tensor<B>, eps_sq: f64) -> Result<Vec<V
 }
 
 /// Fraction of exact zeros of each image's `[tokens, dim]` block of a `[batch, tokens, dim]` tensor.
-pub fn zero_fraction_per_image<B: Backend>(x: &Tensor<B>) -> Vec<f64> {
+pub fn zero_fraction_per_image<B: Kernels>(x: &Tensor<B>) -> Vec<f64> {
     let b = x.dim(0);
     let per = x.numel() / b.max(1);
     let v = x.to_f64_vec();
@@ -880,7 +880,7 @@ pub(crate) fn mean_std(v: &[f64], unbiased: bool) -> (f64, f64) {
     (mean, if dof > 0.0 { var.sqrt() } else { f64::NAN })
 }
 
-fn measure_layer<B: Backend>(lc: &CrateLayerCache<B>) -> Result<LayerMeasurement<B>> {
+fn measure_layer<B: Kernels>(lc: &CrateLayerCache<B>) -> Result<LayerMeasurement<B>> {
     let rates = head_coding_rates(&lc.attn.head_tokens(), MEASURE_EPS_SQ)?;
     let heads = lc.attn.heads;
     let b = rates.len() as f64;
@@ -898,7 +898,7 @@ fn measure_layer<B: Backend>(lc: &CrateLayerCache<B>) -> Result<LayerMeasurement
     })
 }
 
-impl<B: Backend> Module<B> for Crate<B> {
+impl<B: Kernels> Module<B> for Crate<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         self.embedding.visit(&join(prefix, "to_patch_embedding"), f);
         f(join(prefix, "pos_embedding"), &self.pos_embedding);

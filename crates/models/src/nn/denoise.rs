@@ -20,7 +20,7 @@
 use super::aot::AotLayer;
 use super::mssa::{Mssa, Phi};
 use super::Linear;
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Error, Kernels, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -135,7 +135,7 @@ pub fn orthonormal_columns(d: usize, m: usize, rng: &mut StdRng) -> Vec<f64> {
 
 /// The oracle bases `[U_1 .. U_K]` (`[d, K p]`) and tokens `[1, N, d]`
 /// (block `k` = tokens `k N/K .. (k+1) N/K`) of Definition 4.1.
-pub fn sample<B: Backend>(backend: &B, c: &DenoiseConfig) -> Result<(Tensor<B>, Tensor<B>)> {
+pub fn sample<B: Kernels>(backend: &B, c: &DenoiseConfig) -> Result<(Tensor<B>, Tensor<B>)> {
     c.validate()?;
     let (d, k, p, m) = (c.dim, c.subspaces, c.subspace_dim, c.tokens_per_subspace);
     let mut rng = StdRng::seed_from_u64(c.seed);
@@ -157,7 +157,7 @@ pub fn sample<B: Backend>(backend: &B, c: &DenoiseConfig) -> Result<(Tensor<B>, 
 }
 
 /// The AoT layer of eq. (4.3.3) with the oracle bases `u = [U_1 .. U_K]`.
-pub fn oracle_layer<B: Backend>(u: &Tensor<B>, c: &DenoiseConfig) -> AotLayer<B> {
+pub fn oracle_layer<B: Kernels>(u: &Tensor<B>, c: &DenoiseConfig) -> AotLayer<B> {
     let p = c.subspace_dim as f64;
     let attn = Mssa {
         qkv: Linear { weight: u.t().scale(p.powf(0.25)), bias: None },
@@ -172,7 +172,7 @@ pub fn oracle_layer<B: Backend>(u: &Tensor<B>, c: &DenoiseConfig) -> AotLayer<B>
 }
 
 /// `SNR(Z_k)` of every block of `z` (`[1, N, d]`).
-pub fn snr<B: Backend>(z: &Tensor<B>, u: &Tensor<B>, c: &DenoiseConfig) -> Vec<f64> {
+pub fn snr<B: Kernels>(z: &Tensor<B>, u: &Tensor<B>, c: &DenoiseConfig) -> Vec<f64> {
     let (k, p, m) = (c.subspaces, c.subspace_dim, c.tokens_per_subspace);
     let z2 = z.reshape(&[k * m, c.dim]);
     (0..k)
@@ -187,7 +187,7 @@ pub fn snr<B: Backend>(z: &Tensor<B>, u: &Tensor<B>, c: &DenoiseConfig) -> Vec<f
 
 /// Runs the experiment: SNR of every block at the input and after each layer;
 /// `on_layer` is called after each layer (progress).
-pub fn run<B: Backend>(
+pub fn run<B: Kernels>(
     backend: &B,
     c: &DenoiseConfig,
     mut on_layer: impl FnMut(usize),

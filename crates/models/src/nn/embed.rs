@@ -8,11 +8,11 @@
 
 use super::layernorm::{LayerNorm, LayerNormCache};
 use super::{init, join, Grads, Linear, Module};
-use crate::{Backend, Tensor};
+use crate::{Kernels, Tensor};
 use rand::rngs::StdRng;
 
 /// Cuts `[batch, channels, H, W]` images into `[batch, (H/P)(W/P), P P C]` patch rows.
-pub fn patchify<B: Backend>(images: &Tensor<B>, patch: usize) -> Tensor<B> {
+pub fn patchify<B: Kernels>(images: &Tensor<B>, patch: usize) -> Tensor<B> {
     let s = images.shape();
     assert!(
         s.len() == 4 && patch > 0 && s[2] % patch == 0 && s[3] % patch == 0,
@@ -27,7 +27,7 @@ pub fn patchify<B: Backend>(images: &Tensor<B>, patch: usize) -> Tensor<B> {
 }
 
 /// Inverse of [`patchify`] (and its adjoint): `[batch, n, P P C]` back to `[batch, C, H, W]`.
-pub fn unpatchify<B: Backend>(
+pub fn unpatchify<B: Kernels>(
     patches: &Tensor<B>,
     channels: usize,
     height: usize,
@@ -48,7 +48,7 @@ pub fn unpatchify<B: Backend>(
 
 /// `to_patch_embedding`: patches, LayerNorm(P P C), Linear(P P C -> dim), LayerNorm(dim).
 #[derive(Clone, Debug)]
-pub struct PatchEmbedding<B: Backend> {
+pub struct PatchEmbedding<B: Kernels> {
     /// Patch side `P`.
     pub patch_size: usize,
     /// Image channels `C`.
@@ -63,7 +63,7 @@ pub struct PatchEmbedding<B: Backend> {
 
 /// What [`PatchEmbedding::backward`] needs.
 #[derive(Clone, Debug)]
-pub struct PatchEmbeddingCache<B: Backend> {
+pub struct PatchEmbeddingCache<B: Kernels> {
     /// Image height and width.
     pub image_hw: (usize, usize),
     /// Input of the Linear (the normalised patches).
@@ -74,7 +74,7 @@ pub struct PatchEmbeddingCache<B: Backend> {
     pub norm_out: LayerNormCache<B>,
 }
 
-impl<B: Backend> PatchEmbedding<B> {
+impl<B: Kernels> PatchEmbedding<B> {
     /// PyTorch's default initialisation (seeded).
     pub fn new(backend: &B, patch_size: usize, channels: usize, dim: usize, rng: &mut StdRng) -> Self {
         let patch_dim = patch_size * patch_size * channels;
@@ -117,7 +117,7 @@ impl<B: Backend> PatchEmbedding<B> {
     }
 }
 
-impl<B: Backend> Module<B> for PatchEmbedding<B> {
+impl<B: Kernels> Module<B> for PatchEmbedding<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         self.norm_in.visit(&join(prefix, "1"), f);
         self.linear.visit(&join(prefix, "2"), f);
@@ -132,7 +132,7 @@ impl<B: Backend> Module<B> for PatchEmbedding<B> {
 
 /// Prepends the class token to `[batch, n, dim]` tokens and adds the positions:
 /// `z = [cls; tokens] + pos`, with `cls` `[1, 1, dim]` and `pos` `[1, n + 1, dim]`.
-pub fn add_cls_and_positions<B: Backend>(tokens: &Tensor<B>, cls: &Tensor<B>, pos: &Tensor<B>) -> Tensor<B> {
+pub fn add_cls_and_positions<B: Kernels>(tokens: &Tensor<B>, cls: &Tensor<B>, pos: &Tensor<B>) -> Tensor<B> {
     let (b, n, d) = (tokens.dim(0), tokens.dim(1), tokens.dim(2));
     assert!(
         cls.shape() == [1, 1, d] && pos.shape() == [1, n + 1, d],
@@ -146,7 +146,7 @@ pub fn add_cls_and_positions<B: Backend>(tokens: &Tensor<B>, cls: &Tensor<B>, po
 }
 
 /// Backward of [`add_cls_and_positions`]: `(dL/dtokens, dL/dcls, dL/dpos)`.
-pub fn add_cls_and_positions_backward<B: Backend>(grad: &Tensor<B>) -> (Tensor<B>, Tensor<B>, Tensor<B>) {
+pub fn add_cls_and_positions_backward<B: Kernels>(grad: &Tensor<B>) -> (Tensor<B>, Tensor<B>, Tensor<B>) {
     let n1 = grad.dim(1);
     let g_pos = grad.sum_axis(0, true);
     let g_cls = g_pos.narrow(1, 0, 1);

@@ -15,8 +15,8 @@
 //! recomputing backward. [`forward`] / [`backward`] pick the dense path up to
 //! [`DENSE_MAX_TOKENS`] tokens and the tiled path above.
 
-use crate::{Backend, Tensor};
-use rate_core::{attention_tiled, attention_tiled_backward, AttentionSpec};
+use crate::{Kernels, Tensor};
+use rate_core::kernels::{attention_tiled, attention_tiled_backward, AttentionSpec};
 
 /// Largest token count [`forward`] sends to the dense path; above it the
 /// `n x n` matrix is never formed. Small on purpose: on the CPU backend the
@@ -31,7 +31,7 @@ pub const K_TILE: usize = 256;
 
 /// What the dense backward needs.
 #[derive(Clone, Debug)]
-pub struct DenseCache<B: Backend> {
+pub struct DenseCache<B: Kernels> {
     /// Tokens `W` `[problems, n, dh]`.
     pub w: Tensor<B>,
     /// Attention matrix `A = softmax(s W W^T)` `[problems, n, n]`.
@@ -42,7 +42,7 @@ pub struct DenseCache<B: Backend> {
 
 /// What the tiled backward needs: `O(n dh)` values.
 #[derive(Clone, Debug)]
-pub struct TiledCache<B: Backend> {
+pub struct TiledCache<B: Kernels> {
     /// Tokens `W` `[problems, n, dh]`.
     pub w: Tensor<B>,
     /// Output `O` `[problems, n, dh]`.
@@ -55,19 +55,19 @@ pub struct TiledCache<B: Backend> {
 
 /// The cache of [`forward`]: whichever path ran.
 #[derive(Clone, Debug)]
-pub enum AttentionCache<B: Backend> {
+pub enum AttentionCache<B: Kernels> {
     /// The dense path ran.
     Dense(DenseCache<B>),
     /// The tiled path ran.
     Tiled(TiledCache<B>),
 }
 
-fn check_tokens<B: Backend>(w: &Tensor<B>, op: &str) {
+fn check_tokens<B: Kernels>(w: &Tensor<B>, op: &str) {
     assert!(w.rank() == 3 && w.dim(1) > 0, "{op}: tokens {:?} are not [problems, n > 0, dh]", w.shape());
 }
 
 /// Dense reference: `O = softmax(s W W^T) W`, forming the `n x n` matrix.
-pub fn dense_forward<B: Backend>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, DenseCache<B>) {
+pub fn dense_forward<B: Kernels>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, DenseCache<B>) {
     check_tokens(w, "dense attention");
     let attn = w.matmul_t(w, false, true).scale(scale).softmax(-1);
     let out = attn.matmul(w);
@@ -75,7 +75,7 @@ pub fn dense_forward<B: Backend>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, Dense
 }
 
 /// Backward of [`dense_forward`]: `dL/dW` from `dL/dO`.
-pub fn dense_backward<B: Backend>(cache: &DenseCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
+pub fn dense_backward<B: Kernels>(cache: &DenseCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
     let DenseCache { w, attn, scale } = cache;
     assert_eq!(
         grad_out.shape(),
@@ -95,13 +95,13 @@ pub fn dense_backward<B: Backend>(cache: &DenseCache<B>, grad_out: &Tensor<B>) -
 }
 
 /// Tiled forward with the default tiles.
-pub fn tiled_forward<B: Backend>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, TiledCache<B>) {
+pub fn tiled_forward<B: Kernels>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, TiledCache<B>) {
     tiled_forward_with(w, scale, Q_TILE, K_TILE)
 }
 
 /// Tiled forward with `q_tile` query rows and `k_tile` key rows per tile
 /// (any positive sizes; `n` need not be a multiple of them).
-pub fn tiled_forward_with<B: Backend>(
+pub fn tiled_forward_with<B: Kernels>(
     w: &Tensor<B>,
     scale: f64,
     q_tile: usize,
@@ -114,13 +114,13 @@ pub fn tiled_forward_with<B: Backend>(
 }
 
 /// Backward of [`tiled_forward`]: recomputes the tiles, `O(n dh)` memory.
-pub fn tiled_backward<B: Backend>(cache: &TiledCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
+pub fn tiled_backward<B: Kernels>(cache: &TiledCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
     attention_tiled_backward(&cache.w, &cache.out, &cache.lse, grad_out, cache.spec)
 }
 
 /// `softmax(s W W^T) W` for `W = [problems, n, dh]`, dense up to
 /// [`DENSE_MAX_TOKENS`] tokens and tiled above, with the cache for [`backward`].
-pub fn forward<B: Backend>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, AttentionCache<B>) {
+pub fn forward<B: Kernels>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, AttentionCache<B>) {
     check_tokens(w, "attention");
     if w.dim(1) <= DENSE_MAX_TOKENS {
         let (o, c) = dense_forward(w, scale);
@@ -132,7 +132,7 @@ pub fn forward<B: Backend>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, AttentionCa
 }
 
 /// Backward of [`forward`]: `dL/dW` from `dL/dO`.
-pub fn backward<B: Backend>(cache: &AttentionCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
+pub fn backward<B: Kernels>(cache: &AttentionCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
     match cache {
         AttentionCache::Dense(c) => dense_backward(c, grad_out),
         AttentionCache::Tiled(c) => tiled_backward(c, grad_out),
@@ -141,7 +141,7 @@ pub fn backward<B: Backend>(cache: &AttentionCache<B>, grad_out: &Tensor<B>) -> 
 
 /// Inference only: `softmax(s W W^T) W` by the same dispatch as [`forward`],
 /// keeping no cache.
-pub fn attention<B: Backend>(w: &Tensor<B>, scale: f64) -> Tensor<B> {
+pub fn attention<B: Kernels>(w: &Tensor<B>, scale: f64) -> Tensor<B> {
     check_tokens(w, "attention");
     if w.dim(1) <= DENSE_MAX_TOKENS {
         w.matmul_t(w, false, true).scale(scale).softmax(-1).matmul(w)

@@ -2,7 +2,7 @@
 
 use super::layernorm::{LayerNorm, LayerNormCache};
 use super::{init, join, Grads, Linear, Module};
-use crate::{Backend, Tensor};
+use crate::{Kernels, Tensor};
 use rand::rngs::StdRng;
 
 /// How the final tokens are reduced to one feature vector per image.
@@ -33,7 +33,7 @@ impl Pool {
     }
 
     /// `[batch, tokens, dim]` to `[batch, dim]`.
-    pub fn forward<B: Backend>(self, tokens: &Tensor<B>) -> Tensor<B> {
+    pub fn forward<B: Kernels>(self, tokens: &Tensor<B>) -> Tensor<B> {
         let (b, d) = (tokens.dim(0), tokens.dim(2));
         match self {
             Pool::Cls => tokens.narrow(1, 0, 1).reshape(&[b, d]),
@@ -42,7 +42,7 @@ impl Pool {
     }
 
     /// Adjoint of [`Self::forward`] for `n` tokens: `[batch, dim]` to `[batch, n, dim]`.
-    pub fn backward<B: Backend>(self, grad: &Tensor<B>, n: usize) -> Tensor<B> {
+    pub fn backward<B: Kernels>(self, grad: &Tensor<B>, n: usize) -> Tensor<B> {
         let (b, d) = (grad.dim(0), grad.dim(1));
         let g = grad.reshape(&[b, 1, d]);
         match self {
@@ -60,7 +60,7 @@ impl Pool {
 
 /// `mlp_head`: LayerNorm(dim) then Linear(dim -> classes) on the pooled features.
 #[derive(Clone, Debug)]
-pub struct ClassificationHead<B: Backend> {
+pub struct ClassificationHead<B: Kernels> {
     /// `mlp_head.0`.
     pub norm: LayerNorm<B>,
     /// `mlp_head.1`.
@@ -69,14 +69,14 @@ pub struct ClassificationHead<B: Backend> {
 
 /// What [`ClassificationHead::backward`] needs.
 #[derive(Clone, Debug)]
-pub struct HeadCache<B: Backend> {
+pub struct HeadCache<B: Kernels> {
     /// Cache of the LayerNorm.
     pub norm: LayerNormCache<B>,
     /// Input of the Linear.
     pub normed: Tensor<B>,
 }
 
-impl<B: Backend> ClassificationHead<B> {
+impl<B: Kernels> ClassificationHead<B> {
     /// PyTorch's default initialisation (seeded).
     pub fn new(backend: &B, dim: usize, classes: usize, rng: &mut StdRng) -> Self {
         ClassificationHead {
@@ -104,7 +104,7 @@ impl<B: Backend> ClassificationHead<B> {
     }
 }
 
-impl<B: Backend> Module<B> for ClassificationHead<B> {
+impl<B: Kernels> Module<B> for ClassificationHead<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         self.norm.visit(&join(prefix, "0"), f);
         self.linear.visit(&join(prefix, "1"), f);

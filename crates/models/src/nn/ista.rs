@@ -15,12 +15,12 @@
 //! [`Ista::backward_literal`]).
 
 use super::{accumulate, init, join, Grads, Module};
-use crate::{Backend, Tensor};
+use crate::{Kernels, Tensor};
 use rand::rngs::StdRng;
 
 /// The ISTA block (the authors' `FeedForward` module).
 #[derive(Clone, Debug)]
-pub struct Ista<B: Backend> {
+pub struct Ista<B: Kernels> {
     /// Dictionary `D`, `[dim, dim]` (`weight`).
     pub weight: Tensor<B>,
     /// Step size `eta` (0.1 in the reference code).
@@ -31,7 +31,7 @@ pub struct Ista<B: Backend> {
 
 /// What the backward passes need from a forward pass.
 #[derive(Clone, Debug)]
-pub struct IstaCache<B: Backend> {
+pub struct IstaCache<B: Kernels> {
     /// Input `[..., dim]`.
     pub x: Tensor<B>,
     /// Output `[..., dim]` (its support is the ReLU mask).
@@ -40,7 +40,7 @@ pub struct IstaCache<B: Backend> {
     pub fused: Option<Tensor<B>>,
 }
 
-impl<B: Backend> Ista<B> {
+impl<B: Kernels> Ista<B> {
     /// A block with the reference initialisation (`kaiming_uniform_` of `D`), eta = lambda = 0.1.
     pub fn new(backend: &B, dim: usize, rng: &mut StdRng) -> Self {
         Ista { weight: init::kaiming_uniform(backend, dim, dim, rng), step_size: 0.1, lambda: 0.1 }
@@ -164,7 +164,7 @@ impl<B: Backend> Ista<B> {
     }
 }
 
-impl<B: Backend> Module<B> for Ista<B> {
+impl<B: Kernels> Module<B> for Ista<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         f(join(prefix, "weight"), &self.weight);
     }

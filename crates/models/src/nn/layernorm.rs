@@ -1,15 +1,15 @@
 //! LayerNorm over the last axis, as PyTorch's `nn.LayerNorm`: `y = (x - mean) / sqrt(var + eps) * weight + bias` (biased variance, eps 1e-5).
 
 use super::{accumulate, join, Grads, Module};
-use crate::{Backend, Tensor};
-use rate_core::layer_ops;
+use crate::{Kernels, Tensor};
+use rate_core::kernels;
 
 /// PyTorch's default LayerNorm epsilon.
 pub const LAYERNORM_EPS: f64 = 1e-5;
 
 /// Affine LayerNorm over the last axis.
 #[derive(Clone, Debug)]
-pub struct LayerNorm<B: Backend> {
+pub struct LayerNorm<B: Kernels> {
     /// Scale `gamma`, `[dim]`.
     pub weight: Tensor<B>,
     /// Shift `beta`, `[dim]`.
@@ -20,7 +20,7 @@ pub struct LayerNorm<B: Backend> {
 
 /// What [`LayerNorm::backward`] needs from the forward pass.
 #[derive(Clone, Debug)]
-pub struct LayerNormCache<B: Backend> {
+pub struct LayerNormCache<B: Kernels> {
     /// The input.
     pub x: Tensor<B>,
     /// Mean of each row, shape of `x` without its last axis.
@@ -29,7 +29,7 @@ pub struct LayerNormCache<B: Backend> {
     pub rstd: Tensor<B>,
 }
 
-impl<B: Backend> LayerNorm<B> {
+impl<B: Kernels> LayerNorm<B> {
     /// PyTorch's initialisation: weight ones, bias zeros, eps 1e-5.
     pub fn new(backend: &B, dim: usize) -> Self {
         LayerNorm {
@@ -55,10 +55,10 @@ impl<B: Backend> LayerNorm<B> {
     }
 
     /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last axis, with the cache for backward
-    /// (one fused backend kernel, [`rate_core::layer_ops::layer_norm`]).
+    /// (one fused backend kernel, [`rate_core::kernels::layer_norm()`]).
     pub fn forward(&self, x: &Tensor<B>) -> (Tensor<B>, LayerNormCache<B>) {
         self.check(x);
-        let (y, mean, rstd) = layer_ops::layer_norm(x, &self.weight, &self.bias, self.eps);
+        let (y, mean, rstd) = kernels::layer_norm(x, &self.weight, &self.bias, self.eps);
         (y, LayerNormCache { x: x.clone(), mean, rstd })
     }
 
@@ -73,14 +73,14 @@ impl<B: Backend> LayerNorm<B> {
         grads: &mut Grads<B>,
     ) -> Tensor<B> {
         let (dx, dw, db) =
-            layer_ops::layer_norm_backward(&cache.x, &cache.mean, &cache.rstd, &self.weight, grad_out);
+            kernels::layer_norm_backward(&cache.x, &cache.mean, &cache.rstd, &self.weight, grad_out);
         accumulate(grads, join(prefix, "weight"), dw);
         accumulate(grads, join(prefix, "bias"), db);
         dx
     }
 }
 
-impl<B: Backend> Module<B> for LayerNorm<B> {
+impl<B: Kernels> Module<B> for LayerNorm<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         f(join(prefix, "weight"), &self.weight);
         f(join(prefix, "bias"), &self.bias);

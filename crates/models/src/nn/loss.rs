@@ -4,7 +4,7 @@
 //! `loss = -(1/B) sum_i sum_c q_ic log softmax(x_i)_c` and
 //! `dloss/dx = (softmax(x) - q) / B`.
 
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Error, Kernels, Result, Tensor};
 
 /// Cross-entropy loss (mean over the batch).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -15,7 +15,7 @@ pub struct CrossEntropy {
 
 /// What [`CrossEntropy::backward`] needs.
 #[derive(Clone, Debug)]
-pub struct CrossEntropyCache<B: Backend> {
+pub struct CrossEntropyCache<B: Kernels> {
     /// `softmax(logits)`, `[batch, classes]`.
     pub probs: Tensor<B>,
     /// Smoothed targets `q`, `[batch, classes]`.
@@ -33,7 +33,7 @@ impl CrossEntropy {
 
     /// The mean loss of `[batch, classes]` logits against `labels`, with the cache.
     /// Refuses a label count that differs from the batch or a label out of range.
-    pub fn forward<B: Backend>(
+    pub fn forward<B: Kernels>(
         &self,
         logits: &Tensor<B>,
         labels: &[usize],
@@ -66,7 +66,7 @@ impl CrossEntropy {
     }
 
     /// `dL/d(logits)` for an upstream `dL/d(loss)` (1 for the loss itself).
-    pub fn backward<B: Backend>(&self, cache: &CrossEntropyCache<B>, grad_loss: f64) -> Tensor<B> {
+    pub fn backward<B: Kernels>(&self, cache: &CrossEntropyCache<B>, grad_loss: f64) -> Tensor<B> {
         let b = cache.probs.dim(0) as f64;
         cache.probs.sub(&cache.targets).scale(grad_loss / b)
     }

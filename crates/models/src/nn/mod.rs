@@ -17,7 +17,7 @@ pub mod flash;
 pub mod tost;
 pub mod tssa;
 
-use crate::{Backend, Tensor};
+use crate::{Kernels, Tensor};
 use std::collections::BTreeMap;
 
 pub mod crate_model;
@@ -35,7 +35,7 @@ pub mod optim;
 pub type Grads<B> = BTreeMap<String, Tensor<B>>;
 
 /// Adds `g` into `grads[name]`.
-pub fn accumulate<B: Backend>(grads: &mut Grads<B>, name: String, g: Tensor<B>) {
+pub fn accumulate<B: Kernels>(grads: &mut Grads<B>, name: String, g: Tensor<B>) {
     match grads.get_mut(&name) {
         Some(acc) => *acc = acc.add(&g),
         None => {
@@ -45,7 +45,7 @@ pub fn accumulate<B: Backend>(grads: &mut Grads<B>, name: String, g: Tensor<B>) 
 }
 
 /// A layer or model with named parameters.
-pub trait Module<B: Backend> {
+pub trait Module<B: Kernels> {
     /// Calls `f(name, param)` for every parameter, names prefixed by `prefix`.
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>));
     /// Calls `f(name, param)` for every parameter, mutably.
@@ -63,14 +63,14 @@ pub fn join(prefix: &str, name: &str) -> String {
 
 /// `y = x W^T + b` over the last axis; `W` is `[out, in]`.
 #[derive(Clone, Debug)]
-pub struct Linear<B: Backend> {
+pub struct Linear<B: Kernels> {
     /// `[out, in]`.
     pub weight: Tensor<B>,
     /// `[out]`, if present.
     pub bias: Option<Tensor<B>>,
 }
 
-impl<B: Backend> Linear<B> {
+impl<B: Kernels> Linear<B> {
     /// Input features.
     pub fn in_features(&self) -> usize {
         self.weight.dim(1)
@@ -126,7 +126,7 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-impl<B: Backend> Module<B> for Linear<B> {
+impl<B: Kernels> Module<B> for Linear<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         f(join(prefix, "weight"), &self.weight);
         if let Some(b) = &self.bias {

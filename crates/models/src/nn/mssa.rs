@@ -27,14 +27,14 @@
 
 use super::flash::{self, TiledCache};
 use super::{accumulate, init, join, Grads, Linear, Module};
-use crate::{Backend, Tensor};
+use crate::{Kernels, Tensor};
 use rand::rngs::StdRng;
-use rate_core::attention::{merge_heads, split_heads};
-use rate_core::{attention_dense, attention_dense_backward, layer_ops, DenseAttentionSpec};
+use rate_core::kernels::{self, attention_dense, attention_dense_backward, DenseAttentionSpec};
+use rate_core::kernels::{merge_heads, split_heads};
 
 /// The MSSA block (the authors' `Attention` module).
 #[derive(Clone, Debug)]
-pub struct Mssa<B: Backend> {
+pub struct Mssa<B: Kernels> {
     /// Shared projection `U^T`, `[heads * dim_head, dim]`, no bias (`qkv`).
     pub qkv: Linear<B>,
     /// Output projection `[dim, heads * dim_head]` with bias (`to_out.0`), if present.
@@ -47,7 +47,7 @@ pub struct Mssa<B: Backend> {
 
 /// What [`Mssa::backward`] needs from the forward pass; also the source of the attention maps.
 #[derive(Clone, Debug)]
-pub struct MssaCache<B: Backend> {
+pub struct MssaCache<B: Kernels> {
     /// Input `[batch, tokens, dim]`.
     pub x: Tensor<B>,
     /// Projected tokens, scaled: `W' = dh^-1/4 x U^T`, head-interleaved
@@ -90,14 +90,14 @@ pub const TILED_ABOVE_TOKENS: usize = 512;
 /// The weights of the fast path: `c U` and `Wo / c` with `c = dh^-1/4`
 /// (formed once per step by [`Mssa::prepare`]).
 #[derive(Clone, Debug)]
-pub struct MssaWeights<B: Backend> {
+pub struct MssaWeights<B: Kernels> {
     /// `c U`, `[heads * dim_head, dim]`.
     pub qkv: Tensor<B>,
     /// `Wo / c` with the bias, if `to_out` is present.
     pub to_out: Option<Linear<B>>,
 }
 
-impl<B: Backend> Mssa<B> {
+impl<B: Kernels> Mssa<B> {
     /// A block with PyTorch's default initialisation (seeded).
     pub fn new(backend: &B, dim: usize, heads: usize, dim_head: usize, rng: &mut StdRng) -> Self {
         let inner = heads * dim_head;
@@ -263,7 +263,7 @@ impl<B: Backend> Mssa<B> {
             (None, Some(attn), Phi::Softmax) => {
                 let (w, g_o) = (split_heads(&cache.proj, h), split_heads(&g_merged, h));
                 let q = w.narrow(2, 0, nq);
-                let g_scores = layer_ops::softmax_backward(attn, &g_o.matmul_t(&w, false, true));
+                let g_scores = kernels::softmax_backward(attn, &g_o.matmul_t(&w, false, true));
                 // keys and values: all rows of W'
                 let g_w = attn.matmul_t(&g_o, true, false).add(&g_scores.matmul_t(&q, true, false));
                 // queries: the first nq rows of W'
@@ -283,7 +283,7 @@ impl<B: Backend> Mssa<B> {
     }
 }
 
-impl<B: Backend> MssaCache<B> {
+impl<B: Kernels> MssaCache<B> {
     /// The scaled projected tokens per head, `[batch, heads, tokens, dim_head]`.
     pub fn head_tokens(&self) -> Tensor<B> {
         split_heads(&self.proj, self.heads)
@@ -295,7 +295,7 @@ pub fn has_to_out(dim: usize, heads: usize, dim_head: usize) -> bool {
     !(heads == 1 && dim_head == dim)
 }
 
-impl<B: Backend> Module<B> for Mssa<B> {
+impl<B: Kernels> Module<B> for Mssa<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         self.qkv.visit(&join(prefix, "qkv"), f);
         if let Some(l) = &self.to_out {

@@ -7,12 +7,12 @@
 //! left alone, as PyTorch skips parameters whose `.grad` is `None`.
 
 use super::{Grads, Module};
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Error, Kernels, Result, Tensor};
 use std::collections::BTreeMap;
 
 /// AdamW state and hyperparameters.
 #[derive(Clone, Debug)]
-pub struct AdamW<B: Backend> {
+pub struct AdamW<B: Kernels> {
     /// Learning rate.
     pub lr: f64,
     /// `(beta1, beta2)`.
@@ -25,13 +25,13 @@ pub struct AdamW<B: Backend> {
 }
 
 #[derive(Clone, Debug)]
-struct MomentState<B: Backend> {
+struct MomentState<B: Kernels> {
     step: u64,
     m: Tensor<B>,
     v: Tensor<B>,
 }
 
-impl<B: Backend> AdamW<B> {
+impl<B: Kernels> AdamW<B> {
     /// PyTorch's defaults: betas (0.9, 0.999), eps 1e-8, weight decay 0.01.
     pub fn new(lr: f64) -> Self {
         AdamW { lr, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01, state: BTreeMap::new() }

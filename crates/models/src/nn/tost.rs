@@ -21,7 +21,7 @@ use super::ista::{Ista, IstaCache};
 use super::layernorm::{LayerNorm, LayerNormCache};
 use super::tssa::{Tssa, TssaCache};
 use super::{join, Grads, Module};
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Error, Kernels, Result, Tensor};
 use rand::rngs::StdRng;
 use std::collections::BTreeMap;
 
@@ -99,7 +99,7 @@ impl ModelConfig for TostConfig {
 
 /// One TOST layer: `u = z + TSSA(LN1(z))`, `z' = ISTA(LN2(u))`.
 #[derive(Clone, Debug)]
-pub struct TostLayer<B: Backend> {
+pub struct TostLayer<B: Kernels> {
     /// `{prefix}.0.norm`.
     pub norm1: LayerNorm<B>,
     /// `{prefix}.0.fn`.
@@ -112,7 +112,7 @@ pub struct TostLayer<B: Backend> {
 
 /// What [`TostLayer::backward`] needs (all `O(tokens dim)`).
 #[derive(Clone, Debug)]
-pub struct TostLayerCache<B: Backend> {
+pub struct TostLayerCache<B: Kernels> {
     /// Cache of the first LayerNorm.
     pub norm1: LayerNormCache<B>,
     /// Cache of TSSA (projected tokens, memberships).
@@ -123,7 +123,7 @@ pub struct TostLayerCache<B: Backend> {
     pub ista: IstaCache<B>,
 }
 
-impl<B: Backend> TostLayer<B> {
+impl<B: Kernels> TostLayer<B> {
     /// `ISTA(LN2(z + TSSA(LN1(z))))` for `[batch, tokens, dim]`, with the cache.
     pub fn forward(&self, z: &Tensor<B>) -> (Tensor<B>, TostLayerCache<B>) {
         let (a_in, norm1) = self.norm1.forward(z);
@@ -148,7 +148,7 @@ impl<B: Backend> TostLayer<B> {
     }
 }
 
-impl<B: Backend> Block<B> for TostLayer<B> {
+impl<B: Kernels> Block<B> for TostLayer<B> {
     type Config = TostConfig;
     type Cache = TostLayerCache<B>;
 
@@ -184,7 +184,7 @@ impl<B: Backend> Block<B> for TostLayer<B> {
     fn measure(cache: &Self::Cache) -> Result<BlockMeasurement<B>> {
         let w = cache.attn.projected();
         let pi = cache.attn.memberships();
-        let heads = rate_core::attention::split_heads(w, pi.dim(2));
+        let heads = rate_core::kernels::split_heads(w, pi.dim(2));
         let rates = head_coding_rates(&heads, MEASURE_EPS_SQ)?;
         let (coding_rate_per_head, coding_rate, coding_rate_std) = summarize_rates(&rates);
         let sparsity = mean_std(&zero_fraction_per_image(&cache.ista.out), false);
@@ -198,7 +198,7 @@ impl<B: Backend> Block<B> for TostLayer<B> {
     }
 }
 
-impl<B: Backend> Module<B> for TostLayer<B> {
+impl<B: Kernels> Module<B> for TostLayer<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         self.norm1.visit(&join(prefix, "0.norm"), f);
         self.attn.visit(&join(prefix, "0.fn"), f);

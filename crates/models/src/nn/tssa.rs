@@ -24,9 +24,10 @@
 //! so a decoder streams with `2 dh + 1` numbers of state per head.
 
 use super::{accumulate, join, Grads, Linear, Module};
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Error, Kernels, Result, Tensor};
 use rand::Rng;
-use rate_core::token_stats::{block_diag, head_dot, head_weighted_sum, token_stats};
+use rate_core::kernels::token_stats::{block_diag, head_dot, head_weighted_sum};
+use rate_core::kernels::{cumsum, token_stats};
 
 /// Clamp of the column norm (`F.normalize`'s eps).
 pub const NORM_EPS: f64 = 1e-12;
@@ -38,7 +39,7 @@ pub const CAUSAL_NORM_EPS: f64 = 1e-12;
 /// The TSSA layer: `qkv` (dim -> dim), per-head temperature `temp`
 /// (`[heads, 1]`) and `to_out.0` (dim -> dim, with bias).
 #[derive(Clone, Debug)]
-pub struct Tssa<B: Backend> {
+pub struct Tssa<B: Kernels> {
     /// Projection onto the heads' subspaces, `[dim, dim]` (+ optional bias).
     pub qkv: Linear<B>,
     /// Per-head temperature of the membership softmax, `[heads, 1]`.
@@ -50,7 +51,7 @@ pub struct Tssa<B: Backend> {
 
 /// What [`Tssa::backward`] needs (all `O(n dim)`).
 #[derive(Clone, Debug)]
-pub struct TssaCache<B: Backend> {
+pub struct TssaCache<B: Kernels> {
     x: Tensor<B>,
     /// `w` `[b, n, dim]`.
     w: Tensor<B>,
@@ -70,7 +71,7 @@ pub struct TssaCache<B: Backend> {
     w_pi: Tensor<B>,
 }
 
-impl<B: Backend> TssaCache<B> {
+impl<B: Kernels> TssaCache<B> {
     /// The projected tokens `w = x Wqkv^T (+ b)`, `[batch, tokens, dim]` (heads as contiguous chunks).
     pub fn projected(&self) -> &Tensor<B> {
         &self.w
@@ -82,7 +83,7 @@ impl<B: Backend> TssaCache<B> {
     }
 }
 
-fn check_params<B: Backend>(
+fn check_params<B: Kernels>(
     qkv: &Linear<B>,
     temp: &Tensor<B>,
     to_out: &Linear<B>,
@@ -118,7 +119,7 @@ fn check_params<B: Backend>(
     }
 }
 
-fn uniform<B: Backend>(be: &B, shape: &[usize], bound: f64, rng: &mut impl Rng) -> Tensor<B> {
+fn uniform<B: Kernels>(be: &B, shape: &[usize], bound: f64, rng: &mut impl Rng) -> Tensor<B> {
     let n: usize = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
     Tensor::from_f64(be, &v, shape)
@@ -126,7 +127,7 @@ fn uniform<B: Backend>(be: &B, shape: &[usize], bound: f64, rng: &mut impl Rng) 
 
 /// PyTorch's default `nn.Linear` initialisation: weight and bias uniform in
 /// `+-1/sqrt(in)`.
-fn init_linear<B: Backend>(be: &B, dim: usize, bias: bool, rng: &mut impl Rng) -> Linear<B> {
+fn init_linear<B: Kernels>(be: &B, dim: usize, bias: bool, rng: &mut impl Rng) -> Linear<B> {
     let bound = 1.0 / (dim as f64).sqrt();
     Linear {
         weight: uniform(be, &[dim, dim], bound, rng),
@@ -135,7 +136,7 @@ fn init_linear<B: Backend>(be: &B, dim: usize, bias: bool, rng: &mut impl Rng) -
 }
 
 /// Looks up the shared parameters by name.
-fn named_params<B: Backend>(
+fn named_params<B: Kernels>(
     get: &impl Fn(&str) -> Option<Tensor<B>>,
     what: &str,
 ) -> Result<(Linear<B>, Tensor<B>, Linear<B>)> {
@@ -146,7 +147,7 @@ fn named_params<B: Backend>(
     Ok((qkv, need("temp")?, to_out))
 }
 
-fn check_input<B: Backend>(x: &Tensor<B>, dim: usize, op: &str) {
+fn check_input<B: Kernels>(x: &Tensor<B>, dim: usize, op: &str) {
     assert!(
         x.rank() == 3 && x.dim(2) == dim && x.dim(1) > 0,
         "{op}: input {:?} is not [batch, tokens > 0, {dim}]",
@@ -154,7 +155,7 @@ fn check_input<B: Backend>(x: &Tensor<B>, dim: usize, op: &str) {
     );
 }
 
-impl<B: Backend> Tssa<B> {
+impl<B: Kernels> Tssa<B> {
     /// Builds the layer from its parameters, checking every shape.
     pub fn new(qkv: Linear<B>, temp: Tensor<B>, to_out: Linear<B>, heads: usize) -> Result<Self> {
         check_params(&qkv, &temp, &to_out, heads, "TSSA")?;
@@ -331,7 +332,7 @@ impl<B: Backend> Tssa<B> {
     }
 }
 
-impl<B: Backend> Module<B> for Tssa<B> {
+impl<B: Kernels> Module<B> for Tssa<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         self.qkv.visit(&join(prefix, "qkv"), f);
         f(join(prefix, "temp"), &self.temp);
@@ -350,7 +351,7 @@ impl<B: Backend> Module<B> for Tssa<B> {
 /// (`[heads, max_tokens, 1]`, zero-initialised in the authors' code), which
 /// bounds the sequence length when present.
 #[derive(Clone, Debug)]
-pub struct CausalTssa<B: Backend> {
+pub struct CausalTssa<B: Kernels> {
     /// Projection onto the heads' subspaces, `[dim, dim]` (+ optional bias).
     pub qkv: Linear<B>,
     /// Per-head temperature, `[heads, 1]`.
@@ -364,7 +365,7 @@ pub struct CausalTssa<B: Backend> {
 
 /// What [`CausalTssa::backward`] needs (all `O(n dim)`).
 #[derive(Clone, Debug)]
-pub struct CausalTssaCache<B: Backend> {
+pub struct CausalTssaCache<B: Kernels> {
     x: Tensor<B>,
     /// `w` `[b, n, h, dh]`.
     w: Tensor<B>,
@@ -391,7 +392,7 @@ pub struct CausalTssaCache<B: Backend> {
 /// Running statistics of a streamed causal TSSA: `2 dh + 1` numbers per
 /// head and stream, whatever the number of tokens seen.
 #[derive(Clone, Debug)]
-pub struct CausalTssaState<B: Backend> {
+pub struct CausalTssaState<B: Kernels> {
     /// `sum_m a[m]` `[streams, h, dh]`.
     sum_sq: Tensor<B>,
     /// `sum_m Pi[m] a[m]` `[streams, h, dh]`.
@@ -402,14 +403,14 @@ pub struct CausalTssaState<B: Backend> {
     pos: usize,
 }
 
-impl<B: Backend> CausalTssaState<B> {
+impl<B: Kernels> CausalTssaState<B> {
     /// Tokens pushed so far.
     pub fn position(&self) -> usize {
         self.pos
     }
 }
 
-impl<B: Backend> CausalTssa<B> {
+impl<B: Kernels> CausalTssa<B> {
     /// Builds the layer from its parameters, checking every shape.
     pub fn new(
         qkv: Linear<B>,
@@ -495,7 +496,7 @@ impl<B: Backend> CausalTssa<B> {
         let dh = dim / h;
         let w = self.qkv.forward(x).reshape(&[b, n, h, dh]);
         let a = w.square();
-        let run = a.cumsum(1, false);
+        let run = cumsum(&a, 1, false);
         let den_mask = run.add_scalar(-CAUSAL_NORM_EPS).step();
         let den = run.clamp_min(CAUSAL_NORM_EPS);
         let mut what2_sum = a.div(&den).sum_axis(-1, false);
@@ -503,9 +504,9 @@ impl<B: Backend> CausalTssa<B> {
             what2_sum = what2_sum.add(&off);
         }
         let pi = what2_sum.mul(&self.temp.reshape(&[1, 1, h])).softmax(-1);
-        let pi_mass = pi.cumsum(1, false).add_scalar(PI_EPS);
+        let pi_mass = cumsum(&pi, 1, false).add_scalar(PI_EPS);
         let pi4 = pi.reshape(&[b, n, h, 1]);
-        let dots = a.mul(&pi4).cumsum(1, false).div(&pi_mass.reshape(&[b, n, h, 1]));
+        let dots = cumsum(&a.mul(&pi4), 1, false).div(&pi_mass.reshape(&[b, n, h, 1]));
         let r = dots.add_scalar(1.0).recip();
         let y = w.mul(&pi4).mul(&r).neg().reshape(&[b, n, dim]);
         let out = self.to_out.forward(&y);
@@ -543,8 +544,8 @@ impl<B: Backend> CausalTssa<B> {
         let ddots = dr.mul(&r.square()).neg();
         let dm = ddots.div(&mass4);
         let dmass = ddots.mul(dots).sum_axis(-1, false).div(pi_mass).neg();
-        let dm_back = dm.cumsum(1, true);
-        dpi = dpi.add(&a.mul(&dm_back).sum_axis(-1, false)).add(&dmass.cumsum(1, true));
+        let dm_back = cumsum(&dm, 1, true);
+        dpi = dpi.add(&a.mul(&dm_back).sum_axis(-1, false)).add(&cumsum(&dmass, 1, true));
         let mut da = dm_back.mul(&pi4);
         // Pi = softmax over heads of s
         let ds = pi.mul(&dpi.sub(&pi.mul(&dpi).sum_axis(-1, true)));
@@ -566,7 +567,7 @@ impl<B: Backend> CausalTssa<B> {
         // what2 = a / den, den = max(cumsum a, eps)
         da = da.add(&dwhat2.div(den));
         let dden = dwhat2.mul(a).div(&den.square()).neg().mul(den_mask);
-        da = da.add(&dden.cumsum(1, true));
+        da = da.add(&cumsum(&dden, 1, true));
         dw = dw.add(&da.mul(w).scale(2.0));
         self.qkv.backward(x, &dw.reshape(&[b, n, h * dh]), &join(prefix, "qkv"), grads)
     }
@@ -615,7 +616,7 @@ impl<B: Backend> CausalTssa<B> {
     }
 }
 
-impl<B: Backend> Module<B> for CausalTssa<B> {
+impl<B: Kernels> Module<B> for CausalTssa<B> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         self.qkv.visit(&join(prefix, "qkv"), f);
         f(join(prefix, "temp"), &self.temp);

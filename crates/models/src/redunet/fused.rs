@@ -20,7 +20,7 @@ use super::{
 };
 use crate::Result;
 use num_traits::Zero;
-use rate_core::{Backend, Element, Rates, Tensor};
+use rate_core::{Element, Kernels, Rates, Tensor};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -149,7 +149,7 @@ impl<T: Element> Blocks<T> {
         out
     }
 
-    fn tensor<B: Backend<Elem = T>>(&self, backend: &B) -> Tensor<B> {
+    fn tensor<B: Kernels<Elem = T>>(&self, backend: &B) -> Tensor<B> {
         Tensor::from_slice(backend, &self.rows(), &[self.slot_of.len(), self.d])
     }
 
@@ -833,7 +833,7 @@ fn code_rates<T: Element>(
 /// The whole loop runs on a worker of rayon's pool, so that the parallel
 /// pass of each layer is forked from inside the pool (no hand-off to the
 /// pool and back per layer).
-pub(super) fn build<B: Backend>(
+pub(super) fn build<B: Kernels>(
     z: &Tensor<B>,
     labels: &[usize],
     cfg: &ReduNetConfig,
@@ -843,7 +843,7 @@ pub(super) fn build<B: Backend>(
     rayon::scope(|_| build_in_pool(z, labels, cfg, record, scales))
 }
 
-fn build_in_pool<B: Backend>(
+fn build_in_pool<B: Kernels>(
     z: &Tensor<B>,
     labels: &[usize],
     cfg: &ReduNetConfig,
@@ -934,7 +934,7 @@ struct ChunkRecord<T> {
 /// Samples are independent at test time, so each chunk of blocks runs
 /// through all the layers on its own thread; the results do not depend on
 /// the chunking.
-pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Record) -> Result<Trace<B>> {
+pub(super) fn transform<B: Kernels>(net: &ReduNet<B>, z: &Tensor<B>, record: &Record) -> Result<Trace<B>> {
     let be = z.backend();
     let (m, d) = (z.dim(0), z.dim(1));
     let k = net.num_classes();

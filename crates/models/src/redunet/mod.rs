@@ -74,7 +74,7 @@ pub use persist::{manifest_path, FORMAT, FORMAT_VERSION};
 pub use synthetic::{gaussians, Gaussians};
 
 use crate::{Error, Result};
-use rate_core::{Backend, Element, Rates, Tensor};
+use rate_core::{Element, Kernels, Rates, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// `lambda` of the soft membership when not set (the reference code's default).
@@ -286,7 +286,7 @@ impl Record {
 
 /// What a build or a transform produced.
 #[derive(Clone, Debug)]
-pub struct Trace<B: Backend> {
+pub struct Trace<B: Kernels> {
     /// Output features after the final normalisation, `m x d`, rows in input order.
     pub output: Tensor<B>,
     /// Rates of `Z^0 .. Z^L` with the true labels (build with rates; else empty).
@@ -299,7 +299,7 @@ pub struct Trace<B: Backend> {
     samples: usize,
 }
 
-impl<B: Backend> Trace<B> {
+impl<B: Kernels> Trace<B> {
     /// Number of layers with a recorded `yhat`.
     pub fn yhat_layers(&self) -> usize {
         self.yhat.len().checked_div(self.samples).unwrap_or(0)
@@ -322,7 +322,7 @@ impl<B: Backend> Trace<B> {
 
 /// One layer: the stacked operators `[E; C_1; ...; C_k]` and the class weights.
 #[derive(Clone, Debug)]
-pub struct Layer<B: Backend> {
+pub struct Layer<B: Kernels> {
     operators: Tensor<B>,
     host: Vec<B::Elem>,
     gamma: Vec<f64>,
@@ -330,7 +330,7 @@ pub struct Layer<B: Backend> {
     classes: usize,
 }
 
-impl<B: Backend> Layer<B> {
+impl<B: Kernels> Layer<B> {
     fn from_host(backend: &B, host: Vec<B::Elem>, gamma: &[f64], dim: usize, classes: usize) -> Self {
         let operators = Tensor::from_slice(backend, &host, &[(classes + 1) * dim, dim]);
         Layer { operators, host, gamma: gamma.to_vec(), dim, classes }
@@ -368,7 +368,7 @@ impl<B: Backend> Layer<B> {
 
 /// A built ReduNet: its configuration and layers.
 #[derive(Clone, Debug)]
-pub struct ReduNet<B: Backend> {
+pub struct ReduNet<B: Kernels> {
     backend: B,
     config: ReduNetConfig,
     dim: usize,
@@ -377,7 +377,7 @@ pub struct ReduNet<B: Backend> {
 }
 
 /// The checked shape `(m, d)` of a feature matrix.
-fn check_features<B: Backend>(z: &Tensor<B>, op: &str, dim: Option<usize>) -> Result<(usize, usize)> {
+fn check_features<B: Kernels>(z: &Tensor<B>, op: &str, dim: Option<usize>) -> Result<(usize, usize)> {
     if z.rank() != 2 || z.dim(0) == 0 || z.dim(1) == 0 {
         return Err(Error::Config(format!(
             "{op}: features have shape {:?}, expected a non-empty samples x features matrix",
@@ -455,7 +455,7 @@ fn counts_of(labels: &[u32], k: usize) -> Vec<usize> {
     c
 }
 
-impl<B: Backend> ReduNet<B> {
+impl<B: Kernels> ReduNet<B> {
     /// Builds the network from training features `z` (`m x d`) and true labels,
     /// recording rates and `yhat` per layer ([`Record::default`]).
     pub fn build(z: &Tensor<B>, labels: &[usize], config: ReduNetConfig) -> Result<(Self, Trace<B>)> {

@@ -10,7 +10,7 @@
 use super::{Layer, ReduNet, ReduNetConfig};
 use crate::io::{write_atomic, write_safetensors, OutArray, TensorFile};
 use crate::{Error, Result};
-use rate_core::{Backend, Element};
+use rate_core::{Element, Kernels};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ fn format_err(path: &Path, message: impl Into<String>) -> Error {
     Error::Format { path: path.display().to_string(), message: message.into() }
 }
 
-impl<B: Backend> ReduNet<B> {
+impl<B: Kernels> ReduNet<B> {
     /// Writes the operators to `path` (safetensors) and the manifest to
     /// [`manifest_path`]`(path)`, each atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {

@@ -9,22 +9,22 @@
 use super::{rates_from_logdets, Layer, Record, ReduNet, ReduNetConfig, Scales, Trace, NORM_FLOOR};
 use crate::Result;
 use rate_core::rate::{logdet_i_plus_gram, scaled_regularised_inverse};
-use rate_core::{Backend, Rates, Tensor};
+use rate_core::{Kernels, Rates, Tensor};
 
 /// Rows divided by their norms (clamped at [`NORM_FLOOR`]).
-fn normalise_rows<B: Backend>(z: &Tensor<B>) -> Tensor<B> {
+fn normalise_rows<B: Kernels>(z: &Tensor<B>) -> Tensor<B> {
     z.div(&z.norm_axis(1).clamp_min(NORM_FLOOR))
 }
 
 /// What one class (or all samples) contributes: its covariance, or its rows when there are fewer than `d`.
-enum ClassData<B: Backend> {
+enum ClassData<B: Kernels> {
     /// `Z_j^T Z_j`, `d x d`, summed over batches.
     Gram(Tensor<B>),
     /// `Z_j` itself, `m_j x d` with `m_j < d`.
     Rows(Tensor<B>),
 }
 
-impl<B: Backend> ClassData<B> {
+impl<B: Kernels> ClassData<B> {
     fn new(z: &Tensor<B>, members: &[usize], batch: usize) -> Self {
         let d = z.dim(1);
         if members.len() < d {
@@ -73,12 +73,12 @@ impl<B: Backend> ClassData<B> {
 }
 
 /// The data of every class and of all samples together, for one feature matrix.
-struct Stats<B: Backend> {
+struct Stats<B: Kernels> {
     total: ClassData<B>,
     classes: Vec<ClassData<B>>,
 }
 
-impl<B: Backend> Stats<B> {
+impl<B: Kernels> Stats<B> {
     fn new(z: &Tensor<B>, members: &[Vec<usize>], batch: usize) -> Self {
         let classes: Vec<ClassData<B>> = members.iter().map(|mj| ClassData::new(z, mj, batch)).collect();
         let (m, d) = (z.dim(0), z.dim(1));
@@ -128,7 +128,7 @@ fn members_of(labels: impl Iterator<Item = usize>, k: usize) -> Vec<Vec<usize>> 
 
 /// One layer map on all rows, in batches: the output and, when asked for, the
 /// argmax memberships as a tensor of indices left on the device (`m`).
-fn apply<B: Backend>(
+fn apply<B: Kernels>(
     z: &Tensor<B>,
     w: &Tensor<B>,
     gamma: &Tensor<B>,
@@ -154,11 +154,11 @@ fn apply<B: Backend>(
 }
 
 /// Downloads the per-layer index tensors of [`apply`] in one transfer, as `u32`.
-fn download_picks<B: Backend>(picks: &[Tensor<B>]) -> Vec<u32> {
+fn download_picks<B: Kernels>(picks: &[Tensor<B>]) -> Vec<u32> {
     Tensor::indices_to_host(picks).into_iter().map(|y| y as u32).collect()
 }
 
-fn apply_rows<B: Backend>(
+fn apply_rows<B: Kernels>(
     z: &Tensor<B>,
     w: &Tensor<B>,
     gamma: &Tensor<B>,
@@ -183,7 +183,7 @@ fn apply_rows<B: Backend>(
 }
 
 /// Builds the layers with the reference engine (see [`super::ReduNet::build_with`]).
-pub(super) fn build<B: Backend>(
+pub(super) fn build<B: Kernels>(
     z: &Tensor<B>,
     labels: &[usize],
     cfg: &ReduNetConfig,
@@ -268,7 +268,7 @@ pub(super) fn build<B: Backend>(
 }
 
 /// Applies a built network with the reference engine (see [`super::ReduNet::transform_with`]).
-pub(super) fn transform<B: Backend>(net: &ReduNet<B>, z: &Tensor<B>, record: &Record) -> Result<Trace<B>> {
+pub(super) fn transform<B: Kernels>(net: &ReduNet<B>, z: &Tensor<B>, record: &Record) -> Result<Trace<B>> {
     let m = z.dim(0);
     let gamma_t = Tensor::from_f64(z.backend(), net.gamma(), &[1, net.num_classes()]);
     let cfg = net.config();

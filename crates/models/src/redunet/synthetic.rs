@@ -4,7 +4,7 @@ use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
-use rate_core::{Backend, Tensor};
+use rate_core::{Kernels, Tensor};
 
 /// Labelled samples on the unit sphere, rows in random order.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,7 +24,7 @@ impl Gaussians {
     }
 
     /// The samples as a `samples x dim` tensor.
-    pub fn tensor<B: Backend>(&self, backend: &B) -> Tensor<B> {
+    pub fn tensor<B: Kernels>(&self, backend: &B) -> Tensor<B> {
         Tensor::from_f64(backend, &self.x, &[self.samples(), self.dim])
     }
 }

@@ -1,4 +1,4 @@
-//! Token statistics of TSSA (4.3.14-4.3.15) as one composite `Backend` kernel: column norms over the tokens, memberships `Pi` by a softmax over heads and the `Pi`-weighted second moments, with a default body built here from tensor ops.
+//! Token statistics of TSSA (4.3.14-4.3.15) as one fused kernel (`Kernels::token_stats`): column norms over the tokens, memberships `Pi` by a softmax over heads and the `Pi`-weighted second moments, with a default body built here from tensor ops.
 //!
 //! For projected tokens `w[b, n, k dh + c]` (head `k`, coordinate `c`),
 //! per-head temperatures `temp[k]` and the norm clamp `eps`:
@@ -35,8 +35,8 @@ pub struct TokenStatsSpec {
     pub norm_eps: f64,
 }
 
-/// The statistics of [`token_stats`] (shapes in the module documentation);
-/// `T` is a tensor, or a backend buffer inside [`Backend::token_stats`].
+/// The statistics of [`super::token_stats`] (shapes in the module documentation);
+/// `T` is a tensor, or a backend buffer inside [`super::Kernels::token_stats`].
 #[derive(Clone, Debug)]
 pub struct TokenStats<T> {
     /// `sum_n w^2`, `[batch, heads, dh]`.
@@ -67,7 +67,12 @@ impl<T> TokenStats<T> {
     }
 }
 
-fn spec_of<B: Backend>(w: &Tensor<B>, temp: &Tensor<B>, heads: usize, norm_eps: f64) -> TokenStatsSpec {
+pub(crate) fn spec_of<B: Backend>(
+    w: &Tensor<B>,
+    temp: &Tensor<B>,
+    heads: usize,
+    norm_eps: f64,
+) -> TokenStatsSpec {
     assert!(
         w.rank() == 3 && heads > 0 && w.dim(2) % heads == 0 && w.dim(2) > 0 && w.dim(1) > 0,
         "token_stats: tokens {:?} are not [batch, tokens > 0, heads {heads} x dh > 0]",
@@ -77,7 +82,7 @@ fn spec_of<B: Backend>(w: &Tensor<B>, temp: &Tensor<B>, heads: usize, norm_eps: 
     TokenStatsSpec { batch: w.dim(0), n: w.dim(1), heads, dh: w.dim(2) / heads, norm_eps }
 }
 
-fn shapes(s: &TokenStatsSpec) -> TokenStats<Vec<usize>> {
+pub(crate) fn shapes(s: &TokenStatsSpec) -> TokenStats<Vec<usize>> {
     let TokenStatsSpec { batch: b, n, heads: h, dh, .. } = *s;
     TokenStats {
         col_sq: vec![b, h, dh],
@@ -89,29 +94,7 @@ fn shapes(s: &TokenStatsSpec) -> TokenStats<Vec<usize>> {
     }
 }
 
-/// The token statistics of `w` (`[batch, n, heads * dh]`) with per-head
-/// temperatures `temp` (`heads` values) on the backend's kernel.
-pub fn token_stats<B: Backend>(
-    w: &Tensor<B>,
-    temp: &Tensor<B>,
-    heads: usize,
-    norm_eps: f64,
-) -> TokenStats<Tensor<B>> {
-    let spec = spec_of(w, temp, heads, norm_eps);
-    let be = w.backend();
-    let out = be.token_stats(w.buffer(), temp.buffer(), spec);
-    let s = shapes(&spec);
-    TokenStats {
-        col_sq: Tensor::from_buffer(be, out.col_sq, &s.col_sq),
-        what2_sum: Tensor::from_buffer(be, out.what2_sum, &s.what2_sum),
-        pi: Tensor::from_buffer(be, out.pi, &s.pi),
-        pi_sum: Tensor::from_buffer(be, out.pi_sum, &s.pi_sum),
-        pi_sq: Tensor::from_buffer(be, out.pi_sq, &s.pi_sq),
-        w_pi: Tensor::from_buffer(be, out.w_pi, &s.w_pi),
-    }
-}
-
-/// The default body of [`Backend::token_stats`]: the statistics op by op
+/// The default body of [`super::Kernels::token_stats`]: the statistics op by op
 /// (per-head sums as thin matmuls against block-diagonal matrices).
 pub fn token_stats_reference<B: Backend>(
     w: &Tensor<B>,

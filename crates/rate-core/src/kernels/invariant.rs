@@ -1,4 +1,4 @@
-//! The update of one shift-invariant ReduNet layer in the frequency domain (4.1.27 with the membership estimate of 4.1.10): memberships from the compressed norms and the normalised new features, from each sample's products with `E` and the `C^j` at every stored frequency, as one composite `Backend` kernel with a default body built here from tensor ops.
+//! The update of one shift-invariant ReduNet layer in the frequency domain (4.1.27 with the membership estimate of 4.1.10): memberships from the compressed norms and the normalised new features, from each sample's products with `E` and the `C^j` at every stored frequency, as fused kernels (`Kernels::invariant_step`, `Kernels::invariant_products`) with reference bodies built here from tensor ops.
 //!
 //! With `y[f, i, 0, :] = E(f) v[f, i]` and `y[f, i, j, :] = C^j(f) v[f, i]`
 //! (real and imaginary parts side by side, `width` values), frequency
@@ -13,7 +13,7 @@
 //! ```
 //!
 //! The products come from the real operand `[F, 2C, 2(k+1)C]` of the layer's
-//! Hermitian-packed operators ([`real_operand`], a second composite kernel):
+//! Hermitian-packed operators ([`real_operand_reference`], the kernel `Kernels::real_operand`):
 //! a packed `C x C` matrix `P` holds `Re A` on and above the diagonal and
 //! `Im A` below it, and the operand's block `(part, j, part')` holds
 //! `[[Re A_j, -Im A_j], [Im A_j, Re A_j]]` (rows: real, imaginary part of the input).
@@ -42,24 +42,7 @@ pub struct InvariantStepSpec {
     pub lambda: f64,
 }
 
-/// The update on the backend's kernel: `(v' [F, n, width], pi [n, k])` from
-/// the features `v`, the products `y`, the frequency weights (`F` values)
-/// and the class weights `gamma` (`k` values).
-pub fn invariant_step<B: Backend>(
-    v: &Tensor<B>,
-    y: &Tensor<B>,
-    weights: &Tensor<B>,
-    gamma: &Tensor<B>,
-    eta: f64,
-    lambda: f64,
-) -> (Tensor<B>, Tensor<B>) {
-    let spec = spec_of(v, y, weights, gamma, eta, lambda);
-    let be = v.backend();
-    let (out, pi) = be.invariant_step(v.buffer(), y.buffer(), weights.buffer(), gamma.buffer(), spec);
-    (Tensor::from_buffer(be, out, v.shape()), Tensor::from_buffer(be, pi, &[spec.n, spec.classes]))
-}
-
-fn spec_of<B: Backend>(
+pub(crate) fn spec_of<B: Backend>(
     v: &Tensor<B>,
     y: &Tensor<B>,
     weights: &Tensor<B>,
@@ -81,7 +64,7 @@ fn spec_of<B: Backend>(
     InvariantStepSpec { freqs: f, n, classes: k, width, eta, lambda }
 }
 
-/// The default body of [`Backend::invariant_step`] (tensor ops; also the
+/// The default body of [`super::Kernels::invariant_step`] (tensor ops; also the
 /// reference of fused kernels).
 pub fn invariant_step_reference<B: Backend>(
     v: &Tensor<B>,
@@ -113,7 +96,7 @@ pub fn invariant_step_reference<B: Backend>(
 
 /// Hermitian operators `[F, g, C, C]` (both planes) packed as `[F, g, C, C]`
 /// reals: `Re A` on and above the diagonal, `Im A` below it (the layout
-/// [`real_operand`] unpacks).
+/// [`real_operand_reference`] unpacks).
 pub fn pack_operators<B: Backend>(ops: &ComplexTensor<B>) -> Tensor<B> {
     let s = ops.re.shape();
     assert!(
@@ -129,20 +112,7 @@ pub fn pack_operators<B: Backend>(ops: &ComplexTensor<B>) -> Tensor<B> {
     both.index_select(2, &plan).reshape(&[f, g, c, c])
 }
 
-/// The real operand `[F, 2C, 2gC]` of Hermitian-packed operators
-/// `[F, g, C, C]` on the backend's kernel.
-pub fn real_operand<B: Backend>(packed: &Tensor<B>) -> Tensor<B> {
-    assert!(
-        packed.rank() == 4 && packed.dim(2) == packed.dim(3),
-        "real_operand: packed operators {:?} are not [F, g, C, C]",
-        packed.shape()
-    );
-    let (f, g, c) = (packed.dim(0), packed.dim(1), packed.dim(2));
-    let be = packed.backend();
-    Tensor::from_buffer(be, be.real_operand(packed.buffer(), f, g, c), &[f, 2 * c, 2 * g * c])
-}
-
-/// Shapes of [`Backend::invariant_products`]: `freqs` stored frequencies,
+/// Shapes of [`super::Kernels::invariant_products`]: `freqs` stored frequencies,
 /// `n` samples, `ops` operators (`k + 1`) of `channels x channels`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InvariantProductsSpec {
@@ -156,30 +126,7 @@ pub struct InvariantProductsSpec {
     pub channels: usize,
 }
 
-/// The products `[F, n, 2gC]` of features `v` (`[F, n, 2C]`) with the real
-/// operand of Hermitian-packed operators `packed` (`[F, g, C, C]`): row
-/// `(f, i)` holds `[Re | Im]` of `A_0(f) v_i(f), .., A_{g-1}(f) v_i(f)`
-/// (`v.matmul(&real_operand(packed))`, on the backend's kernel).
-pub fn invariant_products<B: Backend>(v: &Tensor<B>, packed: &Tensor<B>) -> Tensor<B> {
-    assert!(
-        packed.rank() == 4 && packed.dim(2) == packed.dim(3),
-        "invariant_products: packed operators {:?} are not [F, g, C, C]",
-        packed.shape()
-    );
-    let (f, g, c) = (packed.dim(0), packed.dim(1), packed.dim(2));
-    assert!(
-        v.rank() == 3 && v.dim(0) == f && v.dim(2) == 2 * c,
-        "invariant_products: features {:?} are not [{f}, n, {}]",
-        v.shape(),
-        2 * c
-    );
-    let n = v.dim(1);
-    let be = v.backend();
-    let spec = InvariantProductsSpec { freqs: f, n, ops: g, channels: c };
-    Tensor::from_buffer(be, be.invariant_products(v.buffer(), packed.buffer(), spec), &[f, n, 2 * g * c])
-}
-
-/// The default body of [`Backend::real_operand`]: one gather from
+/// The default body of [`super::Kernels::real_operand`]: one gather from
 /// `[P, -P, 0]` so that the signs come with the indices.
 pub fn real_operand_reference<B: Backend>(packed: &Tensor<B>) -> Tensor<B> {
     let (f, g, c) = (packed.dim(0), packed.dim(1), packed.dim(2));

@@ -1,0 +1,295 @@
+//! Conformance checks of the fused kernels (`Kernels`, one check per method): the backend's kernel against its reference body run on a reference backend in f64, from the same inputs rounded to the backend's precision.
+//!
+//! On the CPU backend this tests each override against the reference body
+//! built from primitives (which the primitive checks test against plain
+//! loops); on a GPU backend, which keeps the reference bodies, it tests the
+//! whole chain on the device against the CPU in f64. The factorisation
+//! kernels are checked against plain f64 Cholesky loops instead.
+
+use super::linalg::{expect_not_pd, SPD_SIZES};
+use super::reference::*;
+use super::*;
+use crate::kernels::{self, AttentionSpec, DenseAttentionSpec, Kernels};
+use crate::kernels::{
+    attention_dense as dense, attention_tiled as tiled, invariant, layer_norm, scan, token_stats,
+};
+use crate::ComplexTensor;
+use rand::rngs::StdRng;
+
+/// The backend under test and the reference backend, fed the same values.
+struct Pair<'a, B, R> {
+    b: &'a B,
+    r: &'a R,
+}
+
+impl<B: Kernels, R: Kernels> Pair<'_, B, R> {
+    /// `data` rounded to `B`'s precision, uploaded to both backends.
+    fn input(&self, data: &[f64], shape: &[usize]) -> (Tensor<B>, Tensor<R>) {
+        let x = rounded::<B>(data);
+        (Tensor::from_f64(self.b, &x, shape), Tensor::from_f64(self.r, &x, shape))
+    }
+
+    /// Uniform values in `[lo, hi)` on both backends.
+    fn random(&self, rng: &mut StdRng, shape: &[usize], lo: f64, hi: f64) -> (Tensor<B>, Tensor<R>) {
+        self.input(&uniform(rng, shape.iter().product(), lo, hi), shape)
+    }
+
+    /// A value computed on the reference backend, passed on to both (as the next input of a backward).
+    fn pass_on(&self, t: &Tensor<R>) -> (Tensor<B>, Tensor<R>) {
+        self.input(&t.to_f64_vec(), t.shape())
+    }
+}
+
+/// Same shape, and every value within `tol` of the reference (norm-wise, see [`assert_close`]).
+fn same<B: Kernels, R: Kernels>(what: &str, got: &Tensor<B>, want: &Tensor<R>, tol: f64) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    assert_close(what, &got.to_f64_vec(), &want.to_f64_vec(), tol);
+}
+
+/// LayerNorm rows: `y`, `mean` and `rstd` against the reference body.
+pub fn check_kernel_layer_norm<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(41));
+    for (rows, dim) in [(1, 1), (37, 24), (5, 129)] {
+        let (x, x0) = p.random(&mut rng, &[rows, dim], -2.0, 3.0);
+        let (w, w0) = p.random(&mut rng, &[dim], 0.5, 1.5);
+        let (bias, bias0) = p.random(&mut rng, &[dim], -1.0, 1.0);
+        let got = kernels::layer_norm(&x, &w, &bias, 1e-5);
+        let want = layer_norm::layer_norm_reference(&x0, &w0, &bias0, 1e-5);
+        same(&format!("layer_norm y {rows}x{dim}"), &got.0, &want.0, tol);
+        same(&format!("layer_norm mean {rows}x{dim}"), &got.1, &want.1, tol);
+        same(&format!("layer_norm rstd {rows}x{dim}"), &got.2, &want.2, tol);
+    }
+}
+
+/// LayerNorm backward: `dx`, `dweight` and `dbias` against the reference body.
+pub fn check_kernel_layer_norm_backward<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(42));
+    for (rows, dim) in [(1, 3), (37, 24), (5, 129)] {
+        let (x, x0) = p.random(&mut rng, &[rows, dim], -2.0, 3.0);
+        let (w, w0) = p.random(&mut rng, &[dim], 0.5, 1.5);
+        let (g, g0) = p.random(&mut rng, &[rows, dim], -1.0, 1.0);
+        let (_, mean, rstd) = layer_norm::layer_norm_reference(&x0, &w0, &Tensor::zeros(r, &[dim]), 1e-5);
+        let ((m, m0), (s, s0)) = (p.pass_on(&mean), p.pass_on(&rstd));
+        let got = kernels::layer_norm_backward(&x, &m, &s, &w, &g);
+        let want = layer_norm::layer_norm_backward_reference(&x0, &m0, &s0, &w0, &g0);
+        same(&format!("layer_norm_backward dx {rows}x{dim}"), &got.0, &want.0, tol);
+        same(&format!("layer_norm_backward dweight {rows}x{dim}"), &got.1, &want.1, tol);
+        same(&format!("layer_norm_backward dbias {rows}x{dim}"), &got.2, &want.2, tol);
+    }
+}
+
+/// Softmax backward over rows against the reference body.
+pub fn check_kernel_softmax_backward<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(43));
+    for (rows, len) in [(1, 1), (9, 17), (3, 300)] {
+        let y0 = Tensor::from_f64(r, &uniform(&mut rng, rows * len, -3.0, 3.0), &[rows, len]).softmax(-1);
+        let (y, y0) = p.pass_on(&y0);
+        let (g, g0) = p.random(&mut rng, &[rows, len], -1.0, 1.0);
+        let got = kernels::softmax_backward(&y, &g);
+        same(
+            &format!("softmax_backward {rows}x{len}"),
+            &got,
+            &layer_norm::softmax_backward_reference(&y0, &g0),
+            tol,
+        );
+    }
+}
+
+/// Cumulative sums along the first, a middle and the last axis, both directions.
+pub fn check_kernel_cumsum<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(44));
+    let (x, x0) = p.random(&mut rng, &[3, 13, 5], -1.0, 1.0);
+    for axis in [0usize, 1, 2] {
+        for reverse in [false, true] {
+            let got = kernels::cumsum(&x, axis as isize, reverse);
+            let v = shape_view(x0.shape(), axis);
+            let want = scan::cumsum_by_doubling(&x0.reshape(&[v.outer, v.len, v.inner]), reverse);
+            same(&format!("cumsum axis {axis} reverse {reverse}"), &got, &want.reshape(x0.shape()), tol);
+        }
+    }
+}
+
+/// Tile sizes that divide the token count, do not, and exceed it.
+const TILED: [(usize, usize, usize, usize, usize); 3] =
+    [(2, 16, 4, 8, 8), (3, 37, 8, 8, 16), (1, 5, 3, 64, 64)];
+
+/// Tiled attention: output and row log-sum-exp against the reference body.
+pub fn check_kernel_attention_tiled<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(45));
+    for (batch, n, dh, q_tile, k_tile) in TILED {
+        let spec = AttentionSpec { batch, n, dh, scale: 0.4, q_tile, k_tile };
+        let (w, w0) = p.random(&mut rng, &[batch, n, dh], -1.0, 1.0);
+        let (o, l) = kernels::attention_tiled(&w, spec);
+        let (o0, l0) = tiled::tiled_forward(&w0, spec);
+        same(&format!("attention_tiled output {spec:?}"), &o, &o0, tol);
+        same(&format!("attention_tiled lse {spec:?}"), &l, &l0, tol);
+    }
+}
+
+/// Tiled attention backward against the reference body.
+pub fn check_kernel_attention_tiled_backward<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(46));
+    for (batch, n, dh, q_tile, k_tile) in TILED {
+        let spec = AttentionSpec { batch, n, dh, scale: 0.4, q_tile, k_tile };
+        let (w, w0) = p.random(&mut rng, &[batch, n, dh], -1.0, 1.0);
+        let (o0, l0) = tiled::tiled_forward(&w0, spec);
+        let ((o, o0), (l, l0)) = (p.pass_on(&o0), p.pass_on(&l0));
+        let (g, g0) = p.random(&mut rng, &[batch, n, dh], -1.0, 1.0);
+        let got = kernels::attention_tiled_backward(&w, &o, &l, &g, spec);
+        let want = tiled::tiled_backward(&w0, &o0, &l0, &g0, spec);
+        same(&format!("attention_tiled_backward {spec:?}"), &got, &want, tol);
+    }
+}
+
+const DENSE: [DenseAttentionSpec; 3] = [
+    DenseAttentionSpec { batch: 1, tokens: 1, heads: 1, dim_head: 3 },
+    DenseAttentionSpec { batch: 2, tokens: 11, heads: 3, dim_head: 4 },
+    DenseAttentionSpec { batch: 3, tokens: 17, heads: 2, dim_head: 8 },
+];
+
+/// Dense multi-head attention: attention maps and merged outputs against the reference body.
+pub fn check_kernel_attention_dense<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(47));
+    for spec in DENSE {
+        let (w, w0) = p.random(&mut rng, &spec.tokens_shape(), -1.0, 1.0);
+        let (a, o) = kernels::attention_dense(&w, spec);
+        let (a0, o0) = dense::dense_forward(&w0, spec);
+        same(&format!("attention_dense attention {spec:?}"), &a, &a0, tol);
+        same(&format!("attention_dense output {spec:?}"), &o, &o0, tol);
+    }
+}
+
+/// Dense multi-head attention backward against the reference body.
+pub fn check_kernel_attention_dense_backward<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(48));
+    for spec in DENSE {
+        let (w, w0) = p.random(&mut rng, &spec.tokens_shape(), -1.0, 1.0);
+        let (a, a0) = p.pass_on(&dense::dense_forward(&w0, spec).0);
+        let (g, g0) = p.random(&mut rng, &spec.tokens_shape(), -1.0, 1.0);
+        let got = kernels::attention_dense_backward(&w, &a, &g, spec);
+        let want = dense::dense_backward(&w0, &a0, &g0, spec);
+        same(&format!("attention_dense_backward {spec:?}"), &got, &want, tol);
+    }
+}
+
+/// TSSA token statistics: all six outputs against the reference body.
+pub fn check_kernel_token_stats<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(49));
+    for (batch, n, heads, dh) in [(1, 1, 1, 1), (2, 19, 3, 5), (1, 64, 4, 8)] {
+        let (w, w0) = p.random(&mut rng, &[batch, n, heads * dh], -1.0, 1.0);
+        let (t, t0) = p.random(&mut rng, &[heads], 0.5, 2.0);
+        let got = kernels::token_stats(&w, &t, heads, 1e-12);
+        let want = token_stats::token_stats_reference(&w0, &t0, heads, 1e-12);
+        let what = |f: &str| format!("token_stats {f} [{batch}, {n}, {heads} x {dh}]");
+        same(&what("col_sq"), &got.col_sq, &want.col_sq, tol);
+        same(&what("what2_sum"), &got.what2_sum, &want.what2_sum, tol);
+        same(&what("pi"), &got.pi, &want.pi, tol);
+        same(&what("pi_sum"), &got.pi_sum, &want.pi_sum, tol);
+        same(&what("pi_sq"), &got.pi_sq, &want.pi_sq, tol);
+        same(&what("w_pi"), &got.w_pi, &want.w_pi, tol);
+    }
+}
+
+/// The invariant ReduNet update: new features and memberships against the reference body.
+pub fn check_kernel_invariant_step<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(50));
+    // (frequencies, samples, classes, width); weights 1 at the ends, 2 between, as a half spectrum has them
+    for (f, n, k, width) in [(1, 1, 1, 2), (5, 7, 3, 8), (3, 40, 2, 6)] {
+        let (v, v0) = p.random(&mut rng, &[f, n, width], -1.0, 1.0);
+        let (y, y0) = p.random(&mut rng, &[f, n, k + 1, width], -1.0, 1.0);
+        let wts: Vec<f64> = (0..f).map(|i| if i == 0 || i + 1 == f { 1.0 } else { 2.0 }).collect();
+        let (wt, wt0) = p.input(&wts, &[f]);
+        let (gamma, gamma0) = p.random(&mut rng, &[k], 0.1, 1.0);
+        let got = kernels::invariant_step(&v, &y, &wt, &gamma, 0.5, 5.0);
+        let want = invariant::invariant_step_reference(&v0, &y0, &wt0, &gamma0, 0.5, 5.0);
+        same(&format!("invariant_step features F={f} n={n} k={k}"), &got.0, &want.0, tol);
+        same(&format!("invariant_step memberships F={f} n={n} k={k}"), &got.1, &want.1, tol);
+    }
+}
+
+/// The real operand of Hermitian-packed operators against the reference gather.
+pub fn check_kernel_real_operand<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(51));
+    for (f, g, c) in [(1, 1, 1), (3, 2, 4), (2, 4, 5)] {
+        let (packed, packed0) = p.random(&mut rng, &[f, g, c, c], -1.0, 1.0);
+        let got = kernels::real_operand(&packed);
+        same(
+            &format!("real_operand [{f}, {g}, {c}, {c}]"),
+            &got,
+            &invariant::real_operand_reference(&packed0),
+            tol,
+        );
+    }
+}
+
+/// The invariant layer's products against `v` times the reference real operand.
+pub fn check_kernel_invariant_products<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(52));
+    for (f, n, g, c) in [(1, 1, 1, 1), (3, 6, 2, 4), (4, 33, 3, 5)] {
+        let (v, v0) = p.random(&mut rng, &[f, n, 2 * c], -1.0, 1.0);
+        let (packed, packed0) = p.random(&mut rng, &[f, g, c, c], -1.0, 1.0);
+        let got = kernels::invariant_products(&v, &packed);
+        let want = v0.matmul(&invariant::real_operand_reference(&packed0));
+        same(&format!("invariant_products F={f} n={n} g={g} C={c}"), &got, &want, tol);
+    }
+}
+
+/// SPD inverse and log-determinant from one factorisation against the plain
+/// Cholesky loop (`L^-T L^-1` by solves, `2 sum ln L_ii`); an indefinite
+/// matrix is refused naming its index.
+pub fn check_kernel_spd_inverse_logdet<B: Kernels, R: Kernels>(b: &B, _r: &R) {
+    let tol = tolerance::<B>();
+    let mut r = rng(53);
+    for (batch, n) in SPD_SIZES {
+        let a = rounded::<B>(&spd_batch(&mut r, batch, n, 0.5));
+        let t = Tensor::from_f64(b, &a, &[batch, n, n]);
+        let what = format!("spd_inverse_logdet {batch}x{n}x{n}");
+        let (inv, ld) = kernels::spd_inverse_logdet(&t).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!((inv.shape(), ld.shape()), (t.shape(), &[batch][..]), "{what}");
+        let (mut want_inv, mut want_ld) = (Vec::new(), Vec::new());
+        for i in 0..batch {
+            let l = ref_cholesky(&a[i * n * n..(i + 1) * n * n], n).expect("SPD");
+            want_inv.extend(ref_chol_solve(&l, &identity(n), n, n));
+            want_ld.push(2.0 * (0..n).map(|j| l[j * n + j].ln()).sum::<f64>());
+        }
+        assert_close(&format!("{what} inverse"), &inv.to_f64_vec(), &want_inv, tol);
+        assert_close(&format!("{what} logdet"), &ld.to_f64_vec(), &want_ld, tol);
+    }
+    for n in [1usize, 4, 70] {
+        let mut a = spd_batch(&mut r, 3, n, 0.5);
+        a.splice(n * n..2 * n * n, indefinite(n));
+        let t = Tensor::<B>::from_f64(b, &a, &[3, n, n]);
+        expect_not_pd(&format!("spd_inverse_logdet n={n}"), kernels::spd_inverse_logdet(&t), 1);
+    }
+}
+
+/// The kernel `herm_inverse_logdet` equals `herm_inverse` and `herm_logdet` of the same matrices.
+pub fn check_herm_inverse_logdet<B: Kernels, R: Kernels>(b: &B, _r: &R) {
+    let tol = tolerance::<B>();
+    let mut r = rng(29);
+    for (batch, n) in SPD_SIZES {
+        let (re, im) = hpd_batch(&mut r, batch, n);
+        let a = ComplexTensor::new(
+            Tensor::from_f64(b, &re, &[batch, n, n]),
+            Tensor::from_f64(b, &im, &[batch, n, n]),
+        );
+        let what = format!("herm_inverse_logdet {batch}x{n}x{n}");
+        let (inv, ld) = kernels::herm_inverse_logdet(&a).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let inv0 = a.herm_inverse().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let ld0 = a.herm_logdet().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(inv.shape(), inv0.shape(), "{what}");
+        assert_eq!(ld.shape(), &[batch], "{what}");
+        let scale = max_abs(&inv0.re.to_f64_vec()).max(max_abs(&inv0.im.to_f64_vec())).max(1.0);
+        assert_close_scaled(&format!("{what} re"), &inv.re.to_f64_vec(), &inv0.re.to_f64_vec(), tol, scale);
+        assert_close_scaled(&format!("{what} im"), &inv.im.to_f64_vec(), &inv0.im.to_f64_vec(), tol, scale);
+        assert_close(&format!("{what} logdet"), &ld.to_f64_vec(), &ld0.to_f64_vec(), tol);
+    }
+    let bad = ComplexTensor::new(
+        Tensor::from_f64(b, &[1.0, 0.0, 0.0, -1.0], &[1, 2, 2]),
+        Tensor::zeros(b, &[1, 2, 2]),
+    );
+    assert!(
+        kernels::herm_inverse_logdet(&bad).is_err(),
+        "herm_inverse_logdet of an indefinite matrix must fail"
+    );
+}
