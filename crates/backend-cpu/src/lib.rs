@@ -10,7 +10,7 @@
 //! | `elementwise.rs`, `layout.rs`, `reduce.rs` | elementwise, layout and reduction primitives |
 //! | `linalg.rs`, `blocked.rs`, `hermitian.rs` | matmul, real SPD and complex Hermitian linear algebra |
 //! | `fft.rs` | FFTs (rustfft plans) |
-//! | `nn.rs`, `attention.rs`, `dense_attention.rs`, `token_stats.rs`, `invariant_step.rs` | the fused kernels |
+//! | `nn.rs`, `attention.rs`, `dense_attention.rs`, `token_stats.rs`, `invariant_step.rs`, `redunet/` | the fused kernels |
 //! | `lanes.rs`, `pool.rs`, `host.rs` | eight-lane reductions, recycled buffers, SIMD and allocator state |
 //!
 //! Dense linear algebra goes to faer; batches of small matrices (the
@@ -38,6 +38,7 @@ mod nn;
 mod par;
 pub mod pool;
 mod reduce;
+mod redunet;
 mod token_stats;
 
 pub use elem::{Buf, CpuElem};
@@ -47,7 +48,7 @@ pub use pool::{recycle_buffers, HostVec};
 
 use elem::buf;
 use host::clear_after_factorisation;
-use rate_core::kernels::{InvariantProductsSpec, InvariantStepSpec};
+use rate_core::kernels::{InvariantProductsSpec, InvariantStepSpec, Record, RedunetRun, RedunetSpec};
 use rate_core::{
     AttentionSpec, AxisView, Backend, BinaryOp, DenseAttentionSpec, FftNorm, Kernels, MatmulSpec, ReduceOp,
     Result, TokenStats, TokenStatsSpec, UnaryOp,
@@ -345,5 +346,30 @@ impl<T: CpuElem> Kernels for CpuBackend<T> {
     ) -> Result<(Buf<T>, Buf<T>, Buf<T>)> {
         hermitian::herm_inverse_logdet(re, im, batch, n, "herm_inverse_logdet")
             .map(|(r, i, l)| (buf(r), buf(i), buf(l)))
+    }
+
+    fn redunet_build(
+        &self,
+        z: &Buf<T>,
+        samples: usize,
+        dim: usize,
+        labels: &[usize],
+        spec: &RedunetSpec,
+        record: &Record,
+    ) -> Result<RedunetRun<Buf<T>>> {
+        redunet::build(z, (samples, dim), labels, spec, record)
+    }
+
+    fn redunet_transform(
+        &self,
+        z: &Buf<T>,
+        samples: usize,
+        dim: usize,
+        operators: &[Buf<T>],
+        gamma: &[f64],
+        spec: &RedunetSpec,
+        record: &Record,
+    ) -> Result<RedunetRun<Buf<T>>> {
+        redunet::transform(z, (samples, dim), operators, gamma, spec, record)
     }
 }

@@ -368,3 +368,25 @@ pub fn sym_eigen<T: CpuElem>(a: &[T], batch: usize, n: usize) -> Result<(Vec<T>,
     let vecs = parts.iter().flat_map(|p| p.1.iter().copied()).collect();
     Ok((vals, vecs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_spd_inverse_and_logdet() {
+        // A = [[4, 2, 0], [2, 5, 1], [0, 1, 3]]: det = 4 (15 - 1) - 2 (6 - 0) = 44.
+        let a = [4.0, 2.0, 0.0, 2.0, 5.0, 1.0, 0.0, 1.0, 3.0];
+        let be = CpuBackend::<f64>::sequential();
+        let (inv, ld) = spd_inverse_logdet(&be, &a, 1, 3).expect("SPD");
+        assert!((ld[0] - 44f64.ln()).abs() < 1e-14);
+        for i in 0..3 {
+            for j in 0..3 {
+                let s: f64 = (0..3).map(|p| a[i * 3 + p] * inv[p * 3 + j]).sum();
+                assert!((s - if i == j { 1.0 } else { 0.0 }).abs() < 1e-14);
+            }
+        }
+        let bad = [1.0, 2.0, 2.0, 1.0];
+        assert!(spd_inverse_logdet(&be, &bad, 1, 2).is_err());
+    }
+}

@@ -1,9 +1,11 @@
-//! `rate redunet rotation|translation`: the shift-invariant ReduNet (4.1.16-4.1.27) on polar-resampled and translated digits, with invariance measures and plots.
+//! `rate invariant rotation|translation`: the shift-invariant ReduNet (4.1.16-4.1.27) on polar-resampled and translated digits, with invariance measures and plots.
 
+use crate::plot::pool_heatmap;
 use crate::plot::{self, Series};
-use crate::redunet_cmd::pool_heatmap;
-use crate::util::{dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Job};
-use clap::Args;
+use crate::util::{
+    dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Command, Job,
+};
+use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
 use models::data::{self, Dataset};
 use models::invariant::{
@@ -15,7 +17,7 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Options of `rate redunet rotation`.
+/// Options of `rate invariant rotation`.
 #[derive(Args, Debug)]
 pub struct RotationArgs {
     /// Image data: `mnist5k`, `digits`, `fashion-mnist`, or a file of square images.
@@ -76,7 +78,7 @@ pub struct RotationArgs {
     pub equivariance_samples: usize,
 }
 
-/// Options of `rate redunet translation`.
+/// Options of `rate invariant translation`.
 #[derive(Args, Debug)]
 pub struct TranslationArgs {
     /// Image data (`digits` by default; any square images).
@@ -117,17 +119,24 @@ pub struct TranslationArgs {
     pub seed: u64,
 }
 
-/// Runs `rate redunet rotation`.
-pub fn rotation(a: RotationArgs, opts: BackendOpts) -> CliResult<serde_json::Value> {
-    dispatch(opts, RotationJob(a))
+/// The shift- and rotation-invariant ReduNet experiments (4.1.16-4.1.27).
+#[derive(Subcommand, Debug)]
+pub enum InvariantCmd {
+    /// The rotation-invariant MNIST experiment (Figures 4.10-4.11): polar digits, lifting, 1-D invariant ReduNet.
+    Rotation(RotationArgs),
+    /// The 2-D translation-invariant ReduNet on small images, evaluated on all cyclic translations.
+    Translation(TranslationArgs),
 }
 
-/// Runs `rate redunet translation`.
-pub fn translation(a: TranslationArgs, opts: BackendOpts) -> CliResult<serde_json::Value> {
-    dispatch(opts, TranslationJob(a))
+impl Command for InvariantCmd {
+    fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
+        match self {
+            InvariantCmd::Rotation(a) => dispatch(opts, RotationJob(a)),
+            InvariantCmd::Translation(a) => dispatch(opts, TranslationJob(a)),
+        }
+    }
 }
 
-/// Disjoint seeded train and test subsets with `n_train` and `n_test` images per class.
 fn train_test(name: &str, n_train: usize, n_test: usize, seed: u64) -> CliResult<(Dataset, Dataset)> {
     let full = data::source(name)?;
     let s = full.sample_shape().to_vec();
@@ -538,7 +547,7 @@ impl Job for TranslationJob {
 #[cfg(test)]
 mod tests {
     use super::{abs_cosines, cosine_contrast};
-    use crate::redunet_cmd::{gram_heatmap, pool_heatmap};
+    use crate::plot::{gram_heatmap, pool_heatmap};
     use backend_cpu::CpuBackend;
     use rate_core::Tensor;
 

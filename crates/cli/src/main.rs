@@ -11,7 +11,7 @@ mod transformer_cmd;
 mod util;
 
 use clap::{Parser, Subcommand};
-use util::{BackendOpts, CliResult};
+use util::{BackendOpts, CliResult, Command};
 
 #[global_allocator]
 static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
@@ -29,16 +29,19 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Subcommands,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
+enum Subcommands {
     /// Print the backends compiled into this binary.
     Backends,
     /// ReduNet: networks built forward, layer by layer, from the rate reduction.
     #[command(subcommand)]
     Redunet(redunet_cmd::RedunetCmd),
+    /// The shift- and rotation-invariant ReduNet computed per frequency (4.1.16-4.1.27).
+    #[command(subcommand)]
+    Invariant(invariant_cmd::InvariantCmd),
     /// CRATE (4.2.20): forward and gradients of a checkpoint.
     #[command(subcommand)]
     Crate(transformer_cmd::CrateCmd),
@@ -50,27 +53,37 @@ enum Command {
     Tost(transformer_cmd::TostCmd),
 }
 
-fn run(cli: Cli) -> CliResult<()> {
-    match cli.command {
-        Command::Backends => {
-            let mut names = vec!["cpu (f64, f32)"];
-            if cfg!(feature = "wgpu") {
-                names.push("wgpu (f32)");
-            }
-            if cli.json {
-                println!("{}", serde_json::json!({ "backends": names }));
-            } else {
-                for n in names {
-                    println!("{n}");
-                }
-            }
-            Ok(())
+/// `rate backends`.
+struct Backends;
+
+impl Command for Backends {
+    fn run(self, _opts: BackendOpts) -> CliResult<serde_json::Value> {
+        let mut names = vec!["cpu (f64, f32)"];
+        if cfg!(feature = "wgpu") {
+            names.push("wgpu (f32)");
         }
-        Command::Redunet(cmd) => redunet_cmd::run(cmd, cli.backend, cli.json),
-        Command::Crate(cmd) => transformer_cmd::run_crate(cmd, cli.backend, cli.json),
-        Command::Aot(cmd) => transformer_cmd::run_aot(cmd, cli.backend, cli.json),
-        Command::Tost(cmd) => transformer_cmd::run_tost(cmd, cli.backend, cli.json),
+        Ok(serde_json::json!({ "backends": names }))
     }
+}
+
+/// Runs the subcommand and prints its summary once: JSON with `--json`, else one `key: value` line each.
+fn run(cli: Cli) -> CliResult<()> {
+    let summary = match cli.command {
+        Subcommands::Backends => Backends.run(cli.backend),
+        Subcommands::Redunet(cmd) => cmd.run(cli.backend),
+        Subcommands::Invariant(cmd) => cmd.run(cli.backend),
+        Subcommands::Crate(cmd) => cmd.run(cli.backend),
+        Subcommands::Aot(cmd) => cmd.run(cli.backend),
+        Subcommands::Tost(cmd) => cmd.run(cli.backend),
+    }?;
+    if cli.json {
+        println!("{summary}");
+    } else if let Some(obj) = summary.as_object() {
+        for (k, v) in obj {
+            println!("{k}: {v}");
+        }
+    }
+    Ok(())
 }
 
 fn main() {

@@ -209,6 +209,42 @@ pub fn heatmap(path: &Path, title: &str, values: &[f64], n: usize, vmax: f64) ->
     root.present().map_err(|e| err(path, e))
 }
 
+/// `|Z Z^T|` with samples sorted by class, average-pooled to at most `max_side` cells a side.
+pub fn gram_heatmap(z: &[f64], m: usize, d: usize, labels: &[usize], max_side: usize) -> (Vec<f64>, usize) {
+    let mut g = vec![0.0; m * m];
+    for i in 0..m {
+        for j in 0..m {
+            g[i * m + j] = (0..d).map(|c| z[i * d + c] * z[j * d + c]).sum::<f64>().abs();
+        }
+    }
+    pool_heatmap(&g, labels, max_side)
+}
+
+/// A non-negative `m x m` matrix `g` (`m = labels.len()`) with rows and columns
+/// sorted by class, average-pooled to at most `max_side` cells a side.
+pub fn pool_heatmap(g: &[f64], labels: &[usize], max_side: usize) -> (Vec<f64>, usize) {
+    let m = labels.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by_key(|&i| (labels[i], i));
+    let side = m.min(max_side).max(1);
+    let mut out = vec![0.0; side * side];
+    let mut cnt = vec![0.0; side * side];
+    for (a, &i) in order.iter().enumerate() {
+        let ba = a * side / m;
+        for (b, &j) in order.iter().enumerate() {
+            let bb = b * side / m;
+            out[ba * side + bb] += g[i * m + j];
+            cnt[ba * side + bb] += 1.0;
+        }
+    }
+    for (o, c) in out.iter_mut().zip(&cnt) {
+        if *c > 0.0 {
+            *o /= c;
+        }
+    }
+    (out, side)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

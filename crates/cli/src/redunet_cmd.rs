@@ -1,7 +1,8 @@
 //! `rate redunet gaussians|fit|transform`: the vector ReduNet (4.1.13) on synthetic and real data, with metrics and plots.
 
-use crate::plot::{self, Series};
-use crate::util::{dispatch, ensure_dir, write_json, BackendKind, BackendOpts, CliError, CliResult, Job};
+use crate::invariant_cmd::{InvariantCmd, RotationArgs, TranslationArgs};
+use crate::plot::{self, gram_heatmap, Series};
+use crate::util::{dispatch, ensure_dir, write_json, BackendOpts, CliError, CliResult, Command, Job};
 use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
 use models::data::{self, Dataset};
@@ -32,10 +33,6 @@ pub struct NetArgs {
     /// Window (in layers) of the --min-gain rule.
     #[arg(long, default_value_t = 10)]
     pub window: usize,
-    /// Which implementation of the layer map runs: not a flag, set from `--backend` (the fused engine is host
-    /// code, so on wgpu the tensor engine keeps every layer on the device).
-    #[arg(skip)]
-    pub engine: Engine,
 }
 
 impl NetArgs {
@@ -45,7 +42,6 @@ impl NetArgs {
         c.eta = self.eta;
         c.eps_sq = self.eps_sq;
         c.lambda = self.lambda;
-        c.engine = self.engine;
         if let Some(min_gain) = self.min_gain {
             c.depth = Depth::Adaptive { max_layers: layers, window: self.window.min(layers), min_gain };
         }
@@ -62,10 +58,12 @@ pub enum RedunetCmd {
     Fit(FitArgs),
     /// Apply a saved ReduNet to data; writes `Z` and `yhat` to a safetensors file.
     Transform(TransformArgs),
-    /// The rotation-invariant MNIST experiment (Figures 4.10-4.11): polar digits, lifting, 1-D invariant ReduNet.
-    Rotation(crate::invariant_cmd::RotationArgs),
-    /// The 2-D translation-invariant ReduNet on small images, evaluated on all cyclic translations.
-    Translation(crate::invariant_cmd::TranslationArgs),
+    /// Moved to `rate invariant rotation` (this name still runs it).
+    #[command(hide = true)]
+    Rotation(RotationArgs),
+    /// Moved to `rate invariant translation` (this name still runs it).
+    #[command(hide = true)]
+    Translation(TranslationArgs),
 }
 
 /// Options of `rate redunet gaussians`.
@@ -139,46 +137,24 @@ pub struct TransformArgs {
     /// Output safetensors file with `Z` (samples x features) and `yhat`.
     #[arg(long)]
     pub out: PathBuf,
-    /// The engine to run the loaded network with, set from `--backend` (see [`NetArgs::engine`]); it replaces
-    /// the one saved with the model, which is a choice of the machine that built it.
-    #[arg(skip)]
-    pub engine: Option<Engine>,
 }
 
-/// The ReduNet engine for a backend: the tensor engine on wgpu (every layer on the device), else the default.
-fn engine_for(opts: BackendOpts) -> Engine {
-    match opts.backend {
-        BackendKind::Wgpu => Engine::Tensor,
-        BackendKind::Cpu => Engine::Auto,
-    }
-}
-
-/// Runs a `rate redunet` command.
-pub fn run(cmd: RedunetCmd, opts: BackendOpts, json_out: bool) -> CliResult<()> {
-    let summary = match cmd {
-        RedunetCmd::Gaussians(mut a) => {
-            a.net.engine = engine_for(opts);
-            dispatch(opts, GaussiansJob(a))?
-        }
-        RedunetCmd::Fit(mut a) => {
-            a.net.engine = engine_for(opts);
-            dispatch(opts, FitJob(a))?
-        }
-        RedunetCmd::Transform(mut a) => {
-            a.engine = Some(engine_for(opts));
-            dispatch(opts, TransformJob(a))?
-        }
-        RedunetCmd::Rotation(a) => crate::invariant_cmd::rotation(a, opts)?,
-        RedunetCmd::Translation(a) => crate::invariant_cmd::translation(a, opts)?,
-    };
-    if json_out {
-        println!("{summary}");
-    } else if let Some(obj) = summary.as_object() {
-        for (k, v) in obj {
-            println!("{k}: {v}");
+impl Command for RedunetCmd {
+    fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
+        match self {
+            RedunetCmd::Gaussians(a) => dispatch(opts, GaussiansJob(a)),
+            RedunetCmd::Fit(a) => dispatch(opts, FitJob(a)),
+            RedunetCmd::Transform(a) => dispatch(opts, TransformJob(a)),
+            RedunetCmd::Rotation(a) => {
+                eprintln!("note: `rate redunet rotation` is now `rate invariant rotation`");
+                InvariantCmd::Rotation(a).run(opts)
+            }
+            RedunetCmd::Translation(a) => {
+                eprintln!("note: `rate redunet translation` is now `rate invariant translation`");
+                InvariantCmd::Translation(a).run(opts)
+            }
         }
     }
-    Ok(())
 }
 
 fn rates_json(rates: &[Rates]) -> serde_json::Value {
@@ -250,42 +226,6 @@ fn project_2d(z: &[f64], m: usize, d: usize) -> Vec<(f64, f64)> {
             (p(0), p(1))
         })
         .collect()
-}
-
-/// `|Z Z^T|` with samples sorted by class, average-pooled to at most `max_side` cells a side.
-pub fn gram_heatmap(z: &[f64], m: usize, d: usize, labels: &[usize], max_side: usize) -> (Vec<f64>, usize) {
-    let mut g = vec![0.0; m * m];
-    for i in 0..m {
-        for j in 0..m {
-            g[i * m + j] = (0..d).map(|c| z[i * d + c] * z[j * d + c]).sum::<f64>().abs();
-        }
-    }
-    pool_heatmap(&g, labels, max_side)
-}
-
-/// A non-negative `m x m` matrix `g` (`m = labels.len()`) with rows and columns
-/// sorted by class, average-pooled to at most `max_side` cells a side.
-pub fn pool_heatmap(g: &[f64], labels: &[usize], max_side: usize) -> (Vec<f64>, usize) {
-    let m = labels.len();
-    let mut order: Vec<usize> = (0..m).collect();
-    order.sort_by_key(|&i| (labels[i], i));
-    let side = m.min(max_side).max(1);
-    let mut out = vec![0.0; side * side];
-    let mut cnt = vec![0.0; side * side];
-    for (a, &i) in order.iter().enumerate() {
-        let ba = a * side / m;
-        for (b, &j) in order.iter().enumerate() {
-            let bb = b * side / m;
-            out[ba * side + bb] += g[i * m + j];
-            cnt[ba * side + bb] += 1.0;
-        }
-    }
-    for (o, c) in out.iter_mut().zip(&cnt) {
-        if *c > 0.0 {
-            *o /= c;
-        }
-    }
-    (out, side)
 }
 
 fn rate_plot(path: &Path, title: &str, rates: &[Rates]) -> CliResult<()> {
@@ -540,9 +480,9 @@ impl Job for TransformJob {
     fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
         let mut net = ReduNet::load(be, a.model.join("model.safetensors"))?;
-        if let Some(engine) = a.engine {
-            net.set_engine(engine);
-        }
+        // the engine saved with the model is a choice of the machine that built it: here the backend's
+        // kernel runs (the fused engine on the CPU for small d, the tensor ops on the device on wgpu)
+        net.set_engine(Engine::Auto);
         let ds = data::source(&a.data)?;
         if ds.num_features() != net.dim() {
             return Err(CliError::Usage(format!(

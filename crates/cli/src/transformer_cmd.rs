@@ -23,13 +23,16 @@
 //! ([`crate::alloc_count`]), so it includes the cache and the output.
 
 use crate::plot::{self, Series};
-use crate::util::{dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Job};
+use crate::util::{
+    dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Command, Job,
+};
 use clap::{Args, Subcommand};
 use models::io::{write_safetensors, OutArray, TensorFile};
 use models::nn::aot::AotLayer;
-use models::nn::classifier::{Block, Classifier};
-use models::nn::crate_model::{Crate, CrateConfig, CrateGradients, Execution};
+use models::nn::classifier::{Block, Classifier, ModelConfig};
+use models::nn::crate_model::CrateLayer;
 use models::nn::denoise::{self, fit_line, DenoiseConfig};
+use models::nn::exec::{CrateGradients, Execution};
 use models::nn::loss::CrossEntropy;
 use models::nn::mssa::{Mssa, Phi};
 use models::nn::tost::TostLayer;
@@ -205,23 +208,30 @@ pub enum Kind {
     Tost,
 }
 
-fn print_summary(summary: &serde_json::Value, json_out: bool) {
-    if json_out {
-        println!("{summary}");
-    } else if let Some(obj) = summary.as_object() {
-        for (k, v) in obj {
-            println!("{k}: {v}");
+impl Command for CrateCmd {
+    fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
+        match self {
+            CrateCmd::Forward(a) => forward(opts, Kind::Crate, a),
         }
     }
 }
 
-/// Runs `rate crate ...`.
-pub fn run_crate(cmd: CrateCmd, opts: BackendOpts, json_out: bool) -> CliResult<()> {
-    let summary = match cmd {
-        CrateCmd::Forward(a) => forward(opts, Kind::Crate, a)?,
-    };
-    print_summary(&summary, json_out);
-    Ok(())
+impl Command for AotCmd {
+    fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
+        match self {
+            AotCmd::Forward(a) => forward(opts, Kind::Aot, a),
+            AotCmd::Denoise(a) => dispatch(opts, DenoiseJob(a)),
+        }
+    }
+}
+
+impl Command for TostCmd {
+    fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
+        match self {
+            TostCmd::Forward(a) => forward(opts, Kind::Tost, a),
+            TostCmd::Scaling(a) => dispatch(opts, ScalingJob(a)),
+        }
+    }
 }
 
 /// `rate crate|aot|tost forward`, with recycled product buffers on the CPU
@@ -229,26 +239,6 @@ pub fn run_crate(cmd: CrateCmd, opts: BackendOpts, json_out: bool) -> CliResult<
 fn forward(opts: BackendOpts, kind: Kind, args: ForwardArgs) -> CliResult<serde_json::Value> {
     backend_cpu::recycle_buffers(backend_cpu::pool::MODEL_STEP_BYTES);
     dispatch(opts, ForwardJob { kind, args })
-}
-
-/// Runs `rate aot ...`.
-pub fn run_aot(cmd: AotCmd, opts: BackendOpts, json_out: bool) -> CliResult<()> {
-    let summary = match cmd {
-        AotCmd::Forward(a) => forward(opts, Kind::Aot, a)?,
-        AotCmd::Denoise(a) => dispatch(opts, DenoiseJob(a))?,
-    };
-    print_summary(&summary, json_out);
-    Ok(())
-}
-
-/// Runs `rate tost ...`.
-pub fn run_tost(cmd: TostCmd, opts: BackendOpts, json_out: bool) -> CliResult<()> {
-    let summary = match cmd {
-        TostCmd::Forward(a) => forward(opts, Kind::Tost, a)?,
-        TostCmd::Scaling(a) => dispatch(opts, ScalingJob(a))?,
-    };
-    print_summary(&summary, json_out);
-    Ok(())
 }
 
 /// A JSON config file as string key-value pairs (numbers and booleans printed).
@@ -332,25 +322,7 @@ pub struct ForwardJob {
 
 type ForwardResult<B> = (Tensor<B>, Option<(f64, CrateGradients<B>)>, BTreeMap<String, String>);
 
-fn crate_forward<B: Kernels>(
-    be: &B,
-    a: &ForwardArgs,
-    overrides: &BTreeMap<String, String>,
-    images: &Tensor<B>,
-    labels: Option<&[usize]>,
-    ce: &CrossEntropy,
-) -> CliResult<ForwardResult<B>> {
-    let mut file = TensorFile::read(&a.checkpoint)?;
-    file.metadata.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let config = CrateConfig::from_checkpoint(&file)?;
-    let model =
-        Crate::from_state_dict(be, &config, file.tensors.iter().map(|(k, v)| (k.as_str(), v)), &file.path)?;
-    let logits = model.logits_with(images, &a.execution(be, false))?;
-    let exec = a.execution(be, true);
-    let grads = labels.map(|l| model.loss_and_gradients_with(images, l, ce, &exec)).transpose()?;
-    Ok((logits, grads, config.to_metadata()))
-}
-
+/// The logits, and with labels the loss and every gradient, of the checkpoint of one model.
 fn classifier_forward<B: Kernels, L: Block<B>>(
     be: &B,
     a: &ForwardArgs,
@@ -359,7 +331,6 @@ fn classifier_forward<B: Kernels, L: Block<B>>(
     labels: Option<&[usize]>,
     ce: &CrossEntropy,
 ) -> CliResult<ForwardResult<B>> {
-    use models::nn::classifier::ModelConfig;
     let model = Classifier::<B, L>::load_with(be, &a.checkpoint, overrides)?;
     let logits = model.logits_with(images, &a.execution(be, false))?;
     let exec = a.execution(be, true);
@@ -391,13 +362,13 @@ impl Job for ForwardJob {
         let ce = CrossEntropy::new(a.label_smoothing)?;
         let lab = labels.as_deref();
         let with_input = |e: CliError| match e {
-            CliError::Models(models::Error::Config(m)) if m.contains("images have shape") => {
-                CliError::Usage(format!("--input {}: {m}", input.path))
+            CliError::Models(e @ models::Error::ImageShape { .. }) => {
+                CliError::Usage(format!("--input {}: {e}", input.path))
             }
             other => other,
         };
         let (logits, grads, mut meta) = match self.kind {
-            Kind::Crate => crate_forward(be, a, &overrides, &images, lab, &ce),
+            Kind::Crate => classifier_forward::<B, CrateLayer<B>>(be, a, &overrides, &images, lab, &ce),
             Kind::Aot => classifier_forward::<B, AotLayer<B>>(be, a, &overrides, &images, lab, &ce),
             Kind::Tost => classifier_forward::<B, TostLayer<B>>(be, a, &overrides, &images, lab, &ce),
         }

@@ -53,6 +53,13 @@ pub struct BackendOpts {
     pub precision: Precision,
 }
 
+/// A `rate` subcommand: runs on the backend the options name and returns its
+/// summary, which `main` prints once (JSON or `key: value` lines).
+pub trait Command {
+    /// Runs the command.
+    fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value>;
+}
+
 /// A job that runs on any backend: the one place where the generic parameter is chosen.
 pub trait Job {
     /// What the job returns.

@@ -42,6 +42,18 @@ pub enum Error {
     /// A configuration or argument is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Images that do not fit the model they are given to.
+    #[error("{model}: images have shape {shape:?}, expected [batch >= 1, {channels}, {size}, {size}]")]
+    ImageShape {
+        /// The model (`CRATE`, `AoT`, `TOST`).
+        model: String,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// The channels the model takes.
+        channels: usize,
+        /// The image side the model takes.
+        size: usize,
+    },
 }
 
 /// `Result` with [`Error`].

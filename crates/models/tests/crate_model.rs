@@ -261,7 +261,8 @@ fn measurements_follow_the_reference_definitions() {
         let fr: Vec<f64> =
             out.chunks(per).map(|c| c.iter().filter(|&&x| x == 0.0).count() as f64 / per as f64).collect();
         let mean = fr.iter().sum::<f64>() / 3.0;
-        assert!((lm.sparsity - mean).abs() < 1e-15);
+        let (sparsity, _) = lm.sparsity.expect("CRATE layers measure their ISTA output");
+        assert!((sparsity - mean).abs() < 1e-15);
         // coding rate: the authors' formula on the n x n Gram of unit tokens, summed over heads
         let w = cache.layers[l].attn.head_tokens().to_f64_vec();
         let mut totals = [0.0; 3];
@@ -284,7 +285,7 @@ fn measurements_follow_the_reference_definitions() {
         assert!((lm.coding_rate_std - sd).abs() < 1e-10);
         assert!((lm.coding_rate_per_head.iter().sum::<f64>() - mean_rate).abs() < 1e-10);
         // attention maps: [batch, heads, n, n], rows sum to one
-        let attention = lm.attention.as_ref().unwrap();
+        let attention = lm.map.as_ref().unwrap();
         assert_eq!(attention.shape(), &[3, heads, n, n]);
         let rows = attention.sum_axis(-1, false).to_f64_vec();
         assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-12));

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod circulant;
 pub mod error;
 pub mod kernels;
+pub mod operators;
 pub mod rate;
 pub mod tensor;
 #[cfg(feature = "testing")]

@@ -1,4 +1,4 @@
-//! Coding rate R (4.2.2, first term of 4.1.1), compression R_c, rate reduction ΔR, and their gradient operators E and C^j (4.1.3-4.1.5).
+//! Coding rate R (4.2.2, first term of 4.1.1), compression R_c, rate reduction ΔR, and their gradient operators E and C^j (4.1.3-4.1.5) of a feature matrix, through the Gram-matrix family of `crate::operators`.
 //!
 //! Layout: `Z` is `m x d`, one sample per row (the chapter writes samples as
 //! columns; every formula here is the chapter's with `Z` transposed).
@@ -15,11 +15,13 @@
 //! log-determinant and Woodbury's for the inverse,
 //! `(I + a Z^T Z)^-1 = I - a Z^T (I + a Z Z^T)^-1 Z`.
 
-use crate::{Backend, Error, Result, Tensor};
+use crate::kernels::Kernels;
+use crate::operators::{regularised_inverses, regularised_logdets};
+use crate::{Error, Result, Tensor};
 
 /// How samples are assigned to classes.
 #[derive(Clone, Debug)]
-pub enum Membership<'a, B: Backend> {
+pub enum Membership<'a, B: Kernels> {
     /// Hard labels `0..classes`, one per sample.
     Hard {
         /// Label of each sample.
@@ -32,7 +34,7 @@ pub enum Membership<'a, B: Backend> {
     Soft(&'a Tensor<B>),
 }
 
-impl<B: Backend> Membership<'_, B> {
+impl<B: Kernels> Membership<'_, B> {
     /// Number of classes.
     pub fn classes(&self) -> usize {
         match self {
@@ -43,32 +45,7 @@ impl<B: Backend> Membership<'_, B> {
 
     fn check(&self, m: usize, op: &'static str) -> Result<()> {
         match self {
-            Membership::Hard { labels, classes } => {
-                if *classes == 0 {
-                    return Err(Error::InvalidArgument {
-                        op,
-                        name: "classes",
-                        value: "0".into(),
-                        reason: "there must be at least one class".into(),
-                    });
-                }
-                if labels.len() != m {
-                    return Err(Error::InvalidShape {
-                        op,
-                        shape: vec![labels.len()],
-                        reason: format!("{} labels for {m} samples", labels.len()),
-                    });
-                }
-                if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= *classes) {
-                    return Err(Error::InvalidArgument {
-                        op,
-                        name: "labels",
-                        value: format!("labels[{i}] = {l}"),
-                        reason: format!("must be below the class count {classes}"),
-                    });
-                }
-                Ok(())
-            }
+            Membership::Hard { labels, classes } => check_labels(labels, m, *classes, op),
             Membership::Soft(p) => {
                 if p.rank() != 2 || p.dim(1) != m || p.dim(0) == 0 {
                     return Err(Error::InvalidShape {
@@ -95,14 +72,14 @@ impl<B: Backend> Membership<'_, B> {
 }
 
 /// One class's share of the data: the weighted samples `sqrt(Pi_j) Z` and `tr(Pi_j)`.
-struct ClassPart<B: Backend> {
+struct ClassPart<B: Kernels> {
     /// Rows scaled by `sqrt(pi_ij)` (hard: the class's rows).
     zw: Tensor<B>,
     /// `tr(Pi_j)`, the (soft) class size.
     size: f64,
 }
 
-fn class_parts<B: Backend>(z: &Tensor<B>, pi: &Membership<'_, B>) -> Vec<ClassPart<B>> {
+fn class_parts<B: Kernels>(z: &Tensor<B>, pi: &Membership<'_, B>) -> Vec<ClassPart<B>> {
     match pi {
         Membership::Hard { labels, classes } => (0..*classes)
             .map(|j| {
@@ -120,14 +97,8 @@ fn class_parts<B: Backend>(z: &Tensor<B>, pi: &Membership<'_, B>) -> Vec<ClassPa
     }
 }
 
-fn check_z<B: Backend>(z: &Tensor<B>, eps_sq: f64, op: &'static str) -> Result<(usize, usize)> {
-    if z.rank() != 2 || z.dim(0) == 0 || z.dim(1) == 0 {
-        return Err(Error::InvalidShape {
-            op,
-            shape: z.shape().to_vec(),
-            reason: "features must be a non-empty samples x features matrix".into(),
-        });
-    }
+/// Fails unless `eps_sq` is positive and finite, with a finite reciprocal.
+pub(crate) fn check_eps_sq(eps_sq: f64, op: &'static str) -> Result<()> {
     if !(eps_sq > 0.0 && eps_sq.is_finite() && (1.0 / eps_sq).is_finite()) {
         return Err(Error::InvalidArgument {
             op,
@@ -136,32 +107,71 @@ fn check_z<B: Backend>(z: &Tensor<B>, eps_sq: f64, op: &'static str) -> Result<(
             reason: "must be positive and finite, with a finite reciprocal".into(),
         });
     }
+    Ok(())
+}
+
+/// Fails unless there is a class, one label per sample and every label below the class count.
+pub(crate) fn check_labels(labels: &[usize], m: usize, classes: usize, op: &'static str) -> Result<()> {
+    if classes == 0 {
+        return Err(Error::InvalidArgument {
+            op,
+            name: "classes",
+            value: "0".into(),
+            reason: "there must be at least one class".into(),
+        });
+    }
+    if labels.len() != m {
+        return Err(Error::InvalidShape {
+            op,
+            shape: vec![labels.len()],
+            reason: format!("{} labels for {m} samples", labels.len()),
+        });
+    }
+    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= classes) {
+        return Err(Error::InvalidArgument {
+            op,
+            name: "labels",
+            value: format!("labels[{i}] = {l}"),
+            reason: format!("must be below the class count {classes}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_z<B: Kernels>(z: &Tensor<B>, eps_sq: f64, op: &'static str) -> Result<(usize, usize)> {
+    if z.rank() != 2 || z.dim(0) == 0 || z.dim(1) == 0 {
+        return Err(Error::InvalidShape {
+            op,
+            shape: z.shape().to_vec(),
+            reason: "features must be a non-empty samples x features matrix".into(),
+        });
+    }
+    check_eps_sq(eps_sq, op)?;
     z.check_finite(op)?;
     Ok((z.dim(0), z.dim(1)))
 }
 
 /// `logdet(I + a W^T W)` for `W` of shape `n x d`, through the smaller of the
 /// `d x d` and `n x n` Gram matrices (Sylvester's determinant identity).
-pub fn logdet_i_plus_gram<B: Backend>(w: &Tensor<B>, a: f64) -> Result<f64> {
+pub fn logdet_i_plus_gram<B: Kernels>(w: &Tensor<B>, a: f64) -> Result<f64> {
     let (n, d) = (w.dim(0), w.dim(1));
     if n == 0 {
         return Ok(0.0);
     }
     let gram = if n < d { w.matmul_t(w, false, true) } else { w.matmul_t(w, true, false) };
     let k = n.min(d);
-    let m = gram.scale(a).add(&Tensor::eye(w.backend(), k));
-    Ok(m.spd_logdet()?.scalar())
+    Ok(regularised_logdets(&gram.reshape(&[1, k, k]), &[a])?[0])
 }
 
 /// `a (I + a W^T W)^-1` (`d x d`) for `W` of shape `n x d`: directly when
 /// `n >= d`, by Woodbury through an `n x n` solve when `n < d`.
-pub fn scaled_regularised_inverse<B: Backend>(w: &Tensor<B>, a: f64) -> Result<Tensor<B>> {
+pub fn scaled_regularised_inverse<B: Kernels>(w: &Tensor<B>, a: f64) -> Result<Tensor<B>> {
     let (n, d) = (w.dim(0), w.dim(1));
-    let eye_d = Tensor::eye(w.backend(), d);
     if n >= d {
-        let m = w.matmul_t(w, true, false).scale(a).add(&eye_d);
-        return Ok(m.spd_inverse()?.scale(a));
+        let gram = w.matmul_t(w, true, false).reshape(&[1, d, d]);
+        return Ok(regularised_inverses(&gram, &[a])?.0.reshape(&[d, d]));
     }
+    let eye_d = Tensor::eye(w.backend(), d);
     if n == 0 {
         return Ok(eye_d.scale(a));
     }
@@ -173,7 +183,7 @@ pub fn scaled_regularised_inverse<B: Backend>(w: &Tensor<B>, a: f64) -> Result<T
 }
 
 /// Coding rate `R(Z, eps) = 1/2 logdet(I + d/(m eps^2) Z^T Z)` (4.2.2), in nats.
-pub fn coding_rate<B: Backend>(z: &Tensor<B>, eps_sq: f64) -> Result<f64> {
+pub fn coding_rate<B: Kernels>(z: &Tensor<B>, eps_sq: f64) -> Result<f64> {
     let (m, d) = check_z(z, eps_sq, "coding_rate")?;
     let alpha = d as f64 / (m as f64 * eps_sq);
     Ok(0.5 * logdet_i_plus_gram(z, alpha)?)
@@ -181,7 +191,7 @@ pub fn coding_rate<B: Backend>(z: &Tensor<B>, eps_sq: f64) -> Result<f64> {
 
 /// Compression `R_c(Z, Pi, eps) = sum_j tr(Pi_j)/(2m) logdet(I + d/(tr(Pi_j) eps^2) Z^T Pi_j Z)`
 /// (second term of 4.1.1). Empty classes contribute nothing.
-pub fn compression_rate<B: Backend>(z: &Tensor<B>, pi: &Membership<'_, B>, eps_sq: f64) -> Result<f64> {
+pub fn compression_rate<B: Kernels>(z: &Tensor<B>, pi: &Membership<'_, B>, eps_sq: f64) -> Result<f64> {
     let (m, d) = check_z(z, eps_sq, "compression_rate")?;
     pi.check(m, "compression_rate")?;
     let mut rc = 0.0;
@@ -207,14 +217,14 @@ pub struct Rates {
 }
 
 /// Rate reduction `ΔR = R - R_c` (4.1.1) with its two terms.
-pub fn rate_reduction<B: Backend>(z: &Tensor<B>, pi: &Membership<'_, B>, eps_sq: f64) -> Result<Rates> {
+pub fn rate_reduction<B: Kernels>(z: &Tensor<B>, pi: &Membership<'_, B>, eps_sq: f64) -> Result<Rates> {
     let r = coding_rate(z, eps_sq)?;
     let rc = compression_rate(z, pi, eps_sq)?;
     Ok(Rates { r, rc, delta_r: r - rc })
 }
 
 /// Expansion operator `E = alpha (I + alpha Z^T Z)^-1` (4.1.3), `d x d`.
-pub fn expansion_operator<B: Backend>(z: &Tensor<B>, eps_sq: f64) -> Result<Tensor<B>> {
+pub fn expansion_operator<B: Kernels>(z: &Tensor<B>, eps_sq: f64) -> Result<Tensor<B>> {
     let (m, d) = check_z(z, eps_sq, "expansion_operator")?;
     scaled_regularised_inverse(z, d as f64 / (m as f64 * eps_sq))
 }
@@ -222,7 +232,7 @@ pub fn expansion_operator<B: Backend>(z: &Tensor<B>, eps_sq: f64) -> Result<Tens
 /// Compression operators `C^j = alpha_j (I + alpha_j Z^T Pi_j Z)^-1` (4.1.4),
 /// stacked `k x d x d`, and the class weights `gamma_j = tr(Pi_j)/m`.
 /// An empty class gets `C^j = 0` and `gamma_j = 0`.
-pub fn compression_operators<B: Backend>(
+pub fn compression_operators<B: Kernels>(
     z: &Tensor<B>,
     pi: &Membership<'_, B>,
     eps_sq: f64,
@@ -246,13 +256,13 @@ pub fn compression_operators<B: Backend>(
 }
 
 /// Gradient of `R` with respect to `Z` (4.1.3): `Z E`, `m x d`.
-pub fn coding_rate_grad<B: Backend>(z: &Tensor<B>, eps_sq: f64) -> Result<Tensor<B>> {
+pub fn coding_rate_grad<B: Kernels>(z: &Tensor<B>, eps_sq: f64) -> Result<Tensor<B>> {
     Ok(z.matmul(&expansion_operator(z, eps_sq)?))
 }
 
 /// Gradient of `R_c` with respect to `Z`, memberships held fixed (4.1.4):
 /// `sum_j gamma_j Pi_j Z C^j`, `m x d`.
-pub fn compression_rate_grad<B: Backend>(
+pub fn compression_rate_grad<B: Kernels>(
     z: &Tensor<B>,
     pi: &Membership<'_, B>,
     eps_sq: f64,
@@ -280,7 +290,7 @@ pub fn compression_rate_grad<B: Backend>(
 }
 
 /// Gradient of `ΔR = R - R_c` with respect to `Z` (4.1.5), memberships fixed.
-pub fn rate_reduction_grad<B: Backend>(
+pub fn rate_reduction_grad<B: Kernels>(
     z: &Tensor<B>,
     pi: &Membership<'_, B>,
     eps_sq: f64,

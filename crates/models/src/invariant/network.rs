@@ -25,7 +25,8 @@
 use super::domain::Domain;
 use crate::{Error, Result};
 use rate_core::kernels::invariant::pack_operators;
-use rate_core::kernels::{herm_inverse_logdet, invariant_products, invariant_step};
+use rate_core::kernels::{invariant_products, invariant_step};
+use rate_core::operators::frequency_regularised_inverses;
 use rate_core::{ComplexTensor, FftNorm, Kernels, Rates, Tensor};
 
 /// Hyperparameters of the invariant ReduNet, validated by [`InvariantConfig::validate`].
@@ -290,14 +291,12 @@ impl<B: Kernels> InvariantReduNet<B> {
         normalise_signals(&self.domain.inverse(&unpack_features(v), FftNorm::Ortho))
     }
 
-    /// `S_g(f) + I / a_g` for all samples (`g = 0`, `alphas[0]`) and for
-    /// each class group (`alphas[1..]`), stacked `[F, 1 + groups, C, C]`: its
-    /// inverse is the operator `a_g (I + a_g S_g)^-1` itself. The classes
-    /// partition the samples, so `S = sum_j S_j`.
-    fn shifted_covariances(&self, v: &Tensor<B>, groups: &[&[usize]], alphas: &[f64]) -> ComplexTensor<B> {
+    /// The covariances `S_g(f)` of all samples (`g = 0`) and of each class
+    /// group, stacked `[F, 1 + groups, C, C]`. The classes partition the
+    /// samples, so `S = sum_j S_j`.
+    fn covariances(&self, v: &Tensor<B>, groups: &[&[usize]]) -> ComplexTensor<B> {
         let (c, f, m) = (self.channels, v.dim(0), v.dim(1));
         let k = groups.len();
-        let ng = k + 1;
         // S_j = sum_i v_i v_i^H with Re S_j = Vr^T Vr + Vi^T Vi = U^T U for U = [Vr; Vi] (the
         // group's real parts stacked over its imaginary parts) and Im S_j = X - X^T for
         // X = Vi^T Vr. A packed sample [vr | vi] is two rows of C, so every U comes from one
@@ -325,14 +324,7 @@ impl<B: Kernels> InvariantReduNet<B> {
         let im_k = x.sub(&x.t()).reshape(&[f, k, c, c]);
         // the classes partition the samples: S = sum_j S_j
         let (re_all, im_all) = (re_k.sum_axis(1, true), im_k.sum_axis(1, true));
-        let mut shift = vec![0.0; ng * c * c];
-        for (gi, a) in alphas.iter().enumerate() {
-            for d in 0..c {
-                shift[gi * c * c + d * c + d] = 1.0 / a;
-            }
-        }
-        let shift = Tensor::from_f64(v.backend(), &shift, &[1, ng, c, c]);
-        let re = Tensor::cat(&[&re_all, &re_k], 1).add(&shift);
+        let re = Tensor::cat(&[&re_all, &re_k], 1);
         let im = Tensor::cat(&[&im_all, &im_k], 1);
         ComplexTensor::new(re, im)
     }
@@ -341,13 +333,10 @@ impl<B: Kernels> InvariantReduNet<B> {
         self.channels as f64 / (samples as f64 * self.config.eps_sq)
     }
 
-    /// `sum_f w_f logdet(I + a_g S_g(f))` for each group, from the per-frequency
-    /// `logdet M_g` (`[F, groups]`, `M_g = S_g + I/a_g`): `logdet(I + a S) = logdet M + C ln a`.
-    fn weighted_logdets(&self, logdets: &Tensor<B>, alphas: &[f64]) -> Vec<f64> {
-        let ld = logdets.mul(&self.weights).sum_axis(0, false).to_f64_vec(); // [groups]
-        let n = self.domain.size() as f64;
-        let c = self.channels as f64;
-        ld.iter().zip(alphas).map(|(l, a)| l + n * c * a.ln()).collect()
+    /// `sum_f w_f logdet(I + a_g S_g(f))` for each group, from the
+    /// per-frequency log-determinants (`[F, groups]`).
+    fn weighted_logdets(&self, logdets: &Tensor<B>) -> Vec<f64> {
+        logdets.mul(&self.weights).sum_axis(0, false).to_f64_vec()
     }
 
     /// Rates from the weighted log-determinants of (all, class 1, .., class k).
@@ -370,8 +359,8 @@ impl<B: Kernels> InvariantReduNet<B> {
     fn rates_of(&self, v: &Tensor<B>, groups: &[Vec<usize>]) -> Result<Rates> {
         let m = v.dim(1);
         let (nonempty, alphas) = self.group_spec(m, groups);
-        let ld =
-            self.weighted_logdets(&self.shifted_covariances(v, &nonempty, &alphas).herm_logdet()?, &alphas);
+        let (_, logdets) = frequency_regularised_inverses(&self.covariances(v, &nonempty), &alphas)?;
+        let ld = self.weighted_logdets(&logdets);
         let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
         Ok(self.rates_from(&ld, &sizes, m))
     }
@@ -381,11 +370,9 @@ impl<B: Kernels> InvariantReduNet<B> {
     fn build_layer(&self, v: &Tensor<B>, groups: &[Vec<usize>]) -> Result<(InvariantLayer<B>, Rates)> {
         let m = v.dim(1);
         let (nonempty, alphas) = self.group_spec(m, groups);
-        // [F, k+1, C, C]; (S + I/a)^-1 = a (I + a S)^-1: E and C^j directly, and the
-        // rates from the same factorisations
-        let mats = self.shifted_covariances(v, &nonempty, &alphas);
-        let (inv, logdets) = herm_inverse_logdet(&mats)?;
-        let ld = self.weighted_logdets(&logdets, &alphas);
+        // [F, k+1, C, C]: E and C^j, and the rates from the same factorisations
+        let (inv, logdets) = frequency_regularised_inverses(&self.covariances(v, &nonempty), &alphas)?;
+        let ld = self.weighted_logdets(&logdets);
         let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
         let rates = self.rates_from(&ld, &sizes, m);
         let packed = pack_operators(&inv);

@@ -15,12 +15,12 @@
 //! path `A^T G` carries gradient (the derivative of `h` is zero almost
 //! everywhere).
 
-use super::classifier::{
-    summarize_rates, Block, BlockMeasurement, Classifier, Meta, ModelConfig, VisionConfig,
-};
-use super::crate_model::{head_coding_rates, MEASURE_EPS_SQ};
+use super::classifier::{Block, Classifier};
+use super::config::{Meta, ModelConfig, VisionConfig};
 use super::layernorm::{LayerNorm, LayerNormCache};
-use super::mssa::{Mssa, MssaCache, Phi, TILED_ABOVE_TOKENS};
+use super::measure::LayerMeasurement;
+use super::mssa::{Mssa, MssaCache, MssaWeights, Phi, TILED_ABOVE_TOKENS};
+use super::prenorm::pad_tokens;
 use super::{join, Grads, Module};
 use crate::{Error, Kernels, Result, Tensor};
 use rand::rngs::StdRng;
@@ -57,8 +57,8 @@ impl AotConfig {
 impl ModelConfig for AotConfig {
     const NAME: &'static str = "AoT";
 
-    fn vision(&self) -> &VisionConfig {
-        &self.vision
+    fn vision(&self) -> VisionConfig {
+        self.vision.clone()
     }
 
     fn validate(&self) -> Result<()> {
@@ -166,6 +166,16 @@ impl<B: Kernels> AotLayer<B> {
 
     /// `z + MSSA(LN(z))` for `[batch, tokens, dim]`, with the cache.
     pub fn forward(&self, z: &Tensor<B>) -> (Tensor<B>, AotLayerCache<B>) {
+        self.forward_queries(z, z.dim(1), &self.attn.prepare())
+    }
+
+    /// The first `queries` output tokens (attention still reads every token), with the cache.
+    pub fn forward_queries(
+        &self,
+        z: &Tensor<B>,
+        queries: usize,
+        weights: &MssaWeights<B>,
+    ) -> (Tensor<B>, AotLayerCache<B>) {
         let (x, norm) = match &self.norm {
             Some(ln) => {
                 let (x, c) = ln.forward(z);
@@ -173,8 +183,9 @@ impl<B: Kernels> AotLayer<B> {
             }
             None => (z.clone(), None),
         };
-        let (a, attn) = self.attn.forward_phi(&x, z.dim(1), &self.attn.prepare(), self.phi, self.tiled_above);
-        (z.add(&a), AotLayerCache { norm, attn })
+        let (a, attn) = self.attn.forward_phi(&x, queries, weights, self.phi, self.tiled_above);
+        let z_q = if a.dim(1) == z.dim(1) { z.clone() } else { z.narrow(1, 0, a.dim(1)) };
+        (z_q.add(&a), AotLayerCache { norm, attn })
     }
 
     /// Backward: adds `prefix.0.norm.*` and `prefix.0.fn.*` gradients and returns `dL/dz`.
@@ -190,13 +201,14 @@ impl<B: Kernels> AotLayer<B> {
             (Some(ln), Some(c)) => ln.backward(c, &g_x, &join(prefix, "0.norm"), grads),
             _ => g_x,
         };
-        g_z.add(grad_out)
+        g_z.add(&pad_tokens(grad_out, g_z.dim(1)))
     }
 }
 
 impl<B: Kernels> Block<B> for AotLayer<B> {
     type Config = AotConfig;
     type Cache = AotLayerCache<B>;
+    type Prepared = MssaWeights<B>;
 
     fn init(backend: &B, c: &AotConfig, rng: &mut StdRng) -> Result<Self> {
         let mut layer =
@@ -207,8 +219,12 @@ impl<B: Kernels> Block<B> for AotLayer<B> {
         Ok(layer)
     }
 
-    fn forward(&self, z: &Tensor<B>) -> (Tensor<B>, Self::Cache) {
-        AotLayer::forward(self, z)
+    fn prepare(&self) -> MssaWeights<B> {
+        self.attn.prepare()
+    }
+
+    fn forward(&self, z: &Tensor<B>, queries: usize, prepared: &MssaWeights<B>) -> (Tensor<B>, Self::Cache) {
+        self.forward_queries(z, queries, prepared)
     }
 
     fn backward(
@@ -217,20 +233,13 @@ impl<B: Kernels> Block<B> for AotLayer<B> {
         grad_out: &Tensor<B>,
         prefix: &str,
         grads: &mut Grads<B>,
+        _micro_batch: bool,
     ) -> Tensor<B> {
         AotLayer::backward(self, cache, grad_out, prefix, grads)
     }
 
-    fn measure(cache: &Self::Cache) -> Result<BlockMeasurement<B>> {
-        let rates = head_coding_rates(&cache.attn.head_tokens(), MEASURE_EPS_SQ)?;
-        let (coding_rate_per_head, coding_rate, coding_rate_std) = summarize_rates(&rates);
-        Ok(BlockMeasurement {
-            coding_rate_per_head,
-            coding_rate,
-            coding_rate_std,
-            sparsity: None,
-            map: cache.attn.attn.clone(),
-        })
+    fn measure(cache: &Self::Cache) -> Result<LayerMeasurement<B>> {
+        LayerMeasurement::of(&cache.attn.head_tokens(), None, cache.attn.attn.clone())
     }
 }
 

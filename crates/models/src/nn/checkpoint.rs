@@ -80,9 +80,7 @@ pub fn state_dict<B: Kernels, M: Module<B>>(model: &M) -> BTreeMap<String, Tenso
 pub fn check_images<B: Kernels>(images: &Tensor<B>, channels: usize, size: usize, what: &str) -> Result<()> {
     let s = images.shape();
     if s.len() != 4 || s[0] == 0 || s[1] != channels || s[2] != size || s[3] != size {
-        return Err(Error::Config(format!(
-            "{what}: images have shape {s:?}, expected [batch >= 1, {channels}, {size}, {size}]"
-        )));
+        return Err(Error::ImageShape { model: what.to_string(), shape: s.to_vec(), channels, size });
     }
     Ok(())
 }

@@ -1,21 +1,30 @@
-//! Image classifiers built from a stack of token blocks, shared by the attention-only transformer (AoT, 4.3.2) and TOST (4.3.15): patch embedding, class token and learned positions, `Z^{l+1} = f_l(Z^l)` for `L` blocks, LayerNorm + Linear head on the pooled tokens.
+//! The one image classifier of CRATE (4.2.20), AoT (4.3.2) and TOST (4.3.15): patch embedding, class token and learned positions, `Z^{l+1} = f_l(Z^l)` for `L` blocks, LayerNorm + Linear head on the pooled tokens, with one execution path (micro-batches, gradients, measurements) for all three.
 //!
-//! The block `f_l` is a [`Block`] (an AoT layer or a TOST layer); the rest is
-//! the CRATE model's machinery with the same PyTorch parameter names
+//! The block `f_l` is a [`Block`]: CRATE's and TOST's pre-norm layer
+//! ([`super::prenorm::PreNormLayer`] with MSSA or TSSA) or an AoT layer.
+//! Parameters carry the reference PyTorch names
 //! (`to_patch_embedding.{1,2,3}.*`, `cls_token`, `pos_embedding`,
 //! `transformer.layers.{i}.*`, `mlp_head.{0,1}.*`), so checkpoints are
 //! safetensors state dicts whose metadata carries the configuration.
 //! Loading refuses a missing, unknown, mis-shaped or non-float tensor by
 //! name, and a configuration that does not divide at construction.
+//!
+//! With `Pool::Cls` the head reads the class token only, so the last block
+//! computes only that token where its attention can ([`Classifier::logits`],
+//! [`Classifier::forward_for_loss`]): the same logits and gradients for less work.
 
 use super::checkpoint::{check_images, load_parameters, save_parameters, state_dict};
-use super::crate_model::{mean_std, CrateGradients, Execution};
+pub use super::config::{Meta, ModelConfig, VisionConfig};
 use super::embed::{
     add_cls_and_positions, add_cls_and_positions_backward, PatchEmbedding, PatchEmbeddingCache,
 };
+use super::exec::{CrateGradients, Execution};
 use super::head::{ClassificationHead, HeadCache, Pool};
-use super::layernorm::LAYERNORM_EPS;
 use super::loss::CrossEntropy;
+pub use super::measure::LayerMeasurement;
+
+/// The per-layer measurements of a block (the same for every model).
+pub type BlockMeasurement<B> = LayerMeasurement<B>;
 use super::{accumulate, init, join, Grads, Module};
 use crate::io::{HostArray, TensorFile};
 use crate::{Error, Kernels, Result, Tensor};
@@ -26,241 +35,36 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::Path;
 
-/// String key-value configuration (a checkpoint's metadata or a JSON config)
-/// with typed getters whose errors name the key and the source.
-#[derive(Clone, Copy, Debug)]
-pub struct Meta<'a> {
-    /// The key-value pairs.
-    pub map: &'a BTreeMap<String, String>,
-    /// Where they came from (for errors).
-    pub source: &'a str,
-}
-
-impl Meta<'_> {
-    fn err(&self, message: String) -> Error {
-        Error::Format { path: self.source.to_string(), message }
-    }
-
-    /// A required non-negative integer.
-    pub fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| self.err(format!("configuration key `{key}` is missing")))
-    }
-
-    /// An optional non-negative integer.
-    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        match self.map.get(key) {
-            None => Ok(None),
-            Some(v) => v.trim().parse().map(Some).map_err(|_| {
-                self.err(format!("configuration key `{key}` = {v:?} is not a non-negative integer"))
-            }),
-        }
-    }
-
-    /// An optional number with a default.
-    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
-        match self.map.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| self.err(format!("configuration key `{key}` = {v:?} is not a number"))),
-        }
-    }
-
-    /// An optional boolean (`true`/`false`) with a default.
-    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
-        match self.map.get(key).map(|s| s.trim()) {
-            None => Ok(default),
-            Some("true") => Ok(true),
-            Some("false") => Ok(false),
-            Some(v) => Err(self.err(format!("configuration key `{key}` = {v:?} is not true or false"))),
-        }
-    }
-
-    /// An optional string.
-    pub fn str(&self, key: &str) -> Option<&str> {
-        self.map.get(key).map(|s| s.trim())
-    }
-}
-
-/// What every block-stack classifier shares: the image, the embedding and the head.
-#[derive(Clone, Debug, PartialEq)]
-pub struct VisionConfig {
-    /// Side of the square input images.
-    pub image_size: usize,
-    /// Side of the square patches (must divide `image_size`).
-    pub patch_size: usize,
-    /// Image channels.
-    pub channels: usize,
-    /// Number of classes of the head.
-    pub num_classes: usize,
-    /// Token dimension `d`.
-    pub dim: usize,
-    /// Number of layers `L`.
-    pub depth: usize,
-    /// Number of heads (subspaces) `K`.
-    pub heads: usize,
-    /// Pooling before the head.
-    pub pool: Pool,
-    /// LayerNorm epsilon.
-    pub layernorm_eps: f64,
-}
-
-impl VisionConfig {
-    /// The CIFAR-size setting of the benchmarks: 32 px RGB, patch 4, dim 192, depth 8, 6 heads, 10 classes.
-    pub fn cifar_small() -> Self {
-        VisionConfig {
-            image_size: 32,
-            patch_size: 4,
-            channels: 3,
-            num_classes: 10,
-            dim: 192,
-            depth: 8,
-            heads: 6,
-            pool: Pool::Cls,
-            layernorm_eps: LAYERNORM_EPS,
-        }
-    }
-
-    /// Checks the shared constraints; `model` names the model in the error.
-    pub fn validate(&self, model: &str) -> Result<()> {
-        for (name, v) in [
-            ("image_size", self.image_size),
-            ("patch_size", self.patch_size),
-            ("channels", self.channels),
-            ("num_classes", self.num_classes),
-            ("dim", self.dim),
-            ("heads", self.heads),
-        ] {
-            if v == 0 {
-                return Err(Error::Config(format!("{model}: {name} must be positive, got 0")));
-            }
-        }
-        if self.image_size % self.patch_size != 0 {
-            return Err(Error::Config(format!(
-                "{model}: image_size {} is not a multiple of patch_size {}",
-                self.image_size, self.patch_size
-            )));
-        }
-        if !(self.layernorm_eps > 0.0 && self.layernorm_eps.is_finite()) {
-            return Err(Error::Config(format!(
-                "{model}: layernorm_eps = {} must be positive",
-                self.layernorm_eps
-            )));
-        }
-        Ok(())
-    }
-
-    /// Patches per image.
-    pub fn num_patches(&self) -> usize {
-        let g = self.image_size / self.patch_size.max(1);
-        g * g
-    }
-
-    /// Tokens per image (patches + the class token).
-    pub fn tokens(&self) -> usize {
-        self.num_patches() + 1
-    }
-
-    /// The shared keys as metadata.
-    pub fn to_metadata(&self, m: &mut BTreeMap<String, String>) {
-        for (k, v) in [
-            ("image_size", self.image_size),
-            ("patch_size", self.patch_size),
-            ("channels", self.channels),
-            ("num_classes", self.num_classes),
-            ("dim", self.dim),
-            ("depth", self.depth),
-            ("heads", self.heads),
-        ] {
-            m.insert(k.to_string(), v.to_string());
-        }
-        m.insert("pool".into(), self.pool.name().into());
-        m.insert("layernorm_eps".into(), self.layernorm_eps.to_string());
-    }
-
-    /// The shared keys from metadata (`pool` defaults to `cls`, `layernorm_eps` to 1e-5).
-    pub fn from_metadata(meta: &Meta) -> Result<Self> {
-        let pool = match meta.str("pool") {
-            None => Pool::Cls,
-            Some(s) => Pool::parse(s).ok_or_else(|| {
-                meta.err(format!("configuration key `pool` = {s:?} is not 'cls' or 'mean'"))
-            })?,
-        };
-        Ok(VisionConfig {
-            image_size: meta.usize("image_size")?,
-            patch_size: meta.usize("patch_size")?,
-            channels: meta.usize("channels")?,
-            num_classes: meta.usize("num_classes")?,
-            dim: meta.usize("dim")?,
-            depth: meta.usize("depth")?,
-            heads: meta.usize("heads")?,
-            pool,
-            layernorm_eps: meta.f64_or("layernorm_eps", LAYERNORM_EPS)?,
-        })
-    }
-}
-
-/// The configuration of a block-stack classifier.
-pub trait ModelConfig: Clone + Debug + PartialEq + Send + Sync {
-    /// The model's name in errors (`AoT`, `TOST`).
-    const NAME: &'static str;
-    /// The shared part.
-    fn vision(&self) -> &VisionConfig;
-    /// Checks every constraint (called at construction).
-    fn validate(&self) -> Result<()>;
-    /// The configuration as string metadata.
-    fn to_metadata(&self) -> BTreeMap<String, String>;
-    /// The configuration from string metadata, validated.
-    fn from_metadata(meta: &Meta) -> Result<Self>;
-}
-
 /// One block `Z -> f(Z)` of a classifier, with explicit forward and backward.
 pub trait Block<B: Kernels>: Module<B> + Clone + Debug + Send + Sync + Sized {
     /// The model configuration it is built from.
     type Config: ModelConfig;
     /// What the backward pass and the measurements need.
     type Cache: Clone + Debug + Send + Sync;
+    /// Weights derived from the parameters once per step (shared by the micro-batches).
+    type Prepared: Clone + Debug + Send + Sync;
     /// A freshly initialised block (PyTorch's default initialisation, seeded).
     fn init(backend: &B, config: &Self::Config, rng: &mut StdRng) -> Result<Self>;
-    /// `f(z)` for `z = [batch, tokens, dim]`, with the cache.
-    fn forward(&self, z: &Tensor<B>) -> (Tensor<B>, Self::Cache);
-    /// Adds the parameter gradients under `prefix` and returns `dL/dz`.
+    /// The derived weights of [`Self::forward`].
+    fn prepare(&self) -> Self::Prepared;
+    /// `f(z)` for `z = [batch, tokens, dim]`: the first `queries` output tokens
+    /// where the block can skip the others, else every token; with the cache.
+    fn forward(&self, z: &Tensor<B>, queries: usize, prepared: &Self::Prepared) -> (Tensor<B>, Self::Cache);
+    /// Adds the parameter gradients under `prefix` and returns `dL/dz` (every
+    /// token). Inside micro-batches (`micro_batch`) a block may add a cheaper
+    /// gradient that [`Self::finish_gradients`] turns into the parameter's.
     fn backward(
         &self,
         cache: &Self::Cache,
         grad_out: &Tensor<B>,
         prefix: &str,
         grads: &mut Grads<B>,
+        micro_batch: bool,
     ) -> Tensor<B>;
+    /// Turns the gradients summed over micro-batches into the parameters' (no-op by default).
+    fn finish_gradients(&self, _prefix: &str, _grads: &mut Grads<B>) {}
     /// The per-layer measurements of a forward pass.
-    fn measure(cache: &Self::Cache) -> Result<BlockMeasurement<B>>;
-}
-
-/// Per-layer measurements of AoT and TOST (as CRATE's [`super::crate_model::LayerMeasurement`]).
-#[derive(Clone, Debug)]
-pub struct BlockMeasurement<B: Kernels> {
-    /// Coding rate of each head's projected tokens (L2-normalised, `eps^2 = 0.01`), mean over the batch.
-    pub coding_rate_per_head: Vec<f64>,
-    /// Sum over heads of the coding rate, mean over the batch.
-    pub coding_rate: f64,
-    /// Sample standard deviation over the batch of the summed coding rate.
-    pub coding_rate_std: f64,
-    /// Fraction of exact zeros of the ISTA output (TOST), mean and population std over the batch.
-    pub sparsity: Option<(f64, f64)>,
-    /// MSSA: attention maps `[batch, heads, tokens, tokens]` (`None` when the
-    /// tiled kernel ran); TSSA: memberships `Pi` `[batch, tokens, heads]`.
-    pub map: Option<Tensor<B>>,
-}
-
-/// Coding-rate summary of `[batch][head]` rates: per-head means, mean and std of the sums.
-pub(crate) fn summarize_rates(rates: &[Vec<f64>]) -> (Vec<f64>, f64, f64) {
-    let heads = rates.first().map_or(0, |r| r.len());
-    let b = rates.len().max(1) as f64;
-    let per_head = (0..heads).map(|h| rates.iter().map(|r| r[h]).sum::<f64>() / b).collect();
-    let totals: Vec<f64> = rates.iter().map(|r| r.iter().sum()).collect();
-    let (mean, std) = mean_std(&totals, true);
-    (per_head, mean, std)
+    fn measure(cache: &Self::Cache) -> Result<LayerMeasurement<B>>;
 }
 
 /// A classifier: embedding, class token, positions, blocks, head.
@@ -285,7 +89,9 @@ pub struct Classifier<B: Kernels, L: Block<B>> {
 pub struct ClassifierCache<B: Kernels, L: Block<B>> {
     /// Cache of the patch embedding.
     pub embedding: PatchEmbeddingCache<B>,
-    /// `Z^0` and the output of every layer.
+    /// Tokens `Z^0` (after class token and positions) and the output `Z^{l+1}` of every layer
+    /// (of the last layer only the class token after [`Classifier::forward_for_loss`] with `Pool::Cls`,
+    /// where the block can skip the other tokens).
     pub tokens: Vec<Tensor<B>>,
     /// Per-layer caches.
     pub layers: Vec<L::Cache>,
@@ -294,7 +100,8 @@ pub struct ClassifierCache<B: Kernels, L: Block<B>> {
 }
 
 impl<B: Kernels, L: Block<B>> Classifier<B, L> {
-    /// A model with PyTorch's default initialisation, seeded (`cls_token`, `pos_embedding` `N(0, 1)`).
+    /// A model with PyTorch's default initialisation, seeded: Linear `U(±1/sqrt(in))`,
+    /// LayerNorm ones/zeros, `cls_token` and `pos_embedding` `N(0, 1)`, the blocks' own.
     pub fn new(backend: &B, config: &L::Config, seed: u64) -> Result<Self> {
         config.validate()?;
         let c = config.vision();
@@ -311,7 +118,9 @@ impl<B: Kernels, L: Block<B>> Classifier<B, L> {
     }
 
     /// A model with the given configuration and the parameters of a state dict
-    /// (every parameter present with its exact shape and a float dtype, nothing else).
+    /// (PyTorch names). Every parameter must be present with its exact shape
+    /// and a float dtype (F32 or F64); a missing, unknown, mis-shaped or
+    /// wrongly typed tensor is refused with its name. `source` labels errors.
     pub fn from_state_dict<'a>(
         backend: &B,
         config: &L::Config,
@@ -323,26 +132,26 @@ impl<B: Kernels, L: Block<B>> Classifier<B, L> {
         Ok(model)
     }
 
-    /// Loads a checkpoint: configuration from its metadata, overridden by
-    /// `overrides` (e.g. a JSON config), then the parameters.
+    /// Loads a checkpoint: configuration from [`ModelConfig::from_file`]
+    /// (its metadata, completed or overridden by `overrides`, e.g. a JSON
+    /// config), then the parameters (every tensor must be a parameter).
     pub fn load_with(
         backend: &B,
         path: impl AsRef<Path>,
         overrides: &BTreeMap<String, String>,
     ) -> Result<Self> {
-        let file = TensorFile::read(path)?;
-        let mut map = file.metadata.clone();
-        map.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let config = L::Config::from_metadata(&Meta { map: &map, source: &file.path })?;
+        let mut file = TensorFile::read(path)?;
+        let config = L::Config::from_file(&mut file, overrides)?;
         Self::from_state_dict(backend, &config, file.tensors.iter().map(|(k, v)| (k.as_str(), v)), &file.path)
     }
 
-    /// Loads a checkpoint written by [`Self::save`].
+    /// Loads a checkpoint written by [`Self::save`] (or converted from the reference code).
     pub fn load(backend: &B, path: impl AsRef<Path>) -> Result<Self> {
         Self::load_with(backend, path, &BTreeMap::new())
     }
 
-    /// Writes the parameters and the configuration (metadata) as safetensors, atomically.
+    /// Writes the parameters (PyTorch names) and the configuration (metadata)
+    /// as safetensors, atomically; `dtype` is F32 or F64.
     pub fn save(&self, path: impl AsRef<Path>, dtype: Dtype) -> Result<()> {
         save_parameters(self, path, dtype, &self.config.to_metadata(), L::Config::NAME)
     }
@@ -364,19 +173,70 @@ impl<B: Kernels, L: Block<B>> Classifier<B, L> {
         check_images(images, c.channels, c.image_size, L::Config::NAME)
     }
 
-    /// Logits `[batch, classes]` of `[batch, C, H, W]` images.
-    pub fn logits(&self, images: &Tensor<B>) -> Result<Tensor<B>> {
-        Ok(self.forward(images)?.0)
+    /// `Z^0`: the embedded patches with the class token and the positions.
+    fn embed(&self, images: &Tensor<B>) -> (Tensor<B>, PatchEmbeddingCache<B>) {
+        let (patches, cache) = self.embedding.forward(images);
+        (add_cls_and_positions(&patches, &self.cls_token, &self.pos_embedding), cache)
     }
 
-    /// Logits with the cache for [`Self::backward`] and [`Self::measure`].
-    pub fn forward(&self, images: &Tensor<B>) -> Result<(Tensor<B>, ClassifierCache<B, L>)> {
+    /// How many tokens of the last layer the head reads: 1 under `Pool::Cls`.
+    fn last_layer_queries(&self) -> usize {
+        let c = self.config.vision();
+        match c.pool {
+            Pool::Cls => 1,
+            Pool::Mean => c.tokens(),
+        }
+    }
+
+    /// The derived weights of every layer, formed once per step.
+    pub fn prepare(&self) -> Vec<L::Prepared> {
+        self.layers.iter().map(|l| l.prepare()).collect()
+    }
+
+    /// Logits `[batch, classes]` of `[batch, C, H, W]` images, keeping nothing for backward
+    /// (the last layer computes only the tokens the head reads).
+    pub fn logits(&self, images: &Tensor<B>) -> Result<Tensor<B>> {
+        self.logits_prepared(images, &self.prepare())
+    }
+
+    fn logits_prepared(&self, images: &Tensor<B>, weights: &[L::Prepared]) -> Result<Tensor<B>> {
         self.check_images(images)?;
-        let (patches, embedding) = self.embedding.forward(images);
-        let mut tokens = vec![add_cls_and_positions(&patches, &self.cls_token, &self.pos_embedding)];
+        let (mut z, _) = self.embed(images);
+        let depth = self.layers.len();
+        for (i, (layer, w)) in self.layers.iter().zip(weights).enumerate() {
+            let q = if i + 1 == depth { self.last_layer_queries() } else { z.dim(1) };
+            z = layer.forward(&z, q, w).0;
+        }
+        Ok(self.head.forward(&self.config.vision().pool.forward(&z)).0)
+    }
+
+    /// Logits with the cache for [`Self::backward`] and [`Self::measure`]: every token of every layer.
+    pub fn forward(&self, images: &Tensor<B>) -> Result<(Tensor<B>, ClassifierCache<B, L>)> {
+        self.run(images, self.config.vision().tokens(), &self.prepare())
+    }
+
+    /// Logits with the cache for [`Self::backward`], the last layer computing
+    /// only the tokens the head reads (the class token under `Pool::Cls`):
+    /// the same logits and gradients as [`Self::forward`] for less work.
+    pub fn forward_for_loss(&self, images: &Tensor<B>) -> Result<(Tensor<B>, ClassifierCache<B, L>)> {
+        self.run(images, self.last_layer_queries(), &self.prepare())
+    }
+
+    fn run(
+        &self,
+        images: &Tensor<B>,
+        last_queries: usize,
+        weights: &[L::Prepared],
+    ) -> Result<(Tensor<B>, ClassifierCache<B, L>)> {
+        self.check_images(images)?;
+        let (z0, embedding) = self.embed(images);
+        let mut tokens = vec![z0];
         let mut layers = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            let (z, cache) = layer.forward(tokens.last().expect("Z^0 is present"));
+        let depth = self.layers.len();
+        for (i, (layer, w)) in self.layers.iter().zip(weights).enumerate() {
+            let z = tokens.last().expect("Z^0 is present");
+            let q = if i + 1 == depth { last_queries } else { z.dim(1) };
+            let (z, cache) = layer.forward(z, q, w);
             tokens.push(z);
             layers.push(cache);
         }
@@ -385,14 +245,24 @@ impl<B: Kernels, L: Block<B>> Classifier<B, L> {
         Ok((logits, ClassifierCache { embedding, tokens, layers, head }))
     }
 
-    /// Backward from `dL/d(logits)`: every parameter's gradient (PyTorch names) and the images'.
+    /// Backward from `dL/d(logits)`: the gradient of every parameter (PyTorch
+    /// names) and of the input images.
     pub fn backward(&self, cache: &ClassifierCache<B, L>, grad_logits: &Tensor<B>) -> CrateGradients<B> {
+        self.backward_with(cache, grad_logits, false)
+    }
+
+    fn backward_with(
+        &self,
+        cache: &ClassifierCache<B, L>,
+        grad_logits: &Tensor<B>,
+        micro_batch: bool,
+    ) -> CrateGradients<B> {
         let mut grads = Grads::new();
         let g_pooled = self.head.backward(&cache.head, grad_logits, "mlp_head", &mut grads);
-        let n = cache.tokens.last().map_or(self.config.vision().tokens(), |t| t.dim(1));
-        let mut g = self.config.vision().pool.backward(&g_pooled, n);
+        let last_tokens = cache.tokens.last().map_or(self.config.vision().tokens(), |t| t.dim(1));
+        let mut g = self.config.vision().pool.backward(&g_pooled, last_tokens);
         for (i, (layer, lc)) in self.layers.iter().zip(&cache.layers).enumerate().rev() {
-            g = layer.backward(lc, &g, &format!("transformer.layers.{i}"), &mut grads);
+            g = layer.backward(lc, &g, &layer_prefix(i), &mut grads, micro_batch);
         }
         let (g_patches, g_cls, g_pos) = add_cls_and_positions_backward(&g);
         accumulate(&mut grads, "cls_token".into(), g_cls);
@@ -401,14 +271,14 @@ impl<B: Kernels, L: Block<B>> Classifier<B, L> {
         CrateGradients { params: grads, input }
     }
 
-    /// The mean loss of a batch and its gradients (one forward, one backward).
+    /// The mean loss of a batch and its gradients (one forward, [`Self::forward_for_loss`], and one backward).
     pub fn loss_and_gradients(
         &self,
         images: &Tensor<B>,
         labels: &[usize],
         loss: &CrossEntropy,
     ) -> Result<(f64, CrateGradients<B>)> {
-        let (logits, cache) = self.forward(images)?;
+        let (logits, cache) = self.forward_for_loss(images)?;
         let (value, ce) = loss.forward(&logits, labels)?;
         Ok((value, self.backward(&cache, &loss.backward(&ce, 1.0))))
     }
@@ -420,7 +290,9 @@ impl<B: Kernels, L: Block<B>> Classifier<B, L> {
         if ranges.len() == 1 {
             return self.logits(images);
         }
-        let parts = exec.map(images.dim(0), |start, len| self.logits(&images.narrow(0, start, len)))?;
+        let weights = self.prepare();
+        let parts = exec
+            .map(images.dim(0), |start, len| self.logits_prepared(&images.narrow(0, start, len), &weights))?;
         Ok(Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0))
     }
 
@@ -442,18 +314,29 @@ impl<B: Kernels, L: Block<B>> Classifier<B, L> {
         if ranges.len() == 1 {
             return self.loss_and_gradients(images, labels, loss);
         }
-        exec.loss_and_gradients(
+        let weights = self.prepare();
+        let (value, mut grads) = exec.loss_and_gradients(
             labels,
             loss,
-            |start, len| self.forward(&images.narrow(0, start, len)),
-            |cache, g| self.backward(cache, g),
-        )
+            |start, len| self.run(&images.narrow(0, start, len), self.last_layer_queries(), &weights),
+            |cache, g| self.backward_with(cache, g, true),
+        )?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.finish_gradients(&layer_prefix(i), &mut grads.params);
+        }
+        Ok((value, grads))
     }
 
-    /// Per-layer measurements of a forward pass.
-    pub fn measure(&self, cache: &ClassifierCache<B, L>) -> Result<Vec<BlockMeasurement<B>>> {
+    /// Per-layer measurements of a forward pass (coding rate per head,
+    /// sparsity of the ISTA output, attention maps or memberships), as the authors take them.
+    pub fn measure(&self, cache: &ClassifierCache<B, L>) -> Result<Vec<LayerMeasurement<B>>> {
         cache.layers.iter().map(L::measure).collect()
     }
+}
+
+/// `transformer.layers.{i}`.
+fn layer_prefix(i: usize) -> String {
+    format!("transformer.layers.{i}")
 }
 
 impl<B: Kernels, L: Block<B>> Module<B> for Classifier<B, L> {
@@ -462,7 +345,7 @@ impl<B: Kernels, L: Block<B>> Module<B> for Classifier<B, L> {
         f(join(prefix, "pos_embedding"), &self.pos_embedding);
         f(join(prefix, "cls_token"), &self.cls_token);
         for (i, layer) in self.layers.iter().enumerate() {
-            layer.visit(&join(prefix, &format!("transformer.layers.{i}")), f);
+            layer.visit(&join(prefix, &layer_prefix(i)), f);
         }
         self.head.visit(&join(prefix, "mlp_head"), f);
     }
@@ -471,7 +354,7 @@ impl<B: Kernels, L: Block<B>> Module<B> for Classifier<B, L> {
         f(join(prefix, "pos_embedding"), &mut self.pos_embedding);
         f(join(prefix, "cls_token"), &mut self.cls_token);
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            layer.visit_mut(&join(prefix, &format!("transformer.layers.{i}")), f);
+            layer.visit_mut(&join(prefix, &layer_prefix(i)), f);
         }
         self.head.visit_mut(&join(prefix, "mlp_head"), f);
     }

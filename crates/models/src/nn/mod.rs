@@ -13,7 +13,11 @@
 pub mod aot;
 pub mod checkpoint;
 pub mod classifier;
+pub mod config;
+pub mod exec;
 pub mod flash;
+pub mod measure;
+pub mod prenorm;
 pub mod tost;
 pub mod tssa;
 

@@ -1,4 +1,4 @@
-//! The token-statistics transformer, TOST (4.3.15): CRATE's layer with TSSA in place of MSSA, `Z^{l+1/2} = Z^l + TSSA(LN(Z^l))`, `Z^{l+1} = ISTA(LN(Z^{l+1/2}))`; linear in the number of tokens.
+//! The token-statistics transformer, TOST (4.3.15): CRATE's pre-norm layer with TSSA in place of MSSA, `Z^{l+1/2} = Z^l + TSSA(LN(Z^l))`, `Z^{l+1} = ISTA(LN(Z^{l+1/2}))`; linear in the number of tokens.
 //!
 //! TSSA is [`super::tssa::Tssa`] as the ToST code builds it (`qkv`, per-head
 //! `temp`, `to_out.0`). The authors' vision model (`tost_vision/tost.py`) is
@@ -13,16 +13,14 @@
 //! `transformer.layers.{i}.1.norm.*`, `transformer.layers.{i}.1.fn.weight` (ISTA's `D`).
 //! Configuration keys: the shared ones plus `ista_step_size`, `ista_lambda`, `qkv_bias`.
 
-use super::classifier::{
-    summarize_rates, Block, BlockMeasurement, Classifier, Meta, ModelConfig, VisionConfig,
-};
-use super::crate_model::{head_coding_rates, mean_std, zero_fraction_per_image, MEASURE_EPS_SQ};
-use super::ista::{Ista, IstaCache};
-use super::layernorm::{LayerNorm, LayerNormCache};
+use super::classifier::Classifier;
+use super::config::{Meta, ModelConfig, VisionConfig};
+use super::prenorm::{Attention, PreNormCache, PreNormConfig, PreNormLayer};
 use super::tssa::{Tssa, TssaCache};
-use super::{join, Grads, Module};
+use super::Grads;
 use crate::{Error, Kernels, Result, Tensor};
 use rand::rngs::StdRng;
+use rate_core::kernels::split_heads;
 use std::collections::BTreeMap;
 
 /// The TOST classifier.
@@ -56,8 +54,8 @@ impl TostConfig {
 impl ModelConfig for TostConfig {
     const NAME: &'static str = "TOST";
 
-    fn vision(&self) -> &VisionConfig {
-        &self.vision
+    fn vision(&self) -> VisionConfig {
+        self.vision.clone()
     }
 
     fn validate(&self) -> Result<()> {
@@ -97,118 +95,55 @@ impl ModelConfig for TostConfig {
     }
 }
 
-/// One TOST layer: `u = z + TSSA(LN1(z))`, `z' = ISTA(LN2(u))`.
-#[derive(Clone, Debug)]
-pub struct TostLayer<B: Kernels> {
-    /// `{prefix}.0.norm`.
-    pub norm1: LayerNorm<B>,
-    /// `{prefix}.0.fn`.
-    pub attn: Tssa<B>,
-    /// `{prefix}.1.norm`.
-    pub norm2: LayerNorm<B>,
-    /// `{prefix}.1.fn`.
-    pub ista: Ista<B>,
-}
-
-/// What [`TostLayer::backward`] needs (all `O(tokens dim)`).
-#[derive(Clone, Debug)]
-pub struct TostLayerCache<B: Kernels> {
-    /// Cache of the first LayerNorm.
-    pub norm1: LayerNormCache<B>,
-    /// Cache of TSSA (projected tokens, memberships).
-    pub attn: TssaCache<B>,
-    /// Cache of the second LayerNorm.
-    pub norm2: LayerNormCache<B>,
-    /// Cache of ISTA (its output is the layer output).
-    pub ista: IstaCache<B>,
-}
-
-impl<B: Kernels> TostLayer<B> {
-    /// `ISTA(LN2(z + TSSA(LN1(z))))` for `[batch, tokens, dim]`, with the cache.
-    pub fn forward(&self, z: &Tensor<B>) -> (Tensor<B>, TostLayerCache<B>) {
-        let (a_in, norm1) = self.norm1.forward(z);
-        let (a_out, attn) = self.attn.forward(&a_in);
-        let (i_in, norm2) = self.norm2.forward(&z.add(&a_out));
-        let (out, ista) = self.ista.forward_fused(&i_in, &self.ista.fused_matrix());
-        (out, TostLayerCache { norm1, attn, norm2, ista })
+impl PreNormConfig for TostConfig {
+    fn ista_step_size(&self) -> f64 {
+        self.ista_step_size
     }
 
-    /// Backward: adds the layer's parameter gradients under `prefix` and returns `dL/dz`.
-    pub fn backward(
-        &self,
-        cache: &TostLayerCache<B>,
-        grad_out: &Tensor<B>,
-        prefix: &str,
-        grads: &mut Grads<B>,
-    ) -> Tensor<B> {
-        let g_i = self.ista.backward(&cache.ista, grad_out, &join(prefix, "1.fn"), grads);
-        let g_half = self.norm2.backward(&cache.norm2, &g_i, &join(prefix, "1.norm"), grads);
-        let g_a = self.attn.backward(&cache.attn, &g_half, &join(prefix, "0.fn"), grads);
-        self.norm1.backward(&cache.norm1, &g_a, &join(prefix, "0.norm"), grads).add(&g_half)
+    fn ista_lambda(&self) -> f64 {
+        self.ista_lambda
     }
 }
 
-impl<B: Kernels> Block<B> for TostLayer<B> {
+/// One TOST layer: `u = z + TSSA(LN1(z))`, `z' = ISTA(LN2(u))` (the shared pre-norm layer with TSSA).
+pub type TostLayer<B> = PreNormLayer<B, Tssa<B>>;
+
+/// What [`TostLayer`]'s backward needs (all `O(tokens dim)`).
+pub type TostLayerCache<B> = PreNormCache<B, Tssa<B>>;
+
+/// TSSA as the attention of TOST's pre-norm layer. Every output token
+/// depends on statistics over all tokens, so it computes every token
+/// whatever the number of queries asked for.
+impl<B: Kernels> Attention<B> for Tssa<B> {
     type Config = TostConfig;
-    type Cache = TostLayerCache<B>;
+    type Cache = TssaCache<B>;
+    type Prepared = ();
 
     fn init(backend: &B, c: &TostConfig, rng: &mut StdRng) -> Result<Self> {
-        let d = c.vision.dim;
-        let mut layer = TostLayer {
-            norm1: LayerNorm::new(backend, d),
-            attn: Tssa::init(backend, d, c.vision.heads, c.qkv_bias, rng)?,
-            norm2: LayerNorm::new(backend, d),
-            ista: Ista::new(backend, d, rng),
-        };
-        layer.norm1.eps = c.vision.layernorm_eps;
-        layer.norm2.eps = c.vision.layernorm_eps;
-        layer.ista.step_size = c.ista_step_size;
-        layer.ista.lambda = c.ista_lambda;
-        Ok(layer)
+        Tssa::init(backend, c.vision.dim, c.vision.heads, c.qkv_bias, rng)
     }
 
-    fn forward(&self, z: &Tensor<B>) -> (Tensor<B>, Self::Cache) {
-        TostLayer::forward(self, z)
+    fn prepare(&self) {}
+
+    fn forward(&self, x: &Tensor<B>, _queries: usize, _prepared: &()) -> (Tensor<B>, TssaCache<B>) {
+        Tssa::forward(self, x)
     }
 
     fn backward(
         &self,
-        cache: &Self::Cache,
+        cache: &TssaCache<B>,
         grad_out: &Tensor<B>,
         prefix: &str,
         grads: &mut Grads<B>,
     ) -> Tensor<B> {
-        TostLayer::backward(self, cache, grad_out, prefix, grads)
+        Tssa::backward(self, cache, grad_out, prefix, grads)
     }
 
-    fn measure(cache: &Self::Cache) -> Result<BlockMeasurement<B>> {
-        let w = cache.attn.projected();
-        let pi = cache.attn.memberships();
-        let heads = rate_core::kernels::split_heads(w, pi.dim(2));
-        let rates = head_coding_rates(&heads, MEASURE_EPS_SQ)?;
-        let (coding_rate_per_head, coding_rate, coding_rate_std) = summarize_rates(&rates);
-        let sparsity = mean_std(&zero_fraction_per_image(&cache.ista.out), false);
-        Ok(BlockMeasurement {
-            coding_rate_per_head,
-            coding_rate,
-            coding_rate_std,
-            sparsity: Some(sparsity),
-            map: Some(pi.clone()),
-        })
+    fn head_tokens(cache: &TssaCache<B>) -> Tensor<B> {
+        split_heads(cache.projected(), cache.memberships().dim(2))
     }
-}
 
-impl<B: Kernels> Module<B> for TostLayer<B> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
-        self.norm1.visit(&join(prefix, "0.norm"), f);
-        self.attn.visit(&join(prefix, "0.fn"), f);
-        self.norm2.visit(&join(prefix, "1.norm"), f);
-        self.ista.visit(&join(prefix, "1.fn"), f);
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Tensor<B>)) {
-        self.norm1.visit_mut(&join(prefix, "0.norm"), f);
-        self.attn.visit_mut(&join(prefix, "0.fn"), f);
-        self.norm2.visit_mut(&join(prefix, "1.norm"), f);
-        self.ista.visit_mut(&join(prefix, "1.fn"), f);
+    fn map(cache: &TssaCache<B>) -> Option<Tensor<B>> {
+        Some(cache.memberships().clone())
     }
 }

@@ -40,94 +40,50 @@
 //!
 //! # Two engines, one map
 //!
-//! * [`Engine::Tensor`] is the reference: every step is a batched `Tensor` op
-//!   on the backend (one matmul `Z [E; C_1; ...; C_k]^T` per batch of samples,
-//!   then norms, a softmax and a weighted sum over the stacked responses).
-//!   Covariances `Z_j^T Z_j` are accumulated over batches of `batch_size`
-//!   samples, so no intermediate grows with `m` beyond the features
-//!   themselves. Where a class has fewer samples than `d` (`m_j < d`), `C_j`
-//!   is formed through the `m_j x m_j` system (Woodbury, via
-//!   [`rate_core::rate::scaled_regularised_inverse`]) and its log-determinant
-//!   through Sylvester's identity; otherwise through the `d x d` covariance.
-//!   The same holds for `E` when `m < d`.
-//! * [`Engine::Fused`] downloads the features once, keeps them on the host in
-//!   blocks of samples laid out feature-major, and runs each layer as ONE pass
-//!   over the blocks: responses, memberships, update, normalisation and the
-//!   per-class covariances of the output (for the next layer and the rates)
-//!   are fused, with no allocation per layer. Its `d x d` systems
-//!   (`(k+1)` Cholesky factorisations per layer, giving both the operators
-//!   and the log-determinants) are always in the covariance form, which is
-//!   the cheap one for the small `d` this engine is for. Operators go back to
-//!   the backend as tensors once per layer. Tested equal to the reference.
-//! * [`Engine::Auto`] picks the fused engine when `d <= FUSED_MAX_DIM`.
+//! The construction and the transform are kernels of the backend
+//! ([`rate_core::kernels::redunet_build`], [`rate_core::kernels::redunet_transform`]);
+//! their reference bodies, written with batched `Tensor` ops, live in
+//! `rate_core::kernels::redunet`.
+//!
+//! * [`Engine::Tensor`] runs the reference body on any backend: every step
+//!   is a batched op (one matmul `Z [E; C_1; ...; C_k]^T` per batch of
+//!   samples, then norms, a softmax and a weighted sum), Gram matrices summed
+//!   over batches of `batch_size` samples, the `m_j x m_j` route where a class
+//!   has fewer samples than `d`.
+//! * [`Engine::Fused`] runs the backend's kernel: on `CpuBackend` the fused
+//!   host engine of `backend-cpu` (features in blocks of samples laid out
+//!   feature-major, each layer ONE pass: responses, memberships, update,
+//!   normalisation and the output's class Gram matrices; tested equal to the
+//!   reference), on other backends the reference body.
+//! * [`Engine::Auto`] picks the backend's kernel when `d <= FUSED_MAX_DIM`.
+//!
+//! Both build `E` and `C^j` with the one family of [`rate_core::operators`].
 //!
 //! Memory: the features, the operators (`(k+1) d^2` numbers a layer), the
 //! per-layer `yhat` (4 bytes per sample and layer, when recorded) and any
 //! feature snapshots asked for in [`Record::features`].
 
-mod fused;
 mod persist;
-mod reference;
 mod synthetic;
 
 pub use persist::{manifest_path, FORMAT, FORMAT_VERSION};
 pub use synthetic::{gaussians, Gaussians};
 
 use crate::{Error, Result};
-use rate_core::{Element, Kernels, Rates, Tensor};
+use rate_core::kernels::redunet::{build_reference, transform_reference};
+use rate_core::kernels::{redunet_build, redunet_transform, RedunetRun, RedunetSpec};
+use rate_core::operators::ClassScales;
+use rate_core::{Kernels, Rates, Tensor};
 use serde::{Deserialize, Serialize};
+
+pub use rate_core::kernels::redunet::{Depth, LayerSet, Record, NORM_FLOOR};
 
 /// `lambda` of the soft membership when not set (the reference code's default).
 pub const DEFAULT_LAMBDA: f64 = 500.0;
-/// Floor of every norm (membership norms and normalisation), as in the reference code.
-pub const NORM_FLOOR: f64 = 1e-8;
 /// Largest feature dimension for which [`Engine::Auto`] picks the fused engine.
 pub const FUSED_MAX_DIM: usize = 32;
 /// Default number of samples per batch of the reference engine.
 pub const DEFAULT_BATCH_SIZE: usize = 4096;
-
-/// How many layers to build.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "rule", rename_all = "snake_case")]
-pub enum Depth {
-    /// Exactly `layers` layers.
-    Fixed {
-        /// Number of layers.
-        layers: usize,
-    },
-    /// Stop after layer `l` once `ΔR(Z^l) - ΔR(Z^{l-window}) < min_gain`
-    /// (true labels), or after `max_layers` layers.
-    Adaptive {
-        /// Upper bound on the number of layers.
-        max_layers: usize,
-        /// Number of layers the gain is measured over.
-        window: usize,
-        /// Smallest gain in `ΔR` over `window` layers that keeps building.
-        min_gain: f64,
-    },
-}
-
-impl Depth {
-    /// The largest number of layers the rule can build.
-    pub fn max_layers(&self) -> usize {
-        match *self {
-            Depth::Fixed { layers } => layers,
-            Depth::Adaptive { max_layers, .. } => max_layers,
-        }
-    }
-
-    /// Whether building stops after the layer whose output has rates
-    /// `rates_true.last()` (`rates_true` holds the input and every output so far).
-    fn stops(&self, rates_true: &[Rates]) -> bool {
-        match *self {
-            Depth::Fixed { .. } => false,
-            Depth::Adaptive { window, min_gain, .. } => {
-                let n = rates_true.len();
-                n > window && rates_true[n - 1].delta_r - rates_true[n - 1 - window].delta_r < min_gain
-            }
-        }
-    }
-}
 
 /// Which implementation of the layer map runs (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +149,18 @@ impl ReduNetConfig {
         }
     }
 
+    /// The constants the ReduNet kernels take.
+    pub fn spec(&self) -> RedunetSpec {
+        RedunetSpec {
+            classes: self.num_classes,
+            eta: self.eta,
+            eps_sq: self.eps_sq,
+            lambda: self.lambda,
+            batch_size: self.batch_size,
+            depth: self.depth.clone(),
+        }
+    }
+
     /// Checks every field, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, value: String, why: &str| {
@@ -235,55 +203,6 @@ impl ReduNetConfig {
     }
 }
 
-/// Layers whose features a [`Trace`] keeps (index 0 = the normalised input,
-/// `l` = the output of layer `l`, before the final normalisation).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum LayerSet {
-    /// None.
-    #[default]
-    None,
-    /// Every layer (memory grows with depth times samples).
-    All,
-    /// The listed indices (those beyond the built depth are ignored).
-    Only(Vec<usize>),
-}
-
-impl LayerSet {
-    /// Whether index `l` is in the set.
-    pub fn contains(&self, l: usize) -> bool {
-        match self {
-            LayerSet::None => false,
-            LayerSet::All => true,
-            LayerSet::Only(v) => v.contains(&l),
-        }
-    }
-}
-
-/// What a build or a transform records besides its output.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    /// Per-layer rates (build only).
-    pub rates: bool,
-    /// Per-layer predicted labels `yhat`.
-    pub yhat: bool,
-    /// Feature snapshots.
-    pub features: LayerSet,
-}
-
-impl Default for Record {
-    /// Rates and `yhat`, no feature snapshots.
-    fn default() -> Self {
-        Record { rates: true, yhat: true, features: LayerSet::None }
-    }
-}
-
-impl Record {
-    /// Nothing but the output.
-    pub fn output_only() -> Self {
-        Record { rates: false, yhat: false, features: LayerSet::None }
-    }
-}
-
 /// What a build or a transform produced.
 #[derive(Clone, Debug)]
 pub struct Trace<B: Kernels> {
@@ -300,6 +219,11 @@ pub struct Trace<B: Kernels> {
 }
 
 impl<B: Kernels> Trace<B> {
+    fn from_run(run: RedunetRun<Tensor<B>>, samples: usize) -> Self {
+        let RedunetRun { output, rates_true, rates_code, features, yhat, .. } = run;
+        Trace { output, rates_true, rates_code, features, yhat, samples }
+    }
+
     /// Number of layers with a recorded `yhat`.
     pub fn yhat_layers(&self) -> usize {
         self.yhat.len().checked_div(self.samples).unwrap_or(0)
@@ -324,21 +248,14 @@ impl<B: Kernels> Trace<B> {
 #[derive(Clone, Debug)]
 pub struct Layer<B: Kernels> {
     operators: Tensor<B>,
-    host: Vec<B::Elem>,
     gamma: Vec<f64>,
     dim: usize,
     classes: usize,
 }
 
 impl<B: Kernels> Layer<B> {
-    fn from_host(backend: &B, host: Vec<B::Elem>, gamma: &[f64], dim: usize, classes: usize) -> Self {
-        let operators = Tensor::from_slice(backend, &host, &[(classes + 1) * dim, dim]);
-        Layer { operators, host, gamma: gamma.to_vec(), dim, classes }
-    }
-
-    fn from_tensor(operators: Tensor<B>, gamma: &[f64], dim: usize, classes: usize) -> Self {
-        let host = operators.to_vec();
-        Layer { operators, host, gamma: gamma.to_vec(), dim, classes }
+    fn new(operators: Tensor<B>, gamma: &[f64], dim: usize, classes: usize) -> Self {
+        Layer { operators, gamma: gamma.to_vec(), dim, classes }
     }
 
     /// `[E; C_1; ...; C_k]`, `(k+1) d x d`: `E` in rows `0..d`, `C_j` in rows `(j+1) d..(j+2) d`.
@@ -419,42 +336,6 @@ fn class_counts(labels: &[usize], m: usize, k: usize) -> Result<Vec<usize>> {
     Ok(counts)
 }
 
-/// Constants of one build: `alpha`, `alpha_j`, `gamma_j`.
-#[derive(Clone, Debug)]
-struct Scales {
-    alpha: f64,
-    alpha_class: Vec<f64>,
-    gamma: Vec<f64>,
-}
-
-impl Scales {
-    fn new(counts: &[usize], dim: usize, eps_sq: f64) -> Self {
-        let m: usize = counts.iter().sum();
-        let d = dim as f64;
-        Scales {
-            alpha: d / (m as f64 * eps_sq),
-            alpha_class: counts.iter().map(|&c| d / (c as f64 * eps_sq)).collect(),
-            gamma: counts.iter().map(|&c| c as f64 / m as f64).collect(),
-        }
-    }
-}
-
-/// `R`, `R_c` from `logdet(I + alpha Z^T Z)` and `(w_j, logdet_j)` per non-empty class.
-fn rates_from_logdets(logdet_total: f64, classes: impl IntoIterator<Item = (f64, f64)>) -> Rates {
-    let r = 0.5 * logdet_total;
-    let rc: f64 = classes.into_iter().map(|(w, ld)| w * 0.5 * ld).sum();
-    Rates { r, rc, delta_r: r - rc }
-}
-
-/// Sample counts per predicted class.
-fn counts_of(labels: &[u32], k: usize) -> Vec<usize> {
-    let mut c = vec![0usize; k];
-    for &l in labels {
-        c[l as usize] += 1;
-    }
-    c
-}
-
 impl<B: Kernels> ReduNet<B> {
     /// Builds the network from training features `z` (`m x d`) and true labels,
     /// recording rates and `yhat` per layer ([`Record::default`]).
@@ -472,13 +353,16 @@ impl<B: Kernels> ReduNet<B> {
         config.validate()?;
         let (m, d) = check_features(z, "ReduNet::build", None)?;
         let counts = class_counts(labels, m, config.num_classes)?;
-        let scales = Scales::new(&counts, d, config.eps_sq);
-        let (layers, trace) = match config.engine.resolve(d) {
-            Engine::Tensor => reference::build(z, labels, &config, record, &scales)?,
-            _ => fused::build(z, labels, &config, record, &scales)?,
+        let gamma = ClassScales::new(&counts, d, config.eps_sq).gamma;
+        let spec = config.spec();
+        let run = match config.engine.resolve(d) {
+            Engine::Tensor => build_reference(z, labels, &spec, record)?,
+            _ => redunet_build(z, labels, &spec, record)?,
         };
-        let net = ReduNet { backend: z.backend().clone(), config, dim: d, gamma: scales.gamma, layers };
-        Ok((net, trace))
+        let k = config.num_classes;
+        let layers = run.operators.iter().map(|w| Layer::new(w.clone(), &gamma, d, k)).collect();
+        let net = ReduNet { backend: z.backend().clone(), config, dim: d, gamma, layers };
+        Ok((net, Trace::from_run(run, m)))
     }
 
     /// Applies the network to new features (`n x d`): soft memberships only, no labels.
@@ -489,11 +373,14 @@ impl<B: Kernels> ReduNet<B> {
     /// Applies the network, recording `yhat` and features as `record` asks
     /// (`record.rates` is ignored: there are no labels).
     pub fn transform_with(&self, z: &Tensor<B>, record: &Record) -> Result<Trace<B>> {
-        check_features(z, "ReduNet::transform", Some(self.dim))?;
-        match self.config.engine.resolve(self.dim) {
-            Engine::Tensor => reference::transform(self, z, record),
-            _ => fused::transform(self, z, record),
-        }
+        let (m, _) = check_features(z, "ReduNet::transform", Some(self.dim))?;
+        let spec = self.config.spec();
+        let operators: Vec<Tensor<B>> = self.layers.iter().map(|l| l.operators.clone()).collect();
+        let run = match self.config.engine.resolve(self.dim) {
+            Engine::Tensor => transform_reference(z, &operators, &self.gamma, &spec, record)?,
+            _ => redunet_transform(z, &operators, &self.gamma, &spec, record)?,
+        };
+        Ok(Trace::from_run(run, m))
     }
 
     /// Chooses the engine used by later calls to [`Self::transform`].
@@ -534,10 +421,5 @@ impl<B: Kernels> ReduNet<B> {
     /// Class weights `gamma_j = m_j / m` of the training labels.
     pub fn gamma(&self) -> &[f64] {
         &self.gamma
-    }
-
-    /// The class weights in the backend's element type.
-    fn gamma_elem(&self) -> Vec<B::Elem> {
-        self.gamma.iter().map(|&g| B::Elem::of(g)).collect()
     }
 }

@@ -10,7 +10,7 @@
 use super::{Layer, ReduNet, ReduNetConfig};
 use crate::io::{write_atomic, write_safetensors, OutArray, TensorFile};
 use crate::{Error, Result};
-use rate_core::{Element, Kernels};
+use rate_core::{Kernels, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,7 +51,7 @@ impl<B: Kernels> ReduNet<B> {
         let mut e = Vec::with_capacity(l * d * d);
         let mut c = Vec::with_capacity(l * k * d * d);
         for layer in &self.layers {
-            let w: Vec<f64> = layer.host.iter().map(|x| x.f64()).collect();
+            let w = layer.operators.to_f64_vec();
             e.extend_from_slice(&w[..d * d]);
             c.extend_from_slice(&w[d * d..]);
         }
@@ -146,12 +146,12 @@ impl<B: Kernels> ReduNet<B> {
         }
         let layers = (0..l)
             .map(|i| {
-                let host: Vec<B::Elem> = e[i * d * d..(i + 1) * d * d]
+                let w: Vec<f64> = e[i * d * d..(i + 1) * d * d]
                     .iter()
                     .chain(&c[i * k * d * d..(i + 1) * k * d * d])
-                    .map(|&x| B::Elem::of(x))
+                    .copied()
                     .collect();
-                Layer::from_host(backend, host, &gamma, d, k)
+                Layer::new(Tensor::from_f64(backend, &w, &[(k + 1) * d, d]), &gamma, d, k)
             })
             .collect();
         Ok(ReduNet { backend: backend.clone(), config: manifest.config, dim: d, gamma, layers })

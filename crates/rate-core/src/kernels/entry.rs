@@ -5,6 +5,7 @@ use super::attention_tiled::AttentionSpec;
 use super::ext::Kernels;
 use super::invariant::{self, InvariantProductsSpec};
 use super::layer_norm::{row_stats_shape, rows_of};
+use super::redunet::{Record, RedunetRun, RedunetSpec};
 use super::token_stats::{self, TokenStats};
 use crate::tensor::{ComplexTensor, Tensor};
 use crate::Result;
@@ -266,4 +267,70 @@ pub fn herm_inverse_logdet<B: Kernels>(a: &ComplexTensor<B>) -> Result<(ComplexT
         ComplexTensor::new(Tensor::from_buffer(be, re, s), Tensor::from_buffer(be, im, s)),
         Tensor::from_buffer(be, ld, &s[..s.len() - 2]),
     ))
+}
+
+// ---- ReduNet ----
+
+/// Builds a ReduNet from training features `z` (`m x d`, finite) and labels
+/// (`m` values below `spec.classes`, every class present) on the backend's
+/// kernel: output and snapshots `m x d`, operators `(k+1) d x d` per layer.
+pub fn redunet_build<B: Kernels>(
+    z: &Tensor<B>,
+    labels: &[usize],
+    spec: &RedunetSpec,
+    record: &Record,
+) -> Result<RedunetRun<Tensor<B>>> {
+    assert!(
+        z.rank() == 2 && labels.len() == z.dim(0) && labels.iter().all(|&l| l < spec.classes),
+        "redunet_build: features {:?} with {} labels for {} classes",
+        z.shape(),
+        labels.len(),
+        spec.classes
+    );
+    let (m, d) = (z.dim(0), z.dim(1));
+    let run = z.backend().redunet_build(z.buffer(), m, d, labels, spec, record)?;
+    Ok(wrap_run(z.backend(), run, m, d, spec.classes))
+}
+
+/// Applies ReduNet layers (`operators`, `(k+1) d x d` each, and the class
+/// weights `gamma`) to features `z` (`m x d`, finite) on the backend's kernel.
+pub fn redunet_transform<B: Kernels>(
+    z: &Tensor<B>,
+    operators: &[Tensor<B>],
+    gamma: &[f64],
+    spec: &RedunetSpec,
+    record: &Record,
+) -> Result<RedunetRun<Tensor<B>>> {
+    let (m, d) = (z.dim(0), z.dim(1));
+    let g = (spec.classes + 1) * d;
+    assert!(
+        z.rank() == 2 && gamma.len() == spec.classes && operators.iter().all(|w| w.shape() == [g, d]),
+        "redunet_transform: features {:?}, {} class weights and operators {:?} for {} classes",
+        z.shape(),
+        gamma.len(),
+        operators.first().map(|w| w.shape().to_vec()),
+        spec.classes
+    );
+    let bufs: Vec<B::Buffer> = operators.iter().map(|w| w.buffer().clone()).collect();
+    let run = z.backend().redunet_transform(z.buffer(), m, d, &bufs, gamma, spec, record)?;
+    Ok(wrap_run(z.backend(), run, m, d, spec.classes))
+}
+
+/// The buffers of a run as tensors: features `m x d`, operators `(k+1) d x d`.
+fn wrap_run<B: Kernels>(
+    be: &B,
+    run: RedunetRun<B::Buffer>,
+    m: usize,
+    d: usize,
+    k: usize,
+) -> RedunetRun<Tensor<B>> {
+    let RedunetRun { output, operators, rates_true, rates_code, features, yhat } = run;
+    RedunetRun {
+        output: Tensor::from_buffer(be, output, &[m, d]),
+        operators: operators.into_iter().map(|w| Tensor::from_buffer(be, w, &[(k + 1) * d, d])).collect(),
+        rates_true,
+        rates_code,
+        features: features.into_iter().map(|(l, t)| (l, Tensor::from_buffer(be, t, &[m, d]))).collect(),
+        yhat,
+    }
 }

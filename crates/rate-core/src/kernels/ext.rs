@@ -13,6 +13,7 @@ use super::attention_tiled::{self, AttentionSpec};
 use super::factor::{herm_inverse_logdet_reference, spd_inverse_logdet_reference};
 use super::invariant::{self, InvariantProductsSpec, InvariantStepSpec};
 use super::layer_norm::{layer_norm_backward_reference, layer_norm_reference, softmax_backward_reference};
+use super::redunet::{build_reference, transform_reference, Record, RedunetRun, RedunetSpec};
 use super::scan::cumsum_by_doubling;
 use super::token_stats::{token_stats_reference, TokenStats, TokenStatsSpec};
 use crate::backend::{AxisView, Backend, MatmulSpec};
@@ -255,5 +256,42 @@ pub trait Kernels: Backend {
         let t = |b: &Self::Buffer| Tensor::from_buffer(self, b.clone(), &[batch, n, n]);
         let (inv, ld) = herm_inverse_logdet_reference(&ComplexTensor::new(t(re), t(im)))?;
         Ok((inv.re.buffer().clone(), inv.im.buffer().clone(), ld.buffer().clone()))
+    }
+
+    // ---- ReduNet built forward and applied (kernels/redunet.rs) ----
+
+    /// Builds a ReduNet from training features `z` (`samples x dim`) and
+    /// their labels (every class present): the normalised output, the
+    /// operators of every layer and what `record` asks for.
+    fn redunet_build(
+        &self,
+        z: &Self::Buffer,
+        samples: usize,
+        dim: usize,
+        labels: &[usize],
+        spec: &RedunetSpec,
+        record: &Record,
+    ) -> Result<RedunetRun<Self::Buffer>> {
+        let z = Tensor::from_buffer(self, z.clone(), &[samples, dim]);
+        Ok(build_reference(&z, labels, spec, record)?.map(|t| t.buffer().clone()))
+    }
+
+    /// Applies the layers with `operators` (`(k+1) dim x dim` each) and class
+    /// weights `gamma` to features `z` (`samples x dim`).
+    fn redunet_transform(
+        &self,
+        z: &Self::Buffer,
+        samples: usize,
+        dim: usize,
+        operators: &[Self::Buffer],
+        gamma: &[f64],
+        spec: &RedunetSpec,
+        record: &Record,
+    ) -> Result<RedunetRun<Self::Buffer>> {
+        let z = Tensor::from_buffer(self, z.clone(), &[samples, dim]);
+        let g = (spec.classes + 1) * dim;
+        let ops: Vec<Tensor<Self>> =
+            operators.iter().map(|w| Tensor::from_buffer(self, w.clone(), &[g, dim])).collect();
+        Ok(transform_reference(&z, &ops, gamma, spec, record)?.map(|t| t.buffer().clone()))
     }
 }

@@ -9,6 +9,7 @@
 //! | `token_stats.rs` | `token_stats` | TSSA memberships and second moments (4.3.14-4.3.15) |
 //! | `invariant.rs` | `invariant_step`, `real_operand`, `invariant_products` | invariant ReduNet layer per frequency (4.1.27) |
 //! | `factor.rs` | `spd_inverse_logdet`, `herm_inverse_logdet` | operators and rates from one Cholesky (4.1.3-4.1.4, 4.1.20-4.1.22) |
+//! | `redunet.rs` | `redunet_build`, `redunet_transform` | ReduNet built forward and applied (4.1.11-4.1.13, Algorithm 4.1) |
 //!
 //! `ext.rs` holds the trait (every method has its reference body) and
 //! `entry.rs` the shape-checked entry points over tensors, re-exported here.
@@ -27,6 +28,7 @@ mod ext;
 pub mod factor;
 pub mod invariant;
 pub mod layer_norm;
+pub mod redunet;
 pub mod scan;
 pub mod token_stats;
 
@@ -35,8 +37,9 @@ pub use attention_tiled::AttentionSpec;
 pub use entry::{
     attention_dense, attention_dense_backward, attention_tiled, attention_tiled_backward, cumsum,
     herm_inverse_logdet, invariant_products, invariant_step, layer_norm, layer_norm_backward, real_operand,
-    softmax_backward, spd_inverse_logdet, token_stats,
+    redunet_build, redunet_transform, softmax_backward, spd_inverse_logdet, token_stats,
 };
 pub use ext::Kernels;
 pub use invariant::{InvariantProductsSpec, InvariantStepSpec};
+pub use redunet::{Depth, LayerSet, Record, RedunetRun, RedunetSpec};
 pub use token_stats::{TokenStats, TokenStatsSpec};

@@ -11,10 +11,12 @@ use super::reference::*;
 use super::*;
 use crate::kernels::{self, AttentionSpec, DenseAttentionSpec, Kernels};
 use crate::kernels::{
-    attention_dense as dense, attention_tiled as tiled, invariant, layer_norm, scan, token_stats,
+    attention_dense as dense, attention_tiled as tiled, invariant, layer_norm, redunet, scan, token_stats,
 };
+use crate::kernels::{Depth, LayerSet, Record, RedunetSpec};
 use crate::ComplexTensor;
 use rand::rngs::StdRng;
+use rand::Rng;
 
 /// The backend under test and the reference backend, fed the same values.
 struct Pair<'a, B, R> {
@@ -292,4 +294,91 @@ pub fn check_herm_inverse_logdet<B: Kernels, R: Kernels>(b: &B, _r: &R) {
         kernels::herm_inverse_logdet(&bad).is_err(),
         "herm_inverse_logdet of an indefinite matrix must fail"
     );
+}
+
+/// The ReduNet of the ReduNet kernel checks: 3 classes of 20 samples in R^4, 5 layers,
+/// `lambda = 5` (soft memberships), batches of 16 in the reference engine.
+fn redunet_problem(rng: &mut StdRng) -> (Vec<f64>, Vec<usize>, RedunetSpec, Record) {
+    let (m, d, k) = (60, 4, 3);
+    let labels: Vec<usize> = (0..m).map(|i| i % k).collect();
+    // class j concentrated around the axis j, so that the memberships mean something
+    let z: Vec<f64> = (0..m * d)
+        .map(|i| {
+            let (s, c) = (i / d, i % d);
+            let centre = if c == labels[s] { 1.0 } else { 0.0 };
+            centre + rng.random_range(-0.4..0.4)
+        })
+        .collect();
+    let spec = RedunetSpec {
+        classes: k,
+        eta: 0.5,
+        eps_sq: 0.1,
+        lambda: 5.0,
+        batch_size: 16,
+        depth: Depth::Fixed { layers: 5 },
+    };
+    let record = Record { rates: true, yhat: true, features: LayerSet::Only(vec![0, 2]) };
+    (z, labels, spec, record)
+}
+
+/// `yhat` equal everywhere in f64; in f32, where a near-tie may round the
+/// other way, at least 97 % of the entries.
+fn same_yhat<B: Kernels>(what: &str, got: &[u32], want: &[u32]) {
+    assert_eq!(got.len(), want.len(), "{what}: yhat length");
+    let agree = got.iter().zip(want).filter(|(a, b)| a == b).count();
+    let need = if tolerance::<B>() < 1e-6 { want.len() } else { want.len() * 97 / 100 };
+    assert!(agree >= need, "{what}: yhat agrees on {agree} of {} entries", want.len());
+}
+
+fn same_rates(what: &str, got: &[crate::Rates], want: &[crate::Rates], tol: f64) {
+    let flat = |r: &[crate::Rates]| r.iter().flat_map(|x| [x.r, x.rc, x.delta_r]).collect::<Vec<f64>>();
+    assert_close(what, &flat(got), &flat(want), tol);
+}
+
+/// The ReduNet construction kernel: output, operators of every layer, rates,
+/// snapshots and `yhat` against the reference engine.
+pub fn check_kernel_redunet_build<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(54));
+    let (z, labels, spec, record) = redunet_problem(&mut rng);
+    let (zb, zr) = p.input(&z, &[labels.len(), 4]);
+    let got =
+        kernels::redunet_build(&zb, &labels, &spec, &record).unwrap_or_else(|e| panic!("redunet_build: {e}"));
+    let want = redunet::build_reference(&zr, &labels, &spec, &record).expect("reference build");
+    same("redunet_build output", &got.output, &want.output, tol);
+    assert_eq!(got.operators.len(), want.operators.len(), "redunet_build: layers built");
+    for (l, (g, w)) in got.operators.iter().zip(&want.operators).enumerate() {
+        same(&format!("redunet_build operators of layer {l}"), g, w, tol);
+    }
+    assert_eq!(got.features.iter().map(|f| f.0).collect::<Vec<_>>(), vec![0, 2], "redunet_build snapshots");
+    for ((l, g), (_, w)) in got.features.iter().zip(&want.features) {
+        same(&format!("redunet_build snapshot {l}"), g, w, tol);
+    }
+    same_rates("redunet_build rates_true", &got.rates_true, &want.rates_true, tol);
+    same_yhat::<B>("redunet_build", &got.yhat, &want.yhat);
+    if got.yhat == want.yhat {
+        same_rates("redunet_build rates_code", &got.rates_code, &want.rates_code, tol);
+    }
+}
+
+/// The ReduNet transform kernel on held-out samples with operators built by
+/// the reference engine: output, snapshots and `yhat`.
+pub fn check_kernel_redunet_transform<B: Kernels, R: Kernels>(b: &B, r: &R) {
+    let (p, tol, mut rng) = (Pair { b, r }, tolerance::<B>(), rng(55));
+    let (z, labels, spec, record) = redunet_problem(&mut rng);
+    let built =
+        redunet::build_reference(&Tensor::from_f64(r, &z, &[labels.len(), 4]), &labels, &spec, &record)
+            .expect("reference build");
+    let (ops, ops0): (Vec<Tensor<B>>, Vec<Tensor<R>>) = built.operators.iter().map(|w| p.pass_on(w)).unzip();
+    let gamma = vec![1.0 / 3.0; 3];
+    let (held_out, _, _, _) = redunet_problem(&mut rng);
+    let (zb, zr) = p.input(&held_out, &[labels.len(), 4]);
+    let got = kernels::redunet_transform(&zb, &ops, &gamma, &spec, &record)
+        .unwrap_or_else(|e| panic!("redunet_transform: {e}"));
+    let want = redunet::transform_reference(&zr, &ops0, &gamma, &spec, &record).expect("reference transform");
+    same("redunet_transform output", &got.output, &want.output, tol);
+    for ((l, g), (_, w)) in got.features.iter().zip(&want.features) {
+        same(&format!("redunet_transform snapshot {l}"), g, w, tol);
+    }
+    assert_eq!(got.features.len(), 2, "redunet_transform snapshots");
+    same_yhat::<B>("redunet_transform", &got.yhat, &want.yhat);
 }

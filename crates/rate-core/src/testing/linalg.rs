@@ -259,20 +259,22 @@ pub fn check_spd_not_positive_definite<B: Backend>(b: &B) {
     }
 }
 
-/// `sym_eigen`: `A V = V diag(l)`, `V^T V = I`, eigenvalues in decreasing
-/// order and equal to the Jacobi reference; covers a repeated eigenvalue, a
-/// diagonal matrix, order 1 and a batch.
+/// `sym_eigen` by residuals, as faer tests its decompositions, independent of
+/// any eigen-solver: eigenvalues decreasing, `A V = V diag(l)` and
+/// `V^T V = I` (together they make `l` the spectrum of `A`), and, where the
+/// spectrum is known by construction (`Q diag(3, 3, 1, -2) Q^T`, a diagonal
+/// matrix), the eigenvalues themselves.
 pub fn check_sym_eigen<B: Backend>(b: &B) {
     let tol = tolerance::<B>();
     let mut r = rng(20);
-    let mut cases: Vec<(usize, usize, Vec<f64>)> = Vec::new();
+    let mut cases: Vec<(usize, usize, Vec<f64>, Option<Vec<f64>>)> = Vec::new();
     for (batch, n) in [(1usize, 1usize), (3, 5), (1, 16), (1, 70)] {
         let mut data = Vec::new();
         for _ in 0..batch {
             let x = uniform(&mut r, n * n, -1.0, 1.0);
             data.extend((0..n * n).map(|i| x[i] + x[(i % n) * n + i / n]));
         }
-        cases.push((batch, n, data));
+        cases.push((batch, n, data, None));
     }
     // Repeated eigenvalue: Q diag(3, 3, 1, -2) Q^T with a Householder Q.
     let n = 4;
@@ -283,9 +285,9 @@ pub fn check_sym_eigen<B: Backend>(b: &B) {
     for (i, v) in dq.iter_mut().enumerate() {
         *v *= [3.0, 3.0, 1.0, -2.0][i % n];
     }
-    cases.push((1, n, ref_matmul(&dq, &q, n, n, n, false, true)));
-    cases.push((1, 3, vec![2.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 5.0]));
-    for (batch, n, data) in cases {
+    cases.push((1, n, ref_matmul(&dq, &q, n, n, n, false, true), Some(vec![3.0, 3.0, 1.0, -2.0])));
+    cases.push((1, 3, vec![2.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 5.0], Some(vec![5.0, 2.0, -1.0])));
+    for (batch, n, data, known) in cases {
         let (a, av) = input(b, &data, &[batch, n, n]);
         let (vals, vecs) = a.sym_eigen().unwrap_or_else(|e| panic!("sym_eigen {batch}x{n}x{n}: {e}"));
         assert_eq!(vals.shape(), &[batch, n]);
@@ -295,11 +297,13 @@ pub fn check_sym_eigen<B: Backend>(b: &B) {
             let ai = &av[i * n * n..(i + 1) * n * n];
             let li = &lv[i * n..(i + 1) * n];
             let vi = &vv[i * n * n..(i + 1) * n * n];
-            let want = ref_sym_eigenvalues(ai, n);
-            let scale = max_abs(&want).max(1.0);
+            // |lambda| <= ||A||_F, so the Frobenius norm bounds the scale of every residual
+            let scale = ai.iter().map(|x| x * x).sum::<f64>().sqrt().max(1.0);
             let what = format!("sym_eigen matrix {i} of {batch}x{n}x{n}");
             assert!(li.windows(2).all(|w| w[0] >= w[1]), "{what}: eigenvalues not decreasing: {li:?}");
-            assert_close_scaled(&format!("{what}: eigenvalues"), li, &want, tol, scale);
+            if let Some(want) = &known {
+                assert_close_scaled(&format!("{what}: eigenvalues"), li, want, tol, scale);
+            }
             let av_ = ref_matmul(ai, vi, n, n, n, false, false);
             let vl: Vec<f64> = (0..n * n).map(|e| vi[e] * li[e % n]).collect();
             assert_close_scaled(&format!("{what}: A V = V diag(l)"), &av_, &vl, tol, scale);

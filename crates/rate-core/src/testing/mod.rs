@@ -4,8 +4,8 @@
 //! seeded pseudo-random inputs, runs one [`Backend`] primitive (through
 //! [`Tensor`] or directly), and compares the result with a plain-Rust f64
 //! reference computed in `reference.rs` by the textbook algorithm: triple-loop matmul, the O(n^2) DFT, the
-//! Cholesky–Banachiewicz loop (real and complex), cyclic Jacobi for
-//! eigenvalues, max-subtracted softmax. References are computed from the
+//! Cholesky–Banachiewicz loop (real and complex), max-subtracted softmax;
+//! the eigen-decomposition by its residuals `A V - V diag(l)` and `V^T V - I`. References are computed from the
 //! inputs rounded to the backend's element type on the host, so rounding the
 //! inputs to f32 costs no accuracy, and a backend whose download is broken
 //! cannot agree with them by accident.
@@ -157,7 +157,8 @@ macro_rules! conformance_tests {
                 check_kernel_cumsum, check_kernel_attention_tiled, check_kernel_attention_tiled_backward,
                 check_kernel_attention_dense, check_kernel_attention_dense_backward, check_kernel_token_stats,
                 check_kernel_invariant_step, check_kernel_real_operand, check_kernel_invariant_products,
-                check_kernel_spd_inverse_logdet, check_herm_inverse_logdet);
+                check_kernel_spd_inverse_logdet, check_herm_inverse_logdet, check_kernel_redunet_build,
+                check_kernel_redunet_transform);
         }
     };
     (@tests required $backend:expr; $($check:ident),* $(,)?) => {

@@ -1,4 +1,4 @@
-//! Plain f64 references of the conformance suite: triple-loop matmul, the O(n^2) DFT, Cholesky-Banachiewicz (real and complex), cyclic Jacobi, broadcasting by index arithmetic.
+//! Plain f64 references of the conformance suite: triple-loop matmul, the O(n^2) DFT, Cholesky-Banachiewicz (real and complex), broadcasting by index arithmetic.
 
 use super::*;
 use crate::{AxisView, BinaryOp, FftNorm, UnaryOp};
@@ -167,48 +167,6 @@ pub(crate) fn identity(n: usize) -> Vec<f64> {
         e[i * n + i] = 1.0;
     }
     e
-}
-
-/// Eigenvalues of a symmetric matrix by cyclic Jacobi rotations, in decreasing order.
-pub(crate) fn ref_sym_eigenvalues(a: &[f64], n: usize) -> Vec<f64> {
-    let mut m = a.to_vec();
-    for _sweep in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| m[i * n + j].powi(2))
-            .sum();
-        let diag: f64 = (0..n).map(|i| m[i * n + i].powi(2)).sum();
-        if off <= 1e-30 * diag.max(1e-300) {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = m[p * n + q];
-                if apq == 0.0 {
-                    continue;
-                }
-                let theta = (m[q * n + q] - m[p * n + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                // M <- J^T M J with the rotation in the (p, q) plane.
-                for k in 0..n {
-                    let (mkp, mkq) = (m[k * n + p], m[k * n + q]);
-                    m[k * n + p] = c * mkp - s * mkq;
-                    m[k * n + q] = s * mkp + c * mkq;
-                }
-                for k in 0..n {
-                    let (mpk, mqk) = (m[p * n + k], m[q * n + k]);
-                    m[p * n + k] = c * mpk - s * mqk;
-                    m[q * n + k] = s * mpk + c * mqk;
-                }
-            }
-        }
-    }
-    let mut ev: Vec<f64> = (0..n).map(|i| m[i * n + i]).collect();
-    ev.sort_by(|x, y| y.total_cmp(x));
-    ev
 }
 
 /// Minimal complex number for the Hermitian and Fourier references.

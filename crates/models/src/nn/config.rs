@@ -1,0 +1,205 @@
+//! The configuration of the image classifiers (CRATE 4.2.20, AoT 4.3.2, TOST 4.3.15): the shared part (image, patches, dim, depth, heads, pooling), the per-model trait, and typed reading of string metadata (a checkpoint's or a JSON config's).
+
+use super::head::Pool;
+use super::layernorm::LAYERNORM_EPS;
+use crate::io::TensorFile;
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+/// String key-value configuration (a checkpoint's metadata or a JSON config)
+/// with typed getters whose errors name the key and the source.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta<'a> {
+    /// The key-value pairs.
+    pub map: &'a BTreeMap<String, String>,
+    /// Where they came from (for errors).
+    pub source: &'a str,
+}
+
+impl Meta<'_> {
+    /// An error naming the source.
+    pub fn err(&self, message: String) -> Error {
+        Error::Format { path: self.source.to_string(), message }
+    }
+
+    /// A required non-negative integer.
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?.ok_or_else(|| self.err(format!("configuration key `{key}` is missing")))
+    }
+
+    /// An optional non-negative integer.
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.map.get(key) {
+            None => Ok(None),
+            Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                self.err(format!("configuration key `{key}` = {v:?} is not a non-negative integer"))
+            }),
+        }
+    }
+
+    /// An optional number with a default.
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.map.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| self.err(format!("configuration key `{key}` = {v:?} is not a number"))),
+        }
+    }
+
+    /// An optional boolean (`true`/`false`) with a default.
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.map.get(key).map(|s| s.trim()) {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(v) => Err(self.err(format!("configuration key `{key}` = {v:?} is not true or false"))),
+        }
+    }
+
+    /// An optional string.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.map.get(key).map(|s| s.trim())
+    }
+}
+
+/// What every block-stack classifier shares: the image, the embedding and the head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VisionConfig {
+    /// Side of the square input images.
+    pub image_size: usize,
+    /// Side of the square patches (must divide `image_size`).
+    pub patch_size: usize,
+    /// Image channels.
+    pub channels: usize,
+    /// Number of classes of the head.
+    pub num_classes: usize,
+    /// Token dimension `d`.
+    pub dim: usize,
+    /// Number of layers `L`.
+    pub depth: usize,
+    /// Number of heads (subspaces) `K`.
+    pub heads: usize,
+    /// Pooling before the head.
+    pub pool: Pool,
+    /// LayerNorm epsilon.
+    pub layernorm_eps: f64,
+}
+
+impl VisionConfig {
+    /// The CIFAR-size setting of the benchmarks: 32 px RGB, patch 4, dim 192, depth 8, 6 heads, 10 classes.
+    pub fn cifar_small() -> Self {
+        VisionConfig {
+            image_size: 32,
+            patch_size: 4,
+            channels: 3,
+            num_classes: 10,
+            dim: 192,
+            depth: 8,
+            heads: 6,
+            pool: Pool::Cls,
+            layernorm_eps: LAYERNORM_EPS,
+        }
+    }
+
+    /// Checks the shared constraints; `model` names the model in the error.
+    pub fn validate(&self, model: &str) -> Result<()> {
+        for (name, v) in [
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+            ("channels", self.channels),
+            ("num_classes", self.num_classes),
+            ("dim", self.dim),
+            ("heads", self.heads),
+        ] {
+            if v == 0 {
+                return Err(Error::Config(format!("{model}: {name} must be positive, got 0")));
+            }
+        }
+        if self.image_size % self.patch_size != 0 {
+            return Err(Error::Config(format!(
+                "{model}: image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            )));
+        }
+        if !(self.layernorm_eps > 0.0 && self.layernorm_eps.is_finite()) {
+            return Err(Error::Config(format!(
+                "{model}: layernorm_eps = {} must be positive",
+                self.layernorm_eps
+            )));
+        }
+        Ok(())
+    }
+
+    /// Patches per image.
+    pub fn num_patches(&self) -> usize {
+        let g = self.image_size / self.patch_size.max(1);
+        g * g
+    }
+
+    /// Tokens per image (patches + the class token).
+    pub fn tokens(&self) -> usize {
+        self.num_patches() + 1
+    }
+
+    /// The shared keys as metadata.
+    pub fn to_metadata(&self, m: &mut BTreeMap<String, String>) {
+        for (k, v) in [
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+            ("channels", self.channels),
+            ("num_classes", self.num_classes),
+            ("dim", self.dim),
+            ("depth", self.depth),
+            ("heads", self.heads),
+        ] {
+            m.insert(k.to_string(), v.to_string());
+        }
+        m.insert("pool".into(), self.pool.name().into());
+        m.insert("layernorm_eps".into(), self.layernorm_eps.to_string());
+    }
+
+    /// The shared keys from metadata (`pool` defaults to `cls`, `layernorm_eps` to 1e-5).
+    pub fn from_metadata(meta: &Meta) -> Result<Self> {
+        let pool = match meta.str("pool") {
+            None => Pool::Cls,
+            Some(s) => Pool::parse(s).ok_or_else(|| {
+                meta.err(format!("configuration key `pool` = {s:?} is not 'cls' or 'mean'"))
+            })?,
+        };
+        Ok(VisionConfig {
+            image_size: meta.usize("image_size")?,
+            patch_size: meta.usize("patch_size")?,
+            channels: meta.usize("channels")?,
+            num_classes: meta.usize("num_classes")?,
+            dim: meta.usize("dim")?,
+            depth: meta.usize("depth")?,
+            heads: meta.usize("heads")?,
+            pool,
+            layernorm_eps: meta.f64_or("layernorm_eps", LAYERNORM_EPS)?,
+        })
+    }
+}
+
+/// The configuration of a block-stack classifier.
+pub trait ModelConfig: Clone + Debug + PartialEq + Send + Sync {
+    /// The model's name in errors (`AoT`, `TOST`).
+    const NAME: &'static str;
+    /// The shared part: image, embedding, depth, heads and head.
+    fn vision(&self) -> VisionConfig;
+    /// Checks every constraint (called at construction).
+    fn validate(&self) -> Result<()>;
+    /// The configuration as string metadata.
+    fn to_metadata(&self) -> BTreeMap<String, String>;
+    /// The configuration from string metadata, validated.
+    fn from_metadata(meta: &Meta) -> Result<Self>;
+    /// The configuration of a checkpoint: its metadata, completed or
+    /// overridden by `overrides` (a JSON config, merged into the file's
+    /// metadata), validated.
+    fn from_file(file: &mut TensorFile, overrides: &BTreeMap<String, String>) -> Result<Self> {
+        file.metadata.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Self::from_metadata(&Meta { map: &file.metadata, source: &file.path })
+    }
+}
