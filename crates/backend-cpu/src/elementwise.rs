@@ -34,95 +34,6 @@ fn zip_map<T: Copy + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync
     }
 }
 
-#[inline]
-fn unary_fn<T: CpuElem>(op: UnaryOp) -> impl Fn(T) -> T + Sync + Send {
-    let zero = T::zero();
-    let one = T::one();
-    move |x: T| match op {
-        UnaryOp::Neg => -x,
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Log => x.ln(),
-        UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Abs => x.abs(),
-        UnaryOp::Square => x * x,
-        UnaryOp::Recip => one / x,
-        UnaryOp::Relu => {
-            if x > zero {
-                x
-            } else {
-                zero
-            }
-        }
-        UnaryOp::Step => {
-            if x > zero {
-                one
-            } else {
-                zero
-            }
-        }
-        UnaryOp::SoftThreshold(l) => {
-            let l = T::of(l);
-            if x > l {
-                x - l
-            } else if x < -l {
-                x + l
-            } else {
-                zero
-            }
-        }
-        UnaryOp::AddScalar(c) => x + T::of(c),
-        UnaryOp::MulScalar(c) => x * T::of(c),
-        UnaryOp::ClampMin(c) => {
-            let c = T::of(c);
-            if x < c {
-                c
-            } else {
-                x
-            }
-        }
-        UnaryOp::ClampMax(c) => {
-            let c = T::of(c);
-            if x > c {
-                c
-            } else {
-                x
-            }
-        }
-        UnaryOp::ReluShift(c) => (x + T::of(c)).max(zero),
-    }
-}
-
-#[inline]
-fn binary_fn<T: CpuElem>(op: BinaryOp) -> impl Fn(T, T) -> T + Sync + Send + Copy {
-    move |a: T, b: T| match op {
-        BinaryOp::Add => a + b,
-        BinaryOp::Sub => a - b,
-        BinaryOp::Mul => a * b,
-        BinaryOp::Div => a / b,
-        BinaryOp::Max => {
-            if a >= b || b.is_nan() {
-                a
-            } else {
-                b
-            }
-        }
-        BinaryOp::Min => {
-            if a <= b || b.is_nan() {
-                a
-            } else {
-                b
-            }
-        }
-        BinaryOp::WherePositive => {
-            if b > T::zero() {
-                a
-            } else {
-                T::zero()
-            }
-        }
-    }
-}
-
 /// The length of the trailing block when `strides` read one contiguous block
 /// repeated along the leading axes (zero strides there), e.g. a bias row.
 fn repeated_block(strides: &[usize], shape: &[usize]) -> Option<usize> {
@@ -141,10 +52,8 @@ fn repeated_block(strides: &[usize], shape: &[usize]) -> Option<usize> {
 /// of `Backend::binary`); rows whose inner stride is 1 or 0 run as slice loops.
 fn binary_with<T: CpuElem>(
     f: impl Fn(T, T) -> T + Sync + Send + Copy,
-    a: &Buf<T>,
-    a_strides: &[usize],
-    b: &Buf<T>,
-    b_strides: &[usize],
+    (a, a_strides): (&Buf<T>, &[usize]),
+    (b, b_strides): (&Buf<T>, &[usize]),
     out_shape: &[usize],
 ) -> Buf<T> {
     let n: usize = out_shape.iter().product();
@@ -232,7 +141,30 @@ pub(crate) fn unary<T: CpuElem>(op: UnaryOp, x: &Buf<T>) -> Buf<T> {
             let c = T::of(c);
             map_unary(x, move |v| (v + c).max(zero))
         }
-        _ => map_vec(x, unary_fn::<T>(op)),
+        // the costlier ops go parallel from a smaller size
+        UnaryOp::Exp => map_vec(x, |v| v.exp()),
+        UnaryOp::Log => map_vec(x, |v| v.ln()),
+        UnaryOp::Abs => map_vec(x, |v| v.abs()),
+        UnaryOp::SoftThreshold(l) => {
+            let l = T::of(l);
+            map_vec(x, move |v| {
+                if v > l {
+                    v - l
+                } else if v < -l {
+                    v + l
+                } else {
+                    zero
+                }
+            })
+        }
+        UnaryOp::ClampMin(c) => {
+            let c = T::of(c);
+            map_vec(x, move |v| if v < c { c } else { v })
+        }
+        UnaryOp::ClampMax(c) => {
+            let c = T::of(c);
+            map_vec(x, move |v| if v > c { c } else { v })
+        }
     })
 }
 
@@ -247,20 +179,28 @@ pub(crate) fn binary<T: CpuElem>(
 ) -> Buf<T> {
     // one monomorphised body per op, so the inner loops carry no match and vectorise
     match op {
-        BinaryOp::Add => binary_with(|x: T, y: T| x + y, a, a_strides, b, b_strides, out_shape),
-        BinaryOp::Sub => binary_with(|x: T, y: T| x - y, a, a_strides, b, b_strides, out_shape),
-        BinaryOp::Mul => binary_with(|x: T, y: T| x * y, a, a_strides, b, b_strides, out_shape),
-        BinaryOp::Div => binary_with(|x: T, y: T| x / y, a, a_strides, b, b_strides, out_shape),
+        BinaryOp::Add => binary_with(|x: T, y: T| x + y, (a, a_strides), (b, b_strides), out_shape),
+        BinaryOp::Sub => binary_with(|x: T, y: T| x - y, (a, a_strides), (b, b_strides), out_shape),
+        BinaryOp::Mul => binary_with(|x: T, y: T| x * y, (a, a_strides), (b, b_strides), out_shape),
+        BinaryOp::Div => binary_with(|x: T, y: T| x / y, (a, a_strides), (b, b_strides), out_shape),
         BinaryOp::WherePositive => binary_with(
             |x: T, y: T| if y > T::zero() { x } else { T::zero() },
-            a,
-            a_strides,
-            b,
-            b_strides,
+            (a, a_strides),
+            (b, b_strides),
             out_shape,
         ),
-        BinaryOp::Max | BinaryOp::Min => {
-            binary_with(binary_fn::<T>(op), a, a_strides, b, b_strides, out_shape)
-        }
+        // NaN in `b` keeps `a`, as in the reference
+        BinaryOp::Max => binary_with(
+            |x: T, y: T| if x >= y || y.is_nan() { x } else { y },
+            (a, a_strides),
+            (b, b_strides),
+            out_shape,
+        ),
+        BinaryOp::Min => binary_with(
+            |x: T, y: T| if x <= y || y.is_nan() { x } else { y },
+            (a, a_strides),
+            (b, b_strides),
+            out_shape,
+        ),
     }
 }

@@ -26,7 +26,7 @@ pub trait FastExp:
     const LN2_LO: Self;
     /// `1.5 * 2^mantissa_bits`: adding it rounds to an integer held in the low mantissa bits.
     const ROUND: Self;
-    /// Smallest argument computed; below it the result is [`FastExp::BELOW`] (or the value at the bound).
+    /// Smallest argument computed; below it the result is zero when [`FastExp::FLUSH_TO_ZERO`], else the value at the bound.
     const MIN_ARG: Self;
     /// Largest argument computed (the value at the bound above it).
     const MAX_ARG: Self;

@@ -357,7 +357,8 @@ impl<T: CpuElem> Kernels for CpuBackend<T> {
         spec: &RedunetSpec,
         record: &Record,
     ) -> Result<RedunetRun<Buf<T>>> {
-        redunet::build(z, (samples, dim), labels, spec, record)
+        // the whole loop on a worker of the pool: each layer's parallel pass forks from inside it
+        rayon::scope(|_| redunet::build(z, (samples, dim), labels, spec, record))
     }
 
     fn redunet_transform(

@@ -12,6 +12,22 @@ use faer::{Accum, Mat, MatMut, MatRef, Side};
 use rate_core::{Error, MatmulSpec, Result};
 use rayon::prelude::*;
 
+/// `f(i)` for every matrix `i` of a batch of `n x n` matrices, collected in
+/// order: on rayon's pool, or on the calling thread when the whole batch is
+/// below `2^15` multiply-adds, where handing tasks to the pool costs more
+/// than the work (the `k + 1` operators of a small-dimensional ReduNet layer).
+fn map_batch<R: Send, C: FromIterator<R> + FromParallelIterator<R>>(
+    batch: usize,
+    n: usize,
+    f: impl Fn(usize) -> R + Sync + Send,
+) -> C {
+    if batch * n * n * n < 1 << 15 {
+        (0..batch).map(f).collect()
+    } else {
+        (0..batch).into_par_iter().map(f).collect()
+    }
+}
+
 /// Largest order factored by the plain loop instead of faer.
 pub const SMALL: usize = 64;
 
@@ -189,7 +205,7 @@ pub fn cholesky_batch<T: CpuElem>(
     op: &'static str,
 ) -> Result<Vec<T>> {
     let parts: Result<Vec<Vec<T>>> =
-        (0..batch).into_par_iter().map(|b| chol_one(be, &a[b * n * n..(b + 1) * n * n], n, b, op)).collect();
+        map_batch(batch, n, |b| chol_one(be, &a[b * n * n..(b + 1) * n * n], n, b, op));
     Ok(parts?.concat())
 }
 
@@ -231,33 +247,30 @@ pub fn spd_solve<T: CpuElem>(
     n: usize,
     nrhs: usize,
 ) -> Result<Vec<T>> {
-    let parts: Result<Vec<Vec<T>>> = (0..batch)
-        .into_par_iter()
-        .map(|bi| {
-            let am = &a[bi * n * n..(bi + 1) * n * n];
-            let bm = &b[bi * n * nrhs..(bi + 1) * n * nrhs];
-            if n <= SMALL {
-                let l = chol_one(be, am, n, bi, "spd_solve")?;
-                let mut x = bm.to_vec();
-                chol_solve_small(&l, &mut x, n, nrhs);
-                Ok(x)
-            } else {
-                let (l, par) = faer_llt(be, am, n, bi, "spd_solve")?;
-                let mut x = vec![T::zero(); n * nrhs];
-                let mut xm = MatMut::from_row_major_slice_mut(&mut x, n, nrhs);
-                xm.copy_from(MatRef::from_row_major_slice(bm, n, nrhs));
-                let mut mem = MemBuffer::new(llt::solve::solve_in_place_scratch::<T>(n, nrhs, par));
-                llt::solve::solve_in_place_with_conj(
-                    l.as_ref(),
-                    faer::Conj::No,
-                    xm,
-                    par,
-                    MemStack::new(&mut mem),
-                );
-                Ok(x)
-            }
-        })
-        .collect();
+    let parts: Result<Vec<Vec<T>>> = map_batch(batch, n, |bi| {
+        let am = &a[bi * n * n..(bi + 1) * n * n];
+        let bm = &b[bi * n * nrhs..(bi + 1) * n * nrhs];
+        if n <= SMALL {
+            let l = chol_one(be, am, n, bi, "spd_solve")?;
+            let mut x = bm.to_vec();
+            chol_solve_small(&l, &mut x, n, nrhs);
+            Ok(x)
+        } else {
+            let (l, par) = faer_llt(be, am, n, bi, "spd_solve")?;
+            let mut x = vec![T::zero(); n * nrhs];
+            let mut xm = MatMut::from_row_major_slice_mut(&mut x, n, nrhs);
+            xm.copy_from(MatRef::from_row_major_slice(bm, n, nrhs));
+            let mut mem = MemBuffer::new(llt::solve::solve_in_place_scratch::<T>(n, nrhs, par));
+            llt::solve::solve_in_place_with_conj(
+                l.as_ref(),
+                faer::Conj::No,
+                xm,
+                par,
+                MemStack::new(&mut mem),
+            );
+            Ok(x)
+        }
+    });
     Ok(parts?.concat())
 }
 
@@ -298,10 +311,9 @@ fn inverse_logdet_one<T: CpuElem>(
 }
 
 pub fn spd_inverse<T: CpuElem>(be: &CpuBackend<T>, a: &[T], batch: usize, n: usize) -> Result<Vec<T>> {
-    let parts: Result<Vec<Vec<T>>> = (0..batch)
-        .into_par_iter()
-        .map(|bi| inverse_logdet_one(be, &a[bi * n * n..(bi + 1) * n * n], n, bi, "spd_inverse").map(|p| p.0))
-        .collect();
+    let parts: Result<Vec<Vec<T>>> = map_batch(batch, n, |bi| {
+        inverse_logdet_one(be, &a[bi * n * n..(bi + 1) * n * n], n, bi, "spd_inverse").map(|p| p.0)
+    });
     Ok(parts?.concat())
 }
 
@@ -312,10 +324,9 @@ pub fn spd_inverse_logdet<T: CpuElem>(
     batch: usize,
     n: usize,
 ) -> Result<(Vec<T>, Vec<T>)> {
-    let parts: Result<Vec<(Vec<T>, T)>> = (0..batch)
-        .into_par_iter()
-        .map(|bi| inverse_logdet_one(be, &a[bi * n * n..(bi + 1) * n * n], n, bi, "spd_inverse_logdet"))
-        .collect();
+    let parts: Result<Vec<(Vec<T>, T)>> = map_batch(batch, n, |bi| {
+        inverse_logdet_one(be, &a[bi * n * n..(bi + 1) * n * n], n, bi, "spd_inverse_logdet")
+    });
     let parts = parts?;
     let logdets = parts.iter().map(|p| p.1).collect();
     Ok((parts.into_iter().flat_map(|p| p.0).collect(), logdets))
@@ -333,36 +344,33 @@ pub fn spd_logdet<T: CpuElem>(be: &CpuBackend<T>, a: &[T], batch: usize, n: usiz
 }
 
 pub fn sym_eigen<T: CpuElem>(a: &[T], batch: usize, n: usize) -> Result<(Vec<T>, Vec<T>)> {
-    let parts: Result<Vec<(Vec<T>, Vec<T>)>> = (0..batch)
-        .into_par_iter()
-        .map(|bi| {
-            let am = MatRef::from_row_major_slice(&a[bi * n * n..(bi + 1) * n * n], n, n);
-            if let Some(i) = (0..n * n).find(|&i| !a[bi * n * n + i].is_finite()) {
-                return Err(Error::NonFinite {
-                    what: format!("sym_eigen: matrix {bi}"),
-                    index: i,
-                    value: a[bi * n * n + i].f64(),
-                });
+    let parts: Result<Vec<(Vec<T>, Vec<T>)>> = map_batch(batch, n, |bi| {
+        let am = MatRef::from_row_major_slice(&a[bi * n * n..(bi + 1) * n * n], n, n);
+        if let Some(i) = (0..n * n).find(|&i| !a[bi * n * n + i].is_finite()) {
+            return Err(Error::NonFinite {
+                what: format!("sym_eigen: matrix {bi}"),
+                index: i,
+                value: a[bi * n * n + i].f64(),
+            });
+        }
+        let evd = am.self_adjoint_eigen(Side::Lower).map_err(|e| Error::Backend {
+            backend: "cpu".into(),
+            message: format!(
+                "sym_eigen: matrix {bi} of order {n}: eigen-decomposition did not converge ({e:?})"
+            ),
+        })?;
+        let s = evd.S().column_vector();
+        let u = evd.U();
+        // faer sorts increasing; we return decreasing.
+        let vals: Vec<T> = (0..n).rev().map(|i| s[i]).collect();
+        let mut vecs = vec![T::zero(); n * n];
+        for r in 0..n {
+            for c in 0..n {
+                vecs[r * n + c] = u[(r, n - 1 - c)];
             }
-            let evd = am.self_adjoint_eigen(Side::Lower).map_err(|e| Error::Backend {
-                backend: "cpu".into(),
-                message: format!(
-                    "sym_eigen: matrix {bi} of order {n}: eigen-decomposition did not converge ({e:?})"
-                ),
-            })?;
-            let s = evd.S().column_vector();
-            let u = evd.U();
-            // faer sorts increasing; we return decreasing.
-            let vals: Vec<T> = (0..n).rev().map(|i| s[i]).collect();
-            let mut vecs = vec![T::zero(); n * n];
-            for r in 0..n {
-                for c in 0..n {
-                    vecs[r * n + c] = u[(r, n - 1 - c)];
-                }
-            }
-            Ok((vals, vecs))
-        })
-        .collect();
+        }
+        Ok((vals, vecs))
+    });
     let parts = parts?;
     let vals = parts.iter().flat_map(|p| p.0.iter().copied()).collect();
     let vecs = parts.iter().flat_map(|p| p.1.iter().copied()).collect();

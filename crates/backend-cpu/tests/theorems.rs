@@ -47,6 +47,24 @@ fn t(b: &Be, data: &[f64], shape: &[usize]) -> Tensor<Be> {
 }
 
 /// Fails unless every `|got - want| <= rtol * max(1, max |want|)`.
+/// `dR_c/dZ` (4.1.4, memberships held fixed) at `z` (`m x d`) against the central differences of `R_c`.
+fn check_compression_gradient(
+    b: &Be,
+    z: &[f64],
+    (m, d): (usize, usize),
+    pi: &Membership<'_, Be>,
+    eps_sq: f64,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    let g = compression_rate_grad(&t(b, z, &[m, d]), pi, eps_sq).expect("valid input").to_f64_vec();
+    let fd = central_differences(
+        |x| compression_rate(&t(b, x, &[m, d]), pi, eps_sq).expect("valid input"),
+        z,
+        FD_STEP,
+    );
+    check_close(what, &g, &fd, FD_RTOL)
+}
+
 fn check_close(what: &str, got: &[f64], want: &[f64], rtol: f64) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.len(), want.len(), "{}: lengths differ", what);
     let scale = want.iter().fold(1.0f64, |s, w| s.max(w.abs()));
@@ -156,15 +174,8 @@ proptest! {
         (m, d, z, k, labels) in features_with_labels(),
         eps_sq in 0.1f64..2.0,
     ) {
-        let b = be();
         let pi = Membership::Hard { labels: &labels, classes: k };
-        let g = compression_rate_grad(&t(&b, &z, &[m, d]), &pi, eps_sq).expect("valid input").to_f64_vec();
-        let fd = central_differences(
-            |x| compression_rate(&t(&b, x, &[m, d]), &pi, eps_sq).expect("valid input"),
-            &z,
-            FD_STEP,
-        );
-        check_close("dRc/dZ (hard)", &g, &fd, FD_RTOL)?;
+        check_compression_gradient(&be(), &z, (m, d), &pi, eps_sq, "dRc/dZ (hard)")?;
     }
 
     /// 4.1.4 with soft memberships (held fixed): the gradient equals the central differences of `R_c`.
@@ -175,14 +186,7 @@ proptest! {
     ) {
         let b = be();
         let pt = t(&b, &p, &[k, m]);
-        let pi = Membership::Soft(&pt);
-        let g = compression_rate_grad(&t(&b, &z, &[m, d]), &pi, eps_sq).expect("valid input").to_f64_vec();
-        let fd = central_differences(
-            |x| compression_rate(&t(&b, x, &[m, d]), &pi, eps_sq).expect("valid input"),
-            &z,
-            FD_STEP,
-        );
-        check_close("dRc/dZ (soft)", &g, &fd, FD_RTOL)?;
+        check_compression_gradient(&b, &z, (m, d), &Membership::Soft(&pt), eps_sq, "dRc/dZ (soft)")?;
     }
 
     /// 4.1.5: `dΔR/dZ = Z E - sum_j gamma_j Pi_j Z C^j` equals the central differences of `ΔR`.

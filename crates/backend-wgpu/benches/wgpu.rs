@@ -167,10 +167,10 @@ fn redunet_rows<B: Kernels>(
 fn crate_rows<B: Kernels>(grp: &mut BenchmarkGroup<'_, WallTime>, be: &B, who: &str) {
     let config = CrateConfig::mnist_small();
     let model = Crate::new(be, &config, 0).expect("mnist_small is a valid config");
-    let shape = [CRATE_BATCH, config.channels, config.image_size, config.image_size];
+    let shape = [CRATE_BATCH, config.vision.channels, config.vision.image_size, config.vision.image_size];
     let pixels: Vec<f64> = lcg(shape.iter().product(), 11).into_iter().map(f64::from).collect();
     let images = Tensor::from_f64(be, &pixels, &shape);
-    let labels: Vec<usize> = (0..CRATE_BATCH).map(|i| i % config.num_classes).collect();
+    let labels: Vec<usize> = (0..CRATE_BATCH).map(|i| i % config.vision.num_classes).collect();
     let ce = CrossEntropy::default();
     let what = format!("mnist_small batch {CRATE_BATCH}");
     grp.bench_function(BenchmarkId::new(who, format!("{what} forward")), |bch| {

@@ -180,9 +180,9 @@ fn lcg(n: usize, seed: u64) -> Vec<f64> {
 fn run<B: Kernels>(be: &B, batch: usize, backward: bool) -> f64 {
     let config = CrateConfig::mnist_small();
     let model = Crate::new(be, &config, 0).expect("config");
-    let shape = [batch, config.channels, config.image_size, config.image_size];
+    let shape = [batch, config.vision.channels, config.vision.image_size, config.vision.image_size];
     let images = Tensor::from_f64(be, &lcg(shape.iter().product(), 11), &shape);
-    let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
+    let labels: Vec<usize> = (0..batch).map(|i| i % config.vision.num_classes).collect();
     let ce = CrossEntropy::default();
     let step = || {
         if backward {

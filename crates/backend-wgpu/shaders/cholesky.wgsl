@@ -8,14 +8,6 @@
 
 var<workgroup> piv: f32;
 
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 256u + lid;
-}
-
-fn finite(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
-}
-
 // Right-looking factorisation of the diagonal block [kb, kb + nb) of every
 // matrix, in place; one workgroup of 64 threads per matrix.
 // p = [n, kb, nb, batch]; status[2b] = failing row + 1, status[2b + 1] = pivot bits.

@@ -9,10 +9,6 @@ var<workgroup> si: array<u32, 256>;
 
 const EMPTY: u32 = 0xffffffffu;
 
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 256u + lid;
-}
-
 // `v` (at `vi`) beats `best` (at `bi`) for op 1 (max), 2 (min), 3 (argmax); earlier index wins ties.
 fn beats(op: u32, v: f32, vi: u32, best: f32, bi: u32) -> bool {
     if (vi == EMPTY) {

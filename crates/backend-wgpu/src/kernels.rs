@@ -3,14 +3,22 @@
 use crate::ctx::{Access, Kernel};
 use Access::{Read as R, ReadWrite as W};
 
-const ELEMENTWISE: &str = include_str!("../shaders/elementwise.wgsl");
-const LAYOUT: &str = include_str!("../shaders/layout.wgsl");
-const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
-const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
-const CHOLESKY: &str = include_str!("../shaders/cholesky.wgsl");
-const HERMITIAN: &str = include_str!("../shaders/hermitian.wgsl");
-const FFT_CORE: &str = include_str!("../shaders/fft_core.wgsl");
-const FFT_IO: &str = include_str!("../shaders/fft_io.wgsl");
+/// A shader module's source: `shaders/common.wgsl` (the helpers every module
+/// shares) followed by the module's own file.
+macro_rules! shader {
+    ($file:literal) => {
+        concat!(include_str!("../shaders/common.wgsl"), include_str!(concat!("../shaders/", $file)))
+    };
+}
+
+const ELEMENTWISE: &str = shader!("elementwise.wgsl");
+const LAYOUT: &str = shader!("layout.wgsl");
+const REDUCE: &str = shader!("reduce.wgsl");
+const MATMUL: &str = shader!("matmul.wgsl");
+const CHOLESKY: &str = shader!("cholesky.wgsl");
+const HERMITIAN: &str = shader!("hermitian.wgsl");
+const FFT_CORE: &str = shader!("fft_core.wgsl");
+const FFT_IO: &str = shader!("fft_io.wgsl");
 
 macro_rules! kernels {
     ($module:literal, $src:ident, $bindings:expr; $($name:ident => $entry:literal / $params:literal),* $(,)?) => {

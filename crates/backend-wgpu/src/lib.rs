@@ -181,7 +181,7 @@ impl Backend for WgpuBackend {
         n: usize,
         nrhs: usize,
     ) -> Result<(Buf, Buf)> {
-        linalg::herm_solve(&self.ctx, a, b, batch, n, nrhs)
+        linalg::herm_solve_with(&self.ctx, a, Some(b), batch, n, nrhs, "herm_solve")
     }
 
     fn fft(&self, re: &Buf, im: &Buf, view: AxisView, inverse: bool, norm: FftNorm) -> (Buf, Buf) {

@@ -210,7 +210,9 @@ fn record_herm(job: &mut Job, re: &Buf, im: &Buf, batch: usize, n: usize) -> (Bu
     (lre, lim, status)
 }
 
-fn herm_solve_with(
+/// Solves `A X = B` for Hermitian positive definite `A` (`rhs = Some(B)`), or
+/// inverts `A` (`rhs = None`, `nrhs = n`); `op` names the call in errors.
+pub fn herm_solve_with(
     ctx: &Ctx,
     a: (&Buf, &Buf),
     rhs: Option<(&Buf, &Buf)>,
@@ -245,18 +247,6 @@ fn herm_solve_with(
 /// Hermitian positive definite inverses.
 pub fn herm_inverse(ctx: &Ctx, re: &Buf, im: &Buf, batch: usize, n: usize) -> Result<(Buf, Buf)> {
     herm_solve_with(ctx, (re, im), None, batch, n, n, "herm_inverse")
-}
-
-/// Solves `A X = B` for Hermitian positive definite `A`.
-pub fn herm_solve(
-    ctx: &Ctx,
-    a: (&Buf, &Buf),
-    b: (&Buf, &Buf),
-    batch: usize,
-    n: usize,
-    nrhs: usize,
-) -> Result<(Buf, Buf)> {
-    herm_solve_with(ctx, a, Some(b), batch, n, nrhs, "herm_solve")
 }
 
 /// Hermitian log-determinants (real).

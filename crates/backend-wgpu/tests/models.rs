@@ -17,6 +17,7 @@ use backend_wgpu::WgpuBackend;
 use common::{assert_rel, gpu};
 use models::fixtures;
 use models::invariant::{InvariantConfig, InvariantReduNet};
+use models::nn::classifier::{Block, VisionConfig};
 use models::nn::crate_model::{Crate, CrateConfig};
 use models::nn::head::Pool;
 use models::nn::loss::CrossEntropy;
@@ -225,7 +226,7 @@ fn crate_fixture_forward_backward_matches_cpu_f64() {
 fn crate_tiny_mean_pool_forward_backward_matches_cpu_f64() {
     let g = gpu_or_skip!();
     let c = C64::new();
-    let config = CrateConfig {
+    let vision = VisionConfig {
         image_size: 8,
         patch_size: 4,
         channels: 2,
@@ -233,17 +234,17 @@ fn crate_tiny_mean_pool_forward_backward_matches_cpu_f64() {
         dim: 12,
         depth: 2,
         heads: 3,
-        dim_head: None,
         pool: Pool::Mean,
-        ..CrateConfig::tiny()
+        ..VisionConfig::cifar_small()
     };
+    let config = CrateConfig { vision, dim_head: None, ..CrateConfig::tiny() };
     let mg = Crate::new(g, &config, 7).expect("model on wgpu");
     let mut mc = Crate::new(&c, &config, 7).expect("model on cpu");
     let on_gpu = mg.state_dict();
     mc.visit_mut("", &mut |name, p| *p = Tensor::from_f64(&c, &on_gpu[&name].to_f64_vec(), p.shape()));
-    let n = 3 * config.channels * config.image_size * config.image_size;
+    let n = 3 * config.vision.channels * config.vision.image_size * config.vision.image_size;
     let x: Vec<f64> = (0..n).map(|i| ((i * 37 % 101) as f64 / 50.0 - 1.0) as f32 as f64).collect();
-    let shape = [3, config.channels, config.image_size, config.image_size];
+    let shape = [3, config.vision.channels, config.vision.image_size, config.vision.image_size];
     check_crate(
         "crate tiny",
         &mg,
@@ -283,8 +284,8 @@ fn tssa_fixture_forward_backward_matches_cpu_f64() {
         FORWARD_TOL,
     );
     let (mut grads_g, mut grads_c) = (Grads::new(), Grads::new());
-    let dx_g = lg.backward(&cg, &og, "", &mut grads_g);
-    let dx_c = lc.backward(&cc, &oc, "", &mut grads_c);
+    let dx_g = lg.backward(&cg, &og, "", &mut grads_g, false);
+    let dx_c = lc.backward(&cc, &oc, "", &mut grads_c, false);
     assert_grads("tssa", &grads_g, &grads_c);
     assert_rel("tssa: grad input", &dx_g.to_f64_vec(), &dx_c.to_f64_vec(), GRAD_TOL);
 }

@@ -3,7 +3,7 @@
 use crate::plot::pool_heatmap;
 use crate::plot::{self, Series};
 use crate::util::{
-    dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Command, Job,
+    dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Command, Job, StepArgs,
 };
 use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
@@ -50,15 +50,8 @@ pub struct RotationArgs {
     /// Number of layers.
     #[arg(long, default_value_t = 40)]
     pub layers: usize,
-    /// Step size eta.
-    #[arg(long, default_value_t = 0.5)]
-    pub eta: f64,
-    /// Quantisation epsilon^2.
-    #[arg(long = "eps-sq", default_value_t = 0.1)]
-    pub eps_sq: f64,
-    /// Membership sharpness lambda.
-    #[arg(long, default_value_t = 500.0)]
-    pub lambda: f64,
+    #[command(flatten)]
+    pub step: StepArgs,
     /// Number of test rotations (angle shifts of --rotation-step bins).
     #[arg(long, default_value_t = 20)]
     pub rotations: usize,
@@ -102,15 +95,8 @@ pub struct TranslationArgs {
     /// Number of layers.
     #[arg(long, default_value_t = 20)]
     pub layers: usize,
-    /// Step size eta.
-    #[arg(long, default_value_t = 0.5)]
-    pub eta: f64,
-    /// Quantisation epsilon^2.
-    #[arg(long = "eps-sq", default_value_t = 0.1)]
-    pub eps_sq: f64,
-    /// Membership sharpness lambda.
-    #[arg(long, default_value_t = 500.0)]
-    pub lambda: f64,
+    #[command(flatten)]
+    pub step: StepArgs,
     /// Rank of each class subspace in the nearest-subspace classifier.
     #[arg(long, default_value_t = 5)]
     pub components: usize,
@@ -278,9 +264,9 @@ impl Job for RotationJob {
         let ltrain = lift(&ptrain)?;
         let config = InvariantConfig {
             layers: a.layers,
-            eta: a.eta,
-            eps_sq: a.eps_sq,
-            lambda: a.lambda,
+            eta: a.step.eta,
+            eps_sq: a.step.eps_sq,
+            lambda: a.step.lambda,
             ..Default::default()
         };
         let t0 = Instant::now();
@@ -383,7 +369,7 @@ impl Job for RotationJob {
                 .iter()
                 .map(|v| {
                     let v = ComplexTensor::new(v.re.index_select(1, &rep), v.im.index_select(1, &rep));
-                    spectral_rates(&v, &yaug, k, a.eps_sq, t)
+                    spectral_rates(&v, &yaug, k, a.step.eps_sq, t)
                 })
                 .collect::<CliResult<_>>()?;
         plot::lines(
@@ -405,7 +391,7 @@ impl Job for RotationJob {
                 "data": a.data, "train_per_class": a.train_per_class, "test_per_class": a.test_per_class,
                 "radii": a.radii, "angles": a.angles, "kernels": a.kernels, "kernel_size": a.kernel_size,
                 "activation": match a.soft_threshold { Some(l) => format!("soft_threshold({l})"), None => "relu".into() },
-                "layers": a.layers, "eta": a.eta, "eps_sq": a.eps_sq, "lambda": a.lambda,
+                "layers": a.layers, "eta": a.step.eta, "eps_sq": a.step.eps_sq, "lambda": a.step.lambda,
                 "rotations": a.rotations, "rotation_step": a.rotation_step, "components": comps, "seed": a.seed,
             },
             "delta_R_train": delta(&built.record.rates_true),
@@ -486,9 +472,9 @@ impl Job for TranslationJob {
         let xtr = lift(&img(&train))?;
         let config = InvariantConfig {
             layers: a.layers,
-            eta: a.eta,
-            eps_sq: a.eps_sq,
-            lambda: a.lambda,
+            eta: a.step.eta,
+            eps_sq: a.step.eps_sq,
+            lambda: a.step.lambda,
             ..Default::default()
         };
         let t0 = Instant::now();
@@ -528,8 +514,8 @@ impl Job for TranslationJob {
             "experiment": "redunet_translation",
             "backend": be.name(),
             "config": { "data": a.data, "train_per_class": a.train_per_class, "test_per_class": a.test_per_class,
-                "kernels": a.kernels, "kernel_size": a.kernel_size, "layers": a.layers, "eta": a.eta,
-                "eps_sq": a.eps_sq, "lambda": a.lambda, "components": comps, "seed": a.seed },
+                "kernels": a.kernels, "kernel_size": a.kernel_size, "layers": a.layers, "eta": a.step.eta,
+                "eps_sq": a.step.eps_sq, "lambda": a.step.lambda, "components": comps, "seed": a.seed },
             "delta_R_train": built.record.rates_true.iter().map(|r| r.delta_r).collect::<Vec<_>>(),
             "test_accuracy": { "nearest_subspace_raw": acc_raw, "nearest_subspace_features": acc_feat },
             "translations": sn,

@@ -2,7 +2,9 @@
 
 use crate::invariant_cmd::{InvariantCmd, RotationArgs, TranslationArgs};
 use crate::plot::{self, gram_heatmap, Series};
-use crate::util::{dispatch, ensure_dir, write_json, BackendOpts, CliError, CliResult, Command, Job};
+use crate::util::{
+    dispatch, ensure_dir, write_json, BackendOpts, CliError, CliResult, Command, Job, StepArgs,
+};
 use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
 use models::data::{self, Dataset};
@@ -18,15 +20,8 @@ pub struct NetArgs {
     /// Number of layers (the maximum when --min-gain is given).
     #[arg(long)]
     pub layers: Option<usize>,
-    /// Step size eta of each layer's gradient step (4.1.12).
-    #[arg(long, default_value_t = 0.5)]
-    pub eta: f64,
-    /// Quantisation epsilon^2 of the coding rate.
-    #[arg(long = "eps-sq", default_value_t = 0.1)]
-    pub eps_sq: f64,
-    /// Sharpness lambda of the soft class membership (4.1.11).
-    #[arg(long, default_value_t = 500.0)]
-    pub lambda: f64,
+    #[command(flatten)]
+    pub step: StepArgs,
     /// Stop adding layers once the rate reduction gains less than this over --window layers.
     #[arg(long = "min-gain")]
     pub min_gain: Option<f64>,
@@ -39,9 +34,9 @@ impl NetArgs {
     fn config(&self, classes: usize, default_layers: usize) -> ReduNetConfig {
         let layers = self.layers.unwrap_or(default_layers);
         let mut c = ReduNetConfig::new(classes, layers);
-        c.eta = self.eta;
-        c.eps_sq = self.eps_sq;
-        c.lambda = self.lambda;
+        c.eta = self.step.eta;
+        c.eps_sq = self.step.eps_sq;
+        c.lambda = self.step.lambda;
         if let Some(min_gain) = self.min_gain {
             c.depth = Depth::Adaptive { max_layers: layers, window: self.window.min(layers), min_gain };
         }
@@ -228,6 +223,20 @@ fn project_2d(z: &[f64], m: usize, d: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// `gram_before.png` and `gram_after.png`: `|Z^T Z|` of the input and of the
+/// output features (`d` per sample), samples sorted by class.
+fn gram_plots(out: &Path, before: &[f64], after: &[f64], d: usize, labels: &[usize]) -> CliResult<()> {
+    let m = labels.len();
+    for (name, title, z) in [
+        ("gram_before.png", "|Z^T Z| of the input, sorted by class", before),
+        ("gram_after.png", "|Z^T Z| of the output, sorted by class", after),
+    ] {
+        let (h, side) = gram_heatmap(z, m, d, labels, 300);
+        plot::heatmap(&out.join(name), title, &h, side, 1.0)?;
+    }
+    Ok(())
+}
+
 fn rate_plot(path: &Path, title: &str, rates: &[Rates]) -> CliResult<()> {
     let pts =
         |f: fn(&Rates) -> f64| rates.iter().enumerate().map(|(l, r)| (l as f64, f(r))).collect::<Vec<_>>();
@@ -310,30 +319,15 @@ impl Job for GaussiansJob {
             &project_2d(&z, m, d),
             labels,
         )?;
-        let (h, side) = gram_heatmap(&z, m, d, labels, 300);
-        plot::heatmap(
-            &a.out.join("gram_after.png"),
-            "|Z^T Z| of the output, sorted by class",
-            &h,
-            side,
-            1.0,
-        )?;
-        let (h0, side0) = gram_heatmap(&train.x, m, d, labels, 300);
-        plot::heatmap(
-            &a.out.join("gram_before.png"),
-            "|Z^T Z| of the input, sorted by class",
-            &h0,
-            side0,
-            1.0,
-        )?;
+        gram_plots(&a.out, &train.x, &z, d, labels)?;
 
         let metrics = json!({
             "experiment": "redunet_gaussians",
             "backend": be.name(),
             "config": {
                 "classes": a.classes, "dim": a.dim, "per_class": a.per_class, "test_per_class": a.test_per_class,
-                "noise": a.noise, "seed": a.seed, "layers": net.depth(), "eta": a.net.eta,
-                "eps_sq": a.net.eps_sq, "lambda": a.net.lambda,
+                "noise": a.noise, "seed": a.seed, "layers": net.depth(), "eta": a.net.step.eta,
+                "eps_sq": a.net.step.eps_sq, "lambda": a.net.step.lambda,
             },
             "layers_built": net.depth(),
             "rates_true": rates_json(&trace.rates_true),
@@ -424,23 +418,7 @@ impl Job for FitJob {
             &trace.rates_true,
         )?;
         let z = trace.output.to_f64_vec();
-        let (h, side) = gram_heatmap(&z, train.len(), net.dim(), train.labels(), 300);
-        plot::heatmap(
-            &a.out.join("gram_after.png"),
-            "|Z^T Z| of the output, sorted by class",
-            &h,
-            side,
-            1.0,
-        )?;
-        let x0 = x.to_f64_vec();
-        let (h0, side0) = gram_heatmap(&x0, train.len(), net.dim(), train.labels(), 300);
-        plot::heatmap(
-            &a.out.join("gram_before.png"),
-            "|Z^T Z| of the input, sorted by class",
-            &h0,
-            side0,
-            1.0,
-        )?;
+        gram_plots(&a.out, &x.to_f64_vec(), &z, net.dim(), train.labels())?;
 
         let metrics = json!({
             "experiment": "redunet_fit",

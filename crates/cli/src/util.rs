@@ -53,6 +53,20 @@ pub struct BackendOpts {
     pub precision: Precision,
 }
 
+/// The constants every ReduNet layer shares (4.1.11-4.1.13), the same flags in every ReduNet command.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct StepArgs {
+    /// Step size eta of each layer's gradient step (4.1.12).
+    #[arg(long, default_value_t = 0.5)]
+    pub eta: f64,
+    /// Quantisation epsilon^2 of the coding rate.
+    #[arg(long = "eps-sq", default_value_t = 0.1)]
+    pub eps_sq: f64,
+    /// Sharpness lambda of the soft class membership (4.1.11).
+    #[arg(long, default_value_t = 500.0)]
+    pub lambda: f64,
+}
+
 /// A `rate` subcommand: runs on the backend the options name and returns its
 /// summary, which `main` prints once (JSON or `key: value` lines).
 pub trait Command {

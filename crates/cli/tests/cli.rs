@@ -7,6 +7,13 @@ fn rate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rate"))
 }
 
+/// Runs `rate ARGS OUT` and asserts that it succeeded (stderr in the message otherwise).
+fn run_ok(args: &[&str], out: &Path) -> std::process::Output {
+    let st = rate().args(args).arg(out).output().expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    st
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rate-cli-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -25,22 +32,10 @@ fn metrics(dir: &Path) -> serde_json::Value {
 #[test]
 fn gaussians_separates_the_classes_into_orthogonal_directions() {
     let out = tmp("gaussians");
-    let st = rate()
-        .args([
-            "redunet",
-            "gaussians",
-            "--per-class",
-            "100",
-            "--test-per-class",
-            "50",
-            "--layers",
-            "300",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .expect("runs");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    run_ok(
+        &["redunet", "gaussians", "--per-class", "100", "--test-per-class", "50", "--layers", "300", "--out"],
+        &out,
+    );
     let m = metrics(&out);
     assert!(m["test_accuracy"].as_f64().unwrap() >= 0.99, "{}", m["test_accuracy"]);
     let angles = m["class_angles_deg"].as_array().unwrap();
@@ -116,8 +111,8 @@ fn errors_exit_with_status_2_and_one_line_naming_the_problem() {
 #[test]
 fn rotation_features_are_equivariant_and_the_fast_shift_path_matches_layer_by_layer() {
     let out = tmp("rotation");
-    let st = rate()
-        .args([
+    run_ok(
+        &[
             "redunet",
             "rotation",
             "--data",
@@ -143,11 +138,9 @@ fn rotation_features_are_equivariant_and_the_fast_shift_path_matches_layer_by_la
             "--equivariance-samples",
             "0",
             "--out",
-        ])
-        .arg(&out)
-        .output()
-        .expect("runs");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        ],
+        &out,
+    );
     let m = metrics(&out);
     let inv = &m["invariance"];
     assert_eq!(inv["equivariance_checked_images"].as_u64(), Some(20));
@@ -359,7 +352,7 @@ mod transformers {
         });
 
         // CRATE: a bare state dict (no metadata) completed by a JSON config
-        let cfg = CrateConfig {
+        let vision = VisionConfig {
             image_size: 4,
             patch_size: 2,
             channels: 2,
@@ -367,8 +360,9 @@ mod transformers {
             dim: 4,
             depth: 2,
             heads: 2,
-            ..CrateConfig::tiny()
+            ..VisionConfig::cifar_small()
         };
+        let cfg = CrateConfig { vision, ..CrateConfig::tiny() };
         let cr = Crate::<B>::new(&be, &cfg, 5).unwrap();
         let mut arrays = BTreeMap::new();
         for (name, t) in cr.state_dict() {
@@ -430,8 +424,8 @@ mod transformers {
     #[test]
     fn denoise_snr_rises_layer_by_layer() {
         let out = tmp("denoise");
-        let st = rate()
-            .args([
+        run_ok(
+            &[
                 "aot",
                 "denoise",
                 "--dim",
@@ -445,11 +439,9 @@ mod transformers {
                 "--layers",
                 "4",
                 "--out",
-            ])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+            ],
+            &out,
+        );
         let m = metrics(&out);
         let runs = m["runs"].as_array().unwrap();
         assert_eq!(runs.len(), 2);
@@ -469,8 +461,8 @@ mod transformers {
     #[test]
     fn scaling_writes_the_table_and_tssa_grows_linearly() {
         let out = tmp("scaling");
-        let st = rate()
-            .args([
+        run_ok(
+            &[
                 "tost",
                 "scaling",
                 "--min-tokens",
@@ -484,11 +476,9 @@ mod transformers {
                 "--heads",
                 "4",
                 "--out",
-            ])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+            ],
+            &out,
+        );
         let m = metrics(&out);
         assert_eq!(m["rows"].as_array().unwrap().len(), 5 + 3);
         let slope = |k: &str| m["loglog_slope"][k].as_f64().unwrap();

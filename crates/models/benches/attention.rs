@@ -11,29 +11,19 @@ mod common;
 
 use backend_cpu::CpuBackend;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use models::nn::classifier::Block;
 use models::nn::flash;
 use models::nn::tssa::Tssa;
-use models::nn::{Grads, Linear};
+use models::nn::{init, Grads, Linear};
 use models::Tensor;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::time::Duration;
 
 type B = CpuBackend<f32>;
 
 const DIM: usize = 384;
 const HEADS: usize = 8;
-
-fn random(be: &B, shape: &[usize], bound: f64, rng: &mut StdRng) -> Tensor<B> {
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
-    Tensor::from_f64(be, &v, shape)
-}
-
-fn linear(be: &B, bias: bool, rng: &mut StdRng) -> Linear<B> {
-    let b = 1.0 / (DIM as f64).sqrt();
-    Linear { weight: random(be, &[DIM, DIM], b, rng), bias: bias.then(|| random(be, &[DIM], b, rng)) }
-}
 
 /// The MSSA layer as CRATE builds it: shared projection without bias,
 /// `softmax(s W W^T) W` per head, heads merged, `to_out` with bias.
@@ -79,9 +69,12 @@ impl Mssa {
 fn setup(n: usize) -> (Tensor<B>, Tssa<B>, Mssa) {
     let be = B::new();
     let mut rng = StdRng::seed_from_u64(2025);
-    let x = random(&be, &[1, n, DIM], 1.0, &mut rng);
+    let x = init::uniform(&be, &[1, n, DIM], 1.0, &mut rng);
     let tssa = Tssa::init(&be, DIM, HEADS, false, &mut rng).expect("valid TSSA config");
-    let mssa = Mssa { qkv: linear(&be, false, &mut rng), to_out: linear(&be, true, &mut rng) };
+    let mssa = Mssa {
+        qkv: init::linear(&be, DIM, DIM, false, &mut rng),
+        to_out: init::linear(&be, DIM, DIM, true, &mut rng),
+    };
     (x, tssa, mssa)
 }
 
@@ -118,7 +111,7 @@ fn bench_forward_backward(c: &mut Criterion) {
             b.iter(|| {
                 let (out, cache) = tssa.forward(&x);
                 let mut grads = Grads::new();
-                tssa.backward(&cache, &out, "", &mut grads)
+                tssa.backward(&cache, &out, "", &mut grads, false)
             })
         });
         if n <= 1024 {

@@ -67,7 +67,8 @@ fn bench_crate(c: &mut Criterion) {
     group.throughput(Throughput::Elements(batch as u64));
     for (name, config) in [("cifar", CrateConfig::cifar_small()), ("mnist", CrateConfig::mnist_small())] {
         let Ok(model) = Crate::<Be>::new(&be, &config, 0) else { panic!("bench config {name} is valid") };
-        let (images, labels) = inputs(&be, config.channels, config.image_size, config.num_classes, batch);
+        let (images, labels) =
+            inputs(&be, config.vision.channels, config.vision.image_size, config.vision.num_classes, batch);
         group.bench_function(BenchmarkId::new("inference", name), |b| {
             b.iter(|| model.logits_with(&images, &exec).map(|l| l.numel()).unwrap_or(0))
         });

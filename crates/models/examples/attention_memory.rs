@@ -15,12 +15,13 @@
 //! program itself excluded). `RAYON_NUM_THREADS` sets the thread count.
 
 use backend_cpu::CpuBackend;
+use models::nn::classifier::Block;
 use models::nn::flash;
 use models::nn::tssa::Tssa;
-use models::nn::{Grads, Linear};
+use models::nn::{init, Grads, Linear};
 use models::Tensor;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::process::Command;
 use std::time::Instant;
 
@@ -45,17 +46,6 @@ fn cpu_seconds() -> f64 {
     let f: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (tick(11) + tick(12)) / 100.0
-}
-
-fn random(be: &B, shape: &[usize], bound: f64, rng: &mut StdRng) -> Tensor<B> {
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
-    Tensor::from_f64(be, &v, shape)
-}
-
-fn linear(be: &B, bias: bool, rng: &mut StdRng) -> Linear<B> {
-    let b = 1.0 / (DIM as f64).sqrt();
-    Linear { weight: random(be, &[DIM, DIM], b, rng), bias: bias.then(|| random(be, &[DIM], b, rng)) }
 }
 
 /// The MSSA layer: shared projection (no bias), attention per head, merge, `to_out`.
@@ -112,7 +102,7 @@ impl Mssa {
 fn point(kind: &str, n: usize, backward: bool) -> Result<(), String> {
     let be = B::new();
     let mut rng = StdRng::seed_from_u64(2025);
-    let x = random(&be, &[1, n, DIM], 1.0, &mut rng);
+    let x = init::uniform(&be, &[1, n, DIM], 1.0, &mut rng);
     let run: Box<dyn Fn() -> Tensor<B>> = match kind {
         "tssa" => {
             let layer = Tssa::init(&be, DIM, HEADS, false, &mut rng).map_err(|e| e.to_string())?;
@@ -121,7 +111,7 @@ fn point(kind: &str, n: usize, backward: bool) -> Result<(), String> {
                 Box::new(move || {
                     let (out, cache) = layer.forward(&x);
                     let mut grads = Grads::new();
-                    layer.backward(&cache, &out, "", &mut grads)
+                    layer.backward(&cache, &out, "", &mut grads, false)
                 })
             } else {
                 Box::new(move || layer.forward(&x).0)
@@ -129,8 +119,8 @@ fn point(kind: &str, n: usize, backward: bool) -> Result<(), String> {
         }
         "mssa-dense" | "mssa-tiled" => {
             let m = Mssa {
-                qkv: linear(&be, false, &mut rng),
-                to_out: linear(&be, true, &mut rng),
+                qkv: init::linear(&be, DIM, DIM, false, &mut rng),
+                to_out: init::linear(&be, DIM, DIM, true, &mut rng),
                 tiled: kind == "mssa-tiled",
             };
             let x = x.clone();

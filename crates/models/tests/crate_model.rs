@@ -20,26 +20,15 @@ fn tiny(
     dim_head: Option<usize>,
     pool: Pool,
 ) -> CrateConfig {
-    CrateConfig {
-        image_size: 4,
-        patch_size: 2,
-        channels,
-        num_classes: 3,
-        dim,
-        depth,
-        heads,
-        dim_head,
-        pool,
-        ..CrateConfig::tiny()
-    }
+    let vision = vision(channels, dim, depth, heads, pool);
+    CrateConfig { vision, dim_head, ..CrateConfig::tiny() }
 }
 
-/// Perturbs every parameter away from PyTorch's init so that LayerNorm affine terms matter.
-fn perturbed(model: &Crate<B>, seed: u64) -> Crate<B> {
-    let mut g = rng(seed);
-    let mut m = model.clone();
-    m.visit_mut("", &mut |_, p| *p = p.add(&randn(&mut g, p.shape(), 0.2)));
-    m
+/// `config` on `image_size` images cut into `patch_size` patches.
+fn sized(image_size: usize, patch_size: usize, mut config: CrateConfig) -> CrateConfig {
+    config.vision.image_size = image_size;
+    config.vision.patch_size = patch_size;
+    config
 }
 
 fn ista_masks(cache: &models::nn::crate_model::CrateCache<B>) -> Vec<Vec<bool>> {
@@ -123,27 +112,27 @@ fn parameter_count_matches_the_built_model() {
 #[test]
 fn bad_configurations_are_refused_with_the_field() {
     let base = CrateConfig::cifar_small();
+    let with = |f: fn(&mut CrateConfig)| {
+        let mut c = base.clone();
+        f(&mut c);
+        c
+    };
     let cases: Vec<(CrateConfig, &str)> = vec![
-        (CrateConfig { image_size: 30, ..base.clone() }, "image_size 30 is not a multiple of patch_size 4"),
-        (CrateConfig { heads: 5, ..base.clone() }, "dim 192 is not a multiple of heads 5"),
-        (CrateConfig { dim: 0, ..base.clone() }, "dim must be positive"),
-        (CrateConfig { patch_size: 0, ..base.clone() }, "patch_size must be positive"),
-        (CrateConfig { heads: 0, ..base.clone() }, "heads must be positive"),
-        (CrateConfig { dim_head: Some(0), ..base.clone() }, "dim_head must be positive"),
-        (CrateConfig { layernorm_eps: 0.0, ..base.clone() }, "layernorm_eps"),
-        (CrateConfig { ista_lambda: f64::NAN, ..base.clone() }, "ista_lambda"),
+        (with(|c| c.vision.image_size = 30), "image_size 30 is not a multiple of patch_size 4"),
+        (with(|c| c.vision.heads = 5), "dim 192 is not a multiple of heads 5"),
+        (with(|c| c.vision.dim = 0), "dim must be positive"),
+        (with(|c| c.vision.patch_size = 0), "patch_size must be positive"),
+        (with(|c| c.vision.heads = 0), "heads must be positive"),
+        (with(|c| c.dim_head = Some(0)), "dim_head must be positive"),
+        (with(|c| c.vision.layernorm_eps = 0.0), "layernorm_eps"),
+        (with(|c| c.ista_lambda = f64::NAN), "ista_lambda"),
     ];
     for (config, msg) in cases {
         let e = Crate::<B>::new(&be(), &config, 0).unwrap_err().to_string();
         assert!(e.contains(msg), "{e:?} should mention {msg:?}");
     }
     // an explicit dim_head lifts the divisibility requirement, as in the reference constructor
-    Crate::<B>::new(
-        &be(),
-        &CrateConfig { heads: 5, dim_head: Some(16), ..tiny(1, 6, 1, 5, None, Pool::Cls) },
-        0,
-    )
-    .unwrap();
+    Crate::<B>::new(&be(), &tiny(1, 6, 1, 5, Some(16), Pool::Cls), 0).unwrap();
 }
 
 #[test]
@@ -242,22 +231,23 @@ fn the_fixture_checkpoint_is_refused_as_a_whole_because_it_holds_non_parameters(
     assert!(e.contains("unknown tensor `"), "{e}");
     let f = TensorFile::read(&path).unwrap();
     let c = CrateConfig::from_checkpoint(&f).unwrap();
-    assert_eq!((c.dim, c.depth, c.heads, c.head_dim(), c.num_classes), (64, 2, 4, 16, 10));
+    let v = &c.vision;
+    assert_eq!((v.dim, v.depth, v.heads, c.head_dim(), v.num_classes), (64, 2, 4, 16, 10));
 }
 
 #[test]
 fn measurements_follow_the_reference_definitions() {
-    let config = CrateConfig { image_size: 8, patch_size: 2, ..tiny(3, 8, 2, 2, None, Pool::Cls) };
+    let config = sized(8, 2, tiny(3, 8, 2, 2, None, Pool::Cls));
     let model = perturbed(&Crate::<B>::new(&be(), &config, 11).unwrap(), 12);
     let images = randn(&mut rng(13), &[3, 3, 8, 8], 1.0);
     let (_, cache) = model.forward(&images).unwrap();
     let m = model.measure(&cache).unwrap();
     assert_eq!(m.len(), 2);
-    let (n, heads, p) = (config.tokens(), config.heads, config.head_dim());
+    let (n, heads, p) = (config.tokens(), config.vision.heads, config.head_dim());
     for (l, lm) in m.iter().enumerate() {
         // sparsity: exact zeros of the ISTA output (= the layer output)
         let out = cache.tokens[l + 1].to_f64_vec();
-        let per = n * config.dim;
+        let per = n * config.vision.dim;
         let fr: Vec<f64> =
             out.chunks(per).map(|c| c.iter().filter(|&&x| x == 0.0).count() as f64 / per as f64).collect();
         let mean = fr.iter().sum::<f64>() / 3.0;
@@ -345,7 +335,7 @@ fn adamw_step_matches_pytorch_update_rule() {
 #[test]
 fn micro_batches_give_the_whole_batch_results() {
     use models::nn::crate_model::Execution;
-    let config = CrateConfig { image_size: 8, patch_size: 4, ..tiny(2, 8, 2, 2, None, Pool::Cls) };
+    let config = sized(8, 4, tiny(2, 8, 2, 2, None, Pool::Cls));
     let model = perturbed(&Crate::<B>::new(&be(), &config, 21).unwrap(), 22);
     let images = randn(&mut rng(23), &[7, 2, 8, 8], 1.0);
     let labels = [0, 1, 2, 0, 1, 2, 1];

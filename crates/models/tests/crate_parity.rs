@@ -3,6 +3,7 @@
 use backend_cpu::CpuBackend;
 use models::fixtures;
 use models::io::TensorFile;
+use models::nn::classifier::Block;
 use models::nn::crate_model::{Crate, CrateConfig};
 use models::nn::ista::Ista;
 use models::nn::loss::CrossEntropy;
@@ -115,7 +116,7 @@ fn parity_crate_mssa_block() {
     assert!((loss - want_loss).abs() <= FORWARD_ABS * want_loss.abs().max(1.0), "loss {loss} vs {want_loss}");
 
     let mut grads = Grads::new();
-    let gx = mssa.backward(&cache, &out, "", &mut grads);
+    let gx = mssa.backward(&cache, &out, "", &mut grads, false);
     assert_grad("input", &gx, &f, "grad.input");
     let mut n = 0;
     for name in f.tensors.keys().filter_map(|k| k.strip_prefix("grad.")).filter(|n| *n != "input") {

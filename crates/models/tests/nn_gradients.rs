@@ -2,6 +2,7 @@
 mod common;
 
 use common::*;
+use models::nn::classifier::Block;
 use models::nn::embed::{
     add_cls_and_positions, add_cls_and_positions_backward, patchify, unpatchify, PatchEmbedding,
 };
@@ -73,7 +74,7 @@ proptest! {
         prop_assert!(models::fixtures::max_abs_diff(&out.to_f64_vec(), &first) < 1e-12);
         let r = randn(&mut g, out.shape(), 1.0);
         let mut grads = Grads::new();
-        let gx = m.backward(&cache, &r, "", &mut grads);
+        let gx = m.backward(&cache, &r, "", &mut grads, false);
         check_coords("x", &x, &gx, &|v| Some(weighted(&m.forward_queries(v, q, &m.prepare()).0, &r)));
         check_all_params(&m, &grads, &|mm| Some(weighted(&mm.forward_queries(&x, q, &mm.prepare()).0, &r)));
     }
@@ -199,7 +200,7 @@ fn mssa_without_output_projection_when_one_full_head() {
     let (out, cache) = m.forward(&x);
     let r = randn(&mut g, out.shape(), 1.0);
     let mut grads = Grads::new();
-    let gx = m.backward(&cache, &r, "", &mut grads);
+    let gx = m.backward(&cache, &r, "", &mut grads, false);
     check_coords("x", &x, &gx, &|v| Some(weighted(&m.forward(v).0, &r)));
     check_all_params(&m, &grads, &|mm| Some(weighted(&mm.forward(&x).0, &r)));
 }

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 use backend_cpu::CpuBackend;
 use models::fixtures::{self, max_abs_diff};
+use models::nn::classifier::Block;
 use models::nn::tssa::{Tssa, NORM_EPS, PI_EPS};
 use models::nn::{Grads, Module};
 
@@ -37,7 +38,7 @@ fn parity_tost_tssa() {
 
     // dL/d(out) = out for L = 0.5 sum(out^2)
     let mut grads = Grads::new();
-    let dx = layer.backward(&cache, &out, "", &mut grads);
+    let dx = layer.backward(&cache, &out, "", &mut grads, false);
     let mut names = vec![];
     layer.visit("", &mut |name, _| names.push(name));
     assert_eq!(names.len(), 4 + usize::from(has_bias));

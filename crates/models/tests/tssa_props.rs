@@ -1,6 +1,7 @@
 //! Property tests of TSSA (f64, small shapes): the hand-derived backward of the full and causal layers equals central finite differences, and the causal layer streamed token by token equals its whole-sequence forward.
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 use backend_cpu::CpuBackend;
+use models::nn::classifier::Block;
 use models::nn::tssa::{CausalTssa, Tssa};
 use models::nn::{Grads, Linear, Module};
 use models::Tensor;
@@ -100,7 +101,7 @@ proptest! {
         // L = sum(out * R)
         let (_, cache) = layer.forward(&x);
         let mut grads = Grads::new();
-        let dx = layer.backward(&cache, &r, "", &mut grads);
+        let dx = layer.backward(&cache, &r, "", &mut grads, false);
         let loss = |m: &Tssa<B>, x: &Tensor<B>| dot(&m.forward(x).0, &r);
         check_fd(&mut layer, &x, &loss, &grads, &dx)?;
     }

@@ -93,21 +93,10 @@ fn rows_buffer<T: CpuElem>(blocks: &Blocks<T>) -> Buf<T> {
 }
 
 /// Builds the layers with the fused engine (see `Kernels::redunet_build`).
-///
-/// The whole loop runs on a worker of rayon's pool, so that the parallel
+/// Called on a worker of rayon's pool (`rayon::scope`), so that the parallel
 /// pass of each layer is forked from inside the pool (no hand-off to the
 /// pool and back per layer).
 pub(crate) fn build<T: CpuElem>(
-    z: &[T],
-    (m, d): (usize, usize),
-    labels: &[usize],
-    spec: &RedunetSpec,
-    record: &Record,
-) -> Result<RedunetRun<Buf<T>>> {
-    rayon::scope(|_| build_in_pool(z, (m, d), labels, spec, record))
-}
-
-fn build_in_pool<T: CpuElem>(
     z: &[T],
     (m, d): (usize, usize),
     labels: &[usize],

@@ -66,15 +66,7 @@ impl InvariantConfig {
         if self.layers == 0 {
             return bad("layers", "0".into(), "must be at least 1");
         }
-        if !(self.eta.is_finite() && self.eta > 0.0) {
-            return bad("eta", self.eta.to_string(), "must be positive and finite");
-        }
-        if !(self.eps_sq.is_finite() && self.eps_sq > 0.0) {
-            return bad("eps_sq", self.eps_sq.to_string(), "must be positive and finite");
-        }
-        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
-            return bad("lambda", self.lambda.to_string(), "must be non-negative and finite");
-        }
+        crate::redunet::check_step("invariant ReduNet", self.eta, self.eps_sq, self.lambda)?;
         if self.chunk == 0 {
             return bad("chunk", "0".into(), "must be at least 1");
         }

@@ -196,7 +196,7 @@ impl<B: Kernels> AotLayer<B> {
         prefix: &str,
         grads: &mut Grads<B>,
     ) -> Tensor<B> {
-        let g_x = self.attn.backward(&cache.attn, grad_out, &join(prefix, "0.fn"), grads);
+        let g_x = self.attn.backward(&cache.attn, grad_out, &join(prefix, "0.fn"), grads, false);
         let g_z = match (&self.norm, &cache.norm) {
             (Some(ln), Some(c)) => ln.backward(c, &g_x, &join(prefix, "0.norm"), grads),
             _ => g_x,
@@ -223,13 +223,18 @@ impl<B: Kernels> Block<B> for AotLayer<B> {
         self.attn.prepare()
     }
 
-    fn forward(&self, z: &Tensor<B>, queries: usize, prepared: &MssaWeights<B>) -> (Tensor<B>, Self::Cache) {
-        self.forward_queries(z, queries, prepared)
+    fn forward(
+        &self,
+        z: &Tensor<B>,
+        queries: usize,
+        weights: &MssaWeights<B>,
+    ) -> (Tensor<B>, AotLayerCache<B>) {
+        self.forward_queries(z, queries, weights)
     }
 
     fn backward(
         &self,
-        cache: &Self::Cache,
+        cache: &AotLayerCache<B>,
         grad_out: &Tensor<B>,
         prefix: &str,
         grads: &mut Grads<B>,
@@ -238,7 +243,7 @@ impl<B: Kernels> Block<B> for AotLayer<B> {
         AotLayer::backward(self, cache, grad_out, prefix, grads)
     }
 
-    fn measure(cache: &Self::Cache) -> Result<LayerMeasurement<B>> {
+    fn measure(cache: &AotLayerCache<B>) -> Result<LayerMeasurement<B>> {
         LayerMeasurement::of(&cache.attn.head_tokens(), None, cache.attn.attn.clone())
     }
 }

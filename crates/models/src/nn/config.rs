@@ -203,3 +203,90 @@ pub trait ModelConfig: Clone + Debug + PartialEq + Send + Sync {
         Self::from_metadata(&Meta { map: &file.metadata, source: &file.path })
     }
 }
+
+/// The settings a pre-norm layer reads from its model's configuration.
+pub trait PreNormConfig: ModelConfig {
+    /// ISTA step size `eta`.
+    fn ista_step_size(&self) -> f64;
+    /// ISTA sparsity weight `lambda`.
+    fn ista_lambda(&self) -> f64;
+}
+
+/// The hyperparameters of a TOST classifier.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TostConfig {
+    /// Image, embedding and head.
+    pub vision: VisionConfig,
+    /// ISTA step size `eta`.
+    pub ista_step_size: f64,
+    /// ISTA sparsity weight `lambda`.
+    pub ista_lambda: f64,
+    /// Bias on the TSSA projection (`qkv_bias`, off in the ToST defaults).
+    pub qkv_bias: bool,
+}
+
+impl TostConfig {
+    /// The benchmark size: 32 px RGB, patch 4, dim 192, depth 8, 6 heads.
+    pub fn cifar_small() -> Self {
+        TostConfig {
+            vision: VisionConfig::cifar_small(),
+            ista_step_size: 0.1,
+            ista_lambda: 0.1,
+            qkv_bias: false,
+        }
+    }
+}
+
+impl ModelConfig for TostConfig {
+    const NAME: &'static str = "TOST";
+
+    fn vision(&self) -> VisionConfig {
+        self.vision.clone()
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.vision.validate(Self::NAME)?;
+        if self.vision.dim % self.vision.heads != 0 {
+            return Err(Error::Config(format!(
+                "TOST: dim {} is not a multiple of heads {}",
+                self.vision.dim, self.vision.heads
+            )));
+        }
+        for (name, v) in [("ista_step_size", self.ista_step_size), ("ista_lambda", self.ista_lambda)] {
+            if !v.is_finite() {
+                return Err(Error::Config(format!("TOST: {name} = {v} is not finite")));
+            }
+        }
+        Ok(())
+    }
+
+    fn to_metadata(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        self.vision.to_metadata(&mut m);
+        m.insert("ista_step_size".into(), self.ista_step_size.to_string());
+        m.insert("ista_lambda".into(), self.ista_lambda.to_string());
+        m.insert("qkv_bias".into(), self.qkv_bias.to_string());
+        m
+    }
+
+    fn from_metadata(meta: &Meta) -> Result<Self> {
+        let config = TostConfig {
+            vision: VisionConfig::from_metadata(meta)?,
+            ista_step_size: meta.f64_or("ista_step_size", 0.1)?,
+            ista_lambda: meta.f64_or("ista_lambda", 0.1)?,
+            qkv_bias: meta.bool_or("qkv_bias", false)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl PreNormConfig for TostConfig {
+    fn ista_step_size(&self) -> f64 {
+        self.ista_step_size
+    }
+
+    fn ista_lambda(&self) -> f64 {
+        self.ista_lambda
+    }
+}

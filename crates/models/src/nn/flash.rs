@@ -1,4 +1,4 @@
-//! Shared-QKV attention of the MSSA head, `softmax(s W W^T) W` (4.2.20, AoT 4.3.2): a dense reference that forms the `n x n` matrix and the tiled flash-attention kernel with memory linear in `n`, each with its explicit backward.
+//! Shared-QKV attention of the MSSA head, `softmax(s W W^T) W` (4.2.20, AoT 4.3.2), on `[problems, n, dh]` tokens: the dense attention kernel (forms the `n x n` matrix) and the tiled flash-attention kernel (memory linear in `n`), each with its explicit backward.
 //!
 //! Tokens are `W = [problems, n, dh]` (problems = batch x heads), the same
 //! `W` serves as query, key and value, and `s` is the logit scale (the
@@ -11,12 +11,16 @@
 //!
 //! (the three terms are the value, query and key contributions). The tiled
 //! path computes the same thing without the `n x n` matrix: see
-//! `rate_core::attention` for the online-softmax recurrence and the
-//! recomputing backward. [`forward`] / [`backward`] pick the dense path up to
+//! `rate_core::kernels::attention_tiled` for the online-softmax recurrence and the
+//! recomputing backward; the dense path is `rate_core::kernels::attention_dense`
+//! with one head. [`forward`] / [`backward`] pick the dense path up to
 //! [`DENSE_MAX_TOKENS`] tokens and the tiled path above.
 
 use crate::{Kernels, Tensor};
-use rate_core::kernels::{attention_tiled, attention_tiled_backward, AttentionSpec};
+use rate_core::kernels::{
+    attention_dense, attention_dense_backward, attention_tiled, attention_tiled_backward, AttentionSpec,
+    DenseAttentionSpec,
+};
 
 /// Largest token count [`forward`] sends to the dense path; above it the
 /// `n x n` matrix is never formed. Small on purpose: on the CPU backend the
@@ -66,15 +70,22 @@ fn check_tokens<B: Kernels>(w: &Tensor<B>, op: &str) {
     assert!(w.rank() == 3 && w.dim(1) > 0, "{op}: tokens {:?} are not [problems, n > 0, dh]", w.shape());
 }
 
-/// Dense reference: `O = softmax(s W W^T) W`, forming the `n x n` matrix.
+/// Dense path: `O = softmax(s W W^T) W`, forming the `n x n` matrix, on the
+/// dense attention kernel ([`attention_dense()`], one head): with
+/// `W' = sqrt(s) W` the kernel gives `A = softmax(W' W'^T)` and `A W'`, so
+/// `O = A W' / sqrt(s)`. The scale must be positive.
 pub fn dense_forward<B: Kernels>(w: &Tensor<B>, scale: f64) -> (Tensor<B>, DenseCache<B>) {
     check_tokens(w, "dense attention");
-    let attn = w.matmul_t(w, false, true).scale(scale).softmax(-1);
-    let out = attn.matmul(w);
-    (out, DenseCache { w: w.clone(), attn, scale })
+    assert!(scale > 0.0 && scale.is_finite(), "dense attention: scale {scale} must be positive");
+    let (p, n) = (w.dim(0), w.dim(1));
+    let spec = DenseAttentionSpec::for_tokens(w, 1);
+    let root = scale.sqrt();
+    let (attn, out) = attention_dense(&w.scale(root), spec);
+    (out.scale(1.0 / root), DenseCache { w: w.clone(), attn: attn.reshape(&[p, n, n]), scale })
 }
 
-/// Backward of [`dense_forward`]: `dL/dW` from `dL/dO`.
+/// Backward of [`dense_forward`]: `dL/dW` from `dL/dO` by the kernel's
+/// backward at `W' = sqrt(s) W` (the two factors `sqrt(s)` of the chain rule cancel).
 pub fn dense_backward<B: Kernels>(cache: &DenseCache<B>, grad_out: &Tensor<B>) -> Tensor<B> {
     let DenseCache { w, attn, scale } = cache;
     assert_eq!(
@@ -84,14 +95,9 @@ pub fn dense_backward<B: Kernels>(cache: &DenseCache<B>, grad_out: &Tensor<B>) -
         grad_out.shape(),
         w.shape()
     );
-    // value path: A^T G
-    let dv = attn.matmul_t(grad_out, true, false);
-    // softmax backward: dS = A * (G W^T - rowsum(A * G W^T))
-    let da = grad_out.matmul_t(w, false, true);
-    let ds = attn.mul(&da.sub(&attn.mul(&da).sum_axis(-1, true)));
-    // query and key paths: s (dS + dS^T) W
-    let dqk = ds.add(&ds.t()).matmul(w).scale(*scale);
-    dv.add(&dqk)
+    let (p, n) = (w.dim(0), w.dim(1));
+    let spec = DenseAttentionSpec::for_tokens(w, 1);
+    attention_dense_backward(&w.scale(scale.sqrt()), &attn.reshape(&[p, 1, n, n]), grad_out, spec)
 }
 
 /// Tiled forward with the default tiles.
@@ -144,7 +150,7 @@ pub fn backward<B: Kernels>(cache: &AttentionCache<B>, grad_out: &Tensor<B>) -> 
 pub fn attention<B: Kernels>(w: &Tensor<B>, scale: f64) -> Tensor<B> {
     check_tokens(w, "attention");
     if w.dim(1) <= DENSE_MAX_TOKENS {
-        w.matmul_t(w, false, true).scale(scale).softmax(-1).matmul(w)
+        dense_forward(w, scale).0
     } else {
         attention_tiled(w, AttentionSpec::for_tokens(w, scale, Q_TILE, K_TILE)).0
     }

@@ -14,6 +14,7 @@ pub mod aot;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
+pub mod crate_config;
 pub mod exec;
 pub mod flash;
 pub mod measure;

@@ -25,9 +25,12 @@
 //! `dW' = A^T G + dS^T Q + [dS W'; 0]` (`Q` the query rows of `W'`, the last
 //! term landing on the query rows), then `dU = c dW'^T x`, `dWo = d(Wo/c) / c`.
 
+use super::classifier::Block;
+use super::crate_config::CrateConfig;
 use super::flash::{self, TiledCache};
+use super::measure::LayerMeasurement;
 use super::{accumulate, init, join, Grads, Linear, Module};
-use crate::{Kernels, Tensor};
+use crate::{Kernels, Result, Tensor};
 use rand::rngs::StdRng;
 use rate_core::kernels::{self, attention_dense, attention_dense_backward, DenseAttentionSpec};
 use rate_core::kernels::{merge_heads, split_heads};
@@ -45,7 +48,7 @@ pub struct Mssa<B: Kernels> {
     pub dim_head: usize,
 }
 
-/// What [`Mssa::backward`] needs from the forward pass; also the source of the attention maps.
+/// What MSSA's backward ([`Block::backward`]) needs from the forward pass; also the source of the attention maps.
 #[derive(Clone, Debug)]
 pub struct MssaCache<B: Kernels> {
     /// Input `[batch, tokens, dim]`.
@@ -219,16 +222,63 @@ impl<B: Kernels> Mssa<B> {
             None => merged,
         }
     }
+}
+
+impl<B: Kernels> MssaCache<B> {
+    /// The scaled projected tokens per head, `[batch, heads, tokens, dim_head]`.
+    pub fn head_tokens(&self) -> Tensor<B> {
+        split_heads(&self.proj, self.heads)
+    }
+}
+
+/// Whether the reference code adds the output Linear: `not (heads == 1 and dim_head == dim)`.
+pub fn has_to_out(dim: usize, heads: usize, dim_head: usize) -> bool {
+    !(heads == 1 && dim_head == dim)
+}
+
+impl<B: Kernels> Module<B> for Mssa<B> {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
+        self.qkv.visit(&join(prefix, "qkv"), f);
+        if let Some(l) = &self.to_out {
+            l.visit(&join(prefix, "to_out.0"), f);
+        }
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Tensor<B>)) {
+        self.qkv.visit_mut(&join(prefix, "qkv"), f);
+        if let Some(l) = &mut self.to_out {
+            l.visit_mut(&join(prefix, "to_out.0"), f);
+        }
+    }
+}
+
+/// MSSA as a block: the attention of CRATE's pre-norm layer (its backward is also AoT's).
+impl<B: Kernels> Block<B> for Mssa<B> {
+    type Config = CrateConfig;
+    type Cache = MssaCache<B>;
+    type Prepared = MssaWeights<B>;
+
+    fn init(backend: &B, c: &CrateConfig, rng: &mut StdRng) -> Result<Self> {
+        Ok(Mssa::new(backend, c.vision.dim, c.vision.heads, c.head_dim(), rng))
+    }
+
+    fn prepare(&self) -> MssaWeights<B> {
+        Mssa::prepare(self)
+    }
+
+    fn forward(&self, x: &Tensor<B>, queries: usize, prepared: &MssaWeights<B>) -> (Tensor<B>, MssaCache<B>) {
+        self.forward_queries(x, queries, prepared)
+    }
 
     /// Backward of [`Self::forward`] or [`Self::forward_queries`] (`grad_out`
     /// has the output's shape): adds `prefix.qkv.weight` and
     /// `prefix.to_out.0.{weight,bias}` gradients and returns `dL/dx` for all tokens.
-    pub fn backward(
+    fn backward(
         &self,
         cache: &MssaCache<B>,
         grad_out: &Tensor<B>,
         prefix: &str,
         grads: &mut Grads<B>,
+        _micro_batch: bool,
     ) -> Tensor<B> {
         let (b, n) = self.dims(&cache.x);
         let (h, dh, nq) = (self.heads, self.dim_head, cache.queries);
@@ -281,31 +331,8 @@ impl<B: Kernels> Mssa<B> {
         }
         gx
     }
-}
 
-impl<B: Kernels> MssaCache<B> {
-    /// The scaled projected tokens per head, `[batch, heads, tokens, dim_head]`.
-    pub fn head_tokens(&self) -> Tensor<B> {
-        split_heads(&self.proj, self.heads)
-    }
-}
-
-/// Whether the reference code adds the output Linear: `not (heads == 1 and dim_head == dim)`.
-pub fn has_to_out(dim: usize, heads: usize, dim_head: usize) -> bool {
-    !(heads == 1 && dim_head == dim)
-}
-
-impl<B: Kernels> Module<B> for Mssa<B> {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
-        self.qkv.visit(&join(prefix, "qkv"), f);
-        if let Some(l) = &self.to_out {
-            l.visit(&join(prefix, "to_out.0"), f);
-        }
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Tensor<B>)) {
-        self.qkv.visit_mut(&join(prefix, "qkv"), f);
-        if let Some(l) = &mut self.to_out {
-            l.visit_mut(&join(prefix, "to_out.0"), f);
-        }
+    fn measure(cache: &MssaCache<B>) -> Result<LayerMeasurement<B>> {
+        LayerMeasurement::of(&cache.head_tokens(), None, cache.attn.clone())
     }
 }

@@ -1,4 +1,4 @@
-//! The pre-norm layer shared by CRATE (4.2.20) and TOST (4.3.15): `Z^{l+1/2} = Z^l + A(LN(Z^l))`, `Z^{l+1} = ISTA(LN(Z^{l+1/2}))`, where the attention `A` is MSSA (CRATE) or TSSA (TOST), with its explicit backward and the authors' per-layer measurements.
+//! The pre-norm layer shared by CRATE (4.2.20) and TOST (4.3.15): `Z^{l+1/2} = Z^l + A(LN(Z^l))`, `Z^{l+1} = ISTA(LN(Z^{l+1/2}))`, where the attention `A` (a [`Block`]) is MSSA (CRATE) or TSSA (TOST), with its explicit backward and the authors' per-layer measurements.
 //!
 //! Parameter names follow the reference `PreNorm` layout: `{prefix}.0.norm.*`,
 //! `{prefix}.0.fn.*` (the attention), `{prefix}.1.norm.*`, `{prefix}.1.fn.weight`
@@ -13,55 +13,18 @@
 //! sum into `dD` once per step (`dD` is linear in `dM`).
 
 use super::classifier::Block;
-use super::config::ModelConfig;
+use super::config::{ModelConfig, PreNormConfig};
 use super::ista::{Ista, IstaCache};
 use super::layernorm::{LayerNorm, LayerNormCache};
-use super::measure::LayerMeasurement;
+use super::measure::{mean_std, zero_fraction_per_image, LayerMeasurement};
 use super::{join, Grads, Module};
 use crate::{Kernels, Result, Tensor};
 use rand::rngs::StdRng;
 use std::fmt::Debug;
 
-/// The settings a pre-norm layer reads from its model's configuration.
-pub trait PreNormConfig: ModelConfig {
-    /// ISTA step size `eta`.
-    fn ista_step_size(&self) -> f64;
-    /// ISTA sparsity weight `lambda`.
-    fn ista_lambda(&self) -> f64;
-}
-
-/// The attention of a pre-norm layer (MSSA or TSSA), with explicit forward and backward.
-pub trait Attention<B: Kernels>: Module<B> + Clone + Debug + Send + Sync + Sized {
-    /// The model configuration it is built from.
-    type Config: PreNormConfig;
-    /// What the backward pass and the measurements need.
-    type Cache: Clone + Debug + Send + Sync;
-    /// Weights derived from the parameters once per step.
-    type Prepared: Clone + Debug + Send + Sync;
-    /// A freshly initialised attention (PyTorch's default initialisation, seeded).
-    fn init(backend: &B, config: &Self::Config, rng: &mut StdRng) -> Result<Self>;
-    /// The derived weights of [`Self::forward`].
-    fn prepare(&self) -> Self::Prepared;
-    /// `A(x)` for `[batch, tokens, dim]`: the first `queries` output tokens
-    /// (every token where the attention has no cheaper way), with the cache.
-    fn forward(&self, x: &Tensor<B>, queries: usize, prepared: &Self::Prepared) -> (Tensor<B>, Self::Cache);
-    /// Adds the parameter gradients under `prefix` and returns `dL/dx` (every token).
-    fn backward(
-        &self,
-        cache: &Self::Cache,
-        grad_out: &Tensor<B>,
-        prefix: &str,
-        grads: &mut Grads<B>,
-    ) -> Tensor<B>;
-    /// The tokens whose coding rate is measured, `[batch, heads, tokens, dim_head]`.
-    fn head_tokens(cache: &Self::Cache) -> Tensor<B>;
-    /// The map a user looks at: MSSA's attention, TSSA's memberships.
-    fn map(cache: &Self::Cache) -> Option<Tensor<B>>;
-}
-
 /// One pre-norm layer: `u = z + A(LN1(z))`, `z' = ISTA(LN2(u))`.
 #[derive(Clone, Debug)]
-pub struct PreNormLayer<B: Kernels, A: Attention<B>> {
+pub struct PreNormLayer<B: Kernels, A: Block<B>> {
     /// `{prefix}.0.norm`.
     pub norm1: LayerNorm<B>,
     /// `{prefix}.0.fn`.
@@ -74,7 +37,7 @@ pub struct PreNormLayer<B: Kernels, A: Attention<B>> {
 
 /// Weights derived from a layer's parameters for the fast path.
 #[derive(Clone, Debug)]
-pub struct LayerWeights<B: Kernels, A: Attention<B>> {
+pub struct LayerWeights<B: Kernels, A: Block<B>> {
     /// The attention's derived weights.
     pub attn: A::Prepared,
     /// The fused ISTA matrix `M = I + eta (D - D^T D)`.
@@ -83,7 +46,7 @@ pub struct LayerWeights<B: Kernels, A: Attention<B>> {
 
 /// What [`PreNormLayer::backward`] needs (and what the measurements read).
 #[derive(Clone, Debug)]
-pub struct PreNormCache<B: Kernels, A: Attention<B>> {
+pub struct PreNormCache<B: Kernels, A: Block<B>> {
     /// Cache of the first LayerNorm.
     pub norm1: LayerNormCache<B>,
     /// Cache of the attention.
@@ -96,7 +59,10 @@ pub struct PreNormCache<B: Kernels, A: Attention<B>> {
     pub ista: IstaCache<B>,
 }
 
-impl<B: Kernels, A: Attention<B>> PreNormLayer<B, A> {
+impl<B: Kernels, A: Block<B>> PreNormLayer<B, A>
+where
+    A::Config: PreNormConfig,
+{
     /// `z -> ISTA(LN2(z + A(LN1(z))))` for `[batch, tokens, dim]`, with the cache.
     pub fn forward(&self, z: &Tensor<B>) -> (Tensor<B>, PreNormCache<B, A>) {
         self.forward_queries(z, z.dim(1), &self.prepare())
@@ -135,30 +101,7 @@ impl<B: Kernels, A: Attention<B>> PreNormLayer<B, A> {
         prefix: &str,
         grads: &mut Grads<B>,
     ) -> Tensor<B> {
-        self.backward_with(cache, grad_out, prefix, grads, false)
-    }
-
-    /// [`Self::backward`], with the ISTA entry (`prefix.1.fn.weight`) holding
-    /// `dD` or, when `fused_ista`, the gradient `dM` of the fused matrix (see
-    /// [`Ista::backward_fused`]).
-    fn backward_with(
-        &self,
-        cache: &PreNormCache<B, A>,
-        grad_out: &Tensor<B>,
-        prefix: &str,
-        grads: &mut Grads<B>,
-        fused_ista: bool,
-    ) -> Tensor<B> {
-        let ista_prefix = join(prefix, "1.fn");
-        let g_i = if fused_ista {
-            self.ista.backward_fused(&cache.ista, grad_out, &ista_prefix, grads)
-        } else {
-            self.ista.backward(&cache.ista, grad_out, &ista_prefix, grads)
-        };
-        let g_half = self.norm2.backward(&cache.norm2, &g_i, &join(prefix, "1.norm"), grads);
-        let g_a = self.attn.backward(&cache.attn, &g_half, &join(prefix, "0.fn"), grads);
-        let g_z = self.norm1.backward(&cache.norm1, &g_a, &join(prefix, "0.norm"), grads);
-        g_z.add(&pad_tokens(&g_half, g_z.dim(1)))
+        Block::backward(self, cache, grad_out, prefix, grads, false)
     }
 }
 
@@ -172,7 +115,10 @@ pub(crate) fn pad_tokens<B: Kernels>(g: &Tensor<B>, n: usize) -> Tensor<B> {
     }
 }
 
-impl<B: Kernels, A: Attention<B>> Block<B> for PreNormLayer<B, A> {
+impl<B: Kernels, A: Block<B>> Block<B> for PreNormLayer<B, A>
+where
+    A::Config: PreNormConfig,
+{
     type Config = A::Config;
     type Cache = PreNormCache<B, A>;
     type Prepared = LayerWeights<B, A>;
@@ -192,23 +138,40 @@ impl<B: Kernels, A: Attention<B>> Block<B> for PreNormLayer<B, A> {
         Ok(layer)
     }
 
-    fn prepare(&self) -> Self::Prepared {
+    fn prepare(&self) -> LayerWeights<B, A> {
         PreNormLayer::prepare(self)
     }
 
-    fn forward(&self, z: &Tensor<B>, queries: usize, prepared: &Self::Prepared) -> (Tensor<B>, Self::Cache) {
-        self.forward_queries(z, queries, prepared)
+    fn forward(
+        &self,
+        z: &Tensor<B>,
+        queries: usize,
+        weights: &LayerWeights<B, A>,
+    ) -> (Tensor<B>, PreNormCache<B, A>) {
+        self.forward_queries(z, queries, weights)
     }
 
+    /// The ISTA entry (`prefix.1.fn.weight`) holds `dD` or, inside
+    /// micro-batches, the gradient `dM` of the fused matrix (see
+    /// [`Ista::backward_fused`]), turned into `dD` by [`Self::finish_gradients`].
     fn backward(
         &self,
-        cache: &Self::Cache,
+        cache: &PreNormCache<B, A>,
         grad_out: &Tensor<B>,
         prefix: &str,
         grads: &mut Grads<B>,
         micro_batch: bool,
     ) -> Tensor<B> {
-        self.backward_with(cache, grad_out, prefix, grads, micro_batch)
+        let ista_prefix = join(prefix, "1.fn");
+        let g_i = if micro_batch {
+            self.ista.backward_fused(&cache.ista, grad_out, &ista_prefix, grads)
+        } else {
+            self.ista.backward(&cache.ista, grad_out, &ista_prefix, grads)
+        };
+        let g_half = self.norm2.backward(&cache.norm2, &g_i, &join(prefix, "1.norm"), grads);
+        let g_a = self.attn.backward(&cache.attn, &g_half, &join(prefix, "0.fn"), grads, false);
+        let g_z = self.norm1.backward(&cache.norm1, &g_a, &join(prefix, "0.norm"), grads);
+        g_z.add(&pad_tokens(&g_half, g_z.dim(1)))
     }
 
     fn finish_gradients(&self, prefix: &str, grads: &mut Grads<B>) {
@@ -217,12 +180,14 @@ impl<B: Kernels, A: Attention<B>> Block<B> for PreNormLayer<B, A> {
         }
     }
 
-    fn measure(cache: &Self::Cache) -> Result<LayerMeasurement<B>> {
-        LayerMeasurement::of(&A::head_tokens(&cache.attn), Some(&cache.ista.out), A::map(&cache.attn))
+    fn measure(cache: &PreNormCache<B, A>) -> Result<LayerMeasurement<B>> {
+        let mut m = A::measure(&cache.attn)?;
+        m.sparsity = Some(mean_std(&zero_fraction_per_image(&cache.ista.out), false));
+        Ok(m)
     }
 }
 
-impl<B: Kernels, A: Attention<B>> Module<B> for PreNormLayer<B, A> {
+impl<B: Kernels, A: Block<B>> Module<B> for PreNormLayer<B, A> {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor<B>)) {
         self.norm1.visit(&join(prefix, "0.norm"), f);
         self.attn.visit(&join(prefix, "0.fn"), f);

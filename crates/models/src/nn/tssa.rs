@@ -23,9 +23,14 @@
 //! `dots[h,n,c] = cumsum_n(Pi a) / (cumsum_n Pi + 1e-8)`,
 //! so a decoder streams with `2 dh + 1` numbers of state per head.
 
+use super::classifier::Block;
+use super::config::TostConfig;
+use super::measure::LayerMeasurement;
 use super::{accumulate, join, Grads, Linear, Module};
 use crate::{Error, Kernels, Result, Tensor};
+use rand::rngs::StdRng;
 use rand::Rng;
+use rate_core::kernels::split_heads;
 use rate_core::kernels::token_stats::{block_diag, head_dot, head_weighted_sum};
 use rate_core::kernels::{cumsum, token_stats};
 
@@ -49,7 +54,7 @@ pub struct Tssa<B: Kernels> {
     heads: usize,
 }
 
-/// What [`Tssa::backward`] needs (all `O(n dim)`).
+/// What TSSA's backward ([`Block::backward`]) needs (all `O(n dim)`).
 #[derive(Clone, Debug)]
 pub struct TssaCache<B: Kernels> {
     x: Tensor<B>,
@@ -190,7 +195,7 @@ impl<B: Kernels> Tssa<B> {
     /// Forward on `x = [batch, tokens, dim]`: the output and the cache.
     ///
     /// The column norms, memberships and `Pi`-weighted moments come from one
-    /// backend kernel ([`token_stats`](mod@rate_core::token_stats): two passes
+    /// backend kernel ([`token_stats`](mod@rate_core::kernels::token_stats): two passes
     /// over `w` on the CPU) and the factor `1 / (1 + dots)` is folded into the columns of
     /// `to_out.0.weight`, so that only `w`, `w Pi` and the output are
     /// `tokens x dim`; [`Self::forward_reference`] is the same map written
@@ -256,79 +261,6 @@ impl<B: Kernels> Tssa<B> {
         let attn = dots.add_scalar(1.0).recip();
         let y = w.mul(&pi.reshape(&[b, n, h, 1])).mul(&attn).neg();
         self.to_out.forward(&y.reshape(&[b, n, dim]))
-    }
-
-    /// Backward: adds the gradients of `qkv.weight`, `qkv.bias`, `temp`,
-    /// `to_out.0.weight` and `to_out.0.bias` (under `prefix`) and returns `dL/dx`.
-    pub fn backward(
-        &self,
-        cache: &TssaCache<B>,
-        grad_out: &Tensor<B>,
-        prefix: &str,
-        grads: &mut Grads<B>,
-    ) -> Tensor<B> {
-        let TssaCache { x, w, inv_norm2, norm_mask, what2_sum, pi, pi_mass, r, w_pi } = cache;
-        let (b, n, dim) = (w.dim(0), w.dim(1), w.dim(2));
-        let a = &w.square();
-        let (h, dh) = (self.heads, dim / self.heads);
-        assert_eq!(
-            grad_out.shape(),
-            x.shape(),
-            "TSSA backward: gradient {:?} vs input {:?}",
-            grad_out.shape(),
-            x.shape()
-        );
-        // out = w_pi W_r^T + b_o with W_r = W_o diag(-r)
-        let out_prefix = join(prefix, "to_out.0");
-        if self.to_out.bias.is_some() {
-            accumulate(grads, join(&out_prefix, "bias"), grad_out.reshape(&[b * n, dim]).sum_axis(0, false));
-        }
-        let d_wr = grad_out.matmul_t(w_pi, true, false);
-        accumulate(
-            grads,
-            join(&out_prefix, "weight"),
-            d_wr.mul(&r.neg().reshape(&[b, 1, dim])).sum_axis(0, false),
-        );
-        let dr = d_wr
-            .mul(&self.to_out.weight.reshape(&[1, dim, dim]))
-            .sum_axis(1, false)
-            .neg()
-            .reshape(&[b, h, dh]);
-        let g_wpi = grad_out.matmul(&self.out_weight(r));
-        // w_pi = w Pi
-        let pi4 = pi.reshape(&[b, n, h, 1]);
-        let dw_direct = g_wpi.reshape(&[b, n, h, dh]).mul(&pi4).reshape(&[b, n, dim]);
-        let mut dpi = g_wpi.mul(w).reshape(&[b, n, h, dh]).sum_axis(-1, false);
-        // r = 1 / (1 + dots), dots = sum_n q a
-        let ddots = dr.mul(&r.square()).neg();
-        let q = pi.div(pi_mass);
-        let dq = head_dot(a, &ddots);
-        // q = Pi / pi_mass, pi_mass = sum_n Pi + eps
-        let dmass = dq.mul(&q).sum_axis(1, true).div(pi_mass).neg();
-        dpi = dpi.add(&dq.div(pi_mass)).add(&dmass);
-        // Pi = softmax over heads of s
-        let ds = pi.mul(&dpi.sub(&pi.mul(&dpi).sum_axis(-1, true)));
-        // s = temp * what2_sum
-        let dtemp = ds.mul(what2_sum).reshape(&[b * n, h]).sum_axis(0, false).reshape(&[h, 1]);
-        accumulate(grads, join(prefix, "temp"), dtemp);
-        let dwhat2 = ds.mul(&self.temp.reshape(&[1, 1, h]));
-        // what2_sum = sum_c a inv_norm2, inv_norm2 = 1 / sum_n a where the norm is not clamped
-        let dinv = head_weighted_sum(&dwhat2, a);
-        let dnorm2 = dinv.mul(&inv_norm2.square()).mul(norm_mask).neg();
-        // da = q ddots + dwhat2 inv_norm2 + dnorm2 (broadcast over tokens), times 2 for a = w^2
-        let coef = Tensor::cat(
-            &[q.clone(), dwhat2, Tensor::full(w.backend(), &[b, n, 1], 1.0)].iter().collect::<Vec<_>>(),
-            -1,
-        );
-        let rows = Tensor::cat(
-            &[block_diag(&ddots).t(), block_diag(inv_norm2).t(), dnorm2.reshape(&[b, 1, dim])]
-                .iter()
-                .collect::<Vec<_>>(),
-            1,
-        );
-        let da2 = coef.matmul(&rows.scale(2.0));
-        let dw = dw_direct.add(&da2.mul(w));
-        self.qkv.backward(x, &dw, &join(prefix, "qkv"), grads)
     }
 }
 
@@ -632,5 +564,103 @@ impl<B: Kernels> Module<B> for CausalTssa<B> {
             f(join(prefix, "denom_bias"), d);
         }
         self.to_out.visit_mut(&join(prefix, "to_out.0"), f);
+    }
+}
+
+/// TSSA as a block: the attention of TOST's pre-norm layer. Every output token
+/// depends on statistics over all tokens, so it computes every token
+/// whatever the number of queries asked for.
+impl<B: Kernels> Block<B> for Tssa<B> {
+    type Config = TostConfig;
+    type Cache = TssaCache<B>;
+    type Prepared = ();
+
+    fn init(backend: &B, c: &TostConfig, rng: &mut StdRng) -> Result<Self> {
+        Tssa::init(backend, c.vision.dim, c.vision.heads, c.qkv_bias, rng)
+    }
+
+    fn prepare(&self) {}
+
+    fn forward(&self, x: &Tensor<B>, _queries: usize, _prepared: &()) -> (Tensor<B>, TssaCache<B>) {
+        Tssa::forward(self, x)
+    }
+
+    /// Backward: adds the gradients of `qkv.weight`, `qkv.bias`, `temp`,
+    /// `to_out.0.weight` and `to_out.0.bias` (under `prefix`) and returns `dL/dx`.
+    fn backward(
+        &self,
+        cache: &TssaCache<B>,
+        grad_out: &Tensor<B>,
+        prefix: &str,
+        grads: &mut Grads<B>,
+        _micro_batch: bool,
+    ) -> Tensor<B> {
+        let TssaCache { x, w, inv_norm2, norm_mask, what2_sum, pi, pi_mass, r, w_pi } = cache;
+        let (b, n, dim) = (w.dim(0), w.dim(1), w.dim(2));
+        let a = &w.square();
+        let (h, dh) = (self.heads, dim / self.heads);
+        assert_eq!(
+            grad_out.shape(),
+            x.shape(),
+            "TSSA backward: gradient {:?} vs input {:?}",
+            grad_out.shape(),
+            x.shape()
+        );
+        // out = w_pi W_r^T + b_o with W_r = W_o diag(-r)
+        let out_prefix = join(prefix, "to_out.0");
+        if self.to_out.bias.is_some() {
+            accumulate(grads, join(&out_prefix, "bias"), grad_out.reshape(&[b * n, dim]).sum_axis(0, false));
+        }
+        let d_wr = grad_out.matmul_t(w_pi, true, false);
+        accumulate(
+            grads,
+            join(&out_prefix, "weight"),
+            d_wr.mul(&r.neg().reshape(&[b, 1, dim])).sum_axis(0, false),
+        );
+        let dr = d_wr
+            .mul(&self.to_out.weight.reshape(&[1, dim, dim]))
+            .sum_axis(1, false)
+            .neg()
+            .reshape(&[b, h, dh]);
+        let g_wpi = grad_out.matmul(&self.out_weight(r));
+        // w_pi = w Pi
+        let pi4 = pi.reshape(&[b, n, h, 1]);
+        let dw_direct = g_wpi.reshape(&[b, n, h, dh]).mul(&pi4).reshape(&[b, n, dim]);
+        let mut dpi = g_wpi.mul(w).reshape(&[b, n, h, dh]).sum_axis(-1, false);
+        // r = 1 / (1 + dots), dots = sum_n q a
+        let ddots = dr.mul(&r.square()).neg();
+        let q = pi.div(pi_mass);
+        let dq = head_dot(a, &ddots);
+        // q = Pi / pi_mass, pi_mass = sum_n Pi + eps
+        let dmass = dq.mul(&q).sum_axis(1, true).div(pi_mass).neg();
+        dpi = dpi.add(&dq.div(pi_mass)).add(&dmass);
+        // Pi = softmax over heads of s
+        let ds = pi.mul(&dpi.sub(&pi.mul(&dpi).sum_axis(-1, true)));
+        // s = temp * what2_sum
+        let dtemp = ds.mul(what2_sum).reshape(&[b * n, h]).sum_axis(0, false).reshape(&[h, 1]);
+        accumulate(grads, join(prefix, "temp"), dtemp);
+        let dwhat2 = ds.mul(&self.temp.reshape(&[1, 1, h]));
+        // what2_sum = sum_c a inv_norm2, inv_norm2 = 1 / sum_n a where the norm is not clamped
+        let dinv = head_weighted_sum(&dwhat2, a);
+        let dnorm2 = dinv.mul(&inv_norm2.square()).mul(norm_mask).neg();
+        // da = q ddots + dwhat2 inv_norm2 + dnorm2 (broadcast over tokens), times 2 for a = w^2
+        let coef = Tensor::cat(
+            &[q.clone(), dwhat2, Tensor::full(w.backend(), &[b, n, 1], 1.0)].iter().collect::<Vec<_>>(),
+            -1,
+        );
+        let rows = Tensor::cat(
+            &[block_diag(&ddots).t(), block_diag(inv_norm2).t(), dnorm2.reshape(&[b, 1, dim])]
+                .iter()
+                .collect::<Vec<_>>(),
+            1,
+        );
+        let da2 = coef.matmul(&rows.scale(2.0));
+        let dw = dw_direct.add(&da2.mul(w));
+        self.qkv.backward(x, &dw, &join(prefix, "qkv"), grads)
+    }
+
+    fn measure(cache: &TssaCache<B>) -> Result<LayerMeasurement<B>> {
+        let heads = split_heads(cache.projected(), cache.memberships().dim(2));
+        LayerMeasurement::of(&heads, None, Some(cache.memberships().clone()))
     }
 }

@@ -134,6 +134,25 @@ pub struct ReduNetConfig {
     pub engine: Engine,
 }
 
+/// Checks the constants every ReduNet layer shares (4.1.11-4.1.13): `eta`
+/// and `eps_sq` positive and finite, `lambda` non-negative and finite;
+/// `model` names the network in the error.
+pub(crate) fn check_step(model: &str, eta: f64, eps_sq: f64, lambda: f64) -> Result<()> {
+    let bad = |field: &str, value: f64, why: &str| {
+        Err(Error::Config(format!("{model}: `{field}` = {value} {why}")))
+    };
+    if !(eta.is_finite() && eta > 0.0) {
+        return bad("eta", eta, "must be positive and finite");
+    }
+    if !(eps_sq.is_finite() && eps_sq > 0.0) {
+        return bad("eps_sq", eps_sq, "must be positive and finite");
+    }
+    if !(lambda.is_finite() && lambda >= 0.0) {
+        return bad("lambda", lambda, "must be non-negative and finite");
+    }
+    Ok(())
+}
+
 impl ReduNetConfig {
     /// `layers` layers for `num_classes` classes with the chapter's settings:
     /// `eta = 0.5`, `eps_sq = 0.1`, `lambda = 500`.
@@ -169,15 +188,7 @@ impl ReduNetConfig {
         if self.num_classes == 0 {
             return bad("num_classes", "0".into(), "must be at least 1");
         }
-        if !(self.eta.is_finite() && self.eta > 0.0) {
-            return bad("eta", self.eta.to_string(), "must be positive and finite");
-        }
-        if !(self.eps_sq.is_finite() && self.eps_sq > 0.0) {
-            return bad("eps_sq", self.eps_sq.to_string(), "must be positive and finite");
-        }
-        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
-            return bad("lambda", self.lambda.to_string(), "must be non-negative and finite");
-        }
+        check_step("ReduNet", self.eta, self.eps_sq, self.lambda)?;
         if self.batch_size == 0 {
             return bad("batch_size", "0".into(), "must be at least 1");
         }

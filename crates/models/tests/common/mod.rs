@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use backend_cpu::CpuBackend;
+use models::nn::classifier::VisionConfig;
+use models::nn::head::Pool;
 use models::nn::{Grads, Module};
 use models::Tensor;
 use rand::rngs::StdRng;
@@ -119,4 +121,28 @@ pub fn check_all_params<M: Module<B> + Clone>(model: &M, grads: &Grads<B>, loss:
 /// The zero pattern of a tensor (the ReLU mask).
 pub fn zeros_of(t: &Tensor<B>) -> Vec<bool> {
     t.to_f64_vec().iter().map(|&x| x == 0.0).collect()
+}
+
+/// A tiny classifier setting: 4 px images of `channels` channels in 2 px patches, 3 classes.
+pub fn vision(channels: usize, dim: usize, depth: usize, heads: usize, pool: Pool) -> VisionConfig {
+    VisionConfig {
+        image_size: 4,
+        patch_size: 2,
+        channels,
+        num_classes: 3,
+        dim,
+        depth,
+        heads,
+        pool,
+        layernorm_eps: 1e-5,
+    }
+}
+
+/// `model` with Gaussian noise (std 0.2) added to every parameter, so that
+/// LayerNorm affine terms and biases matter.
+pub fn perturbed<M: Module<B> + Clone>(model: &M, seed: u64) -> M {
+    let mut g = rng(seed);
+    let mut m = model.clone();
+    m.visit_mut("", &mut |_, p| *p = p.add(&randn(&mut g, p.shape(), 0.2)));
+    m
 }

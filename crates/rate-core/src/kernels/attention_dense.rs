@@ -16,7 +16,7 @@
 use crate::backend::Backend;
 use crate::tensor::Tensor;
 
-/// Sizes of one dense multi-head attention call ([`super::attention_dense`]) on
+/// Sizes of one dense multi-head attention call ([`super::attention_dense()`]) on
 /// head-interleaved tokens `[batch, tokens, heads * dim_head]`: the columns
 /// `h dim_head .. (h + 1) dim_head` of a row are the token in head `h`, as a
 /// projection `x U^T` leaves them.

@@ -203,7 +203,7 @@ pub fn invariant_step<B: Kernels>(
     eta: f64,
     lambda: f64,
 ) -> (Tensor<B>, Tensor<B>) {
-    let spec = invariant::spec_of(v, y, weights, gamma, eta, lambda);
+    let spec = invariant::spec_of([v.shape(), y.shape(), weights.shape(), gamma.shape()], eta, lambda);
     let be = v.backend();
     let (out, pi) = be.invariant_step(v.buffer(), y.buffer(), weights.buffer(), gamma.buffer(), spec);
     (Tensor::from_buffer(be, out, v.shape()), Tensor::from_buffer(be, pi, &[spec.n, spec.classes]))

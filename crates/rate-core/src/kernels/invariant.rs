@@ -42,24 +42,17 @@ pub struct InvariantStepSpec {
     pub lambda: f64,
 }
 
-pub(crate) fn spec_of<B: Backend>(
-    v: &Tensor<B>,
-    y: &Tensor<B>,
-    weights: &Tensor<B>,
-    gamma: &Tensor<B>,
-    eta: f64,
-    lambda: f64,
-) -> InvariantStepSpec {
-    assert!(v.rank() == 3, "invariant_step: features {:?} are not [F, n, width]", v.shape());
-    let (f, n, width) = (v.dim(0), v.dim(1), v.dim(2));
-    let k = gamma.numel();
+/// The spec of one step from the shapes of the features `[F, n, width]`, the
+/// products `[F, n, k+1, width]`, the frequency weights `[F]` and the class
+/// weights `[k]` (all of them checked).
+pub(crate) fn spec_of(shapes: [&[usize]; 4], eta: f64, lambda: f64) -> InvariantStepSpec {
+    let [v, y, weights, gamma] = shapes;
+    assert!(v.len() == 3, "invariant_step: features {v:?} are not [F, n, width]");
+    let (f, n, width) = (v[0], v[1], v[2]);
+    let k: usize = gamma.iter().product();
     assert!(
-        k > 0 && y.shape() == [f, n, k + 1, width] && weights.numel() == f,
-        "invariant_step: features {:?}, products {:?}, frequency weights {:?} and class weights {:?} do not match",
-        v.shape(),
-        y.shape(),
-        weights.shape(),
-        gamma.shape()
+        k > 0 && y == [f, n, k + 1, width] && weights.iter().product::<usize>() == f,
+        "invariant_step: features {v:?}, products {y:?}, frequency weights {weights:?} and class weights {gamma:?} do not match"
     );
     InvariantStepSpec { freqs: f, n, classes: k, width, eta, lambda }
 }
@@ -74,7 +67,8 @@ pub fn invariant_step_reference<B: Backend>(
     eta: f64,
     lambda: f64,
 ) -> (Tensor<B>, Tensor<B>) {
-    let InvariantStepSpec { freqs: f, n, classes: k, width, .. } = spec_of(v, y, weights, gamma, eta, lambda);
+    let InvariantStepSpec { freqs: f, n, classes: k, width, .. } =
+        spec_of([v.shape(), y.shape(), weights.shape(), gamma.shape()], eta, lambda);
     let g = k + 1;
     let be = v.backend();
     let weights = weights.reshape(&[f, 1]);

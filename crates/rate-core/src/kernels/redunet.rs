@@ -305,8 +305,9 @@ fn members_of(labels: impl Iterator<Item = usize>, k: usize) -> Vec<Vec<usize>> 
     v
 }
 
-/// One layer map on all rows, in batches: the output and, when asked for, the
-/// argmax memberships as a tensor of indices left on the device (`m`).
+/// One layer map on all rows, in batches of `spec.batch_size`: the output
+/// and, when asked for, the argmax memberships as a tensor of indices left on
+/// the device (`m`).
 fn apply<B: Kernels>(
     z: &Tensor<B>,
     w: &Tensor<B>,
@@ -314,48 +315,39 @@ fn apply<B: Kernels>(
     spec: &RedunetSpec,
     want_yhat: bool,
 ) -> (Tensor<B>, Option<Tensor<B>>) {
-    let (m, batch) = (z.dim(0), spec.batch_size);
+    let (m, d, k) = (z.dim(0), z.dim(1), gamma.dim(1));
+    let rows = |z: &Tensor<B>| {
+        let b = z.dim(0);
+        // [E z; C_1 z; ...; C_k z] for every row: b x (k+1) x d
+        let resp = z.matmul_t(w, false, true).reshape(&[b, k + 1, d]);
+        let expd = resp.narrow(1, 0, 1).reshape(&[b, d]);
+        let comp = resp.narrow(1, 1, k);
+        // pi = softmax_j(-lambda max(||C_j z||, floor))  (4.1.11)
+        let pi = comp.norm_axis(2).reshape(&[b, k]).clamp_min(NORM_FLOOR).scale(-spec.lambda).softmax(1);
+        let yhat = want_yhat.then(|| pi.argmax_indices(1));
+        // sigma = sum_j gamma_j pi_j C_j z
+        let coef = pi.mul(gamma).reshape(&[b, k, 1]);
+        let clus = comp.mul(&coef).sum_axis(1, false);
+        let out = z.add(&expd.sub(&clus).scale(spec.eta));
+        (normalise_rows(&out), yhat)
+    };
+    let batch = spec.batch_size;
     if m <= batch {
-        return apply_rows(z, w, gamma, spec, want_yhat);
+        return rows(z);
     }
-    let mut outs = Vec::new();
-    let mut picks = Vec::new();
+    let (mut outs, mut picks) = (Vec::new(), Vec::new());
     for start in (0..m).step_by(batch) {
-        let (o, y) = apply_rows(&z.narrow(0, start, batch.min(m - start)), w, gamma, spec, want_yhat);
+        let (o, y) = rows(&z.narrow(0, start, batch.min(m - start)));
         outs.push(o);
         picks.extend(y);
     }
-    let refs: Vec<&Tensor<B>> = outs.iter().collect();
     let yhat = (!picks.is_empty()).then(|| Tensor::cat(&picks.iter().collect::<Vec<_>>(), 0));
-    (Tensor::cat(&refs, 0), yhat)
+    (Tensor::cat(&outs.iter().collect::<Vec<_>>(), 0), yhat)
 }
 
 /// Downloads the per-layer index tensors of [`apply`] in one transfer, as `u32`.
 fn download_picks<B: Kernels>(picks: &[Tensor<B>]) -> Vec<u32> {
     Tensor::indices_to_host(picks).into_iter().map(|y| y as u32).collect()
-}
-
-fn apply_rows<B: Kernels>(
-    z: &Tensor<B>,
-    w: &Tensor<B>,
-    gamma: &Tensor<B>,
-    spec: &RedunetSpec,
-    want_yhat: bool,
-) -> (Tensor<B>, Option<Tensor<B>>) {
-    let (b, d) = (z.dim(0), z.dim(1));
-    let k = gamma.dim(1);
-    // [E z; C_1 z; ...; C_k z] for every row: b x (k+1) x d
-    let resp = z.matmul_t(w, false, true).reshape(&[b, k + 1, d]);
-    let expd = resp.narrow(1, 0, 1).reshape(&[b, d]);
-    let comp = resp.narrow(1, 1, k);
-    // pi = softmax_j(-lambda max(||C_j z||, floor))  (4.1.11)
-    let pi = comp.norm_axis(2).reshape(&[b, k]).clamp_min(NORM_FLOOR).scale(-spec.lambda).softmax(1);
-    let yhat = want_yhat.then(|| pi.argmax_indices(1));
-    // sigma = sum_j gamma_j pi_j C_j z
-    let coef = pi.mul(gamma).reshape(&[b, k, 1]);
-    let clus = comp.mul(&coef).sum_axis(1, false);
-    let out = z.add(&expd.sub(&clus).scale(spec.eta));
-    (normalise_rows(&out), yhat)
 }
 
 /// The reference body of [`Kernels::redunet_build`]: builds the layers from

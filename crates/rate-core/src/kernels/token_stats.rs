@@ -35,7 +35,7 @@ pub struct TokenStatsSpec {
     pub norm_eps: f64,
 }
 
-/// The statistics of [`super::token_stats`] (shapes in the module documentation);
+/// The statistics of [`super::token_stats()`] (shapes in the module documentation);
 /// `T` is a tensor, or a backend buffer inside [`super::Kernels::token_stats`].
 #[derive(Clone, Debug)]
 pub struct TokenStats<T> {

@@ -6,7 +6,7 @@
 //! whole chain on the device against the CPU in f64. The factorisation
 //! kernels are checked against plain f64 Cholesky loops instead.
 
-use super::linalg::{expect_not_pd, SPD_SIZES};
+use super::linalg::{expect_not_pd, hpd_input, SPD_SIZES};
 use super::reference::*;
 use super::*;
 use crate::kernels::{self, AttentionSpec, DenseAttentionSpec, Kernels};
@@ -270,11 +270,7 @@ pub fn check_herm_inverse_logdet<B: Kernels, R: Kernels>(b: &B, _r: &R) {
     let tol = tolerance::<B>();
     let mut r = rng(29);
     for (batch, n) in SPD_SIZES {
-        let (re, im) = hpd_batch(&mut r, batch, n);
-        let a = ComplexTensor::new(
-            Tensor::from_f64(b, &re, &[batch, n, n]),
-            Tensor::from_f64(b, &im, &[batch, n, n]),
-        );
+        let (a, _) = hpd_input(b, &mut r, batch, n);
         let what = format!("herm_inverse_logdet {batch}x{n}x{n}");
         let (inv, ld) = kernels::herm_inverse_logdet(&a).unwrap_or_else(|e| panic!("{what}: {e}"));
         let inv0 = a.herm_inverse().unwrap_or_else(|e| panic!("{what}: {e}"));

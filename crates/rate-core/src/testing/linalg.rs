@@ -317,20 +317,31 @@ pub fn check_sym_eigen<B: Backend>(b: &B) {
 // Checks: complex Hermitian linear algebra
 // ====================================================================
 
+/// `batch` random Hermitian positive definite `n x n` matrices on the backend,
+/// and their values as the backend holds them (rounded to its precision).
+pub(crate) fn hpd_input<B: Backend>(
+    b: &B,
+    r: &mut rand::rngs::StdRng,
+    batch: usize,
+    n: usize,
+) -> (crate::ComplexTensor<B>, Vec<C64>) {
+    let (re, im) = hpd_batch(r, batch, n);
+    let (re, im) = (rounded::<B>(&re), rounded::<B>(&im));
+    let a = crate::ComplexTensor::new(
+        Tensor::from_f64(b, &re, &[batch, n, n]),
+        Tensor::from_f64(b, &im, &[batch, n, n]),
+    );
+    (a, to_c64(&re, &im))
+}
+
 /// `herm_inverse` matches the reference inverse and `A A^-1 = I`.
 pub fn check_herm_inverse<B: Backend>(b: &B) {
     let tol = tolerance::<B>();
     let mut r = rng(21);
     for (batch, n) in SPD_SIZES {
-        let (re, im) = hpd_batch(&mut r, batch, n);
-        let (re, im) = (rounded::<B>(&re), rounded::<B>(&im));
-        let a = crate::ComplexTensor::new(
-            Tensor::from_f64(b, &re, &[batch, n, n]),
-            Tensor::from_f64(b, &im, &[batch, n, n]),
-        );
+        let (a, ac) = hpd_input(b, &mut r, batch, n);
         let inv = a.herm_inverse().unwrap_or_else(|e| panic!("herm_inverse {batch}x{n}x{n}: {e}"));
         let (ir, ii) = inv.to_f64_vecs();
-        let ac = to_c64(&re, &im);
         let mut want = Vec::new();
         let mut prod = Vec::new();
         for i in 0..batch {
@@ -362,15 +373,10 @@ pub fn check_herm_solve<B: Backend>(b: &B) {
     let mut r = rng(22);
     for (batch, n) in SPD_SIZES {
         for nrhs in [1usize, 3] {
-            let (re, im) = hpd_batch(&mut r, batch, n);
-            let (re, im) = (rounded::<B>(&re), rounded::<B>(&im));
+            let (a, ac) = hpd_input(b, &mut r, batch, n);
             let (br, bi) = (
                 rounded::<B>(&uniform(&mut r, batch * n * nrhs, -1.0, 1.0)),
                 rounded::<B>(&uniform(&mut r, batch * n * nrhs, -1.0, 1.0)),
-            );
-            let a = crate::ComplexTensor::new(
-                Tensor::from_f64(b, &re, &[batch, n, n]),
-                Tensor::from_f64(b, &im, &[batch, n, n]),
             );
             let rhs = crate::ComplexTensor::new(
                 Tensor::from_f64(b, &br, &[batch, n, nrhs]),
@@ -378,7 +384,7 @@ pub fn check_herm_solve<B: Backend>(b: &B) {
             );
             let x = a.herm_solve(&rhs).unwrap_or_else(|e| panic!("herm_solve {batch}x{n}x{n}: {e}"));
             assert_eq!(x.shape(), &[batch, n, nrhs]);
-            let (ac, bc) = (to_c64(&re, &im), to_c64(&br, &bi));
+            let bc = to_c64(&br, &bi);
             let want: Vec<C64> = (0..batch)
                 .flat_map(|i| {
                     let l = ref_herm_cholesky(&ac[i * n * n..(i + 1) * n * n], n).expect("HPD");
@@ -398,15 +404,9 @@ pub fn check_herm_logdet<B: Backend>(b: &B) {
     let tol = tolerance::<B>();
     let mut r = rng(23);
     for (batch, n) in SPD_SIZES {
-        let (re, im) = hpd_batch(&mut r, batch, n);
-        let (re, im) = (rounded::<B>(&re), rounded::<B>(&im));
-        let a = crate::ComplexTensor::new(
-            Tensor::from_f64(b, &re, &[batch, n, n]),
-            Tensor::from_f64(b, &im, &[batch, n, n]),
-        );
+        let (a, ac) = hpd_input(b, &mut r, batch, n);
         let ld = a.herm_logdet().unwrap_or_else(|e| panic!("herm_logdet {batch}x{n}x{n}: {e}"));
         assert_eq!(ld.shape(), &[batch]);
-        let ac = to_c64(&re, &im);
         let want: Vec<f64> = (0..batch)
             .map(|i| {
                 let l = ref_herm_cholesky(&ac[i * n * n..(i + 1) * n * n], n).expect("HPD");
