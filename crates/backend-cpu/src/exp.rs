@@ -116,14 +116,9 @@ impl FastExp for f64 {
 #[inline(always)]
 pub fn fast_exp<T: FastExp>(x: T) -> T {
     let below = x < T::MIN_ARG;
-    // clamped by comparisons that keep NaN (`f32::clamp` would too, but is not generic)
-    let xc = if below {
-        T::MIN_ARG
-    } else if x > T::MAX_ARG {
-        T::MAX_ARG
-    } else {
-        x
-    };
+    // clamped by two selects that keep NaN (`f32::clamp` would too, but is not generic)
+    let xc = if below { T::MIN_ARG } else { x };
+    let xc = if xc > T::MAX_ARG { T::MAX_ARG } else { xc };
     let shifted = xc * T::LOG2E + T::ROUND;
     let k = shifted - T::ROUND;
     let r = (xc - k * T::LN2_HI) - k * T::LN2_LO;

@@ -274,47 +274,71 @@ pub fn spd_solve<T: CpuElem>(
     Ok(parts?.concat())
 }
 
-/// The inverse and `log det` of one SPD matrix from one factorisation.
-fn inverse_logdet_one<T: CpuElem>(
+/// The inverse (written into `x`, `n x n`) and `log det` of one SPD matrix
+/// from one factorisation.
+fn inverse_logdet_into<T: CpuElem>(
     be: &CpuBackend<T>,
     am: &[T],
+    x: &mut [T],
     n: usize,
     bi: usize,
     op: &'static str,
-) -> Result<(Vec<T>, T)> {
+) -> Result<T> {
     let two = T::one() + T::one();
     if n <= SMALL {
         let l = chol_one(be, am, n, bi, op)?;
-        let mut x = vec![T::zero(); n * n];
+        x.fill(T::zero());
         for i in 0..n {
             x[i * n + i] = T::one();
         }
-        chol_solve_small(&l, &mut x, n, n);
-        let logdet = (0..n).map(|i| l[i * n + i].ln()).fold(T::zero(), |s, v| s + v) * two;
-        Ok((x, logdet))
+        chol_solve_small(&l, x, n, n);
+        Ok((0..n).map(|i| l[i * n + i].ln()).fold(T::zero(), |s, v| s + v) * two)
     } else {
         let (l, par) = faer_llt(be, am, n, bi, op)?;
         // faer writes the lower triangle of A^-1 = L^-T L^-1; mirror it.
         let mut inv = Mat::<T>::zeros(n, n);
         let mut mem = MemBuffer::new(llt::inverse::inverse_scratch::<T>(n, par));
         llt::inverse::inverse(inv.as_mut(), l.as_ref(), par, MemStack::new(&mut mem));
-        let mut x = vec![T::zero(); n * n];
         for i in 0..n {
             for j in 0..=i {
                 x[i * n + j] = inv[(i, j)];
                 x[j * n + i] = inv[(i, j)];
             }
         }
-        let logdet = (0..n).map(|i| l[(i, i)].ln()).fold(T::zero(), |s, v| s + v) * two;
-        Ok((x, logdet))
+        Ok((0..n).map(|i| l[(i, i)].ln()).fold(T::zero(), |s, v| s + v) * two)
     }
 }
 
+/// Inverses and log-determinants of a batch of SPD matrices, one
+/// factorisation each, written straight into the two outputs: on rayon's
+/// pool, or on the calling thread below `2^15` multiply-adds (as
+/// [`map_batch`]).
+fn inverse_batch<T: CpuElem>(
+    be: &CpuBackend<T>,
+    a: &[T],
+    batch: usize,
+    n: usize,
+    op: &'static str,
+) -> Result<(Vec<T>, Vec<T>)> {
+    let mut inv = vec![T::zero(); batch * n * n];
+    let mut lds = vec![T::zero(); batch];
+    if n == 0 {
+        return Ok((inv, lds));
+    }
+    let one = |(bi, (x, ld)): (usize, (&mut [T], &mut T))| -> Result<()> {
+        *ld = inverse_logdet_into(be, &a[bi * n * n..(bi + 1) * n * n], x, n, bi, op)?;
+        Ok(())
+    };
+    if batch * n * n * n < 1 << 15 {
+        inv.chunks_exact_mut(n * n).zip(lds.iter_mut()).enumerate().try_for_each(one)?;
+    } else {
+        inv.par_chunks_exact_mut(n * n).zip(lds.par_iter_mut()).enumerate().try_for_each(one)?;
+    }
+    Ok((inv, lds))
+}
+
 pub fn spd_inverse<T: CpuElem>(be: &CpuBackend<T>, a: &[T], batch: usize, n: usize) -> Result<Vec<T>> {
-    let parts: Result<Vec<Vec<T>>> = map_batch(batch, n, |bi| {
-        inverse_logdet_one(be, &a[bi * n * n..(bi + 1) * n * n], n, bi, "spd_inverse").map(|p| p.0)
-    });
-    Ok(parts?.concat())
+    Ok(inverse_batch(be, a, batch, n, "spd_inverse")?.0)
 }
 
 /// Inverses and log-determinants of a batch of SPD matrices, one factorisation each.
@@ -324,12 +348,7 @@ pub fn spd_inverse_logdet<T: CpuElem>(
     batch: usize,
     n: usize,
 ) -> Result<(Vec<T>, Vec<T>)> {
-    let parts: Result<Vec<(Vec<T>, T)>> = map_batch(batch, n, |bi| {
-        inverse_logdet_one(be, &a[bi * n * n..(bi + 1) * n * n], n, bi, "spd_inverse_logdet")
-    });
-    let parts = parts?;
-    let logdets = parts.iter().map(|p| p.1).collect();
-    Ok((parts.into_iter().flat_map(|p| p.0).collect(), logdets))
+    inverse_batch(be, a, batch, n, "spd_inverse_logdet")
 }
 
 pub fn spd_logdet<T: CpuElem>(be: &CpuBackend<T>, a: &[T], batch: usize, n: usize) -> Result<Vec<T>> {

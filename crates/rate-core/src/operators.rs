@@ -64,7 +64,7 @@ pub fn regularised_inverses<B: Kernels>(grams: &Tensor<B>, scales: &[f64]) -> Re
         scales.len()
     );
     let (inv, ld) = spd_inverse_logdet(&grams.add(&diagonal_shift(grams.backend(), scales, d)))?;
-    let ld = ld.to_f64_vec().iter().zip(scales).map(|(l, a)| l + d as f64 * a.ln()).collect();
+    let ld = ld.to_f64_vec().iter().zip(scales).map(|(&l, &a)| regularised_logdet(l, a, d)).collect();
     Ok((inv, ld))
 }
 
@@ -72,7 +72,7 @@ pub fn regularised_inverses<B: Kernels>(grams: &Tensor<B>, scales: &[f64]) -> Re
 pub fn regularised_logdets<B: Kernels>(grams: &Tensor<B>, scales: &[f64]) -> Result<Vec<f64>> {
     let n = grams.dim(-1);
     let ld = grams.add(&diagonal_shift(grams.backend(), scales, n)).spd_logdet()?;
-    Ok(ld.to_f64_vec().iter().zip(scales).map(|(l, a)| l + n as f64 * a.ln()).collect())
+    Ok(ld.to_f64_vec().iter().zip(scales).map(|(&l, &a)| regularised_logdet(l, a, n)).collect())
 }
 
 /// [`regularised_inverses`] per frequency: Hermitian Gram matrices `grams`
@@ -93,19 +93,41 @@ pub fn frequency_regularised_inverses<B: Kernels>(
     let be = grams.re.backend();
     let shift = diagonal_shift(be, scales, c).reshape(&[1, g, c, c]);
     let (inv, ld) = herm_inverse_logdet(&ComplexTensor::new(grams.re.add(&shift), grams.im.clone()))?;
-    let ln_a: Vec<f64> = scales.iter().map(|a| c as f64 * a.ln()).collect();
+    let ln_a: Vec<f64> = scales.iter().map(|&a| regularised_logdet(0.0, a, c)).collect();
     Ok((inv, ld.add(&Tensor::from_f64(be, &ln_a, &[1, g]))))
+}
+
+/// `M_i = G_i + I / a_i` in place, for `g = scales.len()` row-major `n x n`
+/// matrices held on the host (`grams`, `g n^2` values; each scale positive
+/// and finite). The tensor functions above shift the same way; a host
+/// engine factors the result with its own Cholesky and corrects the
+/// log-determinants by [`regularised_logdet`].
+pub fn shift_diagonals(grams: &mut [f64], scales: &[f64], n: usize) {
+    assert_eq!(
+        grams.len(),
+        scales.len() * n * n,
+        "shift_diagonals: {} values for {} scales",
+        grams.len(),
+        scales.len()
+    );
+    for (i, a) in scales.iter().enumerate() {
+        assert!(*a > 0.0 && a.is_finite(), "regularised_inverses: scale {i} is {a}, not positive and finite");
+        for r in 0..n {
+            grams[(i * n + r) * n + r] += 1.0 / a;
+        }
+    }
+}
+
+/// `logdet(I + a G) = logdet M + n ln a`, from the log-determinant of the
+/// shifted `n x n` matrix `M = G + I / a`.
+pub fn regularised_logdet(logdet_shifted: f64, scale: f64, n: usize) -> f64 {
+    logdet_shifted + n as f64 * scale.ln()
 }
 
 /// `[g, n, n]` with `1 / a_i` on the diagonal of matrix `i`.
 fn diagonal_shift<B: Kernels>(be: &B, scales: &[f64], n: usize) -> Tensor<B> {
     let mut shift = vec![0.0; scales.len() * n * n];
-    for (i, a) in scales.iter().enumerate() {
-        assert!(*a > 0.0 && a.is_finite(), "regularised_inverses: scale {i} is {a}, not positive and finite");
-        for r in 0..n {
-            shift[(i * n + r) * n + r] = 1.0 / a;
-        }
-    }
+    shift_diagonals(&mut shift, scales, n);
     Tensor::from_f64(be, &shift, &[scales.len(), n, n])
 }
 

@@ -21,12 +21,13 @@ mod layer;
 mod rows;
 
 use crate::elem::{buf, Buf, CpuElem};
+use crate::linalg;
 use crate::CpuBackend;
 use blocks::{lane_len, Blocks};
 use layer::{BlockOp, Kernel, Scratch};
 use rate_core::kernels::redunet::{class_counts, Record, RedunetRun, RedunetSpec, NORM_FLOOR};
-use rate_core::operators::{rates_from_logdets, regularised_inverses, regularised_logdets, ClassScales};
-use rate_core::{Rates, Result, Tensor};
+use rate_core::operators::{rates_from_logdets, regularised_logdet, shift_diagonals, ClassScales};
+use rate_core::{Rates, Result};
 use rayon::prelude::*;
 
 /// Samples per block.
@@ -41,19 +42,22 @@ struct Factored {
 }
 
 impl Factored {
-    /// From the class Gram matrices `k x d x d` (true labels), through the
-    /// one family of [`rate_core::operators`] on a sequential f64 backend.
-    fn new(host: &CpuBackend<f64>, grams: &[f64], d: usize, scales: &ClassScales) -> Result<Self> {
-        let k = scales.gamma.len();
+    /// From the class Gram matrices `k x d x d` (true labels) and the scales
+    /// `a = [alpha, alpha_1, .., alpha_k]` ([`ClassScales::stacked`]): the
+    /// shift and the log-determinant correction of [`rate_core::operators`]
+    /// around backend-cpu's one Cholesky, on the host (no tensor per layer).
+    fn new(host: &CpuBackend<f64>, grams: &[f64], d: usize, a: &[f64]) -> Result<Self> {
+        let k = a.len() - 1;
         let mut stacked = vec![0.0; (k + 1) * d * d];
         let (total, classes) = stacked.split_at_mut(d * d);
         classes.copy_from_slice(&grams[..k * d * d]);
         for g in grams.chunks_exact(d * d) {
             total.iter_mut().zip(g).for_each(|(t, v)| *t += v);
         }
-        let grams = Tensor::from_slice(host, &stacked, &[k + 1, d, d]);
-        let (w, logdets) = regularised_inverses(&grams, &scales.stacked())?;
-        Ok(Factored { w: w.to_vec(), logdets })
+        shift_diagonals(&mut stacked, a, d);
+        let (w, lds) = linalg::spd_inverse_logdet(host, &stacked, k + 1, d)?;
+        let logdets = lds.iter().zip(a).map(|(&l, &a)| regularised_logdet(l, a, d)).collect();
+        Ok(Factored { w, logdets })
     }
 
     fn rates_true(&self, scales: &ClassScales) -> Rates {
@@ -80,10 +84,12 @@ fn code_rates<T: CpuElem>(
     let by_yhat = ClassScales::new(&class_counts(yhat.iter().map(|&y| y as usize), k), d, eps_sq);
     let grams = blocks.grams_by_label(yhat_slot, k);
     let present: Vec<usize> = (0..k).filter(|&j| by_yhat.alpha_class[j] > 0.0).collect();
-    let chosen: Vec<f64> =
+    let mut chosen: Vec<f64> =
         present.iter().flat_map(|&j| grams[j * d * d..(j + 1) * d * d].iter().copied()).collect();
     let a: Vec<f64> = present.iter().map(|&j| by_yhat.alpha_class[j]).collect();
-    let lds = regularised_logdets(&Tensor::from_slice(host, &chosen, &[present.len(), d, d]), &a)?;
+    shift_diagonals(&mut chosen, &a, d);
+    let lds = linalg::spd_logdet(host, &chosen, present.len(), d)?;
+    let lds = lds.iter().zip(&a).map(|(&l, &a)| regularised_logdet(l, a, d));
     Ok(rates_from_logdets(logdet_total, present.iter().map(|&j| scales.gamma[j]).zip(lds)))
 }
 
@@ -113,7 +119,8 @@ pub(crate) fn build<T: CpuElem>(
     let mut yhat_slot = vec![0u32; blocks.slots()];
     let mut grams = vec![0.0; k * d * d];
     blocks.group_grams(&mut grams, &mut vec![T::zero(); lane_len(d)]);
-    let mut fac = Factored::new(&host, &grams, d, &scales)?;
+    let stacked_scales = scales.stacked();
+    let mut fac = Factored::new(&host, &grams, d, &stacked_scales)?;
 
     let mut run = RedunetRun {
         output: buf(Vec::new()),
@@ -142,7 +149,7 @@ pub(crate) fn build<T: CpuElem>(
         };
         kernel.build_pass(&mut blocks, &mut yhat_slot, &mut grams);
         run.operators.push(buf(w));
-        let next = Factored::new(&host, &grams, d, &scales)?;
+        let next = Factored::new(&host, &grams, d, &stacked_scales)?;
         if record.yhat || want_rates {
             let yhat: Vec<u32> = blocks.slot_of.iter().map(|&s| yhat_slot[s]).collect();
             if want_rates {
