@@ -50,10 +50,3 @@ pub(crate) fn clear_upper_simd_state_everywhere() {
     clear_upper_simd_state();
     rayon::broadcast(|_| clear_upper_simd_state());
 }
-
-/// After a Cholesky-based routine: faer ran (on any thread) only above the plain-loop size.
-pub(crate) fn clear_after_factorisation(n: usize) {
-    if n > crate::linalg::SMALL {
-        clear_upper_simd_state_everywhere();
-    }
-}

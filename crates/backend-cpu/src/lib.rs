@@ -47,7 +47,7 @@ pub use host::keep_freed_memory;
 pub use pool::{recycle_buffers, HostVec};
 
 use elem::buf;
-use host::clear_after_factorisation;
+use linalg::clear_after_factorisation;
 use rate_core::kernels::{InvariantProductsSpec, InvariantStepSpec, Record, RedunetRun, RedunetSpec};
 use rate_core::{
     AttentionSpec, AxisView, Backend, BinaryOp, DenseAttentionSpec, FftNorm, Kernels, MatmulSpec, ReduceOp,
@@ -212,6 +212,23 @@ impl<T: CpuElem> Backend for CpuBackend<T> {
         hermitian::herm_logdet(re, im, batch, n).map(buf)
     }
 
+    fn spd_inverse_logdet(&self, a: &Buf<T>, batch: usize, n: usize) -> Result<(Buf<T>, Buf<T>)> {
+        let out = linalg::spd_inverse_logdet(self, a, batch, n).map(|(i, l)| (buf(i), buf(l)));
+        clear_after_factorisation(n);
+        out
+    }
+
+    fn herm_inverse_logdet(
+        &self,
+        re: &Buf<T>,
+        im: &Buf<T>,
+        batch: usize,
+        n: usize,
+    ) -> Result<(Buf<T>, Buf<T>, Buf<T>)> {
+        hermitian::herm_inverse_logdet(re, im, batch, n, "herm_inverse_logdet")
+            .map(|(r, i, l)| (buf(r), buf(i), buf(l)))
+    }
+
     fn herm_solve(
         &self,
         a: (&Buf<T>, &Buf<T>),
@@ -329,23 +346,6 @@ impl<T: CpuElem> Kernels for CpuBackend<T> {
 
     fn invariant_products(&self, v: &Buf<T>, packed: &Buf<T>, spec: InvariantProductsSpec) -> Buf<T> {
         buf(invariant_step::invariant_products(v, packed, spec))
-    }
-
-    fn spd_inverse_logdet(&self, a: &Buf<T>, batch: usize, n: usize) -> Result<(Buf<T>, Buf<T>)> {
-        let out = linalg::spd_inverse_logdet(self, a, batch, n).map(|(i, l)| (buf(i), buf(l)));
-        clear_after_factorisation(n);
-        out
-    }
-
-    fn herm_inverse_logdet(
-        &self,
-        re: &Buf<T>,
-        im: &Buf<T>,
-        batch: usize,
-        n: usize,
-    ) -> Result<(Buf<T>, Buf<T>, Buf<T>)> {
-        hermitian::herm_inverse_logdet(re, im, batch, n, "herm_inverse_logdet")
-            .map(|(r, i, l)| (buf(r), buf(i), buf(l)))
     }
 
     fn redunet_build(

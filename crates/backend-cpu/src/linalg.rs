@@ -31,6 +31,13 @@ fn map_batch<R: Send, C: FromIterator<R> + FromParallelIterator<R>>(
 /// Largest order factored by the plain loop instead of faer.
 pub const SMALL: usize = 64;
 
+/// After a Cholesky-based routine: faer ran (on any thread) only above the plain-loop size.
+pub(crate) fn clear_after_factorisation(n: usize) {
+    if n > SMALL {
+        clear_upper_simd_state_everywhere();
+    }
+}
+
 /// The product of `Backend::matmul`: batches by the blocked kernel, one
 /// large product by the blocked kernel or faer across the pool, anything else
 /// on the calling thread.

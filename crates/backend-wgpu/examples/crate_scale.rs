@@ -121,6 +121,9 @@ impl Backend for Timed {
     fn spd_logdet(&self, a: &WgpuBuffer, batch: usize, n: usize) -> Result<WgpuBuffer> {
         self.time(|| "spd_logdet".into(), || self.g.spd_logdet(a, batch, n))
     }
+    fn spd_inverse_logdet(&self, a: &WgpuBuffer, batch: usize, n: usize) -> Result<(WgpuBuffer, WgpuBuffer)> {
+        self.time(|| "spd_inverse_logdet".into(), || self.g.spd_inverse_logdet(a, batch, n))
+    }
     fn sym_eigen(&self, a: &WgpuBuffer, batch: usize, n: usize) -> Result<(WgpuBuffer, WgpuBuffer)> {
         self.time(|| "sym_eigen".into(), || self.g.sym_eigen(a, batch, n))
     }
@@ -135,6 +138,15 @@ impl Backend for Timed {
     }
     fn herm_logdet(&self, re: &WgpuBuffer, im: &WgpuBuffer, batch: usize, n: usize) -> Result<WgpuBuffer> {
         self.time(|| "herm_logdet".into(), || self.g.herm_logdet(re, im, batch, n))
+    }
+    fn herm_inverse_logdet(
+        &self,
+        re: &WgpuBuffer,
+        im: &WgpuBuffer,
+        batch: usize,
+        n: usize,
+    ) -> Result<(WgpuBuffer, WgpuBuffer, WgpuBuffer)> {
+        self.time(|| "herm_inverse_logdet".into(), || self.g.herm_inverse_logdet(re, im, batch, n))
     }
     fn herm_solve(
         &self,

@@ -160,6 +160,11 @@ impl Backend for WgpuBackend {
         linalg::spd_logdet(&self.ctx, a, batch, n)
     }
 
+    /// The two shaders `spd_inverse` and `spd_logdet` (two factorisations).
+    fn spd_inverse_logdet(&self, a: &Buf, batch: usize, n: usize) -> Result<(Buf, Buf)> {
+        Ok((self.spd_inverse(a, batch, n)?, self.spd_logdet(a, batch, n)?))
+    }
+
     /// Runs on the host: downloads, cyclic Jacobi in f64, uploads.
     fn sym_eigen(&self, a: &Buf, batch: usize, n: usize) -> Result<(Buf, Buf)> {
         linalg::sym_eigen(&self.ctx, a, batch, n)
@@ -171,6 +176,12 @@ impl Backend for WgpuBackend {
 
     fn herm_logdet(&self, re: &Buf, im: &Buf, batch: usize, n: usize) -> Result<Buf> {
         linalg::herm_logdet(&self.ctx, re, im, batch, n)
+    }
+
+    /// The two shaders `herm_inverse` and `herm_logdet` (two factorisations).
+    fn herm_inverse_logdet(&self, re: &Buf, im: &Buf, batch: usize, n: usize) -> Result<(Buf, Buf, Buf)> {
+        let (ir, ii) = self.herm_inverse(re, im, batch, n)?;
+        Ok((ir, ii, self.herm_logdet(re, im, batch, n)?))
     }
 
     fn herm_solve(

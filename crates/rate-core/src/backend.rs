@@ -263,6 +263,17 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn spd_inverse(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer>;
     /// `log det A` of `batch` SPD `n x n` matrices, by Cholesky.
     fn spd_logdet(&self, a: &Self::Buffer, batch: usize, n: usize) -> Result<Self::Buffer>;
+    /// Inverses and `log det` of `batch` SPD `n x n` matrices from one
+    /// Cholesky factorisation each (`A = L L^T`: `log det A = 2 sum_i ln L_ii`,
+    /// `A^-1 = L^-T L^-1`): `(inverses, logdets)`. The operators and rates of
+    /// 4.1.3-4.1.4 come from it; a backend without a shared factorisation
+    /// may return `spd_inverse` and `spd_logdet`.
+    fn spd_inverse_logdet(
+        &self,
+        a: &Self::Buffer,
+        batch: usize,
+        n: usize,
+    ) -> Result<(Self::Buffer, Self::Buffer)>;
     /// Eigen-decomposition of `batch` symmetric `n x n` matrices: eigenvalues
     /// in decreasing order (`batch x n`) and eigenvectors as columns
     /// (`batch x n x n`, column `i` belongs to eigenvalue `i`).
@@ -285,6 +296,16 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         batch: usize,
         n: usize,
     ) -> Result<Self::Buffer>;
+    /// Inverses and (real) `log det` of `batch` Hermitian positive definite
+    /// `n x n` matrices from one factorisation each: `(re, im, logdet)`
+    /// (the per-frequency operators and rates of 4.1.20-4.1.22).
+    fn herm_inverse_logdet(
+        &self,
+        re: &Self::Buffer,
+        im: &Self::Buffer,
+        batch: usize,
+        n: usize,
+    ) -> Result<(Self::Buffer, Self::Buffer, Self::Buffer)>;
     /// Solves `A X = B` for `batch` Hermitian positive definite `A` (`n x n`)
     /// and complex `B` (`n x nrhs`).
     fn herm_solve(

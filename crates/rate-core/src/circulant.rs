@@ -14,7 +14,7 @@
 //! only the `T/2 + 1` non-negative frequencies are built; sums over all
 //! frequencies weight the others twice ([`half_spectrum_weights`]).
 
-use crate::kernels::Kernels;
+use crate::backend::Backend;
 use crate::operators::frequency_regularised_inverses;
 use crate::rate::{check_eps_sq, check_labels};
 use crate::{ComplexTensor, Error, FftNorm, Result, Tensor};
@@ -25,7 +25,7 @@ pub fn half_spectrum_weights(t: usize) -> Vec<f64> {
     (0..f).map(|k| if k == 0 || (t % 2 == 0 && k == t / 2) { 1.0 } else { 2.0 }).collect()
 }
 
-fn check_signals<B: Kernels>(v: &Tensor<B>, eps_sq: f64, op: &'static str) -> Result<(usize, usize, usize)> {
+fn check_signals<B: Backend>(v: &Tensor<B>, eps_sq: f64, op: &'static str) -> Result<(usize, usize, usize)> {
     if v.rank() != 3 || v.numel() == 0 {
         return Err(Error::InvalidShape {
             op,
@@ -40,26 +40,26 @@ fn check_signals<B: Kernels>(v: &Tensor<B>, eps_sq: f64, op: &'static str) -> Re
 
 /// Half spectrum of real signals `m x C x T`, laid out per frequency:
 /// `F x m x C` with `F = T/2 + 1` (unitary DFT).
-pub fn spectra<B: Kernels>(v: &Tensor<B>) -> ComplexTensor<B> {
+pub fn spectra<B: Backend>(v: &Tensor<B>) -> ComplexTensor<B> {
     v.rfft(2, FftNorm::Ortho).permute(&[2, 0, 1])
 }
 
 /// Per-frequency covariances `S(t) = V(t)^T conj(V(t))` (`F x C x C`) of
 /// spectra laid out `F x m x C`.
-pub fn frequency_covariances<B: Kernels>(vf: &ComplexTensor<B>) -> ComplexTensor<B> {
+pub fn frequency_covariances<B: Backend>(vf: &ComplexTensor<B>) -> ComplexTensor<B> {
     // V^H V = conj(S)
     vf.matmul_h(vf, true, false).conj()
 }
 
 /// `sum_t w_t logdet(I + a S(t))` over the stored frequencies.
-fn weighted_logdet<B: Kernels>(s: &ComplexTensor<B>, a: f64, t: usize) -> Result<f64> {
+fn weighted_logdet<B: Backend>(s: &ComplexTensor<B>, a: f64, t: usize) -> Result<f64> {
     let (f, c) = (s.shape()[0], s.shape()[1]);
     let (_, ld) = frequency_regularised_inverses(&s.reshape(&[f, 1, c, c]), &[a])?;
     Ok(ld.to_f64_vec().iter().zip(half_spectrum_weights(t)).map(|(l, w)| l * w).sum())
 }
 
 /// Shift-invariant coding rate `1/(2T) sum_t logdet(I + C/(m eps^2) S(t))` of `m x C x T` signals.
-pub fn circulant_coding_rate<B: Kernels>(v: &Tensor<B>, eps_sq: f64) -> Result<f64> {
+pub fn circulant_coding_rate<B: Backend>(v: &Tensor<B>, eps_sq: f64) -> Result<f64> {
     let (m, c, t) = check_signals(v, eps_sq, "circulant_coding_rate")?;
     let s = frequency_covariances(&spectra(v));
     let a = c as f64 / (m as f64 * eps_sq);
@@ -75,7 +75,7 @@ fn class_index(labels: &[usize], classes: usize) -> Vec<Vec<usize>> {
 }
 
 /// Shift-invariant compression `sum_j (m_j/m) 1/(2T) sum_t logdet(I + C/(m_j eps^2) S_j(t))`.
-pub fn circulant_compression_rate<B: Kernels>(
+pub fn circulant_compression_rate<B: Backend>(
     v: &Tensor<B>,
     labels: &[usize],
     classes: usize,
@@ -100,20 +100,20 @@ pub fn circulant_compression_rate<B: Kernels>(
 }
 
 /// `a (I + a S(t))^-1` for every stored frequency, `F x C x C`.
-pub fn regularised_inverses<B: Kernels>(s: &ComplexTensor<B>, a: f64) -> Result<ComplexTensor<B>> {
+pub fn regularised_inverses<B: Backend>(s: &ComplexTensor<B>, a: f64) -> Result<ComplexTensor<B>> {
     let (f, c) = (s.shape()[0], s.shape()[1]);
     let (inv, _) = frequency_regularised_inverses(&s.reshape(&[f, 1, c, c]), &[a])?;
     Ok(inv.reshape(&[f, c, c]))
 }
 
 /// Per-frequency expansion operators `E(t) = alpha (I + alpha S(t))^-1`, `F x C x C`.
-pub fn circulant_expansion_operators<B: Kernels>(v: &Tensor<B>, eps_sq: f64) -> Result<ComplexTensor<B>> {
+pub fn circulant_expansion_operators<B: Backend>(v: &Tensor<B>, eps_sq: f64) -> Result<ComplexTensor<B>> {
     let (m, c, _) = check_signals(v, eps_sq, "circulant_expansion_operators")?;
     regularised_inverses(&frequency_covariances(&spectra(v)), c as f64 / (m as f64 * eps_sq))
 }
 
 /// Per-frequency compression operators `C^j(t)`, `k x F x C x C` (zero for an empty class).
-pub fn circulant_compression_operators<B: Kernels>(
+pub fn circulant_compression_operators<B: Backend>(
     v: &Tensor<B>,
     labels: &[usize],
     classes: usize,

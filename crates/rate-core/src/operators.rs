@@ -10,13 +10,13 @@
 //! ```
 //!
 //! so one Cholesky factorisation of `M` gives the operator and the
-//! log-determinant together ([`crate::kernels::spd_inverse_logdet`],
-//! [`crate::kernels::herm_inverse_logdet`]). The scales follow the reference
+//! log-determinant together ([`Tensor::spd_inverse_logdet`],
+//! [`ComplexTensor::herm_inverse_logdet`]). The scales follow the reference
 //! code: `alpha = w / (m eps^2)`, `alpha_j = w / (m_j eps^2)`,
 //! `gamma_j = m_j / m`, with `w` the feature dimension `d` (vector ReduNet) or
 //! the channel count `C` (invariant ReduNet), and `eps^2` the reference code's `eps`.
 
-use crate::kernels::{herm_inverse_logdet, spd_inverse_logdet, Kernels};
+use crate::backend::Backend;
 use crate::{ComplexTensor, Rates, Result, Tensor};
 
 /// The constants of one set of operators: `alpha`, `alpha_j` and `gamma_j`
@@ -55,7 +55,7 @@ impl ClassScales {
 /// `a_i (I + a_i G_i)^-1` (`[g, d, d]`) and `logdet(I + a_i G_i)` (`g`
 /// values) for Gram matrices `grams` (`[g, d, d]`, symmetric positive
 /// semi-definite) and scales `scales` (`g` values, each positive).
-pub fn regularised_inverses<B: Kernels>(grams: &Tensor<B>, scales: &[f64]) -> Result<(Tensor<B>, Vec<f64>)> {
+pub fn regularised_inverses<B: Backend>(grams: &Tensor<B>, scales: &[f64]) -> Result<(Tensor<B>, Vec<f64>)> {
     let (g, d) = (grams.dim(0), grams.dim(-1));
     assert!(
         grams.rank() == 3 && grams.dim(1) == d && scales.len() == g,
@@ -63,13 +63,13 @@ pub fn regularised_inverses<B: Kernels>(grams: &Tensor<B>, scales: &[f64]) -> Re
         grams.shape(),
         scales.len()
     );
-    let (inv, ld) = spd_inverse_logdet(&grams.add(&diagonal_shift(grams.backend(), scales, d)))?;
+    let (inv, ld) = grams.add(&diagonal_shift(grams.backend(), scales, d)).spd_inverse_logdet()?;
     let ld = ld.to_f64_vec().iter().zip(scales).map(|(&l, &a)| regularised_logdet(l, a, d)).collect();
     Ok((inv, ld))
 }
 
 /// `logdet(I + a_i G_i)` alone (`g` values), for Gram matrices `[g, n, n]`.
-pub fn regularised_logdets<B: Kernels>(grams: &Tensor<B>, scales: &[f64]) -> Result<Vec<f64>> {
+pub fn regularised_logdets<B: Backend>(grams: &Tensor<B>, scales: &[f64]) -> Result<Vec<f64>> {
     let n = grams.dim(-1);
     let ld = grams.add(&diagonal_shift(grams.backend(), scales, n)).spd_logdet()?;
     Ok(ld.to_f64_vec().iter().zip(scales).map(|(&l, &a)| regularised_logdet(l, a, n)).collect())
@@ -79,7 +79,7 @@ pub fn regularised_logdets<B: Kernels>(grams: &Tensor<B>, scales: &[f64]) -> Res
 /// (`[F, g, C, C]`, `g` groups at each of `F` frequencies) and one scale per
 /// group; returns the operators (`[F, g, C, C]`) and `logdet(I + a_g S_g(t))`
 /// (`[F, g]`).
-pub fn frequency_regularised_inverses<B: Kernels>(
+pub fn frequency_regularised_inverses<B: Backend>(
     grams: &ComplexTensor<B>,
     scales: &[f64],
 ) -> Result<(ComplexTensor<B>, Tensor<B>)> {
@@ -92,7 +92,7 @@ pub fn frequency_regularised_inverses<B: Kernels>(
     let (g, c) = (s[1], s[2]);
     let be = grams.re.backend();
     let shift = diagonal_shift(be, scales, c).reshape(&[1, g, c, c]);
-    let (inv, ld) = herm_inverse_logdet(&ComplexTensor::new(grams.re.add(&shift), grams.im.clone()))?;
+    let (inv, ld) = ComplexTensor::new(grams.re.add(&shift), grams.im.clone()).herm_inverse_logdet()?;
     let ln_a: Vec<f64> = scales.iter().map(|&a| regularised_logdet(0.0, a, c)).collect();
     Ok((inv, ld.add(&Tensor::from_f64(be, &ln_a, &[1, g]))))
 }
@@ -125,7 +125,7 @@ pub fn regularised_logdet(logdet_shifted: f64, scale: f64, n: usize) -> f64 {
 }
 
 /// `[g, n, n]` with `1 / a_i` on the diagonal of matrix `i`.
-fn diagonal_shift<B: Kernels>(be: &B, scales: &[f64], n: usize) -> Tensor<B> {
+fn diagonal_shift<B: Backend>(be: &B, scales: &[f64], n: usize) -> Tensor<B> {
     let mut shift = vec![0.0; scales.len() * n * n];
     shift_diagonals(&mut shift, scales, n);
     Tensor::from_f64(be, &shift, &[scales.len(), n, n])

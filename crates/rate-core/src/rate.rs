@@ -15,13 +15,13 @@
 //! log-determinant and Woodbury's for the inverse,
 //! `(I + a Z^T Z)^-1 = I - a Z^T (I + a Z Z^T)^-1 Z`.
 
-use crate::kernels::Kernels;
+use crate::backend::Backend;
 use crate::operators::{regularised_inverses, regularised_logdets};
 use crate::{Error, Result, Tensor};
 
 /// How samples are assigned to classes.
 #[derive(Clone, Debug)]
-pub enum Membership<'a, B: Kernels> {
+pub enum Membership<'a, B: Backend> {
     /// Hard labels `0..classes`, one per sample.
     Hard {
         /// Label of each sample.
@@ -34,7 +34,7 @@ pub enum Membership<'a, B: Kernels> {
     Soft(&'a Tensor<B>),
 }
 
-impl<B: Kernels> Membership<'_, B> {
+impl<B: Backend> Membership<'_, B> {
     /// Number of classes.
     pub fn classes(&self) -> usize {
         match self {
@@ -72,14 +72,14 @@ impl<B: Kernels> Membership<'_, B> {
 }
 
 /// One class's share of the data: the weighted samples `sqrt(Pi_j) Z` and `tr(Pi_j)`.
-struct ClassPart<B: Kernels> {
+struct ClassPart<B: Backend> {
     /// Rows scaled by `sqrt(pi_ij)` (hard: the class's rows).
     zw: Tensor<B>,
     /// `tr(Pi_j)`, the (soft) class size.
     size: f64,
 }
 
-fn class_parts<B: Kernels>(z: &Tensor<B>, pi: &Membership<'_, B>) -> Vec<ClassPart<B>> {
+fn class_parts<B: Backend>(z: &Tensor<B>, pi: &Membership<'_, B>) -> Vec<ClassPart<B>> {
     match pi {
         Membership::Hard { labels, classes } => (0..*classes)
             .map(|j| {
@@ -138,7 +138,7 @@ pub(crate) fn check_labels(labels: &[usize], m: usize, classes: usize, op: &'sta
     Ok(())
 }
 
-fn check_z<B: Kernels>(z: &Tensor<B>, eps_sq: f64, op: &'static str) -> Result<(usize, usize)> {
+fn check_z<B: Backend>(z: &Tensor<B>, eps_sq: f64, op: &'static str) -> Result<(usize, usize)> {
     if z.rank() != 2 || z.dim(0) == 0 || z.dim(1) == 0 {
         return Err(Error::InvalidShape {
             op,
@@ -153,7 +153,7 @@ fn check_z<B: Kernels>(z: &Tensor<B>, eps_sq: f64, op: &'static str) -> Result<(
 
 /// `logdet(I + a W^T W)` for `W` of shape `n x d`, through the smaller of the
 /// `d x d` and `n x n` Gram matrices (Sylvester's determinant identity).
-pub fn logdet_i_plus_gram<B: Kernels>(w: &Tensor<B>, a: f64) -> Result<f64> {
+pub fn logdet_i_plus_gram<B: Backend>(w: &Tensor<B>, a: f64) -> Result<f64> {
     let (n, d) = (w.dim(0), w.dim(1));
     if n == 0 {
         return Ok(0.0);
@@ -165,7 +165,7 @@ pub fn logdet_i_plus_gram<B: Kernels>(w: &Tensor<B>, a: f64) -> Result<f64> {
 
 /// `a (I + a W^T W)^-1` (`d x d`) for `W` of shape `n x d`: directly when
 /// `n >= d`, by Woodbury through an `n x n` solve when `n < d`.
-pub fn scaled_regularised_inverse<B: Kernels>(w: &Tensor<B>, a: f64) -> Result<Tensor<B>> {
+pub fn scaled_regularised_inverse<B: Backend>(w: &Tensor<B>, a: f64) -> Result<Tensor<B>> {
     let (n, d) = (w.dim(0), w.dim(1));
     if n >= d {
         let gram = w.matmul_t(w, true, false).reshape(&[1, d, d]);
@@ -183,7 +183,7 @@ pub fn scaled_regularised_inverse<B: Kernels>(w: &Tensor<B>, a: f64) -> Result<T
 }
 
 /// Coding rate `R(Z, eps) = 1/2 logdet(I + d/(m eps^2) Z^T Z)` (4.2.2), in nats.
-pub fn coding_rate<B: Kernels>(z: &Tensor<B>, eps_sq: f64) -> Result<f64> {
+pub fn coding_rate<B: Backend>(z: &Tensor<B>, eps_sq: f64) -> Result<f64> {
     let (m, d) = check_z(z, eps_sq, "coding_rate")?;
     let alpha = d as f64 / (m as f64 * eps_sq);
     Ok(0.5 * logdet_i_plus_gram(z, alpha)?)
@@ -191,7 +191,7 @@ pub fn coding_rate<B: Kernels>(z: &Tensor<B>, eps_sq: f64) -> Result<f64> {
 
 /// Compression `R_c(Z, Pi, eps) = sum_j tr(Pi_j)/(2m) logdet(I + d/(tr(Pi_j) eps^2) Z^T Pi_j Z)`
 /// (second term of 4.1.1). Empty classes contribute nothing.
-pub fn compression_rate<B: Kernels>(z: &Tensor<B>, pi: &Membership<'_, B>, eps_sq: f64) -> Result<f64> {
+pub fn compression_rate<B: Backend>(z: &Tensor<B>, pi: &Membership<'_, B>, eps_sq: f64) -> Result<f64> {
     let (m, d) = check_z(z, eps_sq, "compression_rate")?;
     pi.check(m, "compression_rate")?;
     let mut rc = 0.0;
@@ -217,14 +217,14 @@ pub struct Rates {
 }
 
 /// Rate reduction `ΔR = R - R_c` (4.1.1) with its two terms.
-pub fn rate_reduction<B: Kernels>(z: &Tensor<B>, pi: &Membership<'_, B>, eps_sq: f64) -> Result<Rates> {
+pub fn rate_reduction<B: Backend>(z: &Tensor<B>, pi: &Membership<'_, B>, eps_sq: f64) -> Result<Rates> {
     let r = coding_rate(z, eps_sq)?;
     let rc = compression_rate(z, pi, eps_sq)?;
     Ok(Rates { r, rc, delta_r: r - rc })
 }
 
 /// Expansion operator `E = alpha (I + alpha Z^T Z)^-1` (4.1.3), `d x d`.
-pub fn expansion_operator<B: Kernels>(z: &Tensor<B>, eps_sq: f64) -> Result<Tensor<B>> {
+pub fn expansion_operator<B: Backend>(z: &Tensor<B>, eps_sq: f64) -> Result<Tensor<B>> {
     let (m, d) = check_z(z, eps_sq, "expansion_operator")?;
     scaled_regularised_inverse(z, d as f64 / (m as f64 * eps_sq))
 }
@@ -232,7 +232,7 @@ pub fn expansion_operator<B: Kernels>(z: &Tensor<B>, eps_sq: f64) -> Result<Tens
 /// Compression operators `C^j = alpha_j (I + alpha_j Z^T Pi_j Z)^-1` (4.1.4),
 /// stacked `k x d x d`, and the class weights `gamma_j = tr(Pi_j)/m`.
 /// An empty class gets `C^j = 0` and `gamma_j = 0`.
-pub fn compression_operators<B: Kernels>(
+pub fn compression_operators<B: Backend>(
     z: &Tensor<B>,
     pi: &Membership<'_, B>,
     eps_sq: f64,
@@ -256,13 +256,13 @@ pub fn compression_operators<B: Kernels>(
 }
 
 /// Gradient of `R` with respect to `Z` (4.1.3): `Z E`, `m x d`.
-pub fn coding_rate_grad<B: Kernels>(z: &Tensor<B>, eps_sq: f64) -> Result<Tensor<B>> {
+pub fn coding_rate_grad<B: Backend>(z: &Tensor<B>, eps_sq: f64) -> Result<Tensor<B>> {
     Ok(z.matmul(&expansion_operator(z, eps_sq)?))
 }
 
 /// Gradient of `R_c` with respect to `Z`, memberships held fixed (4.1.4):
 /// `sum_j gamma_j Pi_j Z C^j`, `m x d`.
-pub fn compression_rate_grad<B: Kernels>(
+pub fn compression_rate_grad<B: Backend>(
     z: &Tensor<B>,
     pi: &Membership<'_, B>,
     eps_sq: f64,
@@ -290,7 +290,7 @@ pub fn compression_rate_grad<B: Kernels>(
 }
 
 /// Gradient of `ΔR = R - R_c` with respect to `Z` (4.1.5), memberships fixed.
-pub fn rate_reduction_grad<B: Kernels>(
+pub fn rate_reduction_grad<B: Backend>(
     z: &Tensor<B>,
     pi: &Membership<'_, B>,
     eps_sq: f64,

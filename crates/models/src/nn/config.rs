@@ -204,6 +204,14 @@ pub trait ModelConfig: Clone + Debug + PartialEq + Send + Sync {
     }
 }
 
+/// Whether MSSA of `heads` heads of `dim_head` on `dim`-dimensional tokens
+/// has its output Linear, as the reference code decides it:
+/// `not (heads == 1 and dim_head == dim)` (configurations count its
+/// parameters; `Mssa::new` builds it).
+pub fn has_to_out(dim: usize, heads: usize, dim_head: usize) -> bool {
+    !(heads == 1 && dim_head == dim)
+}
+
 /// The settings a pre-norm layer reads from its model's configuration.
 pub trait PreNormConfig: ModelConfig {
     /// ISTA step size `eta`.

@@ -1,6 +1,6 @@
 //! The configuration of CRATE (4.2.20 as the reference `CRATE(...)` builds it): presets of Table 4.1 and the small benchmark sizes, validation, safetensors metadata, and the configuration of a checkpoint inferred from its tensors.
 
-use super::config::{Meta, ModelConfig, PreNormConfig, VisionConfig};
+use super::config::{has_to_out, Meta, ModelConfig, PreNormConfig, VisionConfig};
 use super::head::Pool;
 use super::layernorm::LAYERNORM_EPS;
 use crate::io::TensorFile;
@@ -140,7 +140,7 @@ impl CrateConfig {
         let v = &self.vision;
         let (d, pd, inner) = (v.dim, self.patch_dim(), v.heads * self.head_dim());
         let embed = 2 * pd + pd * d + d + 2 * d;
-        let to_out = if super::mssa::has_to_out(d, v.heads, self.head_dim()) { inner * d + d } else { 0 };
+        let to_out = if has_to_out(d, v.heads, self.head_dim()) { inner * d + d } else { 0 };
         let layer = 2 * d + d * inner + to_out + 2 * d + d * d;
         let head = 2 * d + d * v.num_classes + v.num_classes;
         embed + self.tokens() * d + d + v.depth * layer + head

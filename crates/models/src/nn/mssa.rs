@@ -26,6 +26,7 @@
 //! term landing on the query rows), then `dU = c dW'^T x`, `dWo = d(Wo/c) / c`.
 
 use super::classifier::Block;
+pub use super::config::has_to_out;
 use super::crate_config::CrateConfig;
 use super::flash::{self, TiledCache};
 use super::measure::LayerMeasurement;
@@ -229,11 +230,6 @@ impl<B: Kernels> MssaCache<B> {
     pub fn head_tokens(&self) -> Tensor<B> {
         split_heads(&self.proj, self.heads)
     }
-}
-
-/// Whether the reference code adds the output Linear: `not (heads == 1 and dim_head == dim)`.
-pub fn has_to_out(dim: usize, heads: usize, dim_head: usize) -> bool {
-    !(heads == 1 && dim_head == dim)
 }
 
 impl<B: Kernels> Module<B> for Mssa<B> {

@@ -7,7 +7,7 @@ use super::invariant::{self, InvariantProductsSpec};
 use super::layer_norm::{row_stats_shape, rows_of};
 use super::redunet::{Record, RedunetRun, RedunetSpec};
 use super::token_stats::{self, TokenStats};
-use crate::tensor::{ComplexTensor, Tensor};
+use crate::tensor::Tensor;
 use crate::Result;
 
 // ---- rows ----
@@ -243,30 +243,6 @@ pub fn invariant_products<B: Kernels>(v: &Tensor<B>, packed: &Tensor<B>) -> Tens
     let be = v.backend();
     let spec = InvariantProductsSpec { freqs: f, n, ops: g, channels: c };
     Tensor::from_buffer(be, be.invariant_products(v.buffer(), packed.buffer(), spec), &[f, n, 2 * g * c])
-}
-
-// ---- shared factorisations ----
-
-/// Inverses and log-determinants of SPD matrices `[.., n, n]` from one
-/// factorisation where the backend shares it; the log-determinants have the batch shape.
-pub fn spd_inverse_logdet<B: Kernels>(a: &Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
-    let (b, n) = a.square_batch("spd_inverse_logdet");
-    let be = a.backend();
-    let (inv, ld) = be.spd_inverse_logdet(a.buffer(), b, n)?;
-    Ok((Tensor::from_buffer(be, inv, a.shape()), Tensor::from_buffer(be, ld, &a.shape()[..a.rank() - 2])))
-}
-
-/// Inverses and (real) log-determinants of Hermitian positive definite
-/// matrices `[.., n, n]` from one factorisation where the backend shares it.
-pub fn herm_inverse_logdet<B: Kernels>(a: &ComplexTensor<B>) -> Result<(ComplexTensor<B>, Tensor<B>)> {
-    let (b, n) = a.square_batch("herm_inverse_logdet");
-    let be = a.re.backend();
-    let (re, im, ld) = be.herm_inverse_logdet(a.re.buffer(), a.im.buffer(), b, n)?;
-    let s = a.shape();
-    Ok((
-        ComplexTensor::new(Tensor::from_buffer(be, re, s), Tensor::from_buffer(be, im, s)),
-        Tensor::from_buffer(be, ld, &s[..s.len() - 2]),
-    ))
 }
 
 // ---- ReduNet ----

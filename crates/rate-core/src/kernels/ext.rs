@@ -10,14 +10,13 @@
 
 use super::attention_dense::{self, DenseAttentionSpec};
 use super::attention_tiled::{self, AttentionSpec};
-use super::factor::{herm_inverse_logdet_reference, spd_inverse_logdet_reference};
 use super::invariant::{self, InvariantProductsSpec, InvariantStepSpec};
 use super::layer_norm::{layer_norm_backward_reference, layer_norm_reference, softmax_backward_reference};
 use super::redunet::{build_reference, transform_reference, Record, RedunetRun, RedunetSpec};
 use super::scan::cumsum_by_doubling;
 use super::token_stats::{token_stats_reference, TokenStats, TokenStatsSpec};
 use crate::backend::{AxisView, Backend, MatmulSpec};
-use crate::tensor::{ComplexTensor, Tensor};
+use crate::tensor::Tensor;
 use crate::Result;
 
 /// Fused kernels on top of the [`Backend`] primitives, with reference bodies.
@@ -229,33 +228,6 @@ pub trait Kernels: Backend {
             b_batched: true,
         };
         self.matmul(v, &w, s)
-    }
-
-    // ---- factorisations shared by an inverse and a log-determinant (kernels/factor.rs) ----
-
-    /// Inverses and `log det` of `batch` SPD `n x n` matrices: `(inverses, logdets)`.
-    fn spd_inverse_logdet(
-        &self,
-        a: &Self::Buffer,
-        batch: usize,
-        n: usize,
-    ) -> Result<(Self::Buffer, Self::Buffer)> {
-        let (inv, ld) = spd_inverse_logdet_reference(&Tensor::from_buffer(self, a.clone(), &[batch, n, n]))?;
-        Ok((inv.buffer().clone(), ld.buffer().clone()))
-    }
-
-    /// Inverses and (real) `log det` of `batch` Hermitian positive definite
-    /// `n x n` matrices given as real and imaginary planes: `(re, im, logdet)`.
-    fn herm_inverse_logdet(
-        &self,
-        re: &Self::Buffer,
-        im: &Self::Buffer,
-        batch: usize,
-        n: usize,
-    ) -> Result<(Self::Buffer, Self::Buffer, Self::Buffer)> {
-        let t = |b: &Self::Buffer| Tensor::from_buffer(self, b.clone(), &[batch, n, n]);
-        let (inv, ld) = herm_inverse_logdet_reference(&ComplexTensor::new(t(re), t(im)))?;
-        Ok((inv.re.buffer().clone(), inv.im.buffer().clone(), ld.buffer().clone()))
     }
 
     // ---- ReduNet built forward and applied (kernels/redunet.rs) ----

@@ -8,13 +8,14 @@
 //! | `attention_dense.rs` | `attention_dense`, `attention_dense_backward` | the same, dense, heads interleaved |
 //! | `token_stats.rs` | `token_stats` | TSSA memberships and second moments (4.3.14-4.3.15) |
 //! | `invariant.rs` | `invariant_step`, `real_operand`, `invariant_products` | invariant ReduNet layer per frequency (4.1.27) |
-//! | `factor.rs` | `spd_inverse_logdet`, `herm_inverse_logdet` | operators and rates from one Cholesky (4.1.3-4.1.4, 4.1.20-4.1.22) |
 //! | `redunet.rs` | `redunet_build`, `redunet_transform` | ReduNet built forward and applied (4.1.11-4.1.13, Algorithm 4.1) |
 //!
 //! `ext.rs` holds the trait (every method has its reference body) and
 //! `entry.rs` the shape-checked entry points over tensors, re-exported here.
-//! The family files depend only on the primitives (`Backend`, `Tensor`), so
-//! the modules form no import circle: `entry` -> `ext` -> families -> tensor -> backend.
+//! The family files depend only on the primitives (`Backend`, `Tensor`, and
+//! `operators`/`rate` for ReduNet's engine, which run on primitives too), so
+//! the modules form no import circle: `entry` -> `ext` -> families ->
+//! (`operators`, `rate`) -> tensor -> backend.
 //!
 //! To add a kernel: write its spec and reference body in its family file,
 //! add the method (whose default body calls the reference) to [`Kernels`] and
@@ -25,7 +26,6 @@ pub mod attention_dense;
 pub mod attention_tiled;
 mod entry;
 mod ext;
-pub mod factor;
 pub mod invariant;
 pub mod layer_norm;
 pub mod redunet;
@@ -36,8 +36,8 @@ pub use attention_dense::{merge_heads, split_heads, DenseAttentionSpec};
 pub use attention_tiled::AttentionSpec;
 pub use entry::{
     attention_dense, attention_dense_backward, attention_tiled, attention_tiled_backward, cumsum,
-    herm_inverse_logdet, invariant_products, invariant_step, layer_norm, layer_norm_backward, real_operand,
-    redunet_build, redunet_transform, softmax_backward, spd_inverse_logdet, token_stats,
+    invariant_products, invariant_step, layer_norm, layer_norm_backward, real_operand, redunet_build,
+    redunet_transform, softmax_backward, token_stats,
 };
 pub use ext::Kernels;
 pub use invariant::{InvariantProductsSpec, InvariantStepSpec};

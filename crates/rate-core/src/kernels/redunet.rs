@@ -28,7 +28,7 @@
 //! log-determinant, [`crate::rate`]). `backend-cpu` overrides both kernels
 //! with a fused host engine for small `d`.
 
-use super::ext::Kernels;
+use crate::backend::Backend;
 use crate::operators::{rates_from_logdets, regularised_inverses, regularised_logdets, ClassScales};
 use crate::rate::{logdet_i_plus_gram, scaled_regularised_inverse};
 use crate::{Rates, Result, Tensor};
@@ -194,19 +194,19 @@ pub fn class_counts(labels: impl IntoIterator<Item = usize>, k: usize) -> Vec<us
 }
 
 /// Rows divided by their norms (clamped at [`NORM_FLOOR`]).
-fn normalise_rows<B: Kernels>(z: &Tensor<B>) -> Tensor<B> {
+fn normalise_rows<B: Backend>(z: &Tensor<B>) -> Tensor<B> {
     z.div(&z.norm_axis(1).clamp_min(NORM_FLOOR))
 }
 
 /// What one class (or all samples) contributes: its Gram matrix, or its rows when there are fewer than `d`.
-enum ClassData<B: Kernels> {
+enum ClassData<B: Backend> {
     /// `Z_j^T Z_j`, `d x d`, summed over batches.
     Gram(Tensor<B>),
     /// `Z_j` itself, `m_j x d` with `m_j < d`.
     Rows(Tensor<B>),
 }
 
-impl<B: Kernels> ClassData<B> {
+impl<B: Backend> ClassData<B> {
     fn new(z: &Tensor<B>, members: &[usize], batch: usize) -> Self {
         let d = z.dim(1);
         if members.len() < d {
@@ -252,12 +252,12 @@ impl<B: Kernels> ClassData<B> {
 }
 
 /// The data of every class and of all samples together, for one feature matrix.
-struct Stats<B: Kernels> {
+struct Stats<B: Backend> {
     total: ClassData<B>,
     classes: Vec<ClassData<B>>,
 }
 
-impl<B: Kernels> Stats<B> {
+impl<B: Backend> Stats<B> {
     fn new(z: &Tensor<B>, members: &[Vec<usize>], batch: usize) -> Self {
         let classes: Vec<ClassData<B>> = members.iter().map(|mj| ClassData::new(z, mj, batch)).collect();
         let (m, d) = (z.dim(0), z.dim(1));
@@ -308,7 +308,7 @@ fn members_of(labels: impl Iterator<Item = usize>, k: usize) -> Vec<Vec<usize>> 
 /// One layer map on all rows, in batches of `spec.batch_size`: the output
 /// and, when asked for, the argmax memberships as a tensor of indices left on
 /// the device (`m`).
-fn apply<B: Kernels>(
+fn apply<B: Backend>(
     z: &Tensor<B>,
     w: &Tensor<B>,
     gamma: &Tensor<B>,
@@ -346,14 +346,14 @@ fn apply<B: Kernels>(
 }
 
 /// Downloads the per-layer index tensors of [`apply`] in one transfer, as `u32`.
-fn download_picks<B: Kernels>(picks: &[Tensor<B>]) -> Vec<u32> {
+fn download_picks<B: Backend>(picks: &[Tensor<B>]) -> Vec<u32> {
     Tensor::indices_to_host(picks).into_iter().map(|y| y as u32).collect()
 }
 
-/// The reference body of [`Kernels::redunet_build`]: builds the layers from
+/// The reference body of [`super::Kernels::redunet_build`]: builds the layers from
 /// training features `z` (`m x d`) and their labels, recording what `record`
 /// asks for (the rates always when the depth rule needs them).
-pub fn build_reference<B: Kernels>(
+pub fn build_reference<B: Backend>(
     z: &Tensor<B>,
     labels: &[usize],
     spec: &RedunetSpec,
@@ -428,11 +428,11 @@ pub fn build_reference<B: Kernels>(
     Ok(run)
 }
 
-/// The reference body of [`Kernels::redunet_transform`]: applies the layers
+/// The reference body of [`super::Kernels::redunet_transform`]: applies the layers
 /// with `operators` (`(k+1) d x d` each) and class weights `gamma` to new
 /// features `z`, recording `yhat` and features as `record` asks
 /// (`record.rates` is ignored: there are no labels).
-pub fn transform_reference<B: Kernels>(
+pub fn transform_reference<B: Backend>(
     z: &Tensor<B>,
     operators: &[Tensor<B>],
     gamma: &[f64],

@@ -142,6 +142,19 @@ impl<B: Backend> ComplexTensor<B> {
         Ok(self.re.with(out, self.re.shape[..r - 2].to_vec()))
     }
 
+    /// Inverses and (real) `log det` of Hermitian positive definite matrices
+    /// `[.., n, n]` from one factorisation each.
+    pub fn herm_inverse_logdet(&self) -> Result<(Self, Tensor<B>)> {
+        let (b, n) = self.square_batch("herm_inverse_logdet");
+        let r = self.re.rank();
+        let (re, im, ld) = self.re.backend.herm_inverse_logdet(&self.re.buf, &self.im.buf, b, n)?;
+        let s = self.re.shape.clone();
+        Ok((
+            ComplexTensor { re: self.re.with(re, s.clone()), im: self.re.with(im, s) },
+            self.re.with(ld, self.re.shape[..r - 2].to_vec()),
+        ))
+    }
+
     /// Solves `self X = rhs` for Hermitian positive definite `self`.
     pub fn herm_solve(&self, rhs: &Self) -> Result<Self> {
         let (b, n) = self.square_batch("herm_solve");

@@ -564,6 +564,15 @@ impl<B: Backend> Tensor<B> {
         Ok(self.with(self.backend.spd_logdet(&self.buf, b, n)?, self.shape[..r - 2].to_vec()))
     }
 
+    /// Inverses and `log det` of SPD matrices `[.., n, n]` from one
+    /// factorisation each; the log-determinants have the batch shape.
+    pub fn spd_inverse_logdet(&self) -> Result<(Self, Self)> {
+        let (b, n) = self.square_batch("spd_inverse_logdet");
+        let r = self.rank();
+        let (inv, ld) = self.backend.spd_inverse_logdet(&self.buf, b, n)?;
+        Ok((self.with(inv, self.shape.clone()), self.with(ld, self.shape[..r - 2].to_vec())))
+    }
+
     /// Solves `self X = rhs` for SPD `self`.
     pub fn spd_solve(&self, rhs: &Tensor<B>) -> Result<Self> {
         let (b, n) = self.square_batch("spd_solve");

@@ -6,7 +6,6 @@
 //! whole chain on the device against the CPU in f64. The factorisation
 //! kernels are checked against plain f64 Cholesky loops instead.
 
-use super::linalg::{expect_not_pd, hpd_input, SPD_SIZES};
 use super::reference::*;
 use super::*;
 use crate::kernels::{self, AttentionSpec, DenseAttentionSpec, Kernels};
@@ -14,7 +13,6 @@ use crate::kernels::{
     attention_dense as dense, attention_tiled as tiled, invariant, layer_norm, redunet, scan, token_stats,
 };
 use crate::kernels::{Depth, LayerSet, Record, RedunetSpec};
-use crate::ComplexTensor;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -234,62 +232,6 @@ pub fn check_kernel_invariant_products<B: Kernels, R: Kernels>(b: &B, r: &R) {
         let want = v0.matmul(&invariant::real_operand_reference(&packed0));
         same(&format!("invariant_products F={f} n={n} g={g} C={c}"), &got, &want, tol);
     }
-}
-
-/// SPD inverse and log-determinant from one factorisation against the plain
-/// Cholesky loop (`L^-T L^-1` by solves, `2 sum ln L_ii`); an indefinite
-/// matrix is refused naming its index.
-pub fn check_kernel_spd_inverse_logdet<B: Kernels, R: Kernels>(b: &B, _r: &R) {
-    let tol = tolerance::<B>();
-    let mut r = rng(53);
-    for (batch, n) in SPD_SIZES {
-        let a = rounded::<B>(&spd_batch(&mut r, batch, n, 0.5));
-        let t = Tensor::from_f64(b, &a, &[batch, n, n]);
-        let what = format!("spd_inverse_logdet {batch}x{n}x{n}");
-        let (inv, ld) = kernels::spd_inverse_logdet(&t).unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!((inv.shape(), ld.shape()), (t.shape(), &[batch][..]), "{what}");
-        let (mut want_inv, mut want_ld) = (Vec::new(), Vec::new());
-        for i in 0..batch {
-            let l = ref_cholesky(&a[i * n * n..(i + 1) * n * n], n).expect("SPD");
-            want_inv.extend(ref_chol_solve(&l, &identity(n), n, n));
-            want_ld.push(2.0 * (0..n).map(|j| l[j * n + j].ln()).sum::<f64>());
-        }
-        assert_close(&format!("{what} inverse"), &inv.to_f64_vec(), &want_inv, tol);
-        assert_close(&format!("{what} logdet"), &ld.to_f64_vec(), &want_ld, tol);
-    }
-    for n in [1usize, 4, 70] {
-        let mut a = spd_batch(&mut r, 3, n, 0.5);
-        a.splice(n * n..2 * n * n, indefinite(n));
-        let t = Tensor::<B>::from_f64(b, &a, &[3, n, n]);
-        expect_not_pd(&format!("spd_inverse_logdet n={n}"), kernels::spd_inverse_logdet(&t), 1);
-    }
-}
-
-/// The kernel `herm_inverse_logdet` equals `herm_inverse` and `herm_logdet` of the same matrices.
-pub fn check_herm_inverse_logdet<B: Kernels, R: Kernels>(b: &B, _r: &R) {
-    let tol = tolerance::<B>();
-    let mut r = rng(29);
-    for (batch, n) in SPD_SIZES {
-        let (a, _) = hpd_input(b, &mut r, batch, n);
-        let what = format!("herm_inverse_logdet {batch}x{n}x{n}");
-        let (inv, ld) = kernels::herm_inverse_logdet(&a).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let inv0 = a.herm_inverse().unwrap_or_else(|e| panic!("{what}: {e}"));
-        let ld0 = a.herm_logdet().unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(inv.shape(), inv0.shape(), "{what}");
-        assert_eq!(ld.shape(), &[batch], "{what}");
-        let scale = max_abs(&inv0.re.to_f64_vec()).max(max_abs(&inv0.im.to_f64_vec())).max(1.0);
-        assert_close_scaled(&format!("{what} re"), &inv.re.to_f64_vec(), &inv0.re.to_f64_vec(), tol, scale);
-        assert_close_scaled(&format!("{what} im"), &inv.im.to_f64_vec(), &inv0.im.to_f64_vec(), tol, scale);
-        assert_close(&format!("{what} logdet"), &ld.to_f64_vec(), &ld0.to_f64_vec(), tol);
-    }
-    let bad = ComplexTensor::new(
-        Tensor::from_f64(b, &[1.0, 0.0, 0.0, -1.0], &[1, 2, 2]),
-        Tensor::zeros(b, &[1, 2, 2]),
-    );
-    assert!(
-        kernels::herm_inverse_logdet(&bad).is_err(),
-        "herm_inverse_logdet of an indefinite matrix must fail"
-    );
 }
 
 /// The ReduNet of the ReduNet kernel checks: 3 classes of 20 samples in R^4, 5 layers,

@@ -150,15 +150,15 @@ macro_rules! conformance_tests {
                 check_index_add, check_reduce, check_softmax, check_matmul, check_matmul_batched,
                 check_matmul_empty, check_cholesky, check_spd_solve, check_spd_inverse, check_spd_logdet,
                 check_spd_not_positive_definite, check_sym_eigen, check_herm_inverse, check_herm_solve,
-                check_herm_logdet, check_herm_not_positive_definite, check_fft, check_rfft, check_irfft);
+                check_herm_logdet, check_herm_not_positive_definite, check_kernel_spd_inverse_logdet,
+                check_herm_inverse_logdet, check_fft, check_rfft, check_irfft);
             // every method of the `Kernels` extension trait
             $crate::conformance_tests!(@kernels $mode $backend, $reference;
                 check_kernel_layer_norm, check_kernel_layer_norm_backward, check_kernel_softmax_backward,
                 check_kernel_cumsum, check_kernel_attention_tiled, check_kernel_attention_tiled_backward,
                 check_kernel_attention_dense, check_kernel_attention_dense_backward, check_kernel_token_stats,
                 check_kernel_invariant_step, check_kernel_real_operand, check_kernel_invariant_products,
-                check_kernel_spd_inverse_logdet, check_herm_inverse_logdet, check_kernel_redunet_build,
-                check_kernel_redunet_transform);
+                check_kernel_redunet_build, check_kernel_redunet_transform);
         }
     };
     (@tests required $backend:expr; $($check:ident),* $(,)?) => {
