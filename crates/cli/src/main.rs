@@ -7,6 +7,7 @@ mod alloc_count;
 mod invariant_cmd;
 mod plot;
 mod redunet_cmd;
+mod train_cmd;
 mod transformer_cmd;
 mod util;
 

@@ -103,6 +103,43 @@ pub fn lines(
     register_font();
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
+    draw_lines(&root, path, &Panel { title, xlabel, ylabel, series, loglog })?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// One chart of a [`panels`] figure.
+pub struct Panel<'a> {
+    /// Caption.
+    pub title: &'a str,
+    /// x-axis label.
+    pub xlabel: &'a str,
+    /// y-axis label.
+    pub ylabel: &'a str,
+    /// The curves.
+    pub series: &'a [Series<'a>],
+    /// Log-log axes.
+    pub loglog: bool,
+}
+
+/// Several line charts side by side, `cols` to a row, in one PNG.
+pub fn panels(path: &Path, panels: &[Panel<'_>], cols: usize) -> Result<(), PlotError> {
+    register_font();
+    let cols = cols.clamp(1, panels.len().max(1));
+    let rows = panels.len().div_ceil(cols).max(1);
+    let root = BitMapBackend::new(path, (620 * cols as u32, 460 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    for (area, panel) in root.split_evenly((rows, cols)).iter().zip(panels) {
+        draw_lines(area, path, panel)?;
+    }
+    root.present().map_err(|e| err(path, e))
+}
+
+fn draw_lines(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    path: &Path,
+    panel: &Panel<'_>,
+) -> Result<(), PlotError> {
+    let Panel { title, xlabel, ylabel, series, loglog } = *panel;
     let (x0, x1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)), loglog);
     let (y0, y1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)), loglog);
     macro_rules! draw {
@@ -145,7 +182,7 @@ pub fn lines(
                 .map_err(|e| err(path, e))?;
         }};
     }
-    let mut builder = ChartBuilder::on(&root);
+    let mut builder = ChartBuilder::on(area);
     builder.caption(title, ("sans-serif", 22)).margin(15).x_label_area_size(45).y_label_area_size(70);
     if loglog {
         draw!(builder
@@ -154,7 +191,7 @@ pub fn lines(
     } else {
         draw!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(|e| err(path, e))?);
     }
-    root.present().map_err(|e| err(path, e))
+    Ok(())
 }
 
 /// Scatter of 2-D points coloured by class label.

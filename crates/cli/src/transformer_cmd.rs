@@ -23,6 +23,7 @@
 //! ([`crate::alloc_count`]), so it includes the cache and the output.
 
 use crate::plot::{self, Series};
+use crate::train_cmd::{EvalArgs, EvalJob, TrainArgs, TrainJob};
 use crate::util::{
     dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Command, Job,
 };
@@ -50,6 +51,10 @@ use std::time::Instant;
 pub enum CrateCmd {
     /// Logits of a CRATE checkpoint on images (optionally the loss and every gradient).
     Forward(ForwardArgs),
+    /// Train a CRATE classifier on image data (checkpoints, resume, metrics, curves.png, layers.png).
+    Train(TrainArgs),
+    /// Loss, accuracy, per-class accuracy and confusion matrix of a trained CRATE on a data set.
+    Eval(EvalArgs),
 }
 
 /// `rate aot ...`.
@@ -57,6 +62,10 @@ pub enum CrateCmd {
 pub enum AotCmd {
     /// Logits of an AoT checkpoint on images (optionally the loss and every gradient).
     Forward(ForwardArgs),
+    /// Train an AoT classifier on image data (checkpoints, resume, metrics, curves.png, layers.png).
+    Train(TrainArgs),
+    /// Loss, accuracy, per-class accuracy and confusion matrix of a trained AoT on a data set.
+    Eval(EvalArgs),
     /// Figure 4.16: SNR per layer of the oracle attention-only layer on a mixture of noisy low-rank Gaussians.
     ///
     /// Defaults: d = 128, K = 4 orthogonal subspaces of dimension p = 32, 50
@@ -74,6 +83,10 @@ pub enum AotCmd {
 pub enum TostCmd {
     /// Logits of a TOST checkpoint on images (optionally the loss and every gradient).
     Forward(ForwardArgs),
+    /// Train a TOST classifier on image data (checkpoints, resume, metrics, curves.png, layers.png).
+    Train(TrainArgs),
+    /// Loss, accuracy, per-class accuracy and confusion matrix of a trained TOST on a data set.
+    Eval(EvalArgs),
     /// Time and peak memory of one TSSA and one MSSA layer (dim 384, 8 heads) for N = 256 ... tokens.
     ///
     /// MSSA runs dense up to 512 tokens and tiled above (O(N) memory). Memory
@@ -208,10 +221,23 @@ pub enum Kind {
     Tost,
 }
 
+impl Kind {
+    /// `crate`, `aot` or `tost`: the command and the `model` field of checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Crate => "crate",
+            Kind::Aot => "aot",
+            Kind::Tost => "tost",
+        }
+    }
+}
+
 impl Command for CrateCmd {
     fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
         match self {
             CrateCmd::Forward(a) => forward(opts, Kind::Crate, a),
+            CrateCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Crate, args: a }),
+            CrateCmd::Eval(a) => dispatch(opts, EvalJob { kind: Kind::Crate, args: a }),
         }
     }
 }
@@ -220,6 +246,8 @@ impl Command for AotCmd {
     fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
         match self {
             AotCmd::Forward(a) => forward(opts, Kind::Aot, a),
+            AotCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Aot, args: a }),
+            AotCmd::Eval(a) => dispatch(opts, EvalJob { kind: Kind::Aot, args: a }),
             AotCmd::Denoise(a) => dispatch(opts, DenoiseJob(a)),
         }
     }
@@ -229,6 +257,8 @@ impl Command for TostCmd {
     fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
         match self {
             TostCmd::Forward(a) => forward(opts, Kind::Tost, a),
+            TostCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Tost, args: a }),
+            TostCmd::Eval(a) => dispatch(opts, EvalJob { kind: Kind::Tost, args: a }),
             TostCmd::Scaling(a) => dispatch(opts, ScalingJob(a)),
         }
     }
@@ -242,7 +272,7 @@ fn forward(opts: BackendOpts, kind: Kind, args: ForwardArgs) -> CliResult<serde_
 }
 
 /// A JSON config file as string key-value pairs (numbers and booleans printed).
-fn read_config(path: &Path) -> CliResult<BTreeMap<String, String>> {
+pub(crate) fn read_config(path: &Path) -> CliResult<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::Models(models::Error::Io { path: path.display().to_string(), source: e }))?;
     let value: serde_json::Value = serde_json::from_str(&text)
@@ -373,11 +403,7 @@ impl Job for ForwardJob {
             Kind::Tost => classifier_forward::<B, TostLayer<B>>(be, a, &overrides, &images, lab, &ce),
         }
         .map_err(with_input)?;
-        let model = match self.kind {
-            Kind::Crate => "crate",
-            Kind::Aot => "aot",
-            Kind::Tost => "tost",
-        };
+        let model = self.kind.name();
         meta.insert("model".into(), model.into());
         let mut arrays = BTreeMap::new();
         arrays.insert("logits".to_string(), OutArray::f64(logits.shape(), logits.to_f64_vec()));

@@ -26,8 +26,8 @@ use models::nn::aot::{AotConfig, AotLayer};
 use models::nn::classifier::{Block, Classifier, ModelConfig};
 use models::nn::crate_model::{Crate, CrateConfig, Execution};
 use models::nn::loss::CrossEntropy;
-use models::nn::optim::AdamW;
 use models::nn::tost::{TostConfig, TostLayer};
+use models::train::AdamW;
 use models::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -74,7 +74,7 @@ fn bench_crate(c: &mut Criterion) {
         });
         let ce = CrossEntropy::default();
         let mut train = model.clone();
-        let mut opt = AdamW::new(1e-4);
+        let mut opt = AdamW::adamw(1e-4);
         group.bench_function(BenchmarkId::new("train_step", name), |b| {
             b.iter(|| {
                 let Ok((loss, grads)) = train.loss_and_gradients_with(&images, &labels, &ce, &train_exec)
@@ -108,7 +108,7 @@ fn bench_classifier<L: Block<Be>>(c: &mut Criterion, group_name: &str, config: &
     });
     let ce = CrossEntropy::default();
     let mut train = model.clone();
-    let mut opt = AdamW::new(1e-4);
+    let mut opt = AdamW::adamw(1e-4);
     group.bench_function(BenchmarkId::new("train_step", "cifar"), |b| {
         b.iter(|| {
             let Ok((loss, grads)) = train.loss_and_gradients_with(&images, &labels, &ce, &train_exec) else {

@@ -13,6 +13,7 @@ pub mod invariant;
 pub mod io;
 pub mod nn;
 pub mod redunet;
+pub mod train;
 
 pub use rate_core::{Backend, Error as CoreError, Kernels, Tensor};
 

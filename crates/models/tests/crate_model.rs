@@ -6,8 +6,8 @@ use models::io::{write_safetensors, OutArray, TensorFile};
 use models::nn::crate_model::{head_coding_rates, Crate, CrateConfig, MEASURE_EPS_SQ};
 use models::nn::head::Pool;
 use models::nn::loss::CrossEntropy;
-use models::nn::optim::AdamW;
 use models::nn::Module;
+use models::train::AdamW;
 use models::Tensor;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -293,8 +293,8 @@ fn adamw_step_matches_pytorch_update_rule() {
     let images = randn(&mut rng(4), &[2, 1, 4, 4], 1.0);
     let labels = [0, 2];
     let ce = CrossEntropy::default();
-    let mut opt = AdamW::new(1e-2);
-    opt.weight_decay = 0.05;
+    let mut opt = AdamW::adamw(1e-2);
+    opt.config.weight_decay = 0.05;
     // host reference of torch.optim.AdamW for every parameter
     let mut reference: BTreeMap<String, (Vec<f64>, Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for (name, p) in params(&model) {

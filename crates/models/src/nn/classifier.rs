@@ -18,7 +18,7 @@ pub use super::config::{Meta, ModelConfig, VisionConfig};
 use super::embed::{
     add_cls_and_positions, add_cls_and_positions_backward, PatchEmbedding, PatchEmbeddingCache,
 };
-use super::exec::{CrateGradients, Execution};
+use super::exec::{correct_count, CrateGradients, Execution};
 use super::head::{ClassificationHead, HeadCache, Pool};
 use super::loss::CrossEntropy;
 pub use super::measure::LayerMeasurement;
@@ -65,6 +65,17 @@ pub trait Block<B: Kernels>: Module<B> + Clone + Debug + Send + Sync + Sized {
     fn finish_gradients(&self, _prefix: &str, _grads: &mut Grads<B>) {}
     /// The per-layer measurements of a forward pass.
     fn measure(cache: &Self::Cache) -> Result<LayerMeasurement<B>>;
+}
+
+/// The result of [`Classifier::train_step_with`].
+#[derive(Clone, Debug)]
+pub struct StepOutput<B: Kernels> {
+    /// Mean loss over the batch.
+    pub loss: f64,
+    /// Images whose logits' argmax is their label.
+    pub correct: usize,
+    /// Gradients of the mean loss.
+    pub gradients: CrateGradients<B>,
 }
 
 /// A classifier: embedding, class token, positions, blocks, head.
@@ -305,6 +316,18 @@ impl<B: Kernels, L: Block<B>> Classifier<B, L> {
         loss: &CrossEntropy,
         exec: &Execution,
     ) -> Result<(f64, CrateGradients<B>)> {
+        self.train_step_with(images, labels, loss, exec).map(|s| (s.loss, s.gradients))
+    }
+
+    /// What a training step needs from a batch, executed as `exec` says: the mean loss, how many images the
+    /// logits classify right, and the exact gradients.
+    pub fn train_step_with(
+        &self,
+        images: &Tensor<B>,
+        labels: &[usize],
+        loss: &CrossEntropy,
+        exec: &Execution,
+    ) -> Result<StepOutput<B>> {
         self.check_images(images)?;
         let batch = images.dim(0);
         if labels.len() != batch {
@@ -312,10 +335,14 @@ impl<B: Kernels, L: Block<B>> Classifier<B, L> {
         }
         let ranges = exec.ranges(batch);
         if ranges.len() == 1 {
-            return self.loss_and_gradients(images, labels, loss);
+            let (logits, cache) = self.forward_for_loss(images)?;
+            let (value, ce) = loss.forward(&logits, labels)?;
+            let correct = correct_count(&logits, labels);
+            let gradients = self.backward(&cache, &loss.backward(&ce, 1.0));
+            return Ok(StepOutput { loss: value, correct, gradients });
         }
         let weights = self.prepare();
-        let (value, mut grads) = exec.loss_and_gradients(
+        let (value, correct, mut grads) = exec.loss_and_gradients(
             labels,
             loss,
             |start, len| self.run(&images.narrow(0, start, len), self.last_layer_queries(), &weights),
@@ -324,7 +351,7 @@ impl<B: Kernels, L: Block<B>> Classifier<B, L> {
         for (i, layer) in self.layers.iter().enumerate() {
             layer.finish_gradients(&layer_prefix(i), &mut grads.params);
         }
-        Ok((value, grads))
+        Ok(StepOutput { loss: value, correct, gradients: grads })
     }
 
     /// Per-layer measurements of a forward pass (coding rate per head,

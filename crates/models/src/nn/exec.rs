@@ -61,32 +61,36 @@ impl Execution {
     /// The mean loss of a batch of `labels.len()` images and its exact gradients from its
     /// micro-batches: `forward(start, len)` runs one micro-batch, `backward` takes its cache and
     /// `dL/d(logits)`. Each micro-batch's mean loss weighs `len / batch` in the batch mean; losses
-    /// and parameter gradients are summed, input gradients stacked in batch order.
+    /// and parameter gradients are summed, input gradients stacked in batch order. Also returns how many
+    /// images the logits classify right (argmax, first on ties).
     pub(crate) fn loss_and_gradients<B: Kernels, C: Send>(
         &self,
         labels: &[usize],
         loss: &CrossEntropy,
         forward: impl Fn(usize, usize) -> Result<(Tensor<B>, C)> + Sync + Send,
         backward: impl Fn(&C, &Tensor<B>) -> CrateGradients<B> + Sync + Send,
-    ) -> Result<(f64, CrateGradients<B>)> {
+    ) -> Result<(f64, usize, CrateGradients<B>)> {
         let batch = labels.len();
         let parts = self.map(batch, |start, len| {
             let (logits, cache) = forward(start, len)?;
-            let (value, ce) = loss.forward(&logits, &labels[start..start + len])?;
+            let part = &labels[start..start + len];
+            let (value, ce) = loss.forward(&logits, part)?;
+            let correct = correct_count(&logits, part);
             let w = len as f64 / batch as f64;
             let g = backward(&cache, &loss.backward(&ce, w));
-            Ok((value * w, g.params, g.input))
+            Ok((value * w, correct, g.params, g.input))
         })?;
         let total = parts.iter().map(|p| p.0).sum();
+        let correct = parts.iter().map(|p| p.1).sum();
         let mut inputs = Vec::with_capacity(parts.len());
         let mut sums = Vec::with_capacity(parts.len());
-        for (_, g, input) in parts {
+        for (_, _, g, input) in parts {
             sums.push(g);
             inputs.push(input);
         }
         let params = self.sum_gradients(sums);
         let input = Tensor::cat(&inputs.iter().collect::<Vec<_>>(), 0);
-        Ok((total, CrateGradients { params, input }))
+        Ok((total, correct, CrateGradients { params, input }))
     }
 
     /// The sum of the micro-batches' gradient maps by a fixed pairwise tree
@@ -111,4 +115,9 @@ impl Execution {
         }
         level.pop().unwrap_or_default()
     }
+}
+
+/// How many rows of `[batch, classes]` logits have their largest entry (first on ties) at the label.
+pub fn correct_count<B: Kernels>(logits: &Tensor<B>, labels: &[usize]) -> usize {
+    logits.argmax_axis(1).iter().zip(labels).filter(|(p, l)| p == l).count()
 }

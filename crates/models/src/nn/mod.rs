@@ -34,7 +34,6 @@ pub mod ista;
 pub mod layernorm;
 pub mod loss;
 pub mod mssa;
-pub mod optim;
 
 /// Parameter gradients by full parameter name.
 pub type Grads<B> = BTreeMap<String, Tensor<B>>;
