@@ -387,8 +387,16 @@ impl Job for FitJob {
     type Output = serde_json::Value;
     fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
-        ensure_dir(&a.out)?;
         let (train, test) = load_split(&a)?;
+        let out = a.out.clone();
+        crate::util::removing_new_dir_on_error(&out, || fit(be, a, train, test))
+    }
+}
+
+/// `rate redunet fit` once the data are read.
+fn fit<B: Kernels>(be: &B, a: FitArgs, train: Dataset, test: Dataset) -> CliResult<serde_json::Value> {
+    {
+        ensure_dir(&a.out)?;
         let k = train.num_classes().max(test.num_classes());
         let x = normalise_rows(&train.to_tensor(be));
         let xt = normalise_rows(&test.to_tensor(be));

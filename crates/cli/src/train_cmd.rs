@@ -372,7 +372,6 @@ fn train<B: Kernels, L: Block<B>>(be: &B, kind: Kind, a: &TrainArgs) -> CliResul
             ("--min-lr", a.min_lr.is_some()),
             ("--clip-norm", a.clip_norm.is_some()),
             ("--micro-batch", a.micro_batch.is_some()),
-            ("--per-class", a.per_class.is_some()),
         ];
         if let Some((flag, _)) = given.iter().find(|g| g.1) {
             return Err(CliError::Usage(format!(

@@ -31,6 +31,7 @@ use clap::{Args, Subcommand};
 use models::io::{write_safetensors, OutArray, TensorFile};
 use models::nn::aot::AotLayer;
 use models::nn::classifier::{Block, Classifier, ModelConfig};
+use models::nn::config::Meta;
 use models::nn::crate_model::CrateLayer;
 use models::nn::denoise::{self, fit_line, DenoiseConfig};
 use models::nn::exec::{CrateGradients, Execution};
@@ -38,6 +39,7 @@ use models::nn::loss::CrossEntropy;
 use models::nn::mssa::{Mssa, Phi};
 use models::nn::tost::TostLayer;
 use models::nn::tssa::Tssa;
+use models::train::Normalisation;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rate_core::{Kernels, Tensor};
@@ -52,7 +54,7 @@ pub enum CrateCmd {
     /// Logits of a CRATE checkpoint on images (optionally the loss and every gradient).
     Forward(ForwardArgs),
     /// Train a CRATE classifier on image data (checkpoints, resume, metrics, curves.png, layers.png).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Loss, accuracy, per-class accuracy and confusion matrix of a trained CRATE on a data set.
     Eval(EvalArgs),
 }
@@ -63,7 +65,7 @@ pub enum AotCmd {
     /// Logits of an AoT checkpoint on images (optionally the loss and every gradient).
     Forward(ForwardArgs),
     /// Train an AoT classifier on image data (checkpoints, resume, metrics, curves.png, layers.png).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Loss, accuracy, per-class accuracy and confusion matrix of a trained AoT on a data set.
     Eval(EvalArgs),
     /// Figure 4.16: SNR per layer of the oracle attention-only layer on a mixture of noisy low-rank Gaussians.
@@ -84,7 +86,7 @@ pub enum TostCmd {
     /// Logits of a TOST checkpoint on images (optionally the loss and every gradient).
     Forward(ForwardArgs),
     /// Train a TOST classifier on image data (checkpoints, resume, metrics, curves.png, layers.png).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Loss, accuracy, per-class accuracy and confusion matrix of a trained TOST on a data set.
     Eval(EvalArgs),
     /// Time and peak memory of one TSSA and one MSSA layer (dim 384, 8 heads) for N = 256 ... tokens.
@@ -236,7 +238,7 @@ impl Command for CrateCmd {
     fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
         match self {
             CrateCmd::Forward(a) => forward(opts, Kind::Crate, a),
-            CrateCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Crate, args: a }),
+            CrateCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Crate, args: *a }),
             CrateCmd::Eval(a) => dispatch(opts, EvalJob { kind: Kind::Crate, args: a }),
         }
     }
@@ -246,7 +248,7 @@ impl Command for AotCmd {
     fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
         match self {
             AotCmd::Forward(a) => forward(opts, Kind::Aot, a),
-            AotCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Aot, args: a }),
+            AotCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Aot, args: *a }),
             AotCmd::Eval(a) => dispatch(opts, EvalJob { kind: Kind::Aot, args: a }),
             AotCmd::Denoise(a) => dispatch(opts, DenoiseJob(a)),
         }
@@ -257,7 +259,7 @@ impl Command for TostCmd {
     fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
         match self {
             TostCmd::Forward(a) => forward(opts, Kind::Tost, a),
-            TostCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Tost, args: a }),
+            TostCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Tost, args: *a }),
             TostCmd::Eval(a) => dispatch(opts, EvalJob { kind: Kind::Tost, args: a }),
             TostCmd::Scaling(a) => dispatch(opts, ScalingJob(a)),
         }
@@ -352,20 +354,47 @@ pub struct ForwardJob {
 
 type ForwardResult<B> = (Tensor<B>, Option<(f64, CrateGradients<B>)>, BTreeMap<String, String>);
 
-/// The logits, and with labels the loss and every gradient, of the checkpoint of one model.
+/// The logits, and with labels the loss and every gradient, of the checkpoint of one model. Images are
+/// normalised as the checkpoint's metadata says (`normalize_mean`/`normalize_std`, written by `train`),
+/// and the input gradient is then taken with respect to the images as given.
 fn classifier_forward<B: Kernels, L: Block<B>>(
     be: &B,
     a: &ForwardArgs,
     overrides: &BTreeMap<String, String>,
-    images: &Tensor<B>,
+    x: &models::io::HostArray,
     labels: Option<&[usize]>,
     ce: &CrossEntropy,
 ) -> CliResult<ForwardResult<B>> {
-    let model = Classifier::<B, L>::load_with(be, &a.checkpoint, overrides)?;
-    let logits = model.logits_with(images, &a.execution(be, false))?;
+    let mut file = TensorFile::read(&a.checkpoint)?;
+    let config = L::Config::from_file(&mut file, overrides)?;
+    let model = Classifier::<B, L>::from_state_dict(
+        be,
+        &config,
+        file.tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        &file.path,
+    )?;
+    let channels = config.vision().channels;
+    let norm = Normalisation::from_metadata(&Meta { map: &file.metadata, source: &file.path }, channels)?;
+    let images = match &norm {
+        Some(n) if x.shape.len() == 4 && x.shape[1] == channels => {
+            let mut data = x.data.clone();
+            n.apply(&mut data, x.shape[2] * x.shape[3]);
+            Tensor::from_f64(be, &data, &x.shape)
+        }
+        _ => Tensor::from_f64(be, &x.data, &x.shape),
+    };
+    let logits = model.logits_with(&images, &a.execution(be, false))?;
     let exec = a.execution(be, true);
-    let grads = labels.map(|l| model.loss_and_gradients_with(images, l, ce, &exec)).transpose()?;
-    Ok((logits, grads, model.config.to_metadata()))
+    let mut grads = labels.map(|l| model.loss_and_gradients_with(&images, l, ce, &exec)).transpose()?;
+    if let (Some(n), Some((_, g))) = (&norm, grads.as_mut()) {
+        let inv: Vec<f64> = n.std.iter().map(|s| 1.0 / s).collect();
+        g.input = g.input.mul(&Tensor::from_f64(be, &inv, &[1, channels, 1, 1]));
+    }
+    let mut meta = model.config.to_metadata();
+    if let Some(n) = &norm {
+        n.to_metadata(&mut meta);
+    }
+    Ok((logits, grads, meta))
 }
 
 impl Job for ForwardJob {
@@ -384,7 +413,15 @@ impl Job for ForwardJob {
                 input.path, x.shape
             )));
         }
-        let images = Tensor::from_f64(be, &x.data, &x.shape);
+        if let Some(i) = x.data.iter().position(|v| !v.is_finite()) {
+            let per = x.shape[1..].iter().product::<usize>().max(1);
+            return Err(CliError::Usage(format!(
+                "--input {}: image {} holds a non-finite value ({}) at flat index {i}",
+                input.path,
+                i / per,
+                x.data[i]
+            )));
+        }
         let labels = match (&a.labels, a.with_grads) {
             (Some(p), true) => Some(read_labels(p, x.shape[0])?),
             _ => None,
@@ -398,9 +435,9 @@ impl Job for ForwardJob {
             other => other,
         };
         let (logits, grads, mut meta) = match self.kind {
-            Kind::Crate => classifier_forward::<B, CrateLayer<B>>(be, a, &overrides, &images, lab, &ce),
-            Kind::Aot => classifier_forward::<B, AotLayer<B>>(be, a, &overrides, &images, lab, &ce),
-            Kind::Tost => classifier_forward::<B, TostLayer<B>>(be, a, &overrides, &images, lab, &ce),
+            Kind::Crate => classifier_forward::<B, CrateLayer<B>>(be, a, &overrides, x, lab, &ce),
+            Kind::Aot => classifier_forward::<B, AotLayer<B>>(be, a, &overrides, x, lab, &ce),
+            Kind::Tost => classifier_forward::<B, TostLayer<B>>(be, a, &overrides, x, lab, &ce),
         }
         .map_err(with_input)?;
         let model = self.kind.name();

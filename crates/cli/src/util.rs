@@ -142,3 +142,14 @@ pub fn ensure_dir(dir: &Path) -> CliResult<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| CliError::Models(models::Error::Io { path: dir.display().to_string(), source: e }))
 }
+
+/// Runs `f`, which creates the output directory `dir`; when `f` fails and `dir` did not exist before, removes
+/// what is left of it if it is empty, so a failed command leaves no empty output behind.
+pub fn removing_new_dir_on_error<T>(dir: &Path, f: impl FnOnce() -> CliResult<T>) -> CliResult<T> {
+    let existed = dir.exists();
+    let result = f();
+    if result.is_err() && !existed {
+        let _ = std::fs::remove_dir(dir);
+    }
+    result
+}

@@ -491,3 +491,257 @@ mod transformers {
         std::fs::remove_dir_all(&out).ok();
     }
 }
+
+/// `rate crate|aot|tost train` and `eval` on the embedded digits: metrics, plots, checkpoints, resume, signals, bad input.
+mod train {
+    use super::{is_png, rate, tmp};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn json(path: &Path) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).expect("file written")).expect("JSON")
+    }
+
+    /// A short digits run: 100 images a class, 2 epochs, small batches.
+    fn quick(model: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+        rate()
+            .args(["--precision", "f32", model, "train", "--data", "digits", "--per-class", "30"])
+            .args(["--batch", "32", "--measure-images", "8", "--out"])
+            .arg(out)
+            .args(extra)
+            .output()
+            .expect("runs")
+    }
+
+    fn assert_one_line_error(st: &std::process::Output, needles: &[&str]) {
+        assert_eq!(st.status.code(), Some(2), "{}", String::from_utf8_lossy(&st.stderr));
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        for n in needles {
+            assert!(err.contains(n), "`{n}` not in: {err}");
+        }
+    }
+
+    #[test]
+    fn every_model_trains_evaluates_and_writes_its_outputs() {
+        for model in ["crate", "aot", "tost"] {
+            let out = tmp(&format!("train-{model}"));
+            let st = quick(
+                model,
+                &out,
+                &["--epochs", "3", "--lr", "3e-3", "--warmup", "0.3", "--augment", "none"],
+            );
+            assert!(st.status.success(), "{model}: {}", String::from_utf8_lossy(&st.stderr));
+            let m = json(&out.join("metrics.json"));
+            assert_eq!(m["epochs"], 3, "{model}");
+            let h = m["history"].as_array().unwrap();
+            let loss = |i: usize| h[i]["train_loss"].as_f64().unwrap();
+            assert!(loss(2) < loss(0), "{model}: the training loss falls: {} -> {}", loss(0), loss(2));
+            assert!(m["train_images_per_s"].as_f64().unwrap() > 0.0);
+            assert!(m["parameters"].as_u64().unwrap() > 1000);
+            let layers = &m["layers"]["final"]["coding_rate"];
+            assert_eq!(layers.as_array().map(|a| a.len()), Some(4), "{model}: a coding rate per layer");
+            let sparsity = &m["compress_and_sparsify"]["ista_sparsity_after_training"];
+            assert_eq!(sparsity[0].is_null(), model == "aot", "{model}: ISTA sparsity {sparsity}");
+            for f in ["curves.png", "layers.png"] {
+                assert!(is_png(&out.join(f)), "{model}: {f}");
+            }
+            let steps = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+            let epochs = steps.lines().filter(|l| l.contains("\"kind\":\"epoch\"")).count();
+            assert_eq!(epochs, 3, "{model}");
+            // eval of the run directory
+            let st = rate()
+                .args(["--precision", "f32", model, "eval", "--checkpoint"])
+                .arg(&out)
+                .args(["--data", "digits", "--json"])
+                .output()
+                .unwrap();
+            assert!(st.status.success(), "{model} eval: {}", String::from_utf8_lossy(&st.stderr));
+            let e: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+            assert_eq!(e["images"], 1797);
+            assert_eq!(e["per_class_accuracy"].as_array().map(|a| a.len()), Some(10));
+            assert!(is_png(Path::new(e["confusion_png"].as_str().unwrap())));
+            // the final model is a checkpoint `forward` reads (normalisation applied from its metadata)
+            let _ = std::fs::remove_dir_all(&out);
+        }
+    }
+
+    #[test]
+    fn bad_input_is_one_line_status_2_and_leaves_nothing_behind() {
+        let dir = tmp("train-bad");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("run");
+        // images that do not fit the config
+        let st = quick("crate", &out, &["--preset", "fashion-mnist"]);
+        assert_one_line_error(&st, &["digits", "[8, 8]", "[1, 28, 28]"]);
+        assert!(!out.exists(), "nothing written");
+        // zero learning rate and batch
+        assert_one_line_error(&quick("crate", &out, &["--epochs", "1", "--lr", "0"]), &["lr = 0"]);
+        let st = rate()
+            .args(["crate", "train", "--data", "digits", "--batch", "0", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_one_line_error(&st, &["batch = 0"]);
+        assert!(!out.exists());
+        // NaN images: a safetensors file with X and y
+        let x: Vec<f64> = (0..4 * 64).map(|i| if i == 70 { f64::NAN } else { 0.5 }).collect();
+        let mut arrays = std::collections::BTreeMap::new();
+        arrays.insert("X".to_string(), models::io::OutArray::f64(&[4, 8, 8], x));
+        arrays.insert("y".to_string(), models::io::OutArray::f64(&[4], vec![0.0, 1.0, 2.0, 3.0]));
+        let nan = dir.join("nan.safetensors");
+        models::io::write_safetensors(&nan, &arrays, &Default::default()).unwrap();
+        let st = rate()
+            .args(["crate", "train", "--data"])
+            .arg(&nan)
+            .arg("--test")
+            .arg(&nan)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_one_line_error(&st, &["nan.safetensors", "not finite", "sample 1"]);
+        assert!(!out.exists());
+        // an existing run is not overwritten
+        let run = dir.join("done");
+        assert!(quick("crate", &run, &["--epochs", "1"]).status.success());
+        let before = std::fs::read(run.join("model.safetensors")).unwrap();
+        assert_one_line_error(&quick("crate", &run, &[]), &["already holds a training run", "--resume"]);
+        assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), before);
+        // --resume from another model
+        let st = rate()
+            .args(["aot", "train", "--data", "digits", "--per-class", "30", "--resume"])
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert_one_line_error(&st, &["state.json", "`model`"]);
+        // `forward` on NaN images refuses them instead of writing NaN logits
+        let imgs: Vec<f64> = (0..2 * 64).map(|i| if i == 3 { f64::NAN } else { 0.1 }).collect();
+        let mut arrays = std::collections::BTreeMap::new();
+        arrays.insert("images".to_string(), models::io::OutArray::f64(&[2, 1, 8, 8], imgs));
+        let nan_images = dir.join("nan_images.safetensors");
+        models::io::write_safetensors(&nan_images, &arrays, &Default::default()).unwrap();
+        let logits = dir.join("logits.safetensors");
+        let st = rate()
+            .args(["crate", "forward", "--checkpoint"])
+            .arg(run.join("model.safetensors"))
+            .arg("--input")
+            .arg(&nan_images)
+            .arg("--out")
+            .arg(&logits)
+            .output()
+            .unwrap();
+        assert_one_line_error(&st, &["nan_images.safetensors", "non-finite", "image 0"]);
+        assert!(!logits.exists());
+        // forward on finite images works with the trained checkpoint
+        let ok: Vec<f64> = (0..2 * 64).map(|i| (i % 7) as f64 / 7.0).collect();
+        arrays.insert("images".to_string(), models::io::OutArray::f64(&[2, 1, 8, 8], ok));
+        models::io::write_safetensors(&nan_images, &arrays, &Default::default()).unwrap();
+        let st = rate()
+            .args(["crate", "forward", "--checkpoint"])
+            .arg(run.join("model.safetensors"))
+            .arg("--input")
+            .arg(&nan_images)
+            .arg("--out")
+            .arg(&logits)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        // `redunet fit` on a file it refuses leaves no --out directory
+        let ragged = dir.join("ragged.csv");
+        std::fs::write(&ragged, "1,2,0\n3,1\n").unwrap();
+        let fit_out = dir.join("fit");
+        let st = rate()
+            .args(["redunet", "fit", "--data"])
+            .arg(&ragged)
+            .arg("--out")
+            .arg(&fit_out)
+            .output()
+            .unwrap();
+        assert_eq!(st.status.code(), Some(2));
+        assert!(!fit_out.exists(), "no empty --out left behind");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Starts a long digits run that checkpoints every step.
+    fn long_run(out: &Path) -> Child {
+        rate()
+            .args([
+                "--precision",
+                "f32",
+                "crate",
+                "train",
+                "--data",
+                "digits",
+                "--epochs",
+                "200",
+                "--batch",
+                "16",
+            ])
+            .args(["--checkpoint-every", "1", "--keep", "3", "--measure-images", "0", "--out"])
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts")
+    }
+
+    fn wait_for_checkpoints(out: &Path, n: usize) {
+        let t0 = Instant::now();
+        while models::train::checkpoint::list_checkpoints(&out.join("checkpoints")).unwrap().len() < n {
+            assert!(t0.elapsed() < Duration::from_secs(60), "no checkpoint after 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn sigint_writes_a_checkpoint_that_resumes() {
+        let out = tmp("train-sigint");
+        let child = long_run(&out);
+        wait_for_checkpoints(&out, 2);
+        let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        assert!(st.success());
+        let done = child.wait_with_output().unwrap();
+        assert_eq!(done.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert!(err.contains("interrupted after step") && err.contains("--resume"), "{err}");
+        let newest = models::train::checkpoint::resolve_checkpoint(&out).unwrap();
+        let state = models::train::checkpoint::read_checkpoint(&newest).unwrap().state;
+        // resume to the end of the current epoch + 1 more: finishes
+        let st = rate()
+            .args(["--precision", "f32", "crate", "train", "--data", "digits", "--resume"])
+            .arg(&out)
+            .args(["--epochs", &(state.epoch + 1).to_string()])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        let m = super::metrics(&out);
+        assert_eq!(m["epochs"].as_u64(), Some(state.epoch as u64 + 1));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
+    #[test]
+    fn sigkill_while_checkpointing_leaves_the_previous_checkpoint_loadable() {
+        let out = tmp("train-sigkill");
+        for delay_ms in [0u64, 7, 23] {
+            let _ = std::fs::remove_dir_all(&out);
+            let mut child = long_run(&out);
+            wait_for_checkpoints(&out, 1);
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            child.kill().unwrap(); // SIGKILL, at any point of a checkpoint write
+            child.wait().unwrap();
+            let newest = models::train::checkpoint::resolve_checkpoint(&out).unwrap();
+            let ck = models::train::checkpoint::read_checkpoint(&newest)
+                .expect("the newest complete checkpoint reads");
+            let be = backend_cpu::CpuBackend::<f32>::new();
+            models::nn::crate_model::Crate::<backend_cpu::CpuBackend<f32>>::load(
+                &be,
+                newest.join("model.safetensors"),
+            )
+            .expect("its model loads");
+            assert!(ck.state.step >= 1);
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}

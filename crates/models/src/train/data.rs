@@ -71,7 +71,7 @@ impl Normalisation {
         let n = (images.len() * hw) as f64;
         let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
         let std: Vec<f64> = sq.iter().zip(&mean).map(|(q, m)| (q / n - m * m).max(0.0).sqrt()).collect();
-        if let Some(ch) = std.iter().position(|s| !(*s > 1e-12)) {
+        if let Some(ch) = std.iter().position(|s| s.is_nan() || *s <= 1e-12) {
             return Err(Error::Format {
                 path: images.dataset.source().to_string(),
                 message: format!(
@@ -117,7 +117,7 @@ impl Normalisation {
             Ok(v)
         };
         let n = Normalisation { mean: parse(NORM_MEAN_KEY, mean)?, std: parse(NORM_STD_KEY, std)? };
-        if let Some(s) = n.std.iter().find(|s| !(**s > 0.0)) {
+        if let Some(s) = n.std.iter().find(|s| s.is_nan() || **s <= 0.0) {
             return Err(meta.err(format!("`{NORM_STD_KEY}` holds {s}, not positive")));
         }
         Ok(Some(n))
