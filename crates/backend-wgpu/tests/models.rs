@@ -289,3 +289,107 @@ fn tssa_fixture_forward_backward_matches_cpu_f64() {
     assert_grads("tssa", &grads_g, &grads_c);
     assert_rel("tssa: grad input", &dx_g.to_f64_vec(), &dx_c.to_f64_vec(), GRAD_TOL);
 }
+
+/// Tolerance of the training-loop comparison: per-step losses and the parameters after the steps, norm-wise
+/// relative. SGD with momentum keeps the update linear in the gradients, so the f32 round-off of the GPU
+/// (about 1e-7 per forward value, 1e-6 per gradient) stays that size; AdamW would turn the sign of a
+/// near-zero gradient into a full `lr` step.
+const TRAIN_TOL: f64 = 1e-4;
+
+#[test]
+fn the_training_loop_trains_on_wgpu_like_the_cpu() {
+    use models::data::Dataset;
+    use models::nn::crate_model::CrateLayer;
+    use models::train::{Images, NoHooks, Session, TrainOptions};
+    let gpu = gpu_or_skip!();
+    // 40 images 1x8x8 of 4 classes (class c brighter in rows 2c, 2c+1)
+    let labels: Vec<usize> = (0..40).map(|i| i % 4).collect();
+    let x: Vec<f64> = (0..40 * 64)
+        .map(|k| {
+            let (i, j) = (k / 64, k % 64);
+            let bump = if (j / 8) / 2 == labels[i] { 0.7 } else { 0.0 };
+            ((k * 7919) % 101) as f64 / 250.0 + bump
+        })
+        .collect();
+    let ds = Dataset::new("synthetic", x, &[1, 8, 8], labels, Some(4)).unwrap();
+    let images = Images::new(&ds, 1, 8, 4, "training").unwrap();
+    let vision = VisionConfig {
+        image_size: 8,
+        patch_size: 4,
+        channels: 1,
+        num_classes: 4,
+        dim: 16,
+        depth: 2,
+        heads: 2,
+        pool: Pool::Cls,
+        layernorm_eps: 1e-5,
+    };
+    let config = CrateConfig { vision, ..CrateConfig::mnist_small() };
+    let options = TrainOptions {
+        epochs: 1,
+        batch: 10,
+        optimizer: "sgd".into(),
+        lr: 0.05,
+        weight_decay: 5e-4,
+        warmup_epochs: 0.5,
+        log_every: 1,
+        measure_images: 0,
+        ..TrainOptions::default()
+    };
+    let run = |out: &std::path::Path| -> (Vec<f64>, Vec<f64>) {
+        let losses = |dir: &std::path::Path| -> Vec<f64> {
+            std::fs::read_to_string(dir.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v["kind"] == "step")
+                .map(|v| v["loss"].as_f64().unwrap())
+                .collect()
+        };
+        let params = |m: &dyn Fn(&mut dyn FnMut(String, Vec<f64>))| {
+            let mut v = Vec::new();
+            m(&mut |_, p| v.extend(p));
+            v
+        };
+        let _ = std::fs::remove_dir_all(out);
+        let (l, p) = if out.ends_with("gpu") {
+            let mut s = Session::<WgpuBackend, CrateLayer<WgpuBackend>>::new(
+                gpu,
+                &config,
+                options.clone(),
+                images,
+                None,
+                out,
+                "crate",
+                vec![],
+            )
+            .unwrap();
+            s.run(&mut NoHooks).unwrap();
+            (losses(out), params(&|f| s.model.visit("", &mut |n, t| f(n, t.to_f64_vec()))))
+        } else {
+            let cpu = C64::new();
+            let mut s = Session::<C64, CrateLayer<C64>>::new(
+                &cpu,
+                &config,
+                options.clone(),
+                images,
+                None,
+                out,
+                "crate",
+                vec![],
+            )
+            .unwrap();
+            s.run(&mut NoHooks).unwrap();
+            (losses(out), params(&|f| s.model.visit("", &mut |n, t| f(n, t.to_f64_vec()))))
+        };
+        let _ = std::fs::remove_dir_all(out);
+        (l, p)
+    };
+    let base = std::env::temp_dir().join(format!("rate-wgpu-train-{}", std::process::id()));
+    let (gpu_losses, gpu_params) = run(&base.join("gpu"));
+    let (cpu_losses, cpu_params) = run(&base.join("cpu"));
+    assert_eq!(gpu_losses.len(), 4);
+    assert_rel("training losses, 4 SGD steps", &gpu_losses, &cpu_losses, TRAIN_TOL);
+    assert_rel("parameters after 4 SGD steps", &gpu_params, &cpu_params, TRAIN_TOL);
+    let _ = std::fs::remove_dir_all(base);
+}
