@@ -539,7 +539,7 @@ fn finish<B: Kernels, L: Block<B>>(
         "total_seconds": s.state.wall_seconds,
         "train_seconds": seconds,
         "train_images_per_s": throughput,
-        "train_images_per_s_note": "training images over the seconds of the training steps of every epoch (batch assembly, augmentation, forward, backward, optimiser; evaluation excluded)",
+        "train_images_per_s_note": "training images over the wall seconds of every epoch's training loop, each step timed from the end of the previous one (waiting for the loader's batch assembly, augmentation and normalisation, forward, backward, clipping, optimiser); evaluation, layer measurements and checkpoints excluded",
         "layers": {
             "initial": initial,
             "final": final_layers,

@@ -238,7 +238,7 @@ impl Command for CrateCmd {
     fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
         match self {
             CrateCmd::Forward(a) => forward(opts, Kind::Crate, a),
-            CrateCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Crate, args: *a }),
+            CrateCmd::Train(a) => train(opts, Kind::Crate, *a),
             CrateCmd::Eval(a) => dispatch(opts, EvalJob { kind: Kind::Crate, args: a }),
         }
     }
@@ -248,7 +248,7 @@ impl Command for AotCmd {
     fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
         match self {
             AotCmd::Forward(a) => forward(opts, Kind::Aot, a),
-            AotCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Aot, args: *a }),
+            AotCmd::Train(a) => train(opts, Kind::Aot, *a),
             AotCmd::Eval(a) => dispatch(opts, EvalJob { kind: Kind::Aot, args: a }),
             AotCmd::Denoise(a) => dispatch(opts, DenoiseJob(a)),
         }
@@ -259,7 +259,7 @@ impl Command for TostCmd {
     fn run(self, opts: BackendOpts) -> CliResult<serde_json::Value> {
         match self {
             TostCmd::Forward(a) => forward(opts, Kind::Tost, a),
-            TostCmd::Train(a) => dispatch(opts, TrainJob { kind: Kind::Tost, args: *a }),
+            TostCmd::Train(a) => train(opts, Kind::Tost, *a),
             TostCmd::Eval(a) => dispatch(opts, EvalJob { kind: Kind::Tost, args: a }),
             TostCmd::Scaling(a) => dispatch(opts, ScalingJob(a)),
         }
@@ -271,6 +271,13 @@ impl Command for TostCmd {
 fn forward(opts: BackendOpts, kind: Kind, args: ForwardArgs) -> CliResult<serde_json::Value> {
     backend_cpu::recycle_buffers(backend_cpu::pool::MODEL_STEP_BYTES);
     dispatch(opts, ForwardJob { kind, args })
+}
+
+/// `rate crate|aot|tost train`, with recycled product buffers on the CPU as `forward` (the training step
+/// allocates the same shapes step after step; results are unchanged, only the zeroing of fresh outputs goes).
+fn train(opts: BackendOpts, kind: Kind, args: TrainArgs) -> CliResult<serde_json::Value> {
+    backend_cpu::recycle_buffers(backend_cpu::pool::MODEL_STEP_BYTES);
+    dispatch(opts, TrainJob { kind, args })
 }
 
 /// A JSON config file as string key-value pairs (numbers and booleans printed).

@@ -95,7 +95,8 @@ pub struct EpochProgress {
     pub correct: usize,
     /// Images seen.
     pub seen: usize,
-    /// Seconds of training steps.
+    /// Wall seconds of the epoch's training loop so far (each step from the end of the previous one, loader
+    /// waits included; evaluation and checkpoints excluded).
     pub seconds: f64,
 }
 

@@ -622,8 +622,10 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
             let epoch = self.state.epoch;
             let mut stop = None;
             let mut failure = None;
+            // A step's seconds run from the end of the previous step (or the start of the epoch's loop), so
+            // the wait for the loader's batch (gather, augmentation, normalisation) counts as training time.
+            let mut t0 = Instant::now();
             loader.for_each_batch(epoch, self.state.position, self.options.prefetch, |i, hb| {
-                let t0 = Instant::now();
                 let n = hb.len();
                 let x = Tensor::from_f64(&be, &hb.images, &[n, channels, size, size]);
                 let out = self.model.train_step_with(&x, &hb.labels, &ce, &exec)?;
@@ -655,6 +657,7 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
                 p.correct += out.correct;
                 p.seen += n;
                 p.seconds += t0.elapsed().as_secs_f64();
+                t0 = Instant::now();
                 let record = StepRecord {
                     step,
                     epoch: epoch + 1,

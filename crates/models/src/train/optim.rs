@@ -13,6 +13,7 @@
 
 use crate::nn::{Grads, Module};
 use crate::{Error, Kernels, Result, Tensor};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 /// Which update rule.
@@ -229,12 +230,40 @@ impl<B: Kernels> Optimizer<B> {
         }
         let c = self.config;
         let state = &mut self.state;
+        // The parameters with a gradient are moved out (a 0-element tensor in their place), updated
+        // independently, on rayon's pool on the CPU backend (each update is a chain of small elementwise
+        // ops, serial on one thread otherwise), and moved back: the same values in any order.
+        let mut jobs = Vec::new();
         model.visit_mut("", &mut |name, p| {
-            let Some(g) = grads.get(&name) else { return };
+            if !grads.contains_key(&name) {
+                return;
+            }
             let wd = if decays(&name, p.shape()) { c.weight_decay } else { 0.0 };
-            let s = state.entry(name).or_insert(ParamState { step: 0, m: None, v: None });
+            let mut s = state.remove(&name).unwrap_or(ParamState { step: 0, m: None, v: None });
             s.step += 1;
-            *p = update(&c, lr, wd, s, p, g);
+            let placeholder = Tensor::zeros(p.backend(), &[0]);
+            jobs.push((name, std::mem::replace(p, placeholder), s, wd));
+        });
+        let on_pool = jobs.first().is_some_and(|j| j.1.backend().name().starts_with("cpu"));
+        let run = |(name, p, mut s, wd): (String, Tensor<B>, ParamState<B>, f64)| {
+            let g = &grads[&name];
+            let new = update(&c, lr, wd, &mut s, &p, g);
+            (name, new, s)
+        };
+        let done: Vec<(String, Tensor<B>, ParamState<B>)> = if on_pool {
+            jobs.into_par_iter().map(run).collect()
+        } else {
+            jobs.into_iter().map(run).collect()
+        };
+        let mut updated = BTreeMap::new();
+        for (name, p, s) in done {
+            state.insert(name.clone(), s);
+            updated.insert(name, p);
+        }
+        model.visit_mut("", &mut |name, p| {
+            if let Some(new) = updated.remove(&name) {
+                *p = new;
+            }
         });
         Ok(())
     }
@@ -371,7 +400,18 @@ fn update<B: Kernels>(
 
 /// The global Euclidean norm of all gradients, `sqrt(sum_p ||g_p||^2)`, accumulated in f64 in name order.
 pub fn global_norm<B: Kernels>(grads: &Grads<B>) -> f64 {
-    grads.values().map(|g| g.square().sum_all()).sum::<f64>().sqrt()
+    let squares: Vec<&Tensor<B>> = grads.values().collect();
+    let sq = |g: &&Tensor<B>| g.square().sum_all();
+    // per-tensor sums on rayon's pool on the CPU backend, added in name order either way
+    let parts: Vec<f64> =
+        if on_cpu(grads) { squares.par_iter().map(sq).collect() } else { squares.iter().map(sq).collect() };
+    parts.iter().sum::<f64>().sqrt()
+}
+
+/// Whether the tensors of `grads` live on the CPU backend (where their independent elementwise work goes
+/// to rayon's pool).
+fn on_cpu<B: Kernels>(grads: &Grads<B>) -> bool {
+    grads.values().next().is_some_and(|g| g.backend().name().starts_with("cpu"))
 }
 
 /// Clips the gradients to global norm `max_norm` as `torch.nn.utils.clip_grad_norm_` does (every gradient
@@ -380,8 +420,12 @@ pub fn clip_global_norm<B: Kernels>(grads: &mut Grads<B>, max_norm: f64) -> f64 
     let norm = global_norm(grads);
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
-        for g in grads.values_mut() {
-            *g = g.scale(coef);
+        if on_cpu(grads) {
+            grads.par_iter_mut().for_each(|(_, g)| *g = g.scale(coef));
+        } else {
+            for g in grads.values_mut() {
+                *g = g.scale(coef);
+            }
         }
     }
     norm
