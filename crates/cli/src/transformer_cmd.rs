@@ -34,7 +34,7 @@ use models::nn::classifier::{Block, Classifier, ModelConfig};
 use models::nn::config::Meta;
 use models::nn::crate_model::CrateLayer;
 use models::nn::denoise::{self, fit_line, DenoiseConfig};
-use models::nn::exec::{CrateGradients, Execution};
+use models::nn::exec::{runs_on_host, CrateGradients, Execution};
 use models::nn::loss::CrossEntropy;
 use models::nn::mssa::{Mssa, Phi};
 use models::nn::tost::TostLayer;
@@ -142,7 +142,7 @@ impl ForwardArgs {
         let default = if gradients { DEFAULT_MICRO_BATCH.1 } else { DEFAULT_MICRO_BATCH.0 };
         match self.micro_batch.unwrap_or(default) {
             0 => Execution { micro_batch: None, parallel: false },
-            _ if !be.name().starts_with("cpu") => Execution { micro_batch: None, parallel: false },
+            _ if !runs_on_host(&be.name()) => Execution { micro_batch: None, parallel: false },
             images => Execution::parallel_micro_batches(images),
         }
     }

@@ -117,6 +117,25 @@ impl Execution {
     }
 }
 
+/// Whether a backend named `backend_name` computes on the host, where independent work (micro-batches,
+/// per-parameter optimiser updates) goes to rayon's pool; on a device the work is queued in order instead.
+pub fn runs_on_host(backend_name: &str) -> bool {
+    backend_name.starts_with("cpu")
+}
+
+/// `f` over `items` in order, on rayon's pool when `pool` (same results, each item independent).
+pub(crate) fn map_ordered<T: Send, R: Send>(
+    items: Vec<T>,
+    pool: bool,
+    f: impl Fn(T) -> R + Sync + Send,
+) -> Vec<R> {
+    if pool {
+        items.into_par_iter().map(f).collect()
+    } else {
+        items.into_iter().map(f).collect()
+    }
+}
+
 /// How many rows of `[batch, classes]` logits have their largest entry (first on ties) at the label.
 pub fn correct_count<B: Kernels>(logits: &Tensor<B>, labels: &[usize]) -> usize {
     logits.argmax_axis(1).iter().zip(labels).filter(|(p, l)| p == l).count()

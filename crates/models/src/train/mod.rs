@@ -22,7 +22,7 @@ pub use schedule::Schedule;
 
 use crate::nn::classifier::{Block, Classifier, ModelConfig};
 use crate::nn::config::Meta;
-use crate::nn::exec::Execution;
+use crate::nn::exec::{runs_on_host, Execution};
 use crate::nn::loss::CrossEntropy;
 use crate::nn::Module;
 use crate::{Error, Kernels, Result, Tensor};
@@ -175,7 +175,7 @@ impl TrainOptions {
 
     /// How a batch is executed on a backend named `backend_name` (micro-batches only on the CPU).
     pub fn execution(&self, backend_name: &str) -> Execution {
-        if self.micro_batch == 0 || !backend_name.starts_with("cpu") {
+        if self.micro_batch == 0 || !runs_on_host(backend_name) {
             Execution { micro_batch: None, parallel: false }
         } else {
             Execution::parallel_micro_batches(self.micro_batch)

@@ -11,9 +11,9 @@
 //! Parameters without a gradient are left alone, as PyTorch skips parameters whose `.grad` is `None`.
 //! [`no_weight_decay`] names the parameters that get no decay (the usual ViT groups).
 
+use crate::nn::exec::{map_ordered, runs_on_host};
 use crate::nn::{Grads, Module};
 use crate::{Error, Kernels, Result, Tensor};
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 /// Which update rule.
@@ -230,31 +230,37 @@ impl<B: Kernels> Optimizer<B> {
         }
         let c = self.config;
         let state = &mut self.state;
-        // The parameters with a gradient are moved out (a 0-element tensor in their place), updated
-        // independently, on rayon's pool on the CPU backend (each update is a chain of small elementwise
-        // ops, serial on one thread otherwise), and moved back: the same values in any order.
+        let wd_of = |name: &str, p: &Tensor<B>| if decays(name, p.shape()) { c.weight_decay } else { 0.0 };
+        let step = |name: &str, wd: f64, s: &mut ParamState<B>, p: &Tensor<B>| {
+            s.step += 1;
+            update(&c, lr, wd, s, p, &grads[name])
+        };
+        if !on_host(grads) {
+            // on a device the updates are queued in order, each parameter replaced in place
+            model.visit_mut("", &mut |name, p| {
+                if grads.contains_key(&name) {
+                    let s = state.entry(name.clone()).or_insert(ParamState { step: 0, m: None, v: None });
+                    *p = step(&name, wd_of(&name, p), s, p);
+                }
+            });
+            return Ok(());
+        }
+        // On the host the parameters are moved out (an empty host buffer in their place), updated
+        // independently on rayon's pool (each update is a chain of small elementwise ops) and moved back:
+        // the same values in any order.
         let mut jobs = Vec::new();
         model.visit_mut("", &mut |name, p| {
-            if !grads.contains_key(&name) {
-                return;
+            if grads.contains_key(&name) {
+                let s = state.remove(&name).unwrap_or(ParamState { step: 0, m: None, v: None });
+                let wd = wd_of(&name, p);
+                let placeholder = Tensor::zeros(p.backend(), &[0]);
+                jobs.push((name, wd, std::mem::replace(p, placeholder), s));
             }
-            let wd = if decays(&name, p.shape()) { c.weight_decay } else { 0.0 };
-            let mut s = state.remove(&name).unwrap_or(ParamState { step: 0, m: None, v: None });
-            s.step += 1;
-            let placeholder = Tensor::zeros(p.backend(), &[0]);
-            jobs.push((name, std::mem::replace(p, placeholder), s, wd));
         });
-        let on_pool = jobs.first().is_some_and(|j| j.1.backend().name().starts_with("cpu"));
-        let run = |(name, p, mut s, wd): (String, Tensor<B>, ParamState<B>, f64)| {
-            let g = &grads[&name];
-            let new = update(&c, lr, wd, &mut s, &p, g);
+        let done = map_ordered(jobs, true, |(name, wd, p, mut s)| {
+            let new = step(&name, wd, &mut s, &p);
             (name, new, s)
-        };
-        let done: Vec<(String, Tensor<B>, ParamState<B>)> = if on_pool {
-            jobs.into_par_iter().map(run).collect()
-        } else {
-            jobs.into_iter().map(run).collect()
-        };
+        });
         let mut updated = BTreeMap::new();
         for (name, p, s) in done {
             state.insert(name.clone(), s);
@@ -400,18 +406,14 @@ fn update<B: Kernels>(
 
 /// The global Euclidean norm of all gradients, `sqrt(sum_p ||g_p||^2)`, accumulated in f64 in name order.
 pub fn global_norm<B: Kernels>(grads: &Grads<B>) -> f64 {
-    let squares: Vec<&Tensor<B>> = grads.values().collect();
-    let sq = |g: &&Tensor<B>| g.square().sum_all();
-    // per-tensor sums on rayon's pool on the CPU backend, added in name order either way
-    let parts: Vec<f64> =
-        if on_cpu(grads) { squares.par_iter().map(sq).collect() } else { squares.iter().map(sq).collect() };
+    // per-tensor sums on rayon's pool on the host, added in name order either way
+    let parts = map_ordered(grads.values().collect(), on_host(grads), |g| g.square().sum_all());
     parts.iter().sum::<f64>().sqrt()
 }
 
-/// Whether the tensors of `grads` live on the CPU backend (where their independent elementwise work goes
-/// to rayon's pool).
-fn on_cpu<B: Kernels>(grads: &Grads<B>) -> bool {
-    grads.values().next().is_some_and(|g| g.backend().name().starts_with("cpu"))
+/// Whether the tensors of `grads` live on a host backend ([`runs_on_host`]).
+fn on_host<B: Kernels>(grads: &Grads<B>) -> bool {
+    grads.values().next().is_some_and(|g| runs_on_host(&g.backend().name()))
 }
 
 /// Clips the gradients to global norm `max_norm` as `torch.nn.utils.clip_grad_norm_` does (every gradient
@@ -420,12 +422,9 @@ pub fn clip_global_norm<B: Kernels>(grads: &mut Grads<B>, max_norm: f64) -> f64 
     let norm = global_norm(grads);
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
-        if on_cpu(grads) {
-            grads.par_iter_mut().for_each(|(_, g)| *g = g.scale(coef));
-        } else {
-            for g in grads.values_mut() {
-                *g = g.scale(coef);
-            }
+        let scaled = map_ordered(grads.values().collect(), on_host(grads), |g| g.scale(coef));
+        for (g, s) in grads.values_mut().zip(scaled) {
+            *g = s;
         }
     }
     norm
