@@ -3,12 +3,12 @@
 use crate::invariant_cmd::{InvariantCmd, RotationArgs, TranslationArgs};
 use crate::plot::{self, gram_heatmap, Series};
 use crate::util::{
-    dispatch, ensure_dir, write_json, BackendOpts, CliError, CliResult, Command, Job, StepArgs,
+    dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Command, Job, StepArgs,
 };
 use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
 use models::data::{self, Dataset};
-use models::redunet::{gaussians, Depth, Engine, Record, ReduNet, ReduNetConfig, Trace};
+use models::redunet::{gaussians, Depth, Engine, LayerProgress, Pca, Record, ReduNet, ReduNetConfig, Trace};
 use rate_core::{Kernels, Rates, Tensor};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -113,6 +113,10 @@ pub struct FitArgs {
     /// Neighbours of the cosine kNN classifier.
     #[arg(long, default_value_t = 5)]
     pub knn: usize,
+    /// Project the (row-normalised) features onto their top K principal directions first;
+    /// the projection is saved as pca.safetensors beside the model and `transform` applies it.
+    #[arg(long)]
+    pub pca: Option<usize>,
     /// Output directory (model, metrics.json, plots).
     #[arg(long)]
     pub out: PathBuf,
@@ -225,11 +229,18 @@ fn project_2d(z: &[f64], m: usize, d: usize) -> Vec<(f64, f64)> {
 
 /// `gram_before.png` and `gram_after.png`: `|Z^T Z|` of the input and of the
 /// output features (`d` per sample), samples sorted by class.
-fn gram_plots(out: &Path, before: &[f64], after: &[f64], d: usize, labels: &[usize]) -> CliResult<()> {
+fn gram_plots(
+    out: &Path,
+    before: &[f64],
+    d_before: usize,
+    after: &[f64],
+    d: usize,
+    labels: &[usize],
+) -> CliResult<()> {
     let m = labels.len();
-    for (name, title, z) in [
-        ("gram_before.png", "|Z^T Z| of the input, sorted by class", before),
-        ("gram_after.png", "|Z^T Z| of the output, sorted by class", after),
+    for (name, title, z, d) in [
+        ("gram_before.png", "|Z^T Z| of the input, sorted by class", before, d_before),
+        ("gram_after.png", "|Z^T Z| of the output, sorted by class", after, d),
     ] {
         let (h, side) = gram_heatmap(z, m, d, labels, 300);
         plot::heatmap(&out.join(name), title, &h, side, 1.0)?;
@@ -319,7 +330,7 @@ impl Job for GaussiansJob {
             &project_2d(&z, m, d),
             labels,
         )?;
-        gram_plots(&a.out, &train.x, &z, d, labels)?;
+        gram_plots(&a.out, &train.x, d, &z, d, labels)?;
 
         let metrics = json!({
             "experiment": "redunet_gaussians",
@@ -393,47 +404,145 @@ impl Job for FitJob {
     }
 }
 
+/// Largest number of samples the Gram heat maps of `fit` use (evenly spaced in class order).
+const GRAM_PLOT_SAMPLES: usize = 1200;
+
+/// Rows for the Gram heat maps: all of them up to [`GRAM_PLOT_SAMPLES`], else
+/// evenly spaced ones of the class-sorted order (every class keeps its share).
+fn gram_sample(labels: &[usize]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by_key(|&i| (labels[i], i));
+    let m = order.len();
+    if m <= GRAM_PLOT_SAMPLES {
+        return order;
+    }
+    (0..GRAM_PLOT_SAMPLES).map(|s| order[s * m / GRAM_PLOT_SAMPLES]).collect()
+}
+
+/// The peak resident memory of this process so far, in bytes (Linux's `VmHWM`; `None` elsewhere).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A progress hook for a ReduNet build or transform that moves `pb`.
+fn layer_hook(pb: &indicatif::ProgressBar) -> LayerProgress {
+    let pb = pb.clone();
+    LayerProgress::new(move |done, _| pb.set_position(done as u64))
+}
+
 /// `rate redunet fit` once the data are read.
+///
+/// Memory: the training features are uploaded once (in class order, so that
+/// the build's chunks are slices of them and its output needs no reordering)
+/// and the data set's own copy is dropped; the build keeps one more copy of
+/// the features and the operators; the raw baselines run before the build,
+/// the feature baselines after the model is saved and dropped.
 fn fit<B: Kernels>(be: &B, a: FitArgs, train: Dataset, test: Dataset) -> CliResult<serde_json::Value> {
     {
         ensure_dir(&a.out)?;
+        let t_all = Instant::now();
         let k = train.num_classes().max(test.num_classes());
-        let x = normalise_rows(&train.to_tensor(be));
+        let (m, n, d_in) = (train.len(), test.len(), train.num_features());
+        let labels_in = train.labels().to_vec();
+        let mut order: Vec<usize> = (0..m).collect();
+        order.sort_by_key(|&i| (labels_in[i], i));
+        let train_labels: Vec<usize> = order.iter().map(|&i| labels_in[i]).collect();
+        let x = {
+            let raw = train.to_tensor(be);
+            drop(train);
+            normalise_rows(&raw.index_select(0, &order))
+        };
+        let test_labels = test.labels().to_vec();
         let xt = normalise_rows(&test.to_tensor(be));
+        drop(test);
+
+        // the raw baselines, on the input features
+        let comps_raw = a.components.min(d_in);
+        let ns_raw = NearestSubspace::fit(&x, &train_labels, k, comps_raw)?;
+        let acc_raw = accuracy(&ns_raw.predict(&xt)?, &test_labels)?;
+        drop(ns_raw);
+        let knn_raw = accuracy(&knn_predict(&x, &train_labels, &xt, a.knn)?, &test_labels)?;
+        let gram_rows = gram_sample(&train_labels);
+        let gram_in = x.index_select(0, &gram_rows).to_f64_vec();
+
+        let t_pca = Instant::now();
+        let (x, xt, pca) = match a.pca {
+            Some(kp) => {
+                let p = Pca::fit(&x, kp)?;
+                let (xp, xtp) = (p.apply(&x)?, p.apply(&xt)?);
+                (xp, xtp, Some(p))
+            }
+            None => (x, xt, None),
+        };
+        let pca_s = t_pca.elapsed().as_secs_f64();
+        let d = x.dim(1);
         let config = a.net.config(k, 30);
+        let layers = config.depth.max_layers();
+        let model_bytes = (layers * (k + 1) * d * d * std::mem::size_of::<B::Elem>()) as f64;
+        if model_bytes > 1e9 {
+            eprintln!(
+                "note: the model will hold {:.1} GB of operators ({layers} layers of {} matrices of {d} x {d}); \
+                 --pca K or --layers L makes it smaller",
+                model_bytes / 1e9,
+                k + 1
+            );
+        }
         let t0 = Instant::now();
-        let (net, trace) = ReduNet::build(&x, train.labels(), config)?;
+        let pb = progress(layers as u64, "build");
+        let (net, trace) =
+            ReduNet::build_observed(&x, &train_labels, config, &Record::default(), layer_hook(&pb))?;
+        pb.finish_and_clear();
         let build_s = t0.elapsed().as_secs_f64();
+        drop(x);
         let t1 = Instant::now();
-        let test_trace =
-            net.transform_with(&xt, &Record { rates: false, yhat: true, features: Default::default() })?;
+        let pb = progress(net.depth() as u64, "test");
+        let test_trace = net.transform_observed(
+            &xt,
+            &Record { rates: false, yhat: true, features: Default::default() },
+            layer_hook(&pb),
+        )?;
+        pb.finish_and_clear();
         let transform_s = t1.elapsed().as_secs_f64();
         net.save(a.out.join("model.safetensors"))?;
+        if let Some(p) = &pca {
+            p.save(a.out.join("pca.safetensors"))?;
+        }
+        let (depth, dim, net_config) = (net.depth(), net.dim(), net.config().clone());
+        drop(net);
 
-        let comps = a.components.min(train.num_features());
-        let ns_raw = NearestSubspace::fit(&x, train.labels(), k, comps)?;
-        let acc_raw = accuracy(&ns_raw.predict(&xt)?, test.labels())?;
-        let ns = NearestSubspace::fit(&trace.output, train.labels(), k, comps)?;
-        let acc_feat = accuracy(&ns.predict(&test_trace.output)?, test.labels())?;
-        let knn_raw = accuracy(&knn_predict(&x, train.labels(), &xt, a.knn)?, test.labels())?;
+        let t2 = Instant::now();
+        let comps = a.components.min(dim);
+        let ns = NearestSubspace::fit(&trace.output, &train_labels, k, comps)?;
+        let acc_feat = accuracy(&ns.predict(&test_trace.output)?, &test_labels)?;
+        drop(ns);
         let knn_feat =
-            accuracy(&knn_predict(&trace.output, train.labels(), &test_trace.output, a.knn)?, test.labels())?;
-        let memb = last_yhat(&test_trace).map(|p| accuracy(&p, test.labels())).transpose()?;
+            accuracy(&knn_predict(&trace.output, &train_labels, &test_trace.output, a.knn)?, &test_labels)?;
+        let memb = last_yhat(&test_trace).map(|p| accuracy(&p, &test_labels)).transpose()?;
+        let evaluate_s = t2.elapsed().as_secs_f64();
 
         rate_plot(
             &a.out.join("rates.png"),
             &format!("Rate reduction per layer ({})", a.data),
             &trace.rates_true,
         )?;
-        let z = trace.output.to_f64_vec();
-        gram_plots(&a.out, &x.to_f64_vec(), &z, net.dim(), train.labels())?;
+        let gram_out = trace.output.index_select(0, &gram_rows).to_f64_vec();
+        let sample_labels: Vec<usize> = gram_rows.iter().map(|&i| train_labels[i]).collect();
+        gram_plots(&a.out, &gram_in, d_in, &gram_out, dim, &sample_labels)?;
+        let peak = peak_rss_bytes();
 
         let metrics = json!({
             "experiment": "redunet_fit",
             "backend": be.name(),
-            "data": a.data, "test": a.test, "train_samples": train.len(), "test_samples": test.len(),
-            "features": net.dim(), "classes": k, "layers_built": net.depth(),
-            "config": net.config(),
+            "data": a.data, "test": a.test, "train_samples": m, "test_samples": n,
+            "input_features": d_in,
+            "features": dim, "classes": k, "layers_built": depth,
+            "pca": pca.as_ref().map(|p| json!({
+                "components": p.output_dim(), "explained_variance": p.explained_variance(),
+            })),
+            "config": net_config,
             "rates_true": rates_json(&trace.rates_true),
             "rates_code": rates_json(&trace.rates_code),
             "test_accuracy": {
@@ -442,19 +551,26 @@ fn fit<B: Kernels>(be: &B, a: FitArgs, train: Dataset, test: Dataset) -> CliResu
                 "knn_cosine_raw": knn_raw,
                 "knn_cosine_features": knn_feat,
                 "membership_last_layer": memb,
-                "components": comps, "knn_k": a.knn,
+                "components": comps, "components_raw": comps_raw, "knn_k": a.knn,
             },
-            "timings": { "build_s": build_s, "transform_s": transform_s },
+            "timings": {
+                "pca_s": pca_s, "build_s": build_s, "transform_s": transform_s, "evaluate_s": evaluate_s,
+                "total_s": t_all.elapsed().as_secs_f64(),
+            },
+            "peak_rss_bytes": peak,
+            "gram_plot_samples": gram_rows.len(),
         });
         write_json(&a.out.join("metrics.json"), &metrics)?;
         Ok(json!({
             "out": a.out.display().to_string(),
-            "layers": net.depth(),
+            "layers": depth,
             "nearest_subspace_raw": acc_raw,
             "nearest_subspace_features": acc_feat,
             "knn_cosine_raw": knn_raw,
             "knn_cosine_features": knn_feat,
             "build_s": build_s,
+            "total_s": t_all.elapsed().as_secs_f64(),
+            "peak_rss_mb": peak.map(|b| b as f64 / 1e6),
         }))
     }
 }
@@ -470,16 +586,23 @@ impl Job for TransformJob {
         // kernel runs (the fused engine on the CPU for small d, the tensor ops on the device on wgpu)
         net.set_engine(Engine::Auto);
         let ds = data::source(&a.data)?;
-        if ds.num_features() != net.dim() {
+        let pca_path = a.model.join("pca.safetensors");
+        let pca = if pca_path.exists() { Some(Pca::load(be, &pca_path)?) } else { None };
+        let expects = pca.as_ref().map_or(net.dim(), |p| p.input_dim());
+        if ds.num_features() != expects {
             return Err(CliError::Usage(format!(
                 "--data {} has {} features per sample but the model in {} expects {}",
                 a.data,
                 ds.num_features(),
                 a.model.display(),
-                net.dim()
+                expects
             )));
         }
         let x = normalise_rows(&ds.to_tensor(be));
+        let x = match &pca {
+            Some(p) => p.apply(&x)?,
+            None => x,
+        };
         let trace =
             net.transform_with(&x, &Record { rates: false, yhat: true, features: Default::default() })?;
         let yhat: Vec<i64> = last_yhat(&trace).unwrap_or_default().into_iter().map(|v| v as i64).collect();

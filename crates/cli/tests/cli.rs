@@ -84,6 +84,74 @@ fn fit_then_transform_on_embedded_digits() {
 }
 
 #[test]
+fn fit_with_pca_saves_the_projection_and_transform_applies_it() {
+    let out = tmp("fit-pca");
+    let st = rate()
+        .args([
+            "--json",
+            "redunet",
+            "fit",
+            "--data",
+            "digits",
+            "--per-class",
+            "30",
+            "--layers",
+            "4",
+            "--pca",
+            "12",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let m = metrics(&out);
+    assert_eq!(m["features"], 12);
+    assert_eq!(m["input_features"], 64);
+    let ev = m["pca"]["explained_variance"].as_f64().unwrap();
+    assert!(ev > 0.5 && ev < 1.0, "explained variance {ev}");
+    assert!(m["test_accuracy"]["nearest_subspace_features"].as_f64().unwrap() > 0.7);
+    assert!(m["peak_rss_bytes"].as_u64().is_some());
+    assert!(out.join("pca.safetensors").exists());
+    let z = out.join("z.safetensors");
+    let st = rate()
+        .args(["redunet", "transform", "--model"])
+        .arg(&out)
+        .args(["--data", "digits", "--out"])
+        .arg(&z)
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert_eq!(models::io::TensorFile::read(&z).unwrap().get("Z").unwrap().shape, vec![1797, 12]);
+    // more components than features is refused, naming the flag, and leaves no --out behind
+    let bad = tmp("fit-pca-bad");
+    let st = rate()
+        .args([
+            "redunet",
+            "fit",
+            "--data",
+            "digits",
+            "--per-class",
+            "30",
+            "--layers",
+            "2",
+            "--pca",
+            "65",
+            "--out",
+        ])
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert!(!st.status.success());
+    assert!(
+        String::from_utf8_lossy(&st.stderr).contains("--pca 65"),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(!bad.exists());
+}
+
+#[test]
 fn errors_exit_with_status_2_and_one_line_naming_the_problem() {
     let dir = tmp("errors");
     std::fs::create_dir_all(&dir).unwrap();

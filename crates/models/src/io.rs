@@ -222,3 +222,102 @@ pub fn write_safetensors(
 ) -> Result<()> {
     write_atomic(path, &to_bytes(arrays, metadata)?)
 }
+
+/// One tensor of [`write_safetensors_streamed`]: its name, stored dtype (F32 or F64) and shape.
+#[derive(Clone, Debug)]
+pub struct StreamedTensor {
+    /// Name in the file.
+    pub name: String,
+    /// Stored dtype: `Dtype::F32` or `Dtype::F64`.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+/// Writes a safetensors file atomically without holding its data in memory:
+/// the header from `tensors` (in that order), then `fill(i, sink)` for each
+/// tensor `i` in turn, which must push exactly its element count of values
+/// (f64, stored as the tensor's dtype) through `sink`, in as many calls as it
+/// likes. Used for files larger than what should be held twice (a ReduNet's
+/// operators: `L (k+1) d^2` numbers). The temporary file is removed if
+/// anything fails.
+pub fn write_safetensors_streamed(
+    path: impl AsRef<Path>,
+    tensors: &[StreamedTensor],
+    metadata: &BTreeMap<String, String>,
+    mut fill: impl FnMut(usize, &mut dyn FnMut(&[f64]) -> Result<()>) -> Result<()>,
+) -> Result<()> {
+    use std::io::Write;
+    let p = path.as_ref();
+    let io = |e: std::io::Error| Error::Io { path: p.display().to_string(), source: e };
+    let width = |t: &StreamedTensor| match t.dtype {
+        Dtype::F32 => Ok(4usize),
+        Dtype::F64 => Ok(8),
+        other => Err(Error::Config(format!("tensor `{}`: cannot stream dtype {other:?}", t.name))),
+    };
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap_or_default());
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        let bytes = t.shape.iter().product::<usize>() * width(t)?;
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({
+                "dtype": if t.dtype == Dtype::F32 { "F32" } else { "F64" },
+                "shape": t.shape,
+                "data_offsets": [offset, offset + bytes],
+            }),
+        );
+        offset += bytes;
+    }
+    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    if let Some(dir) = p.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+    }
+    let name = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    let tmp = p.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let tio = |e: std::io::Error| Error::Io { path: tmp.display().to_string(), source: e };
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(tio)?);
+        w.write_all(&(text.len() as u64).to_le_bytes()).map_err(tio)?;
+        w.write_all(&text).map_err(tio)?;
+        for (i, t) in tensors.iter().enumerate() {
+            let want = t.shape.iter().product::<usize>();
+            let mut written = 0usize;
+            let mut bytes = Vec::new();
+            let mut sink = |vals: &[f64]| -> Result<()> {
+                bytes.clear();
+                match t.dtype {
+                    Dtype::F32 => bytes.extend(vals.iter().flat_map(|&x| (x as f32).to_le_bytes())),
+                    _ => bytes.extend(vals.iter().flat_map(|x| x.to_le_bytes())),
+                }
+                written += vals.len();
+                w.write_all(&bytes).map_err(tio)
+            };
+            fill(i, &mut sink)?;
+            if written != want {
+                return Err(Error::Config(format!(
+                    "tensor `{}`: {written} values written for shape {:?}",
+                    t.name, t.shape
+                )));
+            }
+        }
+        let f = w.into_inner().map_err(|e| tio(e.into_error()))?;
+        f.sync_all().map_err(tio)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, p).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}

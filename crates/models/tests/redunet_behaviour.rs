@@ -253,3 +253,105 @@ fn results_do_not_depend_on_the_thread_count() {
     assert_eq!(a.1, b.1);
     assert_eq!(a.2, b.2);
 }
+
+/// Largest entrywise difference relative to the largest magnitude.
+fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1e-300f64, |s, v| s.max(v.abs()));
+    max_abs_diff(a, b) / scale
+}
+
+fn rates_flat(r: &[rate_core::Rates]) -> Vec<f64> {
+    r.iter().flat_map(|x| [x.r, x.rc, x.delta_r]).collect()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Issue 17: the reference engine streams the samples in chunks (every chunk
+    /// inside one class). Neither the chunk size nor the input order changes the
+    /// operators, the rates (true and as logged), `yhat` or the features beyond
+    /// rounding, whether classes have more samples than dimensions (Gram route)
+    /// or fewer (rows route), and with memberships that disagree with the labels.
+    #[test]
+    fn chunk_size_and_sample_order_change_nothing_beyond_rounding(
+        seed in 0u64..10_000,
+        k in 2usize..4,
+        extra in 0usize..5,
+        per_class in 3usize..14,
+        batch in 1usize..40,
+    ) {
+        let be = B64::new();
+        let d = k + extra;
+        let data = gaussians(k, d, per_class, 0.35, seed).expect("data");
+        let test = gaussians(k, d, 7, 0.35, seed + 1).expect("test");
+        let mut cfg = ReduNetConfig::new(k, 6);
+        cfg.engine = Engine::Tensor;
+        cfg.lambda = 10.0;
+        cfg.batch_size = 1 << 20;
+        let x = data.tensor(&be);
+        let record = Record { rates: true, yhat: true, features: models::redunet::LayerSet::Only(vec![0, 3]) };
+        let (whole, tw) = ReduNet::build_with(&x, &data.labels, cfg.clone(), &record).expect("whole");
+        cfg.batch_size = batch;
+        let (chunked, tc) = ReduNet::build_with(&x, &data.labels, cfg.clone(), &record).expect("chunked");
+        let tol = 1e-9;
+        proptest::prop_assert!(rel_diff(&tc.output.to_vec(), &tw.output.to_vec()) < tol);
+        for (a, b) in chunked.layers().iter().zip(whole.layers()) {
+            proptest::prop_assert!(rel_diff(&a.operators().to_vec(), &b.operators().to_vec()) < tol);
+        }
+        proptest::prop_assert!(rel_diff(&rates_flat(&tc.rates_true), &rates_flat(&tw.rates_true)) < tol);
+        proptest::prop_assert!(rel_diff(&rates_flat(&tc.rates_code), &rates_flat(&tw.rates_code)) < tol);
+        for l in 0..tw.yhat_layers() {
+            proptest::prop_assert_eq!(tc.yhat(l), tw.yhat(l));
+        }
+        for l in [0, 3] {
+            let (a, b) = (tc.feature(l).expect("snapshot"), tw.feature(l).expect("snapshot"));
+            proptest::prop_assert!(rel_diff(&a.to_vec(), &b.to_vec()) < tol);
+        }
+        // the transform chunks the same way
+        let xt = test.tensor(&be);
+        let (ya, yb) = (chunked.transform(&xt).expect("t"), whole.transform(&xt).expect("t"));
+        proptest::prop_assert!(rel_diff(&ya.to_vec(), &yb.to_vec()) < tol);
+
+        // reversed sample order: the same network, the output rows reversed
+        let rev: Vec<usize> = (0..data.labels.len()).rev().collect();
+        let labels_rev: Vec<usize> = rev.iter().map(|&i| data.labels[i]).collect();
+        let (net_rev, tr) =
+            ReduNet::build_with(&x.index_select(0, &rev), &labels_rev, cfg, &record).expect("reversed");
+        proptest::prop_assert!(
+            rel_diff(&tr.output.index_select(0, &rev).to_vec(), &tw.output.to_vec()) < tol
+        );
+        for (a, b) in net_rev.layers().iter().zip(whole.layers()) {
+            proptest::prop_assert!(rel_diff(&a.operators().to_vec(), &b.operators().to_vec()) < tol);
+        }
+        let yr = tr.yhat(2).expect("yhat");
+        let back: Vec<u32> = rev.iter().map(|&i| yr[i]).collect();
+        proptest::prop_assert_eq!(Some(back.as_slice()), tw.yhat(2));
+    }
+}
+
+/// Issue 17: a model built in f32 is saved in f32 (half the bytes of f64), one
+/// layer at a time, and loads back to the same operators and outputs.
+#[test]
+fn f32_models_are_saved_in_f32_and_load_back_exactly() {
+    let be = B32::new();
+    let data = gaussians(3, 5, 20, 0.2, 4).expect("data");
+    let mut cfg = ReduNetConfig::new(3, 4);
+    cfg.engine = Engine::Tensor;
+    let (net, _) = ReduNet::build(&data.tensor(&be), &data.labels, cfg).expect("build");
+    let path = temp_path("net32.safetensors");
+    net.save(&path).expect("save");
+    let file = models::io::TensorFile::read(&path).expect("read");
+    for name in ["E_layers", "C_layers"] {
+        assert_eq!(format!("{:?}", file.get(name).expect(name).dtype), "F32", "{name}");
+    }
+    assert_eq!(format!("{:?}", file.get("gam").expect("gam").dtype), "F64");
+    let bytes = std::fs::metadata(&path).expect("size").len() as usize;
+    assert!(bytes < 4 * 4 * 5 * 5 * 4 + 2048, "{bytes} bytes for 4 x 4 matrices of 5 x 5 in f32");
+    let back = ReduNet::<B32>::load(&be, &path).expect("load");
+    for (a, b) in net.layers().iter().zip(back.layers()) {
+        assert_eq!(a.operators().to_vec(), b.operators().to_vec());
+    }
+    let xt = data.tensor(&be);
+    assert_eq!(net.transform(&xt).expect("t").to_vec(), back.transform(&xt).expect("t").to_vec());
+}

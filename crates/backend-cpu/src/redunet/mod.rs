@@ -170,6 +170,7 @@ pub(crate) fn build<T: CpuElem>(
             run.features.push((l + 1, rows_buffer(&blocks)));
         }
         fac = next;
+        spec.progress.report(l + 1, spec.depth.max_layers());
         if want_rates && spec.depth.stops(&run.rates_true) {
             break;
         }
@@ -276,6 +277,7 @@ pub(crate) fn transform<T: CpuElem>(
         features.push((l, rows_buffer(&blocks.with_data(data))));
     }
     blocks.normalise();
+    spec.progress.report(nlayers, nlayers);
     Ok(RedunetRun {
         output: rows_buffer(&blocks),
         operators: Vec::new(),

@@ -63,8 +63,11 @@
 //! per-layer `yhat` (4 bytes per sample and layer, when recorded) and any
 //! feature snapshots asked for in [`Record::features`].
 
+mod pca;
 mod persist;
 mod synthetic;
+
+pub use pca::Pca;
 
 pub use persist::{manifest_path, FORMAT, FORMAT_VERSION};
 pub use synthetic::{gaussians, Gaussians};
@@ -76,7 +79,7 @@ use rate_core::operators::ClassScales;
 use rate_core::{Kernels, Rates, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use rate_core::kernels::redunet::{Depth, LayerSet, Record, NORM_FLOOR};
+pub use rate_core::kernels::redunet::{Depth, LayerProgress, LayerSet, Record, NORM_FLOOR};
 
 /// `lambda` of the soft membership when not set (the reference code's default).
 pub const DEFAULT_LAMBDA: f64 = 500.0;
@@ -177,6 +180,7 @@ impl ReduNetConfig {
             lambda: self.lambda,
             batch_size: self.batch_size,
             depth: self.depth.clone(),
+            progress: Default::default(),
         }
     }
 
@@ -361,11 +365,22 @@ impl<B: Kernels> ReduNet<B> {
         config: ReduNetConfig,
         record: &Record,
     ) -> Result<(Self, Trace<B>)> {
+        Self::build_observed(z, labels, config, record, LayerProgress::default())
+    }
+
+    /// [`Self::build_with`], telling `progress` after each layer (a progress bar).
+    pub fn build_observed(
+        z: &Tensor<B>,
+        labels: &[usize],
+        config: ReduNetConfig,
+        record: &Record,
+        progress: LayerProgress,
+    ) -> Result<(Self, Trace<B>)> {
         config.validate()?;
         let (m, d) = check_features(z, "ReduNet::build", None)?;
         let counts = class_counts(labels, m, config.num_classes)?;
         let gamma = ClassScales::new(&counts, d, config.eps_sq).gamma;
-        let spec = config.spec();
+        let spec = RedunetSpec { progress, ..config.spec() };
         let run = match config.engine.resolve(d) {
             Engine::Tensor => build_reference(z, labels, &spec, record)?,
             _ => redunet_build(z, labels, &spec, record)?,
@@ -384,8 +399,20 @@ impl<B: Kernels> ReduNet<B> {
     /// Applies the network, recording `yhat` and features as `record` asks
     /// (`record.rates` is ignored: there are no labels).
     pub fn transform_with(&self, z: &Tensor<B>, record: &Record) -> Result<Trace<B>> {
+        self.transform_observed(z, record, LayerProgress::default())
+    }
+
+    /// [`Self::transform_with`], telling `progress` after each layer where the engine
+    /// runs layer by layer (the reference engine; the fused CPU engine runs each
+    /// chunk of samples through every layer and tells it once at the end).
+    pub fn transform_observed(
+        &self,
+        z: &Tensor<B>,
+        record: &Record,
+        progress: LayerProgress,
+    ) -> Result<Trace<B>> {
         let (m, _) = check_features(z, "ReduNet::transform", Some(self.dim))?;
-        let spec = self.config.spec();
+        let spec = RedunetSpec { progress, ..self.config.spec() };
         let operators: Vec<Tensor<B>> = self.layers.iter().map(|l| l.operators.clone()).collect();
         let run = match self.config.engine.resolve(self.dim) {
             Engine::Tensor => transform_reference(z, &operators, &self.gamma, &spec, record)?,

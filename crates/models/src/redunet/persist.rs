@@ -1,16 +1,18 @@
 //! Saving and loading a built ReduNet: the operators `E^l`, `C^l_j` and `gamma` (4.1.13) in a safetensors file, the configuration in a JSON manifest beside it, both with a checked format version.
 //!
 //! `net.safetensors` holds `E_layers` (`L x d x d`), `C_layers`
-//! (`L x k x d x d`) and `gam` (`k`) in f64 (the fixture names), with the
+//! (`L x k x d x d`) in the precision computed (f32 or f64) and `gam` (`k`) in f64
+//! (the fixture names), written one layer at a time, with the
 //! format, version and sizes repeated in its metadata; `net.json` (same stem)
 //! holds the format, version, sizes and the [`ReduNetConfig`]. Loading checks
 //! both versions, every shape against the manifest, and that every value is
 //! finite and every `gamma_j` positive with sum 1.
 
 use super::{Layer, ReduNet, ReduNetConfig};
-use crate::io::{write_atomic, write_safetensors, OutArray, TensorFile};
+use crate::io::{write_atomic, write_safetensors_streamed, StreamedTensor, TensorFile};
 use crate::{Error, Result};
 use rate_core::{Kernels, Tensor};
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,24 +50,26 @@ impl<B: Kernels> ReduNet<B> {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let (l, d, k) = (self.depth(), self.dim, self.num_classes());
-        let mut e = Vec::with_capacity(l * d * d);
-        let mut c = Vec::with_capacity(l * k * d * d);
-        for layer in &self.layers {
-            let w = layer.operators.to_f64_vec();
-            e.extend_from_slice(&w[..d * d]);
-            c.extend_from_slice(&w[d * d..]);
-        }
-        let mut arrays = BTreeMap::new();
-        arrays.insert("E_layers".to_string(), OutArray::f64(&[l, d, d], e));
-        arrays.insert("C_layers".to_string(), OutArray::f64(&[l, k, d, d], c));
-        arrays.insert("gam".to_string(), OutArray::f64(&[k], self.gamma.clone()));
+        // In the precision the operators were computed in (f32 or f64), and one
+        // layer at a time: a full-size model (30 layers of 11 matrices of 784 x 784)
+        // is never held a second time, as values or as bytes.
+        let dtype = if std::mem::size_of::<B::Elem>() <= 4 { Dtype::F32 } else { Dtype::F64 };
+        let tensors = [
+            StreamedTensor { name: "C_layers".into(), dtype, shape: vec![l, k, d, d] },
+            StreamedTensor { name: "E_layers".into(), dtype, shape: vec![l, d, d] },
+            StreamedTensor { name: "gam".into(), dtype: Dtype::F64, shape: vec![k] },
+        ];
         let mut meta = BTreeMap::new();
         meta.insert("format".to_string(), FORMAT.to_string());
         meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
         meta.insert("dim".to_string(), d.to_string());
         meta.insert("num_classes".to_string(), k.to_string());
         meta.insert("layers".to_string(), l.to_string());
-        write_safetensors(path, &arrays, &meta)?;
+        write_safetensors_streamed(path, &tensors, &meta, |i, sink| match i {
+            0 => self.layers.iter().try_for_each(|layer| sink(&layer.compression().to_f64_vec())),
+            1 => self.layers.iter().try_for_each(|layer| sink(&layer.expansion().to_f64_vec())),
+            _ => sink(&self.gamma),
+        })?;
         let manifest = Manifest {
             format: FORMAT.to_string(),
             format_version: FORMAT_VERSION,

@@ -150,6 +150,41 @@ pub struct RedunetSpec {
     pub batch_size: usize,
     /// How many layers to build.
     pub depth: Depth,
+    /// Told after each layer (a progress bar); nothing by default.
+    pub progress: LayerProgress,
+}
+
+/// A hook called after each layer of a build or a transform with
+/// `(layers done, layers in all)`; the engines call it from the thread that
+/// drives the layers. Two hooks always compare equal: it is not part of what
+/// a network computes.
+#[derive(Clone, Default)]
+pub struct LayerProgress(Option<std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>>);
+
+impl LayerProgress {
+    /// A hook calling `f(done, total)`.
+    pub fn new(f: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
+        LayerProgress(Some(std::sync::Arc::new(f)))
+    }
+
+    /// Tells the hook, if any, that `done` of `total` layers are finished.
+    pub fn report(&self, done: usize, total: usize) {
+        if let Some(f) = &self.0 {
+            f(done, total);
+        }
+    }
+}
+
+impl std::fmt::Debug for LayerProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "LayerProgress(hook)" } else { "LayerProgress(none)" })
+    }
+}
+
+impl PartialEq for LayerProgress {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// What a build or a transform produced; `T` is a tensor, or a backend
@@ -200,30 +235,13 @@ fn normalise_rows<B: Backend>(z: &Tensor<B>) -> Tensor<B> {
 
 /// What one class (or all samples) contributes: its Gram matrix, or its rows when there are fewer than `d`.
 enum ClassData<B: Backend> {
-    /// `Z_j^T Z_j`, `d x d`, summed over batches.
+    /// `Z_j^T Z_j`, `d x d`, summed over chunks.
     Gram(Tensor<B>),
     /// `Z_j` itself, `m_j x d` with `m_j < d`.
     Rows(Tensor<B>),
 }
 
 impl<B: Backend> ClassData<B> {
-    fn new(z: &Tensor<B>, members: &[usize], batch: usize) -> Self {
-        let d = z.dim(1);
-        if members.len() < d {
-            return ClassData::Rows(z.index_select(0, members));
-        }
-        let mut gram: Option<Tensor<B>> = None;
-        for chunk in members.chunks(batch) {
-            let zb = if chunk.len() == z.dim(0) { z.clone() } else { z.index_select(0, chunk) };
-            let g = zb.matmul_t(&zb, true, false);
-            gram = Some(match gram {
-                Some(acc) => acc.add(&g),
-                None => g,
-            });
-        }
-        ClassData::Gram(gram.unwrap_or_else(|| Tensor::zeros(z.backend(), &[d, d])))
-    }
-
     fn gram(&self) -> Tensor<B> {
         match self {
             ClassData::Gram(g) => g.clone(),
@@ -251,20 +269,68 @@ impl<B: Backend> ClassData<B> {
     }
 }
 
-/// The data of every class and of all samples together, for one feature matrix.
-struct Stats<B: Backend> {
-    total: ClassData<B>,
-    classes: Vec<ClassData<B>>,
+/// Class statistics accumulated chunk by chunk: a running Gram matrix for a
+/// class of at least `d` samples, its rows (fewer than `d`, so small) otherwise.
+struct StatsAcc<B: Backend> {
+    d: usize,
+    sizes: Vec<usize>,
+    grams: Vec<Option<Tensor<B>>>,
+    rows: Vec<Vec<Tensor<B>>>,
+    /// A 0-row matrix for a class with no samples (`yhat` classes).
+    empty: Option<Tensor<B>>,
 }
 
-impl<B: Backend> Stats<B> {
-    fn new(z: &Tensor<B>, members: &[Vec<usize>], batch: usize) -> Self {
-        let classes: Vec<ClassData<B>> = members.iter().map(|mj| ClassData::new(z, mj, batch)).collect();
-        let (m, d) = (z.dim(0), z.dim(1));
-        let total = if m < d {
-            ClassData::Rows(z.clone())
+impl<B: Backend> StatsAcc<B> {
+    /// For classes of `sizes[j]` samples each, features of width `d`.
+    fn new(sizes: Vec<usize>, d: usize) -> Self {
+        let k = sizes.len();
+        StatsAcc { d, sizes, grams: vec![None; k], rows: vec![Vec::new(); k], empty: None }
+    }
+
+    /// Adds rows `z` (`r x d`) of class `j`.
+    fn add(&mut self, j: usize, z: &Tensor<B>) {
+        if self.empty.is_none() {
+            self.empty = Some(z.index_select(0, &[]));
+        }
+        if z.dim(0) == 0 {
+            return;
+        }
+        if self.sizes[j] < self.d {
+            self.rows[j].push(z.clone());
         } else {
-            let mut g = Tensor::zeros(z.backend(), &[d, d]);
+            let g = z.matmul_t(z, true, false);
+            self.grams[j] = Some(match self.grams[j].take() {
+                Some(acc) => acc.add(&g),
+                None => g,
+            });
+        }
+    }
+
+    /// The statistics of the classes and of all samples (`m x d` in all).
+    fn finish(self, be: &B) -> Stats<B> {
+        let StatsAcc { d, sizes, grams, rows, empty } = self;
+        let m: usize = sizes.iter().sum();
+        let cat = |parts: &[Tensor<B>]| match parts.len() {
+            0 => empty.clone().unwrap_or_else(|| Tensor::zeros(be, &[0, d])),
+            1 => parts[0].clone(),
+            _ => Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0),
+        };
+        let classes: Vec<ClassData<B>> = sizes
+            .iter()
+            .zip(grams.into_iter().zip(&rows))
+            .map(|(&mj, (g, r))| {
+                if mj < d {
+                    ClassData::Rows(cat(r))
+                } else {
+                    ClassData::Gram(g.unwrap_or_else(|| Tensor::zeros(be, &[d, d])))
+                }
+            })
+            .collect();
+        let total = if m < d {
+            let all: Vec<Tensor<B>> = rows.into_iter().flatten().collect();
+            ClassData::Rows(cat(&all))
+        } else {
+            let mut g = Tensor::zeros(be, &[d, d]);
             for c in &classes {
                 g = g.add(&c.gram());
             }
@@ -272,7 +338,15 @@ impl<B: Backend> Stats<B> {
         };
         Stats { total, classes }
     }
+}
 
+/// The data of every class and of all samples together, for one feature matrix.
+struct Stats<B: Backend> {
+    total: ClassData<B>,
+    classes: Vec<ClassData<B>>,
+}
+
+impl<B: Backend> Stats<B> {
     /// `[E; C_1; ...; C_k]`, `(k+1) d x d`.
     fn operators(&self, scales: &ClassScales) -> Result<Tensor<B>> {
         let mut parts = vec![self.total.operator(scales.alpha)?];
@@ -305,9 +379,108 @@ fn members_of(labels: impl Iterator<Item = usize>, k: usize) -> Vec<Vec<usize>> 
     v
 }
 
-/// One layer map on all rows, in batches of `spec.batch_size`: the output
-/// and, when asked for, the argmax memberships as a tensor of indices left on
-/// the device (`m`).
+/// Elements of the largest response block `rows x (k+1) d` the reference
+/// engine makes (32 MiB in f32): the chunk of rows is `batch_size` or fewer,
+/// so that the working set stays bounded whatever `d` and `k`.
+pub const WORK_ELEMENTS: usize = 1 << 23;
+
+/// Rows per chunk: `spec.batch_size`, capped so that a chunk's responses
+/// (`rows x (k+1) d`) hold at most [`WORK_ELEMENTS`] numbers, and at least 64.
+pub fn chunk_rows(spec: &RedunetSpec, d: usize) -> usize {
+    let per_row = (spec.classes + 1) * d.max(1);
+    spec.batch_size.min((WORK_ELEMENTS / per_row).max(64)).max(1)
+}
+
+/// The features of a run held as chunks of rows, so that no step copies a
+/// matrix the size of `Z`: a layer replaces the chunks one at a time.
+///
+/// In a build every chunk lies inside one class (classes in label order,
+/// each class's samples in input order), so that a class's Gram matrix is a
+/// sum over its own chunks; in a transform the chunks follow the input order.
+struct Chunks<B: Backend> {
+    /// The rows, `r_c x d` each.
+    data: Vec<Tensor<B>>,
+    /// The input index of every row, chunk after chunk.
+    positions: Vec<usize>,
+    /// The class of each chunk (build only).
+    class: Vec<usize>,
+}
+
+impl<B: Backend> Chunks<B> {
+    /// The rows of `z` in `groups` (each cut into chunks of at most `rows`),
+    /// normalised onto the sphere.
+    fn gather(z: &Tensor<B>, groups: &[Vec<usize>], rows: usize) -> Self {
+        let (mut data, mut positions, mut class) = (Vec::new(), Vec::new(), Vec::new());
+        for (j, members) in groups.iter().enumerate() {
+            for part in members.chunks(rows) {
+                let contiguous = part.windows(2).all(|w| w[1] == w[0] + 1);
+                let zb = if contiguous { z.narrow(0, part[0], part.len()) } else { z.index_select(0, part) };
+                data.push(normalise_rows(&zb));
+                positions.extend_from_slice(part);
+                class.push(j);
+            }
+        }
+        Chunks { data, positions, class }
+    }
+
+    /// Whether the rows are in input order.
+    fn in_input_order(&self) -> bool {
+        self.positions.iter().enumerate().all(|(i, &p)| i == p)
+    }
+
+    /// The rows as one `m x d` matrix in input order (`f` applied per chunk first).
+    fn assemble(&self, f: impl Fn(&Tensor<B>) -> Tensor<B>) -> Tensor<B> {
+        let parts: Vec<Tensor<B>> = self.data.iter().map(f).collect();
+        let all = if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
+        };
+        if self.in_input_order() {
+            all
+        } else {
+            let mut at = vec![0; self.positions.len()];
+            for (row, &p) in self.positions.iter().enumerate() {
+                at[p] = row;
+            }
+            all.index_select(0, &at)
+        }
+    }
+
+    /// `yhat` in input order from the per-chunk memberships of one layer (chunk order).
+    fn to_input_order(&self, yhat: &[usize]) -> Vec<usize> {
+        let mut out = vec![0; yhat.len()];
+        for (&y, &p) in yhat.iter().zip(&self.positions) {
+            out[p] = y;
+        }
+        out
+    }
+
+    /// One layer on every chunk, in place: the memberships per chunk when
+    /// `want_yhat`; each output chunk is handed to `each` (its class and rows)
+    /// while it is fresh.
+    fn layer(
+        &mut self,
+        w: &Tensor<B>,
+        gamma: &Tensor<B>,
+        spec: &RedunetSpec,
+        want_yhat: bool,
+        mut each: impl FnMut(usize, &Tensor<B>),
+    ) -> Vec<Tensor<B>> {
+        let mut picks = Vec::new();
+        for (c, chunk) in self.data.iter_mut().enumerate() {
+            let (out, yhat) = apply(chunk, w, gamma, spec, want_yhat);
+            each(self.class.get(c).copied().unwrap_or(0), &out);
+            *chunk = out;
+            picks.extend(yhat);
+        }
+        picks
+    }
+}
+
+/// One layer map on a chunk of rows (all at once: the caller bounds the
+/// chunk): the output and, when asked for, the argmax memberships as a
+/// tensor of indices left on the device.
 fn apply<B: Backend>(
     z: &Tensor<B>,
     w: &Tensor<B>,
@@ -315,44 +488,34 @@ fn apply<B: Backend>(
     spec: &RedunetSpec,
     want_yhat: bool,
 ) -> (Tensor<B>, Option<Tensor<B>>) {
-    let (m, d, k) = (z.dim(0), z.dim(1), gamma.dim(1));
-    let rows = |z: &Tensor<B>| {
-        let b = z.dim(0);
-        // [E z; C_1 z; ...; C_k z] for every row: b x (k+1) x d
-        let resp = z.matmul_t(w, false, true).reshape(&[b, k + 1, d]);
-        let expd = resp.narrow(1, 0, 1).reshape(&[b, d]);
-        let comp = resp.narrow(1, 1, k);
-        // pi = softmax_j(-lambda max(||C_j z||, floor))  (4.1.11)
-        let pi = comp.norm_axis(2).reshape(&[b, k]).clamp_min(NORM_FLOOR).scale(-spec.lambda).softmax(1);
-        let yhat = want_yhat.then(|| pi.argmax_indices(1));
-        // sigma = sum_j gamma_j pi_j C_j z
-        let coef = pi.mul(gamma).reshape(&[b, k, 1]);
-        let clus = comp.mul(&coef).sum_axis(1, false);
-        let out = z.add(&expd.sub(&clus).scale(spec.eta));
-        (normalise_rows(&out), yhat)
-    };
-    let batch = spec.batch_size;
-    if m <= batch {
-        return rows(z);
-    }
-    let (mut outs, mut picks) = (Vec::new(), Vec::new());
-    for start in (0..m).step_by(batch) {
-        let (o, y) = rows(&z.narrow(0, start, batch.min(m - start)));
-        outs.push(o);
-        picks.extend(y);
-    }
-    let yhat = (!picks.is_empty()).then(|| Tensor::cat(&picks.iter().collect::<Vec<_>>(), 0));
-    (Tensor::cat(&outs.iter().collect::<Vec<_>>(), 0), yhat)
+    let (b, d, k) = (z.dim(0), z.dim(1), gamma.dim(1));
+    // [E z; C_1 z; ...; C_k z] for every row: b x (k+1) x d
+    let resp = z.matmul_t(w, false, true).reshape(&[b, k + 1, d]);
+    let expd = resp.narrow(1, 0, 1).reshape(&[b, d]);
+    let comp = resp.narrow(1, 1, k);
+    // pi = softmax_j(-lambda max(||C_j z||, floor))  (4.1.11)
+    let pi = comp.norm_axis(2).reshape(&[b, k]).clamp_min(NORM_FLOOR).scale(-spec.lambda).softmax(1);
+    let yhat = want_yhat.then(|| pi.argmax_indices(1));
+    // sigma = sum_j gamma_j pi_j C_j z
+    let coef = pi.mul(gamma).reshape(&[b, k, 1]);
+    let clus = comp.mul(&coef).sum_axis(1, false);
+    let out = z.add(&expd.sub(&clus).scale(spec.eta));
+    (normalise_rows(&out), yhat)
 }
 
-/// Downloads the per-layer index tensors of [`apply`] in one transfer, as `u32`.
-fn download_picks<B: Backend>(picks: &[Tensor<B>]) -> Vec<u32> {
-    Tensor::indices_to_host(picks).into_iter().map(|y| y as u32).collect()
+/// Downloads the per-chunk index tensors of one or more layers in one transfer.
+fn download_picks<B: Backend>(picks: &[Tensor<B>]) -> Vec<usize> {
+    Tensor::indices_to_host(picks)
 }
 
 /// The reference body of [`super::Kernels::redunet_build`]: builds the layers from
 /// training features `z` (`m x d`) and their labels, recording what `record`
 /// asks for (the rates always when the depth rule needs them).
+///
+/// Memory: `z` itself, one copy of the features (as [`chunk_rows`]-row
+/// chunks, replaced one at a time by each layer), the operators, and the
+/// working set of one chunk; nothing else grows with the sample count but
+/// what `record` asks for.
 pub fn build_reference<B: Backend>(
     z: &Tensor<B>,
     labels: &[usize],
@@ -360,17 +523,23 @@ pub fn build_reference<B: Backend>(
     record: &Record,
 ) -> Result<RedunetRun<Tensor<B>>> {
     let be = z.backend();
-    let (d, k, batch) = (z.dim(1), spec.classes, spec.batch_size);
+    let (d, k) = (z.dim(1), spec.classes);
     let members = members_of(labels.iter().copied(), k);
-    let scales = ClassScales::new(&class_counts(labels.iter().copied(), k), d, spec.eps_sq);
+    let counts = class_counts(labels.iter().copied(), k);
+    let scales = ClassScales::new(&counts, d, spec.eps_sq);
     let gamma_t = Tensor::from_f64(be, &scales.gamma, &[1, k]);
     let want_rates = record.rates || spec.depth.needs_rates();
     let want_yhat = record.yhat || want_rates;
+    let max_layers = spec.depth.max_layers();
 
-    let mut zl = normalise_rows(z);
-    let mut stats = Stats::new(&zl, &members, batch);
+    let mut zl = Chunks::gather(z, &members, chunk_rows(spec, d));
+    let mut acc = StatsAcc::new(counts.clone(), d);
+    for (c, chunk) in zl.data.iter().enumerate() {
+        acc.add(zl.class[c], chunk);
+    }
+    let mut stats = acc.finish(be);
     let mut run = RedunetRun {
-        output: zl.clone(),
+        output: z.clone(),
         operators: Vec::new(),
         rates_true: Vec::new(),
         rates_code: Vec::new(),
@@ -384,16 +553,17 @@ pub fn build_reference<B: Backend>(
         run.rates_true.push(stats.rates(&scales, &scales.gamma)?);
     }
     if record.features.contains(0) {
-        run.features.push((0, zl.clone()));
+        run.features.push((0, zl.assemble(|t| t.clone())));
     }
-    for l in 0..spec.depth.max_layers() {
+    for l in 0..max_layers {
         let w = stats.operators(&scales)?;
-        let (out, yhat) = apply(&zl, &w, &gamma_t, spec, want_yhat);
+        let mut next = StatsAcc::new(counts.clone(), d);
+        let layer_picks = zl.layer(&w, &gamma_t, spec, want_yhat, |j, out| next.add(j, out));
         run.operators.push(w);
-        let next = Stats::new(&out, &members, batch);
+        let next = next.finish(be);
         if want_rates {
             // The rates are host scalars anyway; the code's rates need yhat's members here.
-            let yhat = Tensor::indices_to_host(yhat.as_slice());
+            let yhat = zl.to_input_order(&download_picks(&layer_picks));
             if record.yhat {
                 run.yhat.extend(yhat.iter().map(|&y| y as u32));
             }
@@ -402,19 +572,16 @@ pub fn build_reference<B: Backend>(
             run.rates_code.push(if yhat.as_slice() == labels {
                 rt
             } else {
-                let yhat_members = members_of(yhat.iter().copied(), k);
-                let yhat_scales = ClassScales::new(&class_counts(yhat.iter().copied(), k), d, spec.eps_sq);
-                let code = ClassScales { alpha: scales.alpha, ..yhat_scales };
-                Stats::new(&out, &yhat_members, batch).rates(&code, &scales.gamma)?
+                code_rates(&zl, &yhat, &scales, spec.eps_sq, be)?
             });
-        } else if let Some(y) = yhat {
-            picks.push(y);
+        } else {
+            picks.push(layer_picks);
         }
         if record.features.contains(l + 1) {
-            run.features.push((l + 1, out.clone()));
+            run.features.push((l + 1, zl.assemble(|t| t.clone())));
         }
-        zl = out;
         stats = next;
+        spec.progress.report(l + 1, max_layers);
         if want_rates && spec.depth.stops(&run.rates_true) {
             break;
         }
@@ -423,15 +590,56 @@ pub fn build_reference<B: Backend>(
         run.rates_true.clear();
         run.rates_code.clear();
     }
-    run.yhat.extend(download_picks(&picks));
-    run.output = normalise_rows(&zl);
+    if record.yhat && !want_rates {
+        let all = download_picks(&picks.concat());
+        for layer in all.chunks(labels.len().max(1)) {
+            run.yhat.extend(zl.to_input_order(layer).into_iter().map(|y| y as u32));
+        }
+    }
+    run.output = zl.assemble(normalise_rows);
     Ok(run)
+}
+
+/// The rates the reference code logs when `yhat` (input order) differs from
+/// the labels: Gram matrices by `yhat` class, `alpha_j` from the `yhat` class
+/// sizes (empty classes skipped), the training `gamma_j`.
+fn code_rates<B: Backend>(
+    zl: &Chunks<B>,
+    yhat: &[usize],
+    scales: &ClassScales,
+    eps_sq: f64,
+    be: &B,
+) -> Result<Rates> {
+    let (k, d) = (scales.gamma.len(), zl.data.first().map_or(0, |t| t.dim(1)));
+    let yhat_counts = class_counts(yhat.iter().copied(), k);
+    let yhat_scales = ClassScales::new(&yhat_counts, d, eps_sq);
+    let code = ClassScales { alpha: scales.alpha, ..yhat_scales };
+    let mut acc = StatsAcc::new(yhat_counts, d);
+    let mut at = 0;
+    for chunk in &zl.data {
+        let r = chunk.dim(0);
+        let mut by_class = vec![Vec::new(); k];
+        for (row, &p) in zl.positions[at..at + r].iter().enumerate() {
+            by_class[yhat[p]].push(row);
+        }
+        for (j, rows) in by_class.iter().enumerate() {
+            if rows.len() == r {
+                acc.add(j, chunk);
+            } else if !rows.is_empty() {
+                acc.add(j, &chunk.index_select(0, rows));
+            }
+        }
+        at += r;
+    }
+    acc.finish(be).rates(&code, &scales.gamma)
 }
 
 /// The reference body of [`super::Kernels::redunet_transform`]: applies the layers
 /// with `operators` (`(k+1) d x d` each) and class weights `gamma` to new
 /// features `z`, recording `yhat` and features as `record` asks
-/// (`record.rates` is ignored: there are no labels).
+/// (`record.rates` is ignored: there are no labels). Memory as
+/// [`build_reference`]: `z`, one chunked copy of the features and one
+/// chunk's working set.
 pub fn transform_reference<B: Backend>(
     z: &Tensor<B>,
     operators: &[Tensor<B>],
@@ -440,26 +648,27 @@ pub fn transform_reference<B: Backend>(
     record: &Record,
 ) -> Result<RedunetRun<Tensor<B>>> {
     let gamma_t = Tensor::from_f64(z.backend(), gamma, &[1, gamma.len()]);
-    let mut zl = normalise_rows(z);
+    let all: Vec<usize> = (0..z.dim(0)).collect();
+    let mut zl = Chunks::gather(z, &[all], chunk_rows(spec, z.dim(1)));
+    zl.class.clear();
     let mut picks = Vec::new();
     let mut features = Vec::new();
     if record.features.contains(0) {
-        features.push((0, zl.clone()));
+        features.push((0, zl.assemble(|t| t.clone())));
     }
     for (l, w) in operators.iter().enumerate() {
-        let (out, yhat) = apply(&zl, w, &gamma_t, spec, record.yhat);
-        picks.extend(yhat);
+        picks.extend(zl.layer(w, &gamma_t, spec, record.yhat, |_, _| {}));
         if record.features.contains(l + 1) {
-            features.push((l + 1, out.clone()));
+            features.push((l + 1, zl.assemble(|t| t.clone())));
         }
-        zl = out;
+        spec.progress.report(l + 1, operators.len());
     }
     Ok(RedunetRun {
-        output: normalise_rows(&zl),
+        output: zl.assemble(normalise_rows),
         operators: Vec::new(),
         rates_true: Vec::new(),
         rates_code: Vec::new(),
         features,
-        yhat: download_picks(&picks),
+        yhat: download_picks(&picks).into_iter().map(|y| y as u32).collect(),
     })
 }

@@ -254,6 +254,7 @@ fn redunet_problem(rng: &mut StdRng) -> (Vec<f64>, Vec<usize>, RedunetSpec, Reco
         lambda: 5.0,
         batch_size: 16,
         depth: Depth::Fixed { layers: 5 },
+        progress: Default::default(),
     };
     let record = Record { rates: true, yhat: true, features: LayerSet::Only(vec![0, 2]) };
     (z, labels, spec, record)
