@@ -419,14 +419,6 @@ fn gram_sample(labels: &[usize]) -> Vec<usize> {
     (0..GRAM_PLOT_SAMPLES).map(|s| order[s * m / GRAM_PLOT_SAMPLES]).collect()
 }
 
-/// The peak resident memory of this process so far, in bytes (Linux's `VmHWM`; `None` elsewhere).
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// A progress hook for a ReduNet build or transform that moves `pb`.
 fn layer_hook(pb: &indicatif::ProgressBar) -> LayerProgress {
     let pb = pb.clone();
@@ -531,7 +523,7 @@ fn fit<B: Kernels>(be: &B, a: FitArgs, train: Dataset, test: Dataset) -> CliResu
         let gram_out = trace.output.index_select(0, &gram_rows).to_f64_vec();
         let sample_labels: Vec<usize> = gram_rows.iter().map(|&i| train_labels[i]).collect();
         gram_plots(&a.out, &gram_in, d_in, &gram_out, dim, &sample_labels)?;
-        let peak = peak_rss_bytes();
+        let peak = models::io::peak_rss_bytes();
 
         let metrics = json!({
             "experiment": "redunet_fit",

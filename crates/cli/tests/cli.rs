@@ -85,25 +85,16 @@ fn fit_then_transform_on_embedded_digits() {
 
 #[test]
 fn fit_with_pca_saves_the_projection_and_transform_applies_it() {
+    let fit = |pca: &str, out: &std::path::Path| {
+        rate()
+            .args(["--json", "redunet", "fit", "--data", "digits", "--per-class", "30", "--layers", "4"])
+            .args(["--pca", pca, "--out"])
+            .arg(out)
+            .output()
+            .expect("runs")
+    };
     let out = tmp("fit-pca");
-    let st = rate()
-        .args([
-            "--json",
-            "redunet",
-            "fit",
-            "--data",
-            "digits",
-            "--per-class",
-            "30",
-            "--layers",
-            "4",
-            "--pca",
-            "12",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("runs");
+    let st = fit("12", &out);
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let m = metrics(&out);
     assert_eq!(m["features"], 12);
@@ -125,23 +116,7 @@ fn fit_with_pca_saves_the_projection_and_transform_applies_it() {
     assert_eq!(models::io::TensorFile::read(&z).unwrap().get("Z").unwrap().shape, vec![1797, 12]);
     // more components than features is refused, naming the flag, and leaves no --out behind
     let bad = tmp("fit-pca-bad");
-    let st = rate()
-        .args([
-            "redunet",
-            "fit",
-            "--data",
-            "digits",
-            "--per-class",
-            "30",
-            "--layers",
-            "2",
-            "--pca",
-            "65",
-            "--out",
-        ])
-        .arg(&bad)
-        .output()
-        .expect("runs");
+    let st = fit("65", &bad);
     assert!(!st.status.success());
     assert!(
         String::from_utf8_lossy(&st.stderr).contains("--pca 65"),

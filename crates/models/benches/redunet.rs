@@ -53,9 +53,7 @@ fn bench_precision<T: CpuElem>(c: &mut Criterion, engine: Engine, layers: usize)
 }
 
 fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    models::io::peak_rss_bytes().map(|b| b / 1024)
 }
 
 fn memory_report() {

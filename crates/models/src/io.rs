@@ -8,6 +8,7 @@
 use crate::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::Path;
 
 /// One array read from a file.
@@ -198,6 +199,27 @@ pub fn to_bytes(arrays: &BTreeMap<String, OutArray>, metadata: &BTreeMap<String,
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// Writes `path` atomically from `fill`, which writes the content into a
+/// buffered temporary file beside it; the file is `fsync`ed and renamed into
+/// place, or removed if anything fails. `fill`'s I/O errors name the file.
+pub fn write_atomic_with(
+    path: impl AsRef<Path>,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
+    write_atomic_try(path, |w| fill(w).map_err(Ok))
+}
+
+/// [`write_atomic_with`] whose `fill` may also fail with a library error
+/// (`Err(Err(e))`) besides an I/O error (`Err(Ok(e))`).
+fn write_atomic_try(
+    path: impl AsRef<Path>,
+    fill: impl FnOnce(
+        &mut std::io::BufWriter<std::fs::File>,
+    ) -> std::result::Result<(), std::result::Result<std::io::Error, Error>>,
+) -> Result<()> {
     let p = path.as_ref();
     let io = |e: std::io::Error| Error::Io { path: p.display().to_string(), source: e };
     if let Some(dir) = p.parent() {
@@ -207,11 +229,30 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     }
     let name = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
     let tmp = p.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
+    let tio = |e: std::io::Error| Error::Io { path: tmp.display().to_string(), source: e };
+    let written = (|| -> Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(tio)?);
+        fill(&mut w).map_err(|e| e.map_or_else(|e| e, tio))?;
+        let f = w.into_inner().map_err(|e| tio(e.into_error()))?;
+        f.sync_all().map_err(tio)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, p).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io(e)
     })
+}
+
+/// The peak resident memory of this process so far, in bytes (Linux's
+/// `VmHWM` of `/proc/self/status`; `None` elsewhere).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Writes a safetensors file atomically.
@@ -247,9 +288,7 @@ pub fn write_safetensors_streamed(
     metadata: &BTreeMap<String, String>,
     mut fill: impl FnMut(usize, &mut dyn FnMut(&[f64]) -> Result<()>) -> Result<()>,
 ) -> Result<()> {
-    use std::io::Write;
     let p = path.as_ref();
-    let io = |e: std::io::Error| Error::Io { path: p.display().to_string(), source: e };
     let width = |t: &StreamedTensor| match t.dtype {
         Dtype::F32 => Ok(4usize),
         Dtype::F64 => Ok(8),
@@ -276,22 +315,13 @@ pub fn write_safetensors_streamed(
     while text.len() % 8 != 0 {
         text.push(b' ');
     }
-    if let Some(dir) = p.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-    }
-    let name = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
-    let tmp = p.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let tio = |e: std::io::Error| Error::Io { path: tmp.display().to_string(), source: e };
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(tio)?);
-        w.write_all(&(text.len() as u64).to_le_bytes()).map_err(tio)?;
-        w.write_all(&text).map_err(tio)?;
+    write_atomic_try(p, |w| {
+        w.write_all(&(text.len() as u64).to_le_bytes()).map_err(Ok)?;
+        w.write_all(&text).map_err(Ok)?;
+        let mut bytes = Vec::new();
         for (i, t) in tensors.iter().enumerate() {
             let want = t.shape.iter().product::<usize>();
             let mut written = 0usize;
-            let mut bytes = Vec::new();
             let mut sink = |vals: &[f64]| -> Result<()> {
                 bytes.clear();
                 match t.dtype {
@@ -299,25 +329,16 @@ pub fn write_safetensors_streamed(
                     _ => bytes.extend(vals.iter().flat_map(|x| x.to_le_bytes())),
                 }
                 written += vals.len();
-                w.write_all(&bytes).map_err(tio)
+                w.write_all(&bytes).map_err(|e| Error::Io { path: p.display().to_string(), source: e })
             };
-            fill(i, &mut sink)?;
+            fill(i, &mut sink).map_err(Err)?;
             if written != want {
-                return Err(Error::Config(format!(
+                return Err(Err(Error::Config(format!(
                     "tensor `{}`: {written} values written for shape {:?}",
                     t.name, t.shape
-                )));
+                ))));
             }
         }
-        let f = w.into_inner().map_err(|e| tio(e.into_error()))?;
-        f.sync_all().map_err(tio)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, p).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
+        Ok(())
     })
 }

@@ -402,7 +402,7 @@ struct Chunks<B: Backend> {
     data: Vec<Tensor<B>>,
     /// The input index of every row, chunk after chunk.
     positions: Vec<usize>,
-    /// The class of each chunk (build only).
+    /// The class of each chunk (0 for all in a transform).
     class: Vec<usize>,
 }
 
@@ -470,7 +470,7 @@ impl<B: Backend> Chunks<B> {
         let mut picks = Vec::new();
         for (c, chunk) in self.data.iter_mut().enumerate() {
             let (out, yhat) = apply(chunk, w, gamma, spec, want_yhat);
-            each(self.class.get(c).copied().unwrap_or(0), &out);
+            each(self.class[c], &out);
             *chunk = out;
             picks.extend(yhat);
         }
@@ -501,11 +501,6 @@ fn apply<B: Backend>(
     let clus = comp.mul(&coef).sum_axis(1, false);
     let out = z.add(&expd.sub(&clus).scale(spec.eta));
     (normalise_rows(&out), yhat)
-}
-
-/// Downloads the per-chunk index tensors of one or more layers in one transfer.
-fn download_picks<B: Backend>(picks: &[Tensor<B>]) -> Vec<usize> {
-    Tensor::indices_to_host(picks)
 }
 
 /// The reference body of [`super::Kernels::redunet_build`]: builds the layers from
@@ -563,7 +558,7 @@ pub fn build_reference<B: Backend>(
         let next = next.finish(be);
         if want_rates {
             // The rates are host scalars anyway; the code's rates need yhat's members here.
-            let yhat = zl.to_input_order(&download_picks(&layer_picks));
+            let yhat = zl.to_input_order(&Tensor::indices_to_host(&layer_picks));
             if record.yhat {
                 run.yhat.extend(yhat.iter().map(|&y| y as u32));
             }
@@ -591,7 +586,7 @@ pub fn build_reference<B: Backend>(
         run.rates_code.clear();
     }
     if record.yhat && !want_rates {
-        let all = download_picks(&picks.concat());
+        let all = Tensor::indices_to_host(&picks.concat());
         for layer in all.chunks(labels.len().max(1)) {
             run.yhat.extend(zl.to_input_order(layer).into_iter().map(|y| y as u32));
         }
@@ -650,7 +645,6 @@ pub fn transform_reference<B: Backend>(
     let gamma_t = Tensor::from_f64(z.backend(), gamma, &[1, gamma.len()]);
     let all: Vec<usize> = (0..z.dim(0)).collect();
     let mut zl = Chunks::gather(z, &[all], chunk_rows(spec, z.dim(1)));
-    zl.class.clear();
     let mut picks = Vec::new();
     let mut features = Vec::new();
     if record.features.contains(0) {
@@ -669,6 +663,6 @@ pub fn transform_reference<B: Backend>(
         rates_true: Vec::new(),
         rates_code: Vec::new(),
         features,
-        yhat: download_picks(&picks).into_iter().map(|y| y as u32).collect(),
+        yhat: Tensor::indices_to_host(&picks).into_iter().map(|y| y as u32).collect(),
     })
 }
