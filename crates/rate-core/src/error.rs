@@ -62,6 +62,16 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A process of a sharded run failed; every process reports the same (see `collective`).
+    #[error("rank {rank} of {size}: {message}")]
+    Collective {
+        /// The failing process.
+        rank: usize,
+        /// Number of processes.
+        size: usize,
+        /// Its error.
+        message: String,
+    },
 }
 
 /// `Result` with [`Error`].

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod circulant;
+pub mod collective;
 pub mod error;
 pub mod kernels;
 pub mod operators;
@@ -18,6 +19,7 @@ pub mod tensor;
 pub mod testing;
 
 pub use backend::{AxisView, Backend, BinaryOp, Element, FftNorm, MatmulSpec, ReduceOp, UnaryOp};
+pub use collective::{Collective, Local};
 pub use error::{Error, Result};
 pub use kernels::{AttentionSpec, DenseAttentionSpec, Kernels, TokenStats, TokenStatsSpec};
 pub use rate::{

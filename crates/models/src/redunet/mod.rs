@@ -73,7 +73,8 @@ pub use persist::{manifest_path, FORMAT, FORMAT_VERSION};
 pub use synthetic::{gaussians, Gaussians};
 
 use crate::{Error, Result};
-use rate_core::kernels::redunet::{build_reference, transform_reference};
+use rate_core::collective::{all_reduce_counts, Collective};
+use rate_core::kernels::redunet::{build_reference, build_sharded, transform_reference};
 use rate_core::kernels::{redunet_build, redunet_transform, RedunetRun, RedunetSpec};
 use rate_core::operators::ClassScales;
 use rate_core::{Kernels, Rates, Tensor};
@@ -330,6 +331,25 @@ fn check_features<B: Kernels>(z: &Tensor<B>, op: &str, dim: Option<usize>) -> Re
 
 /// Per-class sample counts, checking every label and that no class is empty.
 fn class_counts(labels: &[usize], m: usize, k: usize) -> Result<Vec<usize>> {
+    let counts = label_counts(labels, m, k)?;
+    no_empty_class(&counts)?;
+    Ok(counts)
+}
+
+/// That every class has a sample (of the counts `counts`).
+fn no_empty_class(counts: &[usize]) -> Result<()> {
+    if let Some(j) = counts.iter().position(|&c| c == 0) {
+        return Err(Error::Config(format!(
+            "ReduNet::build: class {j} has no training samples (num_classes = {}); \
+             its compression operator would be undefined",
+            counts.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Per-class sample counts, checking that there is one label per sample and every label is below `k`.
+fn label_counts(labels: &[usize], m: usize, k: usize) -> Result<Vec<usize>> {
     if labels.len() != m {
         return Err(Error::Config(format!("ReduNet::build: {} labels for {m} samples", labels.len())));
     }
@@ -341,12 +361,6 @@ fn class_counts(labels: &[usize], m: usize, k: usize) -> Result<Vec<usize>> {
             )));
         }
         counts[l] += 1;
-    }
-    if let Some(j) = counts.iter().position(|&c| c == 0) {
-        return Err(Error::Config(format!(
-            "ReduNet::build: class {j} has no training samples (num_classes = {k}); \
-             its compression operator would be undefined"
-        )));
     }
     Ok(counts)
 }
@@ -385,6 +399,57 @@ impl<B: Kernels> ReduNet<B> {
             Engine::Tensor => build_reference(z, labels, &spec, record)?,
             _ => redunet_build(z, labels, &spec, record)?,
         };
+        let k = config.num_classes;
+        let layers = run.operators.iter().map(|w| Layer::new(w.clone(), &gamma, d, k)).collect();
+        let net = ReduNet { backend: z.backend().clone(), config, dim: d, gamma, layers };
+        Ok((net, Trace::from_run(run, m)))
+    }
+
+    /// Builds the network from one shard of the training samples: every
+    /// process of `comm` passes its own rows and labels (uneven shards, a
+    /// class missing from a shard: fine), and every process ends with the
+    /// same network, the one [`Self::build_observed`] builds on the union of
+    /// the shards (up to rounding: sharded, every class takes the Gram
+    /// route). The trace's rates are those of the union; its output and
+    /// `yhat` are this shard's. The reference engine runs (the class Gram
+    /// matrices summed over processes once a layer); with one process this
+    /// is [`Self::build_observed`].
+    ///
+    /// Every process checks its shard (shape, finite values, labels) and the
+    /// verdicts are shared first, so that a bad shard stops every process
+    /// with the same error naming its rank, and no process waits forever.
+    pub fn build_sharded(
+        z: &Tensor<B>,
+        labels: &[usize],
+        config: ReduNetConfig,
+        record: &Record,
+        progress: LayerProgress,
+        comm: &dyn Collective,
+    ) -> Result<(Self, Trace<B>)> {
+        if comm.size() == 1 {
+            return Self::build_observed(z, labels, config, record, progress);
+        }
+        let local = config
+            .validate()
+            .and_then(|()| check_features(z, "ReduNet::build", None))
+            .and_then(|(m, _)| label_counts(labels, m, config.num_classes));
+        comm.agree(local.as_ref().err().map(|e| e.to_string()))?;
+        let counts = local?;
+        let (m, d) = (z.dim(0), z.dim(1));
+        let dims = comm.all_gather(&[d as f64])?;
+        if let Some(r) = dims.iter().position(|&x| x != dims[0]) {
+            return Err(Error::Config(format!(
+                "ReduNet::build: rank {r} of {} has features of width {}, rank 0 has {}",
+                comm.size(),
+                dims[r],
+                dims[0]
+            )));
+        }
+        let counts = all_reduce_counts(&counts, comm)?;
+        no_empty_class(&counts)?;
+        let gamma = ClassScales::new(&counts, d, config.eps_sq).gamma;
+        let spec = RedunetSpec { progress, ..config.spec() };
+        let run = build_sharded(z, labels, &spec, record, comm)?;
         let k = config.num_classes;
         let layers = run.operators.iter().map(|w| Layer::new(w.clone(), &gamma, d, k)).collect();
         let net = ReduNet { backend: z.backend().clone(), config, dim: d, gamma, layers };

@@ -29,6 +29,7 @@
 //! with a fused host engine for small `d`.
 
 use crate::backend::Backend;
+use crate::collective::{all_reduce_counts, all_reduce_tensors, Collective, Local};
 use crate::operators::{rates_from_logdets, regularised_inverses, regularised_logdets, ClassScales};
 use crate::rate::{logdet_i_plus_gram, scaled_regularised_inverse};
 use crate::{Rates, Result, Tensor};
@@ -270,9 +271,14 @@ impl<B: Backend> ClassData<B> {
 }
 
 /// Class statistics accumulated chunk by chunk: a running Gram matrix for a
-/// class of at least `d` samples, its rows (fewer than `d`, so small) otherwise.
-struct StatsAcc<B: Backend> {
+/// class of at least `d` samples, its rows (fewer than `d`, so small)
+/// otherwise. Over several processes every class takes the Gram route (a
+/// sum over processes), the sizes being the totals of all processes.
+struct StatsAcc<'c, B: Backend> {
     d: usize,
+    /// Classes (and the whole set) of fewer samples than this keep their rows: `d` alone, 0 sharded.
+    rows_below: usize,
+    comm: &'c dyn Collective,
     sizes: Vec<usize>,
     grams: Vec<Option<Tensor<B>>>,
     rows: Vec<Vec<Tensor<B>>>,
@@ -280,11 +286,12 @@ struct StatsAcc<B: Backend> {
     empty: Option<Tensor<B>>,
 }
 
-impl<B: Backend> StatsAcc<B> {
-    /// For classes of `sizes[j]` samples each, features of width `d`.
-    fn new(sizes: Vec<usize>, d: usize) -> Self {
+impl<'c, B: Backend> StatsAcc<'c, B> {
+    /// For classes of `sizes[j]` samples each (over all processes of `comm`), features of width `d`.
+    fn new(sizes: Vec<usize>, d: usize, comm: &'c dyn Collective) -> Self {
         let k = sizes.len();
-        StatsAcc { d, sizes, grams: vec![None; k], rows: vec![Vec::new(); k], empty: None }
+        let rows_below = if comm.size() == 1 { d } else { 0 };
+        StatsAcc { d, rows_below, comm, sizes, grams: vec![None; k], rows: vec![Vec::new(); k], empty: None }
     }
 
     /// Adds rows `z` (`r x d`) of class `j`.
@@ -295,7 +302,7 @@ impl<B: Backend> StatsAcc<B> {
         if z.dim(0) == 0 {
             return;
         }
-        if self.sizes[j] < self.d {
+        if self.sizes[j] < self.rows_below {
             self.rows[j].push(z.clone());
         } else {
             let g = z.matmul_t(z, true, false);
@@ -306,10 +313,18 @@ impl<B: Backend> StatsAcc<B> {
         }
     }
 
-    /// The statistics of the classes and of all samples (`m x d` in all).
-    fn finish(self, be: &B) -> Stats<B> {
-        let StatsAcc { d, sizes, grams, rows, empty } = self;
+    /// The statistics of the classes and of all samples (`m x d` in all),
+    /// the Gram matrices summed over the processes (one collective call).
+    fn finish(self, be: &B) -> Result<Stats<B>> {
+        let StatsAcc { d, rows_below, comm, sizes, grams, rows, empty } = self;
         let m: usize = sizes.iter().sum();
+        let grams = if comm.size() == 1 {
+            grams
+        } else {
+            let local: Vec<Tensor<B>> =
+                grams.into_iter().map(|g| g.unwrap_or_else(|| Tensor::zeros(be, &[d, d]))).collect();
+            all_reduce_tensors(&local, comm)?.into_iter().map(Some).collect()
+        };
         let cat = |parts: &[Tensor<B>]| match parts.len() {
             0 => empty.clone().unwrap_or_else(|| Tensor::zeros(be, &[0, d])),
             1 => parts[0].clone(),
@@ -319,14 +334,14 @@ impl<B: Backend> StatsAcc<B> {
             .iter()
             .zip(grams.into_iter().zip(&rows))
             .map(|(&mj, (g, r))| {
-                if mj < d {
+                if mj < rows_below {
                     ClassData::Rows(cat(r))
                 } else {
                     ClassData::Gram(g.unwrap_or_else(|| Tensor::zeros(be, &[d, d])))
                 }
             })
             .collect();
-        let total = if m < d {
+        let total = if m < rows_below {
             let all: Vec<Tensor<B>> = rows.into_iter().flatten().collect();
             ClassData::Rows(cat(&all))
         } else {
@@ -336,7 +351,7 @@ impl<B: Backend> StatsAcc<B> {
             }
             ClassData::Gram(g)
         };
-        Stats { total, classes }
+        Ok(Stats { total, classes })
     }
 }
 
@@ -404,6 +419,8 @@ struct Chunks<B: Backend> {
     positions: Vec<usize>,
     /// The class of each chunk (0 for all in a transform).
     class: Vec<usize>,
+    /// Width `d` of the rows.
+    dim: usize,
 }
 
 impl<B: Backend> Chunks<B> {
@@ -420,7 +437,7 @@ impl<B: Backend> Chunks<B> {
                 class.push(j);
             }
         }
-        Chunks { data, positions, class }
+        Chunks { data, positions, class, dim: z.dim(1) }
     }
 
     /// Whether the rows are in input order.
@@ -517,10 +534,31 @@ pub fn build_reference<B: Backend>(
     spec: &RedunetSpec,
     record: &Record,
 ) -> Result<RedunetRun<Tensor<B>>> {
+    build_sharded(z, labels, spec, record, &Local)
+}
+
+/// [`build_reference`] on one shard of the samples: each process of `comm`
+/// passes its own rows `z` and labels; the class Gram matrices and counts
+/// are summed over the processes (one all-reduce of `k d^2` values a layer,
+/// [`Collective::all_reduce_sum`]), so every process builds the same
+/// operators and records the same rates, those of the union of the shards.
+/// The output, `yhat` and features are this process's rows. A class may be
+/// missing from a shard; every process must pass the same `spec` and width
+/// `d`, and no class may be empty in the union (checked by the caller).
+/// With one process every class of fewer than `d` samples takes the
+/// `m_j x m_j` route; sharded every class takes the Gram route (the same
+/// operators up to rounding).
+pub fn build_sharded<B: Backend>(
+    z: &Tensor<B>,
+    labels: &[usize],
+    spec: &RedunetSpec,
+    record: &Record,
+    comm: &dyn Collective,
+) -> Result<RedunetRun<Tensor<B>>> {
     let be = z.backend();
     let (d, k) = (z.dim(1), spec.classes);
     let members = members_of(labels.iter().copied(), k);
-    let counts = class_counts(labels.iter().copied(), k);
+    let counts = all_reduce_counts(&class_counts(labels.iter().copied(), k), comm)?;
     let scales = ClassScales::new(&counts, d, spec.eps_sq);
     let gamma_t = Tensor::from_f64(be, &scales.gamma, &[1, k]);
     let want_rates = record.rates || spec.depth.needs_rates();
@@ -528,11 +566,11 @@ pub fn build_reference<B: Backend>(
     let max_layers = spec.depth.max_layers();
 
     let mut zl = Chunks::gather(z, &members, chunk_rows(spec, d));
-    let mut acc = StatsAcc::new(counts.clone(), d);
+    let mut acc = StatsAcc::new(counts.clone(), d, comm);
     for (c, chunk) in zl.data.iter().enumerate() {
         acc.add(zl.class[c], chunk);
     }
-    let mut stats = acc.finish(be);
+    let mut stats = acc.finish(be)?;
     let mut run = RedunetRun {
         output: z.clone(),
         operators: Vec::new(),
@@ -552,10 +590,10 @@ pub fn build_reference<B: Backend>(
     }
     for l in 0..max_layers {
         let w = stats.operators(&scales)?;
-        let mut next = StatsAcc::new(counts.clone(), d);
+        let mut next = StatsAcc::new(counts.clone(), d, comm);
         let layer_picks = zl.layer(&w, &gamma_t, spec, want_yhat, |j, out| next.add(j, out));
         run.operators.push(w);
-        let next = next.finish(be);
+        let next = next.finish(be)?;
         if want_rates {
             // The rates are host scalars anyway; the code's rates need yhat's members here.
             let yhat = zl.to_input_order(&Tensor::indices_to_host(&layer_picks));
@@ -564,10 +602,12 @@ pub fn build_reference<B: Backend>(
             }
             let rt = next.rates(&scales, &scales.gamma)?;
             run.rates_true.push(rt);
-            run.rates_code.push(if yhat.as_slice() == labels {
+            let mut wrong = [yhat.iter().zip(labels).filter(|(a, b)| a != b).count() as f64];
+            comm.all_reduce_sum(&mut wrong)?;
+            run.rates_code.push(if wrong[0] == 0.0 {
                 rt
             } else {
-                code_rates(&zl, &yhat, &scales, spec.eps_sq, be)?
+                code_rates(&zl, &yhat, &scales, spec.eps_sq, be, comm)?
             });
         } else {
             picks.push(layer_picks);
@@ -604,12 +644,13 @@ fn code_rates<B: Backend>(
     scales: &ClassScales,
     eps_sq: f64,
     be: &B,
+    comm: &dyn Collective,
 ) -> Result<Rates> {
-    let (k, d) = (scales.gamma.len(), zl.data.first().map_or(0, |t| t.dim(1)));
-    let yhat_counts = class_counts(yhat.iter().copied(), k);
+    let (k, d) = (scales.gamma.len(), zl.dim);
+    let yhat_counts = all_reduce_counts(&class_counts(yhat.iter().copied(), k), comm)?;
     let yhat_scales = ClassScales::new(&yhat_counts, d, eps_sq);
     let code = ClassScales { alpha: scales.alpha, ..yhat_scales };
-    let mut acc = StatsAcc::new(yhat_counts, d);
+    let mut acc = StatsAcc::new(yhat_counts, d, comm);
     let mut at = 0;
     for chunk in &zl.data {
         let r = chunk.dim(0);
@@ -626,7 +667,7 @@ fn code_rates<B: Backend>(
         }
         at += r;
     }
-    acc.finish(be).rates(&code, &scales.gamma)
+    acc.finish(be)?.rates(&code, &scales.gamma)
 }
 
 /// The reference body of [`super::Kernels::redunet_transform`]: applies the layers

@@ -43,6 +43,9 @@ mod kernels;
 mod linalg;
 mod primitives;
 mod reference;
+mod world;
+
+pub use world::ThreadWorld;
 
 pub use fourier::*;
 pub use kernels::*;
