@@ -69,6 +69,10 @@ impl Command for Backends {
 
 /// Runs the subcommand and prints its summary once: JSON with `--json`, else one `key: value` line each.
 fn run(cli: Cli) -> CliResult<()> {
+    let sharded = matches!(&cli.command, Subcommands::Backends | Subcommands::Redunet(redunet_cmd::RedunetCmd::Fit(_)));
+    if !sharded {
+        util::single_process()?;
+    }
     let summary = match cli.command {
         Subcommands::Backends => Backends.run(cli.backend),
         Subcommands::Redunet(cmd) => cmd.run(cli.backend),
@@ -77,7 +81,9 @@ fn run(cli: Cli) -> CliResult<()> {
         Subcommands::Aot(cmd) => cmd.run(cli.backend),
         Subcommands::Tost(cmd) => cmd.run(cli.backend),
     }?;
-    if cli.json {
+    if util::world().rank() > 0 {
+        // rank 0 reports for the whole job
+    } else if cli.json {
         println!("{summary}");
     } else if let Some(obj) = summary.as_object() {
         for (k, v) in obj {
@@ -98,9 +104,23 @@ fn main() {
     // reuse freed temporaries instead of faulting in fresh pages (glibc)
     backend_cpu::keep_freed_memory();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    if let Err(e) = util::start_world() {
+        eprintln!("rate: error: {}", e.to_string().replace('\n', " "));
+        std::process::exit(2);
+    }
+    let result = run(cli);
+    let world = util::world();
+    let (rank, size) = (world.rank(), world.size());
+    drop(world);
+    util::end_world();
+    if let Err(e) = result {
         let msg = e.to_string().replace('\n', " ");
-        eprintln!("rate: error: {msg}");
+        if size == 1 || (rank == 0 && e.is_shared()) {
+            // every rank has a shared error: rank 0 prints it once
+            eprintln!("rate: error: {msg}");
+        } else if !e.is_shared() {
+            eprintln!("rate: error (rank {rank} of {size}): {msg}");
+        }
         std::process::exit(2);
     }
 }

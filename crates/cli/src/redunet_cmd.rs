@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
 use models::data::{self, Dataset};
 use models::redunet::{gaussians, Depth, Engine, LayerProgress, Pca, Record, ReduNet, ReduNetConfig, Trace};
-use rate_core::{Kernels, Rates, Tensor};
+use rate_core::{Collective, Kernels, Rates, Tensor};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -398,9 +398,14 @@ impl Job for FitJob {
     type Output = serde_json::Value;
     fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
-        let (train, test) = load_split(&a)?;
+        let comm = crate::util::world();
+        let (train, test) = shared(&*comm, load_split(&a))?;
         let out = a.out.clone();
-        crate::util::removing_new_dir_on_error(&out, || fit(be, a, train, test))
+        if comm.is_root() {
+            crate::util::removing_new_dir_on_error(&out, || fit(be, a, train, test, &*comm))
+        } else {
+            fit(be, a, train, test, &*comm)
+        }
     }
 }
 
@@ -425,6 +430,40 @@ fn layer_hook(pb: &indicatif::ProgressBar) -> LayerProgress {
     LayerProgress::new(move |done, _| pb.set_position(done as u64))
 }
 
+/// Rows `lo..hi` of `0..m` that process `rank` of `size` takes (contiguous, sizes differing by at most one).
+fn shard_range(m: usize, rank: usize, size: usize) -> (usize, usize) {
+    (rank * m / size, (rank + 1) * m / size)
+}
+
+/// `r` on every process once all of them have reached it: the first error of
+/// any process (as [`rate_core::Collective::agree`] names it) on all of them.
+fn shared<T>(comm: &dyn Collective, r: CliResult<T>) -> CliResult<T> {
+    if comm.size() == 1 {
+        return r;
+    }
+    comm.agree(r.as_ref().err().map(|e| e.to_string()))?;
+    r
+}
+
+/// Every process's rows (`local`, row-major, `width` wide) concatenated in
+/// rank order on rank 0 (`None` elsewhere): each process broadcasts its rows
+/// in turn (the trait has no gather; the volume is the data once per process).
+fn gather_rows(comm: &dyn Collective, local: Vec<f64>, width: usize) -> CliResult<Option<Vec<f64>>> {
+    if comm.size() == 1 {
+        return Ok(Some(local));
+    }
+    let rows = comm.all_gather(&[(local.len() / width.max(1)) as f64])?;
+    let mut all = Vec::new();
+    for (q, &r) in rows.iter().enumerate() {
+        let mut buf = if q == comm.rank() { local.clone() } else { vec![0.0; r as usize * width] };
+        comm.broadcast(&mut buf, q)?;
+        if comm.is_root() {
+            all.extend(buf);
+        }
+    }
+    Ok(comm.is_root().then_some(all))
+}
+
 /// `rate redunet fit` once the data are read.
 ///
 /// Memory: the training features are uploaded once (in class order, so that
@@ -432,9 +471,23 @@ fn layer_hook(pb: &indicatif::ProgressBar) -> LayerProgress {
 /// and the data set's own copy is dropped; the build keeps one more copy of
 /// the features and the operators; the raw baselines run before the build,
 /// the feature baselines after the model is saved and dropped.
-fn fit<B: Kernels>(be: &B, a: FitArgs, train: Dataset, test: Dataset) -> CliResult<serde_json::Value> {
+///
+/// Across MPI processes (`comm`, several ranks) every process has read the
+/// data; process `r` keeps the `r`-th contiguous block of the class-sorted
+/// training rows and of the test rows, the PCA and the build sum their
+/// statistics over the processes, rank 0 computes the raw baselines, writes
+/// the model and, with the features gathered to it, evaluates and writes
+/// the metrics and plots.
+fn fit<B: Kernels>(
+    be: &B,
+    a: FitArgs,
+    train: Dataset,
+    test: Dataset,
+    comm: &dyn Collective,
+) -> CliResult<serde_json::Value> {
     {
-        ensure_dir(&a.out)?;
+        let (rank, size, root) = (comm.rank(), comm.size(), comm.is_root());
+        shared(comm, if root { ensure_dir(&a.out) } else { Ok(()) })?;
         let t_all = Instant::now();
         let k = train.num_classes().max(test.num_classes());
         let (m, n, d_in) = (train.len(), test.len(), train.num_features());
@@ -442,28 +495,45 @@ fn fit<B: Kernels>(be: &B, a: FitArgs, train: Dataset, test: Dataset) -> CliResu
         let mut order: Vec<usize> = (0..m).collect();
         order.sort_by_key(|&i| (labels_in[i], i));
         let train_labels: Vec<usize> = order.iter().map(|&i| labels_in[i]).collect();
-        let x = {
-            let raw = train.to_tensor(be);
-            drop(train);
-            normalise_rows(&raw.index_select(0, &order))
-        };
+        let (lo, hi) = shard_range(m, rank, size);
+        let (tlo, thi) = shard_range(n, rank, size);
         let test_labels = test.labels().to_vec();
-        let xt = normalise_rows(&test.to_tensor(be));
-        drop(test);
+        // rank 0 holds every row until the raw baselines are done
+        let (x_all, xt_all) = if root {
+            let raw = train.to_tensor(be);
+            let x = normalise_rows(&raw.index_select(0, &order));
+            (Some(x), Some(normalise_rows(&test.to_tensor(be))))
+        } else {
+            (None, None)
+        };
+        let (x, xt) = if size == 1 {
+            drop((train, test));
+            (x_all.clone().expect("one process is rank 0"), xt_all.clone().expect("one process is rank 0"))
+        } else {
+            let raw = train.to_tensor(be).index_select(0, &order[lo..hi]);
+            let shard = normalise_rows(&raw);
+            let idx: Vec<usize> = (tlo..thi).collect();
+            let tshard = normalise_rows(&test.to_tensor(be).index_select(0, &idx));
+            drop((train, test));
+            (shard, tshard)
+        };
 
-        // the raw baselines, on the input features
+        // the raw baselines, on the input features (rank 0)
         let comps_raw = a.components.min(d_in);
-        let ns_raw = NearestSubspace::fit(&x, &train_labels, k, comps_raw)?;
-        let acc_raw = accuracy(&ns_raw.predict(&xt)?, &test_labels)?;
-        drop(ns_raw);
-        let knn_raw = accuracy(&knn_predict(&x, &train_labels, &xt, a.knn)?, &test_labels)?;
+        let (mut acc_raw, mut knn_raw, mut gram_in) = (0.0, 0.0, Vec::new());
         let gram_rows = gram_sample(&train_labels);
-        let gram_in = x.index_select(0, &gram_rows).to_f64_vec();
+        if let (Some(xa), Some(xta)) = (x_all, xt_all) {
+            let ns_raw = NearestSubspace::fit(&xa, &train_labels, k, comps_raw)?;
+            acc_raw = accuracy(&ns_raw.predict(&xta)?, &test_labels)?;
+            drop(ns_raw);
+            knn_raw = accuracy(&knn_predict(&xa, &train_labels, &xta, a.knn)?, &test_labels)?;
+            gram_in = xa.index_select(0, &gram_rows).to_f64_vec();
+        }
 
         let t_pca = Instant::now();
         let (x, xt, pca) = match a.pca {
             Some(kp) => {
-                let p = Pca::fit(&x, kp)?;
+                let p = Pca::fit_sharded(&x, kp, comm)?;
                 let (xp, xtp) = (p.apply(&x)?, p.apply(&xt)?);
                 (xp, xtp, Some(p))
             }
@@ -474,7 +544,7 @@ fn fit<B: Kernels>(be: &B, a: FitArgs, train: Dataset, test: Dataset) -> CliResu
         let config = a.net.config(k, 30);
         let layers = config.depth.max_layers();
         let model_bytes = (layers * (k + 1) * d * d * std::mem::size_of::<B::Elem>()) as f64;
-        if model_bytes > 1e9 {
+        if model_bytes > 1e9 && root {
             eprintln!(
                 "note: the model will hold {:.1} GB of operators ({layers} layers of {} matrices of {d} x {d}); \
                  --pca K or --layers L makes it smaller",
@@ -482,37 +552,68 @@ fn fit<B: Kernels>(be: &B, a: FitArgs, train: Dataset, test: Dataset) -> CliResu
                 k + 1
             );
         }
+        let mut peak_ranks: Vec<u64> = Vec::new();
         let t0 = Instant::now();
         let pb = progress(layers as u64, "build");
+        let hook = if root { layer_hook(&pb) } else { LayerProgress::default() };
         let (net, trace) =
-            ReduNet::build_observed(&x, &train_labels, config, &Record::default(), layer_hook(&pb))?;
+            ReduNet::build_sharded(&x, &train_labels[lo..hi], config, &Record::default(), hook, comm)?;
         pb.finish_and_clear();
         let build_s = t0.elapsed().as_secs_f64();
         drop(x);
         let t1 = Instant::now();
         let pb = progress(net.depth() as u64, "test");
-        let test_trace = net.transform_observed(
-            &xt,
-            &Record { rates: false, yhat: true, features: Default::default() },
-            layer_hook(&pb),
+        let test_trace = shared(
+            comm,
+            net.transform_observed(
+                &xt,
+                &Record { rates: false, yhat: true, features: Default::default() },
+                layer_hook(&pb),
+            )
+            .map_err(CliError::from),
         )?;
         pb.finish_and_clear();
         let transform_s = t1.elapsed().as_secs_f64();
-        net.save(a.out.join("model.safetensors"))?;
-        if let Some(p) = &pca {
-            p.save(a.out.join("pca.safetensors"))?;
-        }
+        let saved = if root {
+            net.save(a.out.join("model.safetensors"))
+                .and_then(|()| pca.as_ref().map_or(Ok(()), |p| p.save(a.out.join("pca.safetensors"))))
+                .map_err(CliError::from)
+        } else {
+            Ok(())
+        };
+        shared(comm, saved)?;
         let (depth, dim, net_config) = (net.depth(), net.dim(), net.config().clone());
         drop(net);
 
+        // the features of every shard on rank 0 (one process: as they are)
+        let t_gather = Instant::now();
+        let comm_before = comm.comm_seconds();
+        let (train_out, test_out, test_yhat) = if size == 1 {
+            (trace.output.clone(), test_trace.output.clone(), last_yhat(&test_trace))
+        } else {
+            let tr = gather_rows(comm, trace.output.to_f64_vec(), dim)?;
+            let te = gather_rows(comm, test_trace.output.to_f64_vec(), dim)?;
+            let yh: Vec<f64> = last_yhat(&test_trace).unwrap_or_default().iter().map(|&y| y as f64).collect();
+            let yh = gather_rows(comm, yh, 1)?;
+            let rss = comm.all_gather(&[models::io::peak_rss_bytes().unwrap_or(0) as f64])?;
+            let Some(((tr, te), yh)) = tr.zip(te).zip(yh) else {
+                // ranks other than 0 are done: rank 0 evaluates and reports
+                return Ok(json!({ "rank": rank, "ranks": size, "train_rows": hi - lo, "test_rows": thi - tlo }));
+            };
+            peak_ranks = rss.iter().map(|&b| b as u64).collect();
+            let yh = (depth > 0).then(|| yh.into_iter().map(|y| y as usize).collect());
+            (Tensor::from_f64(be, &tr, &[m, dim]), Tensor::from_f64(be, &te, &[n, dim]), yh)
+        };
+        let gather_s = t_gather.elapsed().as_secs_f64();
+        let comm_gather_s = comm.comm_seconds() - comm_before;
+
         let t2 = Instant::now();
         let comps = a.components.min(dim);
-        let ns = NearestSubspace::fit(&trace.output, &train_labels, k, comps)?;
-        let acc_feat = accuracy(&ns.predict(&test_trace.output)?, &test_labels)?;
+        let ns = NearestSubspace::fit(&train_out, &train_labels, k, comps)?;
+        let acc_feat = accuracy(&ns.predict(&test_out)?, &test_labels)?;
         drop(ns);
-        let knn_feat =
-            accuracy(&knn_predict(&trace.output, &train_labels, &test_trace.output, a.knn)?, &test_labels)?;
-        let memb = last_yhat(&test_trace).map(|p| accuracy(&p, &test_labels)).transpose()?;
+        let knn_feat = accuracy(&knn_predict(&train_out, &train_labels, &test_out, a.knn)?, &test_labels)?;
+        let memb = test_yhat.map(|p| accuracy(&p, &test_labels)).transpose()?;
         let evaluate_s = t2.elapsed().as_secs_f64();
 
         rate_plot(
@@ -520,10 +621,13 @@ fn fit<B: Kernels>(be: &B, a: FitArgs, train: Dataset, test: Dataset) -> CliResu
             &format!("Rate reduction per layer ({})", a.data),
             &trace.rates_true,
         )?;
-        let gram_out = trace.output.index_select(0, &gram_rows).to_f64_vec();
+        let gram_out = train_out.index_select(0, &gram_rows).to_f64_vec();
         let sample_labels: Vec<usize> = gram_rows.iter().map(|&i| train_labels[i]).collect();
         gram_plots(&a.out, &gram_in, d_in, &gram_out, dim, &sample_labels)?;
         let peak = models::io::peak_rss_bytes();
+        if size == 1 {
+            peak_ranks = peak.into_iter().collect();
+        }
 
         let metrics = json!({
             "experiment": "redunet_fit",
@@ -551,6 +655,13 @@ fn fit<B: Kernels>(be: &B, a: FitArgs, train: Dataset, test: Dataset) -> CliResu
             },
             "peak_rss_bytes": peak,
             "gram_plot_samples": gram_rows.len(),
+            "mpi": {
+                "ranks": size,
+                "comm_s": comm.comm_seconds(),
+                "comm_gather_s": comm_gather_s,
+                "gather_s": gather_s,
+                "peak_rss_bytes_per_rank": peak_ranks,
+            },
         });
         write_json(&a.out.join("metrics.json"), &metrics)?;
         Ok(json!({
@@ -563,6 +674,8 @@ fn fit<B: Kernels>(be: &B, a: FitArgs, train: Dataset, test: Dataset) -> CliResu
             "build_s": build_s,
             "total_s": t_all.elapsed().as_secs_f64(),
             "peak_rss_mb": peak.map(|b| b as f64 / 1e6),
+            "ranks": size,
+            "comm_s": comm.comm_seconds(),
         }))
     }
 }

@@ -153,3 +153,67 @@ pub fn removing_new_dir_on_error<T>(dir: &Path, f: impl FnOnce() -> CliResult<T>
     }
     result
 }
+
+/// The processes this `rate` runs among: [`rate_core::Local`] unless started
+/// by an MPI launcher with the `mpi` feature built in ([`start_world`]).
+static WORLD: std::sync::Mutex<Option<std::sync::Arc<dyn rate_core::Collective>>> = std::sync::Mutex::new(None);
+
+/// Joins the MPI job when an MPI launcher started this process (more than
+/// one process announced, see [`rate_core::collective::launcher_world_size`])
+/// and the binary has the `mpi` feature; without the feature, such a start
+/// is refused, so that `mpirun -n N` never runs N copies of the whole job.
+pub fn start_world() -> CliResult<()> {
+    let Some((var, n)) = rate_core::collective::launcher_world_size() else {
+        return Ok(());
+    };
+    #[cfg(feature = "mpi")]
+    {
+        let _ = (var, n);
+        let mpi = rate_core::collective::Mpi::init()?;
+        *WORLD.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::sync::Arc::new(mpi));
+        Ok(())
+    }
+    #[cfg(not(feature = "mpi"))]
+    Err(CliError::Usage(format!(
+        "started by an MPI launcher ({var}={n}), but this `rate` was built without the `mpi` feature, so the {n} \
+         processes would each run the whole job; rebuild with `cargo build --release -p rate-cli --features mpi`, \
+         or run `rate` without mpirun"
+    )))
+}
+
+/// The processes of this job ([`rate_core::Local`] when alone).
+pub fn world() -> std::sync::Arc<dyn rate_core::Collective> {
+    WORLD.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| std::sync::Arc::new(rate_core::Local))
+}
+
+/// Leaves the MPI job (finalises MPI once the last handle from [`world`] is dropped).
+pub fn end_world() {
+    WORLD.lock().unwrap_or_else(|p| p.into_inner()).take();
+}
+
+/// Refuses a command that does not run sharded when this job has several processes.
+pub fn single_process() -> CliResult<()> {
+    let w = world();
+    if w.size() > 1 {
+        return Err(CliError::Usage(format!(
+            "this subcommand does not run across MPI processes yet (this job has {}); run it without mpirun \
+             (`rate redunet fit` does)",
+            w.size()
+        )));
+    }
+    Ok(())
+}
+
+impl CliError {
+    /// Whether every process of a sharded job has this same error (a shared
+    /// verdict or a configuration error), so that only rank 0 prints it.
+    pub fn is_shared(&self) -> bool {
+        matches!(
+            self,
+            CliError::Core(rate_core::Error::Collective { .. })
+                | CliError::Models(models::Error::Core(rate_core::Error::Collective { .. }))
+                | CliError::Models(models::Error::Config(_))
+                | CliError::Usage(_)
+        )
+    }
+}

@@ -788,3 +788,33 @@ mod train {
         let _ = std::fs::remove_dir_all(&out);
     }
 }
+
+/// A binary built without the `mpi` feature refuses to run when an MPI
+/// launcher says it started several processes (each would run the whole job).
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_binary_without_mpi_refuses_a_multi_process_launch() {
+    let out = tmp("mpi-refused");
+    for (var, val) in [("OMPI_COMM_WORLD_SIZE", "2"), ("PMI_SIZE", "4")] {
+        let st = rate()
+            .env(var, val)
+            .args(["redunet", "fit", "--data", "digits", "--layers", "2", "--out"])
+            .arg(&out)
+            .output()
+            .expect("runs");
+        assert_eq!(st.status.code(), Some(2), "{var}={val}");
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(err.contains(&format!("{var}={val}")) && err.contains("--features mpi"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!out.exists(), "{var}: the refused run made its output directory");
+    }
+    // a launcher that started one process is no MPI job: the run goes ahead
+    let st = rate()
+        .env("OMPI_COMM_WORLD_SIZE", "1")
+        .args(["redunet", "fit", "--data", "digits", "--layers", "2", "--out"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -8,6 +8,7 @@
 
 use crate::io::{write_safetensors, OutArray, TensorFile};
 use crate::{Error, Result};
+use rate_core::collective::{all_reduce_tensor, Collective, Local};
 use rate_core::{Kernels, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,34 +30,70 @@ pub struct Pca<B: Kernels> {
 impl<B: Kernels> Pca<B> {
     /// The top `k` directions of the rows of `x` (`m x d`, `1 <= k <= d`, `m >= 2`).
     pub fn fit(x: &Tensor<B>, k: usize) -> Result<Self> {
-        if x.rank() != 2 || x.dim(0) < 2 || x.dim(1) == 0 {
-            return Err(Error::Config(format!(
+        Self::fit_sharded(x, k, &Local)
+    }
+
+    /// [`Self::fit`] of the union of the shards of the processes of `comm`
+    /// (each passes its own rows): the sum of the rows and the centred Gram
+    /// matrix are summed over the processes, and rank 0's directions are
+    /// broadcast, so that every process projects with the same bits. The
+    /// shards are checked first and a bad one stops every process with one
+    /// error naming its rank.
+    pub fn fit_sharded(x: &Tensor<B>, k: usize, comm: &dyn Collective) -> Result<Self> {
+        let be = x.backend();
+        let local = if x.rank() != 2 || x.dim(1) == 0 || (comm.size() == 1 && x.dim(0) < 2) {
+            Err(Error::Config(format!(
                 "PCA: features have shape {:?}, expected at least 2 samples of at least 1 feature",
                 x.shape()
-            )));
+            )))
+        } else if k == 0 || k > x.dim(1) {
+            Err(Error::Config(format!("--pca {k}: must be in 1..={} (the feature dimension)", x.dim(1))))
+        } else {
+            x.check_finite("PCA").map_err(Error::from)
+        };
+        if comm.size() == 1 {
+            local?;
+        } else {
+            comm.agree(local.err().map(|e| e.to_string()))?;
         }
-        let (m, d) = (x.dim(0), x.dim(1));
-        if k == 0 || k > d {
-            return Err(Error::Config(format!("--pca {k}: must be in 1..={d} (the feature dimension)")));
+        let (m_local, d) = (x.dim(0), x.dim(1));
+        let shape = comm.all_gather(&[d as f64, m_local as f64])?;
+        if let Some(r) = (0..comm.size()).find(|&r| shape[2 * r] != shape[0]) {
+            return Err(rate_core::Error::Collective {
+                rank: r,
+                size: comm.size(),
+                message: format!("PCA: features of width {}, rank 0 has {}", shape[2 * r], shape[0]),
+            }
+            .into());
         }
-        x.check_finite("PCA")?;
-        let mean = x.mean_axis(0, true);
-        let mut gram: Option<Tensor<B>> = None;
-        for start in (0..m).step_by(CHUNK) {
-            let c = x.narrow(0, start, CHUNK.min(m - start)).sub(&mean);
-            let g = c.matmul_t(&c, true, false);
-            gram = Some(match gram {
-                Some(acc) => acc.add(&g),
-                None => g,
-            });
+        let m: f64 = shape.chunks(2).map(|p| p[1]).sum();
+        if m < 2.0 {
+            return Err(Error::Config(format!("PCA: {m} samples in all, at least 2 needed")));
         }
-        let gram = gram.ok_or_else(|| Error::Config("PCA: no samples".into()))?;
+        let mean = if comm.size() == 1 {
+            x.mean_axis(0, true)
+        } else {
+            all_reduce_tensor(&x.sum_axis(0, true), comm)?.scale(1.0 / m)
+        };
+        let mut gram = Tensor::zeros(be, &[d, d]);
+        for start in (0..m_local).step_by(CHUNK) {
+            let c = x.narrow(0, start, CHUNK.min(m_local - start)).sub(&mean);
+            gram = gram.add(&c.matmul_t(&c, true, false));
+        }
+        let gram = all_reduce_tensor(&gram, comm)?;
         let (vals, vecs) = gram.sym_eigen()?;
         let vals = vals.to_f64_vec();
         let total: f64 = vals.iter().map(|v| v.max(0.0)).sum();
         let kept: f64 = vals[..k].iter().map(|v| v.max(0.0)).sum();
-        let explained = if total > 0.0 { kept / total } else { 0.0 };
-        Ok(Pca { mean, components: vecs.narrow(1, 0, k), explained })
+        let mut explained = [if total > 0.0 { kept / total } else { 0.0 }];
+        let mut components = vecs.narrow(1, 0, k);
+        if comm.size() > 1 {
+            let mut host = components.to_f64_vec();
+            comm.broadcast(&mut host, 0)?;
+            comm.broadcast(&mut explained, 0)?;
+            components = Tensor::from_f64(be, &host, &[d, k]);
+        }
+        Ok(Pca { mean, components, explained: explained[0] })
     }
 
     /// Rows `x` (`n x d`) projected: `(x - mu) V_K`, `n x K`.

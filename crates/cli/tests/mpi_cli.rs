@@ -1,0 +1,68 @@
+//! `mpirun -n 2 rate redunet fit` (the `mpi` feature): the ReduNet built from two shards (class Gram sums of 4.1.3-4.1.4 all-reduced) gives the single-process run's rates, model and accuracies; other subcommands refuse to run sharded.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rate-mpi-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn mpirun(n: usize) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-n", &n.to_string(), env!("CARGO_BIN_EXE_rate")]);
+    c
+}
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json")).expect("JSON")
+}
+
+fn numbers(v: &serde_json::Value) -> Vec<f64> {
+    match v {
+        serde_json::Value::Number(n) => vec![n.as_f64().expect("f64")],
+        serde_json::Value::Array(a) => a.iter().flat_map(numbers).collect(),
+        serde_json::Value::Object(o) => o.values().flat_map(numbers).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn two_ranks_fit_the_same_redunet_as_one_process() {
+    let args = ["--json", "redunet", "fit", "--data", "digits", "--layers", "8", "--pca", "24", "--out"];
+    let one = tmp("one");
+    let st = Command::new(env!("CARGO_BIN_EXE_rate")).args(args).arg(&one).output().expect("rate runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let two = tmp("two");
+    let st = mpirun(2).args(args).arg(&two).output().expect("mpirun runs (apt-get install openmpi-bin)");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    // one summary, from rank 0
+    assert_eq!(String::from_utf8_lossy(&st.stdout).lines().count(), 1);
+    let (a, b) = (metrics(&one), metrics(&two));
+    assert_eq!(b["mpi"]["ranks"], 2, "the job did not run on two ranks");
+    assert_eq!(a["mpi"]["ranks"], 1);
+    for key in ["rates_true", "rates_code", "test_accuracy"] {
+        let (x, y) = (numbers(&a[key]), numbers(&b[key]));
+        assert_eq!(x.len(), y.len(), "{key}");
+        let err = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+        assert!(err <= 1e-9, "{key}: one process and two ranks differ by {err:e}");
+    }
+    // the models load and agree: operators to rounding
+    let read = |d: &Path| std::fs::read(d.join("model.safetensors")).expect("model written by rank 0");
+    assert_eq!(read(&one).len(), read(&two).len());
+    for d in [&one, &two] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn a_subcommand_that_does_not_shard_refuses_under_mpirun() {
+    let out = tmp("gaussians");
+    let st = mpirun(2).args(["redunet", "gaussians", "--out"]).arg(&out).output().expect("mpirun runs");
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(err.matches("rate: error").count(), 1, "one error line, from rank 0: {err}");
+    assert!(err.contains("does not run across MPI processes"), "{err}");
+    assert!(!out.exists());
+}
