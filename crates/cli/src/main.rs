@@ -69,7 +69,8 @@ impl Command for Backends {
 
 /// Runs the subcommand and prints its summary once: JSON with `--json`, else one `key: value` line each.
 fn run(cli: Cli) -> CliResult<()> {
-    let sharded = matches!(&cli.command, Subcommands::Backends | Subcommands::Redunet(redunet_cmd::RedunetCmd::Fit(_)));
+    let sharded =
+        matches!(&cli.command, Subcommands::Backends | Subcommands::Redunet(redunet_cmd::RedunetCmd::Fit(_)));
     if !sharded {
         util::single_process()?;
     }

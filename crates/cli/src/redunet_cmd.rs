@@ -598,7 +598,9 @@ fn fit<B: Kernels>(
             let rss = comm.all_gather(&[models::io::peak_rss_bytes().unwrap_or(0) as f64])?;
             let Some(((tr, te), yh)) = tr.zip(te).zip(yh) else {
                 // ranks other than 0 are done: rank 0 evaluates and reports
-                return Ok(json!({ "rank": rank, "ranks": size, "train_rows": hi - lo, "test_rows": thi - tlo }));
+                return Ok(
+                    json!({ "rank": rank, "ranks": size, "train_rows": hi - lo, "test_rows": thi - tlo }),
+                );
             };
             peak_ranks = rss.iter().map(|&b| b as u64).collect();
             let yh = (depth > 0).then(|| yh.into_iter().map(|y| y as usize).collect());

@@ -156,7 +156,8 @@ pub fn removing_new_dir_on_error<T>(dir: &Path, f: impl FnOnce() -> CliResult<T>
 
 /// The processes this `rate` runs among: [`rate_core::Local`] unless started
 /// by an MPI launcher with the `mpi` feature built in ([`start_world`]).
-static WORLD: std::sync::Mutex<Option<std::sync::Arc<dyn rate_core::Collective>>> = std::sync::Mutex::new(None);
+static WORLD: std::sync::Mutex<Option<std::sync::Arc<dyn rate_core::Collective>>> =
+    std::sync::Mutex::new(None);
 
 /// Joins the MPI job when an MPI launcher started this process (more than
 /// one process announced, see [`rate_core::collective::launcher_world_size`])
@@ -183,7 +184,11 @@ pub fn start_world() -> CliResult<()> {
 
 /// The processes of this job ([`rate_core::Local`] when alone).
 pub fn world() -> std::sync::Arc<dyn rate_core::Collective> {
-    WORLD.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| std::sync::Arc::new(rate_core::Local))
+    WORLD
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_else(|| std::sync::Arc::new(rate_core::Local))
 }
 
 /// Leaves the MPI job (finalises MPI once the last handle from [`world`] is dropped).

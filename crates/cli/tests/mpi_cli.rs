@@ -16,7 +16,8 @@ fn mpirun(n: usize) -> Command {
 }
 
 fn metrics(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json")).expect("JSON")
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json"))
+        .expect("JSON")
 }
 
 fn numbers(v: &serde_json::Value) -> Vec<f64> {

@@ -1,4 +1,4 @@
-//! Under `mpirun -n 2` (the `mpi` feature): the ReduNet built from two shards across processes (class Gram sums of 4.1.3-4.1.4 all-reduced over MPI) equals the build on the union to 1e-10 in f64, with identical operators on both ranks; a bad shard stops both ranks with one error naming it.
+//! Under `mpirun -n 2` (the `mpi` feature): the ReduNet and the invariant ReduNet built from two shards across processes (class Gram sums of 4.1.3-4.1.4, per frequency for 4.1.20-4.1.22, all-reduced over MPI) equal the build on the union to 1e-10 in f64, with identical operators on both ranks; a bad shard stops both ranks with one error naming it.
 //!
 //! Run: `cargo test --release -p models --features mpi --test mpi --no-run`,
 //! then `mpirun --allow-run-as-root --oversubscribe -n 2 <the test binary>`
@@ -6,6 +6,7 @@
 //! of exactly two processes, so a launcher mismatch cannot pass silently.
 use backend_cpu::CpuBackend;
 use models::fixtures::{self, max_abs_diff};
+use models::invariant::{InvariantConfig, InvariantReduNet};
 use models::redunet::{Engine, LayerProgress, Record, ReduNet, ReduNetConfig};
 use rate_core::collective::Mpi;
 use rate_core::{Collective, Tensor};
@@ -83,6 +84,46 @@ fn main() {
             &format!("{name}: Z_final"),
         );
         eprintln!("rank {rank}: {name}: sharded build equals the whole build and the fixture");
+    }
+
+    // 1b. the invariant ReduNet on the 1-D fixture, split at a third
+    for name in ["redunet_fourier1d", "redunet_fourier1d_soft"] {
+        let f = fixtures::load(name).unwrap_or_else(|e| panic!("{e}"));
+        let config = InvariantConfig {
+            layers: f.meta_usize("layers").expect("layers"),
+            eta: f.meta_f64("eta").expect("eta"),
+            eps_sq: f.meta_f64("eps_sq").expect("eps_sq"),
+            lambda: f.meta_f64("lmbda").expect("lmbda"),
+            ..Default::default()
+        };
+        let classes = f.meta_usize("num_classes").expect("num_classes");
+        let v = f.get_rank("V", 3).expect("V");
+        let y = f.labels("y").expect("y");
+        let (m, per) = (v.shape[0], v.shape[1] * v.shape[2]);
+        let cut = m / 3;
+        let (lo, hi) = if rank == 0 { (0, cut) } else { (cut, m) };
+        let xs = Tensor::from_f64(&be, &v.data[lo * per..hi * per], &[hi - lo, v.shape[1], v.shape[2]]);
+        let out =
+            InvariantReduNet::construct_sharded(&xs, &y[lo..hi], classes, &config, &comm).expect("sharded");
+        let whole =
+            InvariantReduNet::construct(&Tensor::from_f64(&be, &v.data, &v.shape), &y, classes, &config)
+                .expect("whole");
+        for (l, (a, b)) in out.network.layers().iter().zip(whole.network.layers()).enumerate() {
+            let (a, b) = (a.packed().to_vec(), b.packed().to_vec());
+            check(max_abs_diff(&a, &b) <= TOL, rank, &format!("{name}: layer {l} operators"));
+            let mut root = a.clone();
+            comm.broadcast(&mut root, 0).expect("broadcast");
+            check(root == a, rank, &format!("{name}: layer {l} operators differ from rank 0's"));
+        }
+        let dr = |r: &[rate_core::Rates]| r.iter().map(|r| r.delta_r).collect::<Vec<f64>>();
+        check(
+            max_abs_diff(&dr(&out.record.rates_true), &dr(&whole.record.rates_true)) <= TOL,
+            rank,
+            &format!("{name}: rates"),
+        );
+        let err = max_abs_diff(&out.features.to_vec(), &whole.features.to_vec()[lo * per..hi * per]);
+        check(err <= TOL, rank, &format!("{name}: features off by {err:e}"));
+        eprintln!("rank {rank}: {name}: sharded invariant construction equals the whole one");
     }
 
     // 2. rank 1's shard has another feature width: both ranks stop with one error naming rank 1

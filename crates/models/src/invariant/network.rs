@@ -24,6 +24,7 @@
 
 use super::domain::Domain;
 use crate::{Error, Result};
+use rate_core::collective::{all_reduce_counts, all_reduce_tensors, Collective, Local};
 use rate_core::kernels::invariant::pack_operators;
 use rate_core::kernels::{invariant_products, invariant_step};
 use rate_core::operators::frequency_regularised_inverses;
@@ -155,6 +156,23 @@ pub(crate) fn normalise_signals<B: Kernels>(x: &Tensor<B>) -> Tensor<B> {
 }
 
 fn check_labels(labels: &[usize], m: usize, classes: usize) -> Result<Vec<Vec<usize>>> {
+    let groups = group_labels(labels, m, classes)?;
+    no_empty_group(&groups.iter().map(Vec::len).collect::<Vec<_>>())?;
+    Ok(groups)
+}
+
+/// That every class has a training sample (`sizes`: samples per class, over all processes).
+fn no_empty_group(sizes: &[usize]) -> Result<()> {
+    if let Some(j) = sizes.iter().position(|&g| g == 0) {
+        return Err(Error::Config(format!(
+            "invariant ReduNet: class {j} has no training samples (C^{j} = alpha_j (I + alpha_j S_j)^-1 needs m_j > 0)"
+        )));
+    }
+    Ok(())
+}
+
+/// The samples of each class, checking one label per sample, each below `classes`.
+fn group_labels(labels: &[usize], m: usize, classes: usize) -> Result<Vec<Vec<usize>>> {
     if classes == 0 {
         return Err(Error::Config("invariant ReduNet: `classes` must be at least 1".into()));
     }
@@ -169,11 +187,6 @@ fn check_labels(labels: &[usize], m: usize, classes: usize) -> Result<Vec<Vec<us
             )));
         }
         groups[l].push(i);
-    }
-    if let Some(j) = groups.iter().position(|g| g.is_empty()) {
-        return Err(Error::Config(format!(
-            "invariant ReduNet: class {j} has no training samples (C^{j} = alpha_j (I + alpha_j S_j)^-1 needs m_j > 0)"
-        )));
     }
     Ok(groups)
 }
@@ -223,12 +236,63 @@ impl<B: Kernels> InvariantReduNet<B> {
         classes: usize,
         config: &InvariantConfig,
     ) -> Result<Construction<B>> {
-        config.validate()?;
-        let (m, c, domain) = Domain::of_signals("invariant ReduNet construct", x.shape())?;
-        let groups = check_labels(labels, m, classes)?;
-        x.check_finite("invariant ReduNet construct: input")?;
+        Self::construct_sharded(x, labels, classes, config, &Local)
+    }
+
+    /// [`Self::construct`] from one shard of the training signals: every
+    /// process of `comm` passes its own samples (uneven shards, a class
+    /// missing from a shard: fine). The per-frequency class covariances
+    /// `S_j(f)` (`[F, k+1, C, C]` complex, reduced as reals: real parts, then
+    /// imaginary parts) and the class counts are summed over the processes,
+    /// so every process builds the same layers and records the same rates,
+    /// those of the union of the shards; the features and `yhat` are this
+    /// shard's. A bad shard (shape, labels, values) stops every process with
+    /// one error naming its rank.
+    pub fn construct_sharded(
+        x: &Tensor<B>,
+        labels: &[usize],
+        classes: usize,
+        config: &InvariantConfig,
+        comm: &dyn Collective,
+    ) -> Result<Construction<B>> {
+        let what = "invariant ReduNet construct";
+        let local =
+            config.validate().and_then(|()| Domain::of_signals(what, x.shape())).and_then(|(m, c, d)| {
+                let groups = if comm.size() == 1 {
+                    check_labels(labels, m, classes)?
+                } else {
+                    group_labels(labels, m, classes)?
+                };
+                x.check_finite("invariant ReduNet construct: input")?;
+                Ok((m, c, d, groups))
+            });
+        if comm.size() > 1 {
+            comm.agree(local.as_ref().err().map(|e| e.to_string()))?;
+        }
+        let (_, c, domain, groups) = local?;
+        let mut shape = vec![c as f64];
+        shape.extend(x.shape()[2..].iter().map(|&s| s as f64));
+        shape.resize(3, 0.0);
+        let shapes = comm.all_gather(&shape)?;
+        if let Some(r) = (0..comm.size()).find(|&r| shapes[3 * r..3 * r + 3] != shapes[..3]) {
+            return Err(rate_core::Error::Collective {
+                rank: r,
+                size: comm.size(),
+                message: format!(
+                    "{what}: signals of {} channels over {:?}, rank 0 has {} channels over {:?}",
+                    shapes[3 * r],
+                    &shapes[3 * r + 1..3 * r + 3],
+                    shapes[0],
+                    &shapes[1..3]
+                ),
+            }
+            .into());
+        }
+        let sizes = all_reduce_counts(&groups.iter().map(Vec::len).collect::<Vec<_>>(), comm)?;
+        no_empty_group(&sizes)?;
+        let m: usize = sizes.iter().sum();
         let mut net = Self::empty(x.backend(), domain, c, classes, config.clone());
-        net.gamma = groups.iter().map(|g| g.len() as f64 / m as f64).collect();
+        net.gamma = sizes.iter().map(|&g| g as f64 / m as f64).collect();
         net.gamma_row = Tensor::from_f64(x.backend(), &net.gamma, &[1, classes]);
 
         let mut v = net.signals_to_spectra(x);
@@ -244,26 +308,28 @@ impl<B: Kernels> InvariantReduNet<B> {
             if config.keep_spectra {
                 record.spectra.push(unpack_features(&v));
             }
-            let (layer, rates) = net.build_layer(&v, &groups)?;
+            let (layer, rates) = net.build_layer(&v, &groups, comm)?;
             record.rates_true.push(rates);
             net.layers.push(layer);
             let (next, yhat) = net.apply_chunked(&net.layers[net.layers.len() - 1], &v);
             v = next;
-            rc_predicted.push(if yhat == labels {
+            let mut wrong = [yhat.iter().zip(labels).filter(|(a, b)| a != b).count() as f64];
+            comm.all_reduce_sum(&mut wrong)?;
+            rc_predicted.push(if wrong[0] == 0.0 {
                 None
             } else {
                 let mut pg = vec![Vec::new(); classes];
                 for (i, &l) in yhat.iter().enumerate() {
                     pg[l].push(i);
                 }
-                Some(net.rates_of(&v, &pg)?.rc)
+                Some(net.rates_of(&v, &pg, comm)?.rc)
             });
             record.yhat.push(yhat);
         }
         if config.keep_spectra {
             record.spectra.push(unpack_features(&v));
         }
-        record.rates_true.push(net.rates_of(&v, &groups)?);
+        record.rates_true.push(net.rates_of(&v, &groups, comm)?);
         for (l, rc) in rc_predicted.into_iter().enumerate() {
             let t = record.rates_true[l + 1];
             let rc = rc.unwrap_or(t.rc);
@@ -339,33 +405,59 @@ impl<B: Kernels> InvariantReduNet<B> {
         Rates { r, rc, delta_r: r - rc }
     }
 
-    /// The non-empty class groups and the `alpha`s of (all samples, each of them).
-    fn group_spec<'a>(&self, m: usize, groups: &'a [Vec<usize>]) -> (Vec<&'a [usize]>, Vec<f64>) {
-        let nonempty: Vec<&[usize]> = groups.iter().filter(|g| !g.is_empty()).map(|g| g.as_slice()).collect();
+    /// The covariances of all samples and of the non-empty class groups
+    /// (`[F, 1 + groups, C, C]`), their `alpha`s and sizes, and the sample
+    /// count, summed over the processes of `comm` (a group is empty when it
+    /// is empty on every process).
+    fn statistics(
+        &self,
+        v: &Tensor<B>,
+        groups: &[Vec<usize>],
+        comm: &dyn Collective,
+    ) -> Result<(ComplexTensor<B>, Vec<f64>, Vec<usize>, usize)> {
+        if comm.size() == 1 {
+            let m = v.dim(1);
+            let nonempty: Vec<&[usize]> =
+                groups.iter().filter(|g| !g.is_empty()).map(|g| g.as_slice()).collect();
+            let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
+            let mut alphas = vec![self.alpha(m)];
+            alphas.extend(sizes.iter().map(|&s| self.alpha(s)));
+            return Ok((self.covariances(v, &nonempty), alphas, sizes, m));
+        }
+        let all = all_reduce_counts(&groups.iter().map(Vec::len).collect::<Vec<_>>(), comm)?;
+        let m: usize = all.iter().sum();
+        let slices: Vec<&[usize]> = groups.iter().map(|g| g.as_slice()).collect();
+        let local = self.covariances(v, &slices);
+        let summed = all_reduce_tensors(&[local.re, local.im], comm)?;
+        let keep: Vec<usize> =
+            std::iter::once(0).chain((0..all.len()).filter(|&j| all[j] > 0).map(|j| j + 1)).collect();
+        let cov = ComplexTensor::new(summed[0].index_select(1, &keep), summed[1].index_select(1, &keep));
+        let sizes: Vec<usize> = all.into_iter().filter(|&s| s > 0).collect();
         let mut alphas = vec![self.alpha(m)];
-        alphas.extend(nonempty.iter().map(|g| self.alpha(g.len())));
-        (nonempty, alphas)
+        alphas.extend(sizes.iter().map(|&s| self.alpha(s)));
+        Ok((cov, alphas, sizes, m))
     }
 
     /// Rates of packed features with the given class groups (empty classes contribute nothing).
-    fn rates_of(&self, v: &Tensor<B>, groups: &[Vec<usize>]) -> Result<Rates> {
-        let m = v.dim(1);
-        let (nonempty, alphas) = self.group_spec(m, groups);
-        let (_, logdets) = frequency_regularised_inverses(&self.covariances(v, &nonempty), &alphas)?;
+    fn rates_of(&self, v: &Tensor<B>, groups: &[Vec<usize>], comm: &dyn Collective) -> Result<Rates> {
+        let (cov, alphas, sizes, m) = self.statistics(v, groups, comm)?;
+        let (_, logdets) = frequency_regularised_inverses(&cov, &alphas)?;
         let ld = self.weighted_logdets(&logdets);
-        let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
         Ok(self.rates_from(&ld, &sizes, m))
     }
 
     /// Builds one layer's operators from the features entering it, with the
     /// rates of those features (every class is non-empty here).
-    fn build_layer(&self, v: &Tensor<B>, groups: &[Vec<usize>]) -> Result<(InvariantLayer<B>, Rates)> {
-        let m = v.dim(1);
-        let (nonempty, alphas) = self.group_spec(m, groups);
+    fn build_layer(
+        &self,
+        v: &Tensor<B>,
+        groups: &[Vec<usize>],
+        comm: &dyn Collective,
+    ) -> Result<(InvariantLayer<B>, Rates)> {
+        let (cov, alphas, sizes, m) = self.statistics(v, groups, comm)?;
         // [F, k+1, C, C]: E and C^j, and the rates from the same factorisations
-        let (inv, logdets) = frequency_regularised_inverses(&self.covariances(v, &nonempty), &alphas)?;
+        let (inv, logdets) = frequency_regularised_inverses(&cov, &alphas)?;
         let ld = self.weighted_logdets(&logdets);
-        let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
         let rates = self.rates_from(&ld, &sizes, m);
         let packed = pack_operators(&inv);
         Ok((InvariantLayer { packed }, rates))

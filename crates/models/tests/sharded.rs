@@ -1,9 +1,10 @@
-//! ReduNet built from samples sharded across processes (the class Gram sums of 4.1.3-4.1.4 all-reduced) equals the build on the union of the shards: random shards on a world of threads, and the fixtures; a bad shard stops every rank with one error naming it.
+//! ReduNets built from samples sharded across processes (the class Gram sums of 4.1.3-4.1.4, per frequency for the invariant network 4.1.20-4.1.22, all-reduced) equal the build on the union of the shards: random shards on a world of threads, and the fixtures; a bad shard stops every rank with one error naming it.
 //!
 //! The same checks run across real processes under `mpirun -n 2` in
 //! `tests/mpi.rs` (the `mpi` feature).
 use backend_cpu::CpuBackend;
 use models::fixtures::{self, max_abs_diff};
+use models::invariant::{InvariantConfig, InvariantReduNet};
 use models::redunet::{Engine, LayerProgress, Record, ReduNet, ReduNetConfig, Trace};
 use proptest::prelude::*;
 use rate_core::testing::ThreadWorld;
@@ -279,4 +280,83 @@ fn a_bad_shard_stops_every_rank_with_one_error_naming_it() {
     });
     assert_eq!(errs[0], errs[1]);
     assert!(errs[0].as_deref().is_some_and(|e| e.contains("class 3 has no training samples")), "{errs:?}");
+}
+
+/// The invariant ReduNet (1-D and 2-D signals) from uneven shards with a
+/// class missing from one: operators (packed, every layer), rates and
+/// features equal the construction on the union to 1e-10 in f64, and the
+/// operators are bit-identical on every rank.
+#[test]
+fn sharded_invariant_construction_equals_the_construction_on_the_union() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    for (dims, cuts) in [(vec![6usize], vec![3usize, 11]), (vec![3, 4], vec![5, 6])] {
+        let mut rng = StdRng::seed_from_u64(dims.len() as u64);
+        let (m, c, k) = (16usize, 3usize, 3usize);
+        let per: usize = c * dims.iter().product::<usize>();
+        let x: Vec<f64> = (0..m * per).map(|_| rng.random::<f64>() - 0.5).collect();
+        // class 2 only in the first shard
+        let labels: Vec<usize> = (0..m).map(|i| if i < 3 { 2 } else { i % 2 }).collect();
+        let shape = |n: usize| [vec![n, c], dims.clone()].concat();
+        let config = InvariantConfig { layers: 3, eta: 0.5, eps_sq: 0.5, lambda: 50.0, ..Default::default() };
+        let be = B::new();
+        let whole = InvariantReduNet::construct(&Tensor::from_f64(&be, &x, &shape(m)), &labels, k, &config)
+            .expect("whole construction");
+        let bounds = [0, cuts[0], cuts[1], m];
+        let runs = ThreadWorld::run(3, |w| {
+            let (lo, hi) = (bounds[w.rank()], bounds[w.rank() + 1]);
+            let be = B::new();
+            let xs = Tensor::from_f64(&be, &x[lo * per..hi * per], &shape(hi - lo));
+            let out =
+                InvariantReduNet::construct_sharded(&xs, &labels[lo..hi], k, &config, w).expect("sharded");
+            let ops: Vec<Vec<f64>> = out.network.layers().iter().map(|l| l.packed().to_vec()).collect();
+            let rates: Vec<f64> = out
+                .record
+                .rates_true
+                .iter()
+                .chain(&out.record.rates_code)
+                .flat_map(|r| [r.r, r.rc, r.delta_r])
+                .collect();
+            (ops, rates, out.features.to_vec(), out.record.yhat.clone(), out.network.gamma().to_vec())
+        });
+        let want_rates: Vec<f64> = whole
+            .record
+            .rates_true
+            .iter()
+            .chain(&whole.record.rates_code)
+            .flat_map(|r| [r.r, r.rc, r.delta_r])
+            .collect();
+        let feats = whole.features.to_vec();
+        for (r, (ops, rates, f, yhat, gamma)) in runs.iter().enumerate() {
+            let (lo, hi) = (bounds[r], bounds[r + 1]);
+            assert_eq!(ops, &runs[0].0, "{dims:?} rank {r}: operators differ from rank 0's");
+            for (l, (a, b)) in ops.iter().zip(whole.network.layers()).enumerate() {
+                let err = max_abs_diff(a, &b.packed().to_vec());
+                assert!(err <= TOL, "{dims:?} rank {r} layer {l}: operators off by {err:e}");
+            }
+            assert!(max_abs_diff(gamma, whole.network.gamma()) <= 1e-15);
+            let err = max_abs_diff(rates, &want_rates);
+            assert!(err <= TOL, "{dims:?} rank {r}: rates off by {err:e}");
+            let err = max_abs_diff(f, &feats[lo * per..hi * per]);
+            assert!(err <= TOL, "{dims:?} rank {r}: features off by {err:e}");
+            for (l, y) in yhat.iter().enumerate() {
+                assert_eq!(y.as_slice(), &whole.record.yhat[l][lo..hi], "{dims:?} rank {r} layer {l}: yhat");
+            }
+        }
+        // a shard with another signal length: every rank stops, naming rank 1
+        let errs = ThreadWorld::run(2, |w| {
+            let be = B::new();
+            let n = 4;
+            let mut sh = shape(n);
+            if w.rank() == 1 {
+                *sh.last_mut().expect("a length") += 1;
+            }
+            let len: usize = sh.iter().product();
+            let xs = Tensor::from_f64(&be, &x[..len], &sh);
+            InvariantReduNet::construct_sharded(&xs, &labels[3..3 + n], 2, &config, w)
+                .err()
+                .map(|e| e.to_string())
+        });
+        assert_eq!(errs[0], errs[1]);
+        assert!(errs[0].as_deref().is_some_and(|e| e.contains("rank 1 of 2")), "{errs:?}");
+    }
 }
