@@ -534,3 +534,83 @@ fn block_types_train_through_one_loop() {
     run::<models::nn::aot::AotLayer<B>>(&AotConfig { vision: v.clone(), ..AotConfig::cifar_small() }, "aot");
     run::<models::nn::tost::TostLayer<B>>(&TostConfig { vision: v, ..TostConfig::cifar_small() }, "tost");
 }
+
+/// Two processes (a world of threads) training CRATE data-parallel, each on
+/// its half of every batch with the gradients summed: both end with
+/// bit-identical parameters, equal to one process on whole batches (f64,
+/// 1e-9: the sums run in another order), with the same per-step losses and
+/// test accuracy; rank 0 alone writes the run directory; the checkpoint
+/// records 2 ranks and one process may not resume it.
+#[test]
+fn two_ranks_train_the_parameters_of_one_process() {
+    use rate_core::testing::ThreadWorld;
+    use std::sync::Arc;
+    let train_ds = images_dataset(36, 1, 8, 3, 3);
+    let test_ds = images_dataset(12, 1, 8, 3, 4);
+    let train = Images::new(&train_ds, 1, 8, 3, "training").unwrap();
+    let test = Images::new(&test_ds, 1, 8, 3, "test").unwrap();
+    let session = |out: &Path| {
+        Session::<B, CrateLayer<B>>::new(
+            &B::new(),
+            &crate_config(),
+            options(2),
+            train,
+            Some(test),
+            out,
+            "crate",
+            vec![],
+        )
+        .unwrap()
+    };
+    let one_dir = tmp("dp-one");
+    let mut one = session(&one_dir);
+    assert_eq!(one.run(&mut models::train::NoHooks).unwrap(), Outcome::Finished);
+    let dirs = [tmp("dp-rank0"), tmp("dp-rank1")];
+    let worlds: Vec<Arc<ThreadWorld>> = ThreadWorld::new(2).into_iter().map(Arc::new).collect();
+    let runs: Vec<(BTreeMap<String, Vec<f64>>, Vec<Option<f64>>, f64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = worlds
+            .iter()
+            .zip(&dirs)
+            .map(|(w, dir)| {
+                let w = w.clone();
+                s.spawn(move || {
+                    let mut sn = session(dir);
+                    sn.set_collective(w).unwrap();
+                    assert_eq!(sn.run(&mut models::train::NoHooks).unwrap(), Outcome::Finished);
+                    let acc = sn.state.history.iter().map(|r| r.test_accuracy).collect();
+                    let comm: f64 = sn.state.history.iter().map(|r| r.comm_seconds).sum();
+                    (params(&sn.model), acc, comm)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(runs[0].0, runs[1].0, "the two ranks hold different parameters");
+    let want = params(&one.model);
+    for (name, v) in &runs[0].0 {
+        let err = v.iter().zip(&want[name]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(err <= 1e-9, "{name}: two ranks and one process differ by {err:e}");
+    }
+    let acc_one: Vec<Option<f64>> = one.state.history.iter().map(|r| r.test_accuracy).collect();
+    assert_eq!(runs[0].1, acc_one);
+    assert_eq!(runs[1].1, acc_one, "rank 1's evaluation is the whole split's");
+    assert!(runs[0].2 > 0.0, "communication time is recorded");
+    let (a, b) = (step_losses(&one_dir), step_losses(&dirs[0]));
+    assert_eq!(a.len(), b.len());
+    for ((sa, la), (sb, lb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert!((la - lb).abs() <= 1e-10, "step {sa}: loss {la} against {lb}");
+    }
+    assert!(!dirs[1].exists(), "rank 1 wrote into its run directory");
+    let ck =
+        read_checkpoint(list_checkpoints(&dirs[0].join(CHECKPOINTS_DIR)).unwrap().first().unwrap()).unwrap();
+    assert_eq!(ck.state.ranks, 2);
+    let mut alone =
+        Session::<B, CrateLayer<B>>::resume(&B::new(), &ck, train, Some(test), &dirs[0], "crate", None)
+            .unwrap();
+    let err = alone.run(&mut models::train::NoHooks).unwrap_err().to_string();
+    assert!(err.contains("trained by 2 process"), "{err}");
+    for d in [one_dir, dirs[0].clone(), dirs[1].clone()] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -84,6 +84,10 @@ pub struct EpochRecord {
     pub wall_seconds: f64,
     /// Per-layer measurements after this epoch, when taken.
     pub layers: Option<Vec<LayerStats>>,
+    /// Seconds of the epoch's training loop spent in collective calls (the
+    /// gradient all-reduce, waiting included; 0 in one process).
+    #[serde(default)]
+    pub comm_seconds: f64,
 }
 
 /// Running sums of the epoch in progress (so a resumed epoch reports the same means).
@@ -136,6 +140,14 @@ pub struct TrainState {
     pub progress: EpochProgress,
     /// Wall seconds of the run so far (all sessions).
     pub wall_seconds: f64,
+    /// Processes that trained it, each on its share of every batch (1 without MPI);
+    /// a resumed run must have as many.
+    #[serde(default = "one_rank")]
+    pub ranks: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// The schedule in `state.json`.

@@ -28,10 +28,12 @@ use crate::nn::Module;
 use crate::{Error, Kernels, Result, Tensor};
 use checkpoint::{CheckpointData, EpochProgress, LoadedCheckpoint, ScheduleState, STATE_FORMAT};
 use rate_core::backend::Element;
+use rate_core::collective::{Collective, Local};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Everything a run is configured by (stored in `state.json`; a resumed run keeps them).
@@ -284,12 +286,28 @@ pub fn evaluate<B: Kernels, L: Block<B>>(
     batch: usize,
     exec: &Execution,
 ) -> Result<Evaluation> {
+    let ids: Vec<usize> = (0..images.len()).collect();
+    let (loss_sum, confusion) = evaluate_ids(model, images, norm, batch, exec, &ids)?;
+    let classes = confusion.len();
+    let n = images.len();
+    let right: usize = (0..classes).map(|c| confusion[c][c]).sum();
+    Ok(Evaluation { loss: loss_sum / n as f64, accuracy: right as f64 / n as f64, images: n, confusion })
+}
+
+/// The summed loss and the confusion counts of `model` on the images `ids`.
+fn evaluate_ids<B: Kernels, L: Block<B>>(
+    model: &Classifier<B, L>,
+    images: &Images,
+    norm: &Normalisation,
+    batch: usize,
+    exec: &Execution,
+    ids: &[usize],
+) -> Result<(f64, Vec<Vec<usize>>)> {
     let classes = model.config.vision().num_classes;
     let be = model.cls_token.backend();
     let mut confusion = vec![vec![0usize; classes]; classes];
     let mut loss_sum = 0.0;
     let ce = CrossEntropy::default();
-    let ids: Vec<usize> = (0..images.len()).collect();
     for chunk in ids.chunks(batch.max(1)) {
         let x = upload(be, images, norm, chunk);
         let labels: Vec<usize> = chunk.iter().map(|&i| images.dataset.labels()[i]).collect();
@@ -300,9 +318,99 @@ pub fn evaluate<B: Kernels, L: Block<B>>(
             confusion[l][*p] += 1;
         }
     }
+    Ok((loss_sum, confusion))
+}
+
+/// [`evaluate`] with the images shared by the processes of `comm` (a
+/// contiguous block each): the loss sums and confusion counts are summed
+/// over the processes, so every process returns the whole split's figures.
+pub fn evaluate_shared<B: Kernels, L: Block<B>>(
+    model: &Classifier<B, L>,
+    images: &Images,
+    norm: &Normalisation,
+    batch: usize,
+    exec: &Execution,
+    comm: &dyn Collective,
+) -> Result<Evaluation> {
+    if comm.size() == 1 {
+        return evaluate(model, images, norm, batch, exec);
+    }
     let n = images.len();
+    let (lo, hi) = (comm.rank() * n / comm.size(), (comm.rank() + 1) * n / comm.size());
+    let (loss_sum, confusion) =
+        evaluate_ids(model, images, norm, batch, exec, &(lo..hi).collect::<Vec<_>>())?;
+    let classes = confusion.len();
+    let mut buf = vec![loss_sum];
+    buf.extend(confusion.iter().flatten().map(|&c| c as f64));
+    comm.all_reduce_sum(&mut buf)?;
+    let confusion: Vec<Vec<usize>> =
+        buf[1..].chunks(classes.max(1)).map(|row| row.iter().map(|&c| c as usize).collect()).collect();
     let right: usize = (0..classes).map(|c| confusion[c][c]).sum();
-    Ok(Evaluation { loss: loss_sum / n as f64, accuracy: right as f64 / n as f64, images: n, confusion })
+    Ok(Evaluation { loss: buf[0] / n as f64, accuracy: right as f64 / n as f64, images: n, confusion })
+}
+
+/// The sum over the processes of `comm` of the gradients of each share of a
+/// batch weighted by the share's fraction `weight` (so the result is the
+/// gradient of the whole batch's mean loss), with the loss (weighted the
+/// same), the images classified right and whether any process was asked to
+/// stop, in one all-reduce. Returns `(loss, correct, stop)`.
+fn all_reduce_step<B: Kernels>(
+    grads: &mut crate::nn::Grads<B>,
+    loss: f64,
+    correct: usize,
+    stop: bool,
+    weight: f64,
+    comm: &dyn Collective,
+) -> Result<(f64, usize, bool)> {
+    let total: usize = grads.values().map(|g| g.numel()).sum();
+    let mut buf = Vec::with_capacity(total + 3);
+    for g in grads.values() {
+        buf.extend(g.to_f64_vec().into_iter().map(|v| v * weight));
+    }
+    buf.extend([loss * weight, correct as f64, if stop { 1.0 } else { 0.0 }]);
+    comm.all_reduce_sum(&mut buf)?;
+    let mut at = 0;
+    for g in grads.values_mut() {
+        let k = g.numel();
+        *g = Tensor::from_f64(g.backend(), &buf[at..at + k], g.shape());
+        at += k;
+    }
+    Ok((buf[total], buf[total + 1].round() as usize, buf[total + 2] > 0.0))
+}
+
+/// FNV-1a over the bits of every parameter, in name order.
+fn parameter_hash(arrays: &BTreeMap<String, crate::io::OutArray>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, a) in arrays {
+        for b in name.bytes().chain(a.data.iter().flat_map(|v| v.to_bits().to_le_bytes())) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Stops the run when the processes of `comm` hold different parameters
+/// after `epoch` (the hash of every process compared with rank 0's).
+fn check_same_parameters(
+    arrays: &BTreeMap<String, crate::io::OutArray>,
+    comm: &dyn Collective,
+    epoch: usize,
+) -> Result<()> {
+    let h = parameter_hash(arrays);
+    let all = comm.all_gather(&[(h >> 32) as f64, (h & 0xffff_ffff) as f64])?;
+    if let Some(r) = (1..comm.size()).find(|&r| all[2 * r..2 * r + 2] != all[..2]) {
+        return Err(Error::Config(format!(
+            "after epoch {epoch} rank {r} of {} holds other parameters than rank 0 (hash {:08x}{:08x} against \
+             {:08x}{:08x}); the processes diverged, so the run stops",
+            comm.size(),
+            all[2 * r] as u64,
+            all[2 * r + 1] as u64,
+            all[0] as u64,
+            all[1] as u64
+        )));
+    }
+    Ok(())
 }
 
 /// The per-layer measurements (coding rate per head, ISTA sparsity) of `model` on the first `n` images.
@@ -344,6 +452,7 @@ pub struct Session<'d, B: Kernels, L: Block<B>> {
     test: Option<Images<'d>>,
     schedule: Schedule,
     model_name: String,
+    comm: Arc<dyn Collective>,
 }
 
 /// Versions recorded in `state.json`.
@@ -395,6 +504,7 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
             initial_layers: None,
             progress: EpochProgress::default(),
             wall_seconds: 0.0,
+            ranks: 1,
         };
         Ok(Session {
             model,
@@ -407,7 +517,42 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
             test,
             schedule,
             model_name: model_name.into(),
+            comm: Arc::new(Local),
         })
+    }
+
+    /// Trains data-parallel over the processes of `comm`: every process
+    /// holds the whole model and the same batches (the loader is seeded),
+    /// computes the gradients of its share of each batch (a contiguous block,
+    /// shares differing by at most one image), and the gradients, weighted by
+    /// share, are summed over the processes in one all-reduce per step, so
+    /// that every process applies the same optimiser step to the same
+    /// parameters. The loss, accuracy and stop requests are summed in the
+    /// same call; the test split is evaluated in shares too. Rank 0 alone
+    /// writes the metrics, checkpoints and the final model. After each epoch
+    /// a hash of the parameters is compared across processes and a mismatch
+    /// stops the run. A resumed run must have as many processes as the run
+    /// it continues. The backward pass is one call, so the reduce cannot
+    /// start before it ends (no overlap of communication with computation).
+    pub fn set_collective(&mut self, comm: Arc<dyn Collective>) -> Result<()> {
+        if self.state.step == 0 {
+            self.state.ranks = comm.size();
+        }
+        self.comm = comm;
+        self.check_ranks()
+    }
+
+    /// That this job has as many processes as the run it continues.
+    fn check_ranks(&self) -> Result<()> {
+        if self.state.ranks != self.comm.size() {
+            return Err(Error::Config(format!(
+                "the checkpoint was trained by {} process(es) (state.json `ranks`); resume it with as many \
+                 (this job has {})",
+                self.state.ranks,
+                self.comm.size()
+            )));
+        }
+        Ok(())
     }
 
     /// Continues the run of checkpoint `ck` (see [`checkpoint::read_checkpoint`]) into `out`: the model, the
@@ -521,6 +666,7 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
             test,
             schedule,
             model_name: model_name.into(),
+            comm: Arc::new(Local),
         })
     }
 
@@ -550,6 +696,13 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
 
     /// Writes a checkpoint of the current state; returns its directory.
     pub fn checkpoint(&self) -> Result<PathBuf> {
+        if !self.comm.is_root() {
+            // rank 0 writes; the others name the same directory
+            return Ok(self
+                .out
+                .join(checkpoint::CHECKPOINTS_DIR)
+                .join(checkpoint::checkpoint_name(self.state.step)));
+        }
         let dtype = checkpoint::dtype_of(<B::Elem as Element>::NAME);
         let optimizer = self
             .optimizer
@@ -590,15 +743,30 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
     /// Trains until the last epoch or until `hooks` asks to stop (a checkpoint is written first).
     /// A non-finite loss or gradient stops the run with an error naming the step; the last checkpoint stays.
     pub fn run(&mut self, hooks: &mut dyn Hooks) -> Result<Outcome> {
-        std::fs::create_dir_all(&self.out)
-            .map_err(|e| Error::Io { path: self.out.display().to_string(), source: e })?;
+        self.check_ranks()?;
+        let comm = self.comm.clone();
+        let (rank, ranks, root) = (comm.rank(), comm.size(), comm.is_root());
         let metrics_path = self.out.join("metrics.jsonl");
-        truncate_metrics(&metrics_path, self.state.step)?;
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| Error::Io { path: metrics_path.display().to_string(), source: e })?;
+        // rank 0 writes the run directory; every process learns whether it could
+        let opened = if root {
+            std::fs::create_dir_all(&self.out)
+                .map_err(|e| Error::Io { path: self.out.display().to_string(), source: e })
+                .and_then(|()| truncate_metrics(&metrics_path, self.state.step))
+                .and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&metrics_path)
+                        .map_err(|e| Error::Io { path: metrics_path.display().to_string(), source: e })
+                })
+                .map(Some)
+        } else {
+            Ok(None)
+        };
+        if ranks > 1 {
+            comm.agree(opened.as_ref().err().map(|e| e.to_string()))?;
+        }
+        let mut log = opened?;
         let log_err = |e: std::io::Error| Error::Io { path: metrics_path.display().to_string(), source: e };
         let session_start = Instant::now();
         let wall_before = self.state.wall_seconds;
@@ -608,7 +776,11 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
         let ce = CrossEntropy::new(self.options.label_smoothing)?;
         let loader = self.loader();
         let batches = loader.batches_per_epoch();
-        if self.state.initial_layers.is_none() && self.state.step == 0 && self.options.measure_images > 0 {
+        if root
+            && self.state.initial_layers.is_none()
+            && self.state.step == 0
+            && self.options.measure_images > 0
+        {
             self.state.initial_layers = Some(measure_layers(
                 &self.model,
                 &self.measure_set(),
@@ -625,11 +797,37 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
             // A step's seconds run from the end of the previous step (or the start of the epoch's loop), so
             // the wait for the loader's batch (gather, augmentation, normalisation) counts as training time.
             let mut t0 = Instant::now();
+            let comm_at_start = comm.comm_seconds();
             loader.for_each_batch(epoch, self.state.position, self.options.prefetch, |i, hb| {
                 let n = hb.len();
-                let x = Tensor::from_f64(&be, &hb.images, &[n, channels, size, size]);
-                let out = self.model.train_step_with(&x, &hb.labels, &ce, &exec)?;
                 let step = self.state.step + 1;
+                // this process's share of the batch: rows lo..hi
+                let (lo, hi) = (rank * n / ranks, (rank + 1) * n / ranks);
+                if hi == lo {
+                    return Err(Error::Config(format!(
+                        "step {step}: a batch of {n} images cannot be shared by {ranks} processes; \
+                         use --batch of at least {ranks} (and a training set whose last batch has as many)"
+                    )));
+                }
+                let per = channels * size * size;
+                let x =
+                    Tensor::from_f64(&be, &hb.images[lo * per..hi * per], &[hi - lo, channels, size, size]);
+                let mut out = self.model.train_step_with(&x, &hb.labels[lo..hi], &ce, &exec)?;
+                let mut stop_everywhere = None;
+                if ranks > 1 {
+                    let stop = hooks.stop_requested();
+                    let (loss, correct, stop) = all_reduce_step(
+                        &mut out.gradients.params,
+                        out.loss,
+                        out.correct,
+                        stop,
+                        (hi - lo) as f64 / n as f64,
+                        &*comm,
+                    )?;
+                    out.loss = loss;
+                    out.correct = correct;
+                    stop_everywhere = Some(stop);
+                }
                 let mut grads = out.gradients.params;
                 let norm = if self.options.clip_norm > 0.0 {
                     clip_global_norm(&mut grads, self.options.clip_norm)
@@ -671,14 +869,16 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
                     images_per_s: p.seen as f64 / p.seconds.max(1e-9),
                     wall_seconds: wall(&session_start),
                 };
-                if self.options.log_every > 0 && step % self.options.log_every == 0 {
+                if let Some(log) =
+                    log.as_mut().filter(|_| self.options.log_every > 0 && step % self.options.log_every == 0)
+                {
                     let mut line = serde_json::to_value(&record).map_err(|e| Error::Config(e.to_string()))?;
                     line["kind"] = "step".into();
                     writeln!(log, "{line}").map_err(log_err)?;
                 }
                 hooks.on_step(&record);
                 let due = self.options.checkpoint_every > 0 && step % self.options.checkpoint_every == 0;
-                let stopping = hooks.stop_requested();
+                let stopping = stop_everywhere.unwrap_or_else(|| hooks.stop_requested());
                 if (due || stopping) && i + 1 < batches {
                     self.state.wall_seconds = wall(&session_start);
                     let dir = self.checkpoint()?;
@@ -697,22 +897,29 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
                 return Ok(Outcome::Stopped(dir));
             }
             // the epoch is complete
+            let comm_seconds = comm.comm_seconds() - comm_at_start;
             let p = std::mem::take(&mut self.state.progress);
             let eval = match &self.test {
-                Some(t) => Some(evaluate(&self.model, t, &self.norm, self.options.eval_batch, &exec)?),
+                Some(t) => {
+                    Some(evaluate_shared(&self.model, t, &self.norm, self.options.eval_batch, &exec, &*comm)?)
+                }
                 None => None,
             };
+            if ranks > 1 {
+                check_same_parameters(&self.model_arrays(), &*comm, epoch + 1)?;
+            }
             let e1 = epoch + 1;
-            let layers = if self.options.measure_images > 0 && self.options.measure_epochs().contains(&e1) {
-                Some(measure_layers(
-                    &self.model,
-                    &self.measure_set(),
-                    &self.norm,
-                    self.options.measure_images,
-                )?)
-            } else {
-                None
-            };
+            let layers =
+                if root && self.options.measure_images > 0 && self.options.measure_epochs().contains(&e1) {
+                    Some(measure_layers(
+                        &self.model,
+                        &self.measure_set(),
+                        &self.norm,
+                        self.options.measure_images,
+                    )?)
+                } else {
+                    None
+                };
             let record = EpochRecord {
                 epoch: e1,
                 step: self.state.step,
@@ -725,11 +932,14 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
                 train_seconds: p.seconds,
                 wall_seconds: wall(&session_start),
                 layers,
+                comm_seconds,
             };
-            let mut line = serde_json::to_value(&record).map_err(|e| Error::Config(e.to_string()))?;
-            line["kind"] = "epoch".into();
-            writeln!(log, "{line}").map_err(log_err)?;
-            log.flush().map_err(log_err)?;
+            if let Some(log) = log.as_mut() {
+                let mut line = serde_json::to_value(&record).map_err(|e| Error::Config(e.to_string()))?;
+                line["kind"] = "epoch".into();
+                writeln!(log, "{line}").map_err(log_err)?;
+                log.flush().map_err(log_err)?;
+            }
             self.state.history.push(record.clone());
             self.state.epoch = e1;
             self.state.position = 0;
@@ -741,7 +951,9 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
                 return Ok(Outcome::Stopped(dir));
             }
         }
-        self.save_model(&self.out.join("model.safetensors"))?;
+        if root {
+            self.save_model(&self.out.join("model.safetensors"))?;
+        }
         Ok(Outcome::Finished)
     }
 
