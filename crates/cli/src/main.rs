@@ -69,8 +69,14 @@ impl Command for Backends {
 
 /// Runs the subcommand and prints its summary once: JSON with `--json`, else one `key: value` line each.
 fn run(cli: Cli) -> CliResult<()> {
-    let sharded =
-        matches!(&cli.command, Subcommands::Backends | Subcommands::Redunet(redunet_cmd::RedunetCmd::Fit(_)));
+    let sharded = matches!(
+        &cli.command,
+        Subcommands::Backends
+            | Subcommands::Redunet(redunet_cmd::RedunetCmd::Fit(_))
+            | Subcommands::Crate(transformer_cmd::CrateCmd::Train(_))
+            | Subcommands::Aot(transformer_cmd::AotCmd::Train(_))
+            | Subcommands::Tost(transformer_cmd::TostCmd::Train(_))
+    );
     if !sharded {
         util::single_process()?;
     }

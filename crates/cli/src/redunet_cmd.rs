@@ -3,7 +3,8 @@
 use crate::invariant_cmd::{InvariantCmd, RotationArgs, TranslationArgs};
 use crate::plot::{self, gram_heatmap, Series};
 use crate::util::{
-    dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Command, Job, StepArgs,
+    dispatch, ensure_dir, progress, shared, write_json, BackendOpts, CliError, CliResult, Command, Job,
+    StepArgs,
 };
 use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
@@ -433,16 +434,6 @@ fn layer_hook(pb: &indicatif::ProgressBar) -> LayerProgress {
 /// Rows `lo..hi` of `0..m` that process `rank` of `size` takes (contiguous, sizes differing by at most one).
 fn shard_range(m: usize, rank: usize, size: usize) -> (usize, usize) {
     (rank * m / size, (rank + 1) * m / size)
-}
-
-/// `r` on every process once all of them have reached it: the first error of
-/// any process (as [`rate_core::Collective::agree`] names it) on all of them.
-fn shared<T>(comm: &dyn Collective, r: CliResult<T>) -> CliResult<T> {
-    if comm.size() == 1 {
-        return r;
-    }
-    comm.agree(r.as_ref().err().map(|e| e.to_string()))?;
-    r
 }
 
 /// Every process's rows (`local`, row-major, `width` wide) concatenated in

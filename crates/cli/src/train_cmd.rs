@@ -16,7 +16,7 @@ use models::nn::classifier::{Block, Classifier, ModelConfig};
 use models::nn::config::Meta;
 use models::nn::crate_model::CrateLayer;
 use models::nn::tost::TostLayer;
-use models::train::checkpoint::{read_checkpoint, resolve_checkpoint, CHECKPOINTS_DIR};
+use models::train::checkpoint::{read_checkpoint, resolve_checkpoint, LoadedCheckpoint, CHECKPOINTS_DIR};
 use models::train::{
     evaluate, EpochRecord, Hooks, Images, LayerStats, Normalisation, Outcome, Session, StepRecord,
     TrainOptions,
@@ -304,6 +304,8 @@ fn install_signal_handler() {
 struct CliHooks {
     pb: ProgressBar,
     epochs: usize,
+    /// Whether this process reports (rank 0 of an MPI job, or alone).
+    reports: bool,
 }
 
 impl Hooks for CliHooks {
@@ -315,14 +317,27 @@ impl Hooks for CliHooks {
         ));
     }
     fn on_epoch(&mut self, r: &EpochRecord) {
+        if !self.reports {
+            return;
+        }
         let test = match (r.test_loss, r.test_accuracy) {
             (Some(l), Some(a)) => format!(", test loss {l:.4} accuracy {a:.4}"),
             _ => String::new(),
         };
         self.pb.suspend(|| {
             eprintln!(
-                "epoch {}/{}: train loss {:.4} accuracy {:.4}{test}, {:.0} img/s, {:.0} s",
-                r.epoch, self.epochs, r.train_loss, r.train_accuracy, r.images_per_s, r.wall_seconds
+                "epoch {}/{}: train loss {:.4} accuracy {:.4}{test}, {:.0} img/s, {:.0} s{}",
+                r.epoch,
+                self.epochs,
+                r.train_loss,
+                r.train_accuracy,
+                r.images_per_s,
+                r.wall_seconds,
+                if r.comm_seconds > 0.0 {
+                    format!(" ({:.1} s in all-reduce)", r.comm_seconds)
+                } else {
+                    String::new()
+                }
             )
         });
     }
@@ -359,6 +374,39 @@ fn is_digits(name: &str) -> bool {
 fn train<B: Kernels, L: Block<B>>(be: &B, kind: Kind, a: &TrainArgs) -> CliResult<serde_json::Value> {
     let started = Instant::now();
     let name = kind.name();
+    let comm = crate::util::world();
+    // every process checks the arguments, the checkpoint and the data; the first failure stops them all
+    let (resumed, train_ds, test_ds, out, channels, size) = crate::util::shared(&*comm, load_phase(a))?;
+    let made = session_phase::<B, L>(be, name, a, &resumed, (&train_ds, &test_ds), &out, (channels, size));
+    let mut session = crate::util::shared(&*comm, made)?;
+    crate::util::shared(&*comm, session.set_collective(comm.clone()).map_err(CliError::from))?;
+    let total = session.state.schedule.total_steps;
+    let pb = progress(if comm.is_root() { total } else { 0 }, name);
+    pb.set_position(session.state.step);
+    let mut hooks = CliHooks { pb, epochs: session.options.epochs, reports: comm.is_root() };
+    install_signal_handler();
+    let outcome = session.run(&mut hooks);
+    hooks.pb.finish_and_clear();
+    match outcome? {
+        Outcome::Stopped(dir) => Err(CliError::Usage(format!(
+            "interrupted after step {} (epoch {}, batch {}): checkpoint {}; resume with `rate {name} train --resume {} --data {}`",
+            session.state.step,
+            session.state.epoch + 1,
+            session.state.position,
+            dir.display(),
+            dir.display(),
+            a.data
+        ))),
+        Outcome::Finished if comm.is_root() => finish(&session, a, started),
+        Outcome::Finished => Ok(json!({ "rank": comm.rank(), "ranks": comm.size() })),
+    }
+}
+
+/// The first part of `train`'s setup, the same on every process: the arguments, the checkpoint to resume
+/// (read first, so a bad `--resume` fails before the data are read), the data, the run directory.
+fn load_phase(
+    a: &TrainArgs,
+) -> CliResult<(Option<LoadedCheckpoint>, Dataset, Dataset, PathBuf, usize, usize)> {
     if a.resume.is_some() {
         let given = [
             ("--batch", a.batch.is_some()),
@@ -403,15 +451,29 @@ fn train<B: Kernels, L: Block<B>>(be: &B, kind: Kind, a: &TrainArgs) -> CliResul
             out.display()
         )));
     }
-    let mut session: Session<'_, B, L> = match &resumed {
+    Ok((resumed, train_ds, test_ds, out, channels, size))
+}
+
+/// The second part: the session (resumed, or new from the preset or config), checked against the data.
+fn session_phase<'d, B: Kernels, L: Block<B>>(
+    be: &B,
+    name: &str,
+    a: &TrainArgs,
+    resumed: &Option<LoadedCheckpoint>,
+    (train_ds, test_ds): (&'d Dataset, &'d Dataset),
+    out: &Path,
+    (channels, size): (usize, usize),
+) -> CliResult<Session<'d, B, L>> {
+    let out = out.to_path_buf();
+    Ok(match resumed {
         Some(ck) => {
             let cfg = {
                 let mut f = ck.model.clone();
                 L::Config::from_file(&mut f, &BTreeMap::new())?
             };
             let v = cfg.vision();
-            let train = Images::new(&train_ds, v.channels, v.image_size, v.num_classes, "training")?;
-            let test = Images::new(&test_ds, v.channels, v.image_size, v.num_classes, "test")?;
+            let train = Images::new(train_ds, v.channels, v.image_size, v.num_classes, "training")?;
+            let test = Images::new(test_ds, v.channels, v.image_size, v.num_classes, "test")?;
             let mut s = Session::resume(be, ck, train, Some(test), &out, name, a.epochs)?;
             if let Some(c) = a.checkpoint_every {
                 s.options.checkpoint_every = c;
@@ -436,31 +498,12 @@ fn train<B: Kernels, L: Block<B>>(be: &B, kind: Kind, a: &TrainArgs) -> CliResul
             let source = a.config.as_ref().map_or("--preset".to_string(), |p| p.display().to_string());
             let config = L::Config::from_metadata(&Meta { map: &keys, source: &source })?;
             let v = config.vision();
-            let train = Images::new(&train_ds, v.channels, v.image_size, v.num_classes, "training")?;
-            let test = Images::new(&test_ds, v.channels, v.image_size, v.num_classes, "test")?;
+            let train = Images::new(train_ds, v.channels, v.image_size, v.num_classes, "training")?;
+            let test = Images::new(test_ds, v.channels, v.image_size, v.num_classes, "test")?;
             let opts = options(a, is_digits(&a.data))?;
             Session::new(be, &config, opts, train, Some(test), &out, name, std::env::args().collect())?
         }
-    };
-    let total = session.state.schedule.total_steps;
-    let pb = progress(total, name);
-    pb.set_position(session.state.step);
-    let mut hooks = CliHooks { pb, epochs: session.options.epochs };
-    install_signal_handler();
-    let outcome = session.run(&mut hooks);
-    hooks.pb.finish_and_clear();
-    match outcome? {
-        Outcome::Stopped(dir) => Err(CliError::Usage(format!(
-            "interrupted after step {} (epoch {}, batch {}): checkpoint {}; resume with `rate {name} train --resume {} --data {}`",
-            session.state.step,
-            session.state.epoch + 1,
-            session.state.position,
-            dir.display(),
-            dir.display(),
-            a.data
-        ))),
-        Outcome::Finished => finish(&session, a, started),
-    }
+    })
 }
 
 /// The run directory of a checkpoint directory (`RUN/checkpoints/step-N`).
@@ -529,6 +572,9 @@ fn finish<B: Kernels, L: Block<B>>(
         "test_images": s.test_images().map(|t| t.len()),
         "backend": s.state.backend,
         "threads": rayon::current_num_threads(),
+        "ranks": s.state.ranks,
+        "comm_seconds": h.iter().map(|r| r.comm_seconds).sum::<f64>(),
+        "comm_seconds_note": "seconds of the training loops in the gradient all-reduce over the MPI processes (waiting for the slowest included); 0 in one process",
         "epochs": h.len(),
         "steps": s.state.step,
         "best_test_accuracy": best.map(|b| b.1),

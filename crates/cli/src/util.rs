@@ -222,3 +222,13 @@ impl CliError {
         )
     }
 }
+
+/// `r` on every process once all of them have reached it: the first error of
+/// any process (as [`rate_core::Collective::agree`] names it) on all of them.
+pub fn shared<T>(comm: &dyn rate_core::Collective, r: CliResult<T>) -> CliResult<T> {
+    if comm.size() == 1 {
+        return r;
+    }
+    comm.agree(r.as_ref().err().map(|e| e.to_string()))?;
+    r
+}

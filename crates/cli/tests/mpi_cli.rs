@@ -67,3 +67,53 @@ fn a_subcommand_that_does_not_shard_refuses_under_mpirun() {
     assert!(err.contains("does not run across MPI processes"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn two_ranks_train_crate_as_one_process_and_resume_only_with_two() {
+    let args = [
+        "--json",
+        "crate",
+        "train",
+        "--data",
+        "digits",
+        "--per-class",
+        "30",
+        "--batch",
+        "32",
+        "--epochs",
+        "2",
+        "--measure-images",
+        "8",
+        "--augment",
+        "none",
+        "--out",
+    ];
+    let one = tmp("train-one");
+    let st = Command::new(env!("CARGO_BIN_EXE_rate")).args(args).arg(&one).output().expect("rate runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let two = tmp("train-two");
+    let st = mpirun(2).args(args).arg(&two).output().expect("mpirun runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(err.matches("epoch 2/2").count(), 1, "rank 0 alone reports: {err}");
+    let (a, b) = (metrics(&one), metrics(&two));
+    assert_eq!((a["ranks"].as_u64(), b["ranks"].as_u64()), (Some(1), Some(2)));
+    // f64: the gradient sums of two halves against one whole batch differ by rounding only
+    for key in ["final_test_accuracy", "final_test_loss", "final_train_loss"] {
+        let (x, y) = (a[key].as_f64().expect(key), b[key].as_f64().expect(key));
+        assert!((x - y).abs() <= 1e-9, "{key}: one process {x}, two ranks {y}");
+    }
+    assert!(b["comm_seconds"].as_f64().expect("comm_seconds") > 0.0);
+    // a checkpoint of two ranks is not resumed by one process
+    let st = Command::new(env!("CARGO_BIN_EXE_rate"))
+        .args(["crate", "train", "--data", "digits", "--per-class", "30", "--epochs", "3", "--resume"])
+        .arg(&two)
+        .output()
+        .expect("rate runs");
+    assert_eq!(st.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.contains("trained by 2 process"), "{err}");
+    for d in [&one, &two] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
