@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
 use models::data::{self, Dataset};
 use models::invariant::{
-    polar_resample, rotate_polar, Activation, Domain, InvariantConfig, InvariantReduNet, Lifting, PolarGrid,
+    polar_resample, rotate_polar, Activation, Construction, Domain, InvariantConfig, InvariantReduNet,
+    Lifting, PolarGrid,
 };
 use rate_core::circulant::{frequency_covariances, half_spectrum_weights};
 use rate_core::{ComplexTensor, Kernels, Rates, Tensor};
@@ -136,6 +137,34 @@ fn train_test(name: &str, n_train: usize, n_test: usize, seed: u64) -> CliResult
 }
 
 /// Rates of per-layer half spectra `[F, n, C]` (signal length `t`) with true labels.
+/// The construction from `x` (`[m, C, ..]`) and its labels, on one
+/// process or across the MPI job: each rank builds from its contiguous
+/// block of samples ([`InvariantReduNet::construct_sharded`]) and the
+/// training features are gathered to rank 0, which gets the construction
+/// (its `record.yhat` is rank 0's block only); the other ranks get `None`.
+fn construct_across_ranks<B: Kernels>(
+    x: &Tensor<B>,
+    labels: &[usize],
+    k: usize,
+    config: &InvariantConfig,
+) -> CliResult<Option<Construction<B>>> {
+    let comm = crate::util::world();
+    if comm.size() == 1 {
+        return Ok(Some(InvariantReduNet::construct(x, labels, k, config)?));
+    }
+    let m = x.dim(0);
+    let (lo, hi) = crate::util::shard_range(m, comm.rank(), comm.size());
+    let built =
+        InvariantReduNet::construct_sharded(&x.narrow(0, lo, hi - lo), &labels[lo..hi], k, config, &*comm)?;
+    let mut shape = built.features.shape().to_vec();
+    let per = built.features.numel() / (hi - lo).max(1);
+    let all = crate::util::gather_rows(&*comm, built.features.to_f64_vec(), per)?;
+    Ok(all.map(|f| {
+        shape[0] = m;
+        Construction { features: Tensor::from_f64(x.backend(), &f, &shape), ..built }
+    }))
+}
+
 fn spectral_rates<B: Kernels>(
     v: &ComplexTensor<B>,
     labels: &[usize],
@@ -239,7 +268,8 @@ impl Job for RotationJob {
     type Output = serde_json::Value;
     fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
-        ensure_dir(&a.out)?;
+        let comm = crate::util::world();
+        crate::util::shared(&*comm, if comm.is_root() { ensure_dir(&a.out) } else { Ok(()) })?;
         if a.rotations == 0 {
             return Err(CliError::Usage("--rotations must be at least 1".into()));
         }
@@ -270,7 +300,10 @@ impl Job for RotationJob {
             ..Default::default()
         };
         let t0 = Instant::now();
-        let built = InvariantReduNet::construct(&ltrain, train.labels(), k, &config)?;
+        let Some(built) = construct_across_ranks(&ltrain, train.labels(), k, &config)? else {
+            // ranks other than 0 are done: rank 0 evaluates and reports
+            return Ok(serde_json::json!({ "rank": comm.rank(), "ranks": comm.size() }));
+        };
         let build_s = t0.elapsed().as_secs_f64();
         pb.inc(1);
 
@@ -445,7 +478,8 @@ impl Job for TranslationJob {
     type Output = serde_json::Value;
     fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
-        ensure_dir(&a.out)?;
+        let comm = crate::util::world();
+        crate::util::shared(&*comm, if comm.is_root() { ensure_dir(&a.out) } else { Ok(()) })?;
         let (train, test) = train_test(&a.data, a.train_per_class, a.test_per_class, a.seed)?;
         let k = train.num_classes();
         let s = train.sample_shape().to_vec();
@@ -478,7 +512,10 @@ impl Job for TranslationJob {
             ..Default::default()
         };
         let t0 = Instant::now();
-        let built = InvariantReduNet::construct(&xtr, train.labels(), k, &config)?;
+        let Some(built) = construct_across_ranks(&xtr, train.labels(), k, &config)? else {
+            // ranks other than 0 are done: rank 0 evaluates and reports
+            return Ok(serde_json::json!({ "rank": comm.rank(), "ranks": comm.size() }));
+        };
         let build_s = t0.elapsed().as_secs_f64();
         // All h*w cyclic translations of every test image.
         let domain = Domain::of_signals("translation", xtr.shape())?.2;

@@ -76,6 +76,10 @@ fn run(cli: Cli) -> CliResult<()> {
             | Subcommands::Crate(transformer_cmd::CrateCmd::Train(_))
             | Subcommands::Aot(transformer_cmd::AotCmd::Train(_))
             | Subcommands::Tost(transformer_cmd::TostCmd::Train(_))
+            | Subcommands::Invariant(invariant_cmd::InvariantCmd::Rotation(_))
+            | Subcommands::Invariant(invariant_cmd::InvariantCmd::Translation(_))
+            | Subcommands::Redunet(redunet_cmd::RedunetCmd::Rotation(_))
+            | Subcommands::Redunet(redunet_cmd::RedunetCmd::Translation(_))
     );
     if !sharded {
         util::single_process()?;

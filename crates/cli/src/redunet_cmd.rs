@@ -3,8 +3,8 @@
 use crate::invariant_cmd::{InvariantCmd, RotationArgs, TranslationArgs};
 use crate::plot::{self, gram_heatmap, Series};
 use crate::util::{
-    dispatch, ensure_dir, progress, shared, write_json, BackendOpts, CliError, CliResult, Command, Job,
-    StepArgs,
+    dispatch, ensure_dir, gather_rows, progress, shard_range, shared, write_json, BackendOpts, CliError,
+    CliResult, Command, Job, StepArgs,
 };
 use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
@@ -429,30 +429,6 @@ fn gram_sample(labels: &[usize]) -> Vec<usize> {
 fn layer_hook(pb: &indicatif::ProgressBar) -> LayerProgress {
     let pb = pb.clone();
     LayerProgress::new(move |done, _| pb.set_position(done as u64))
-}
-
-/// Rows `lo..hi` of `0..m` that process `rank` of `size` takes (contiguous, sizes differing by at most one).
-fn shard_range(m: usize, rank: usize, size: usize) -> (usize, usize) {
-    (rank * m / size, (rank + 1) * m / size)
-}
-
-/// Every process's rows (`local`, row-major, `width` wide) concatenated in
-/// rank order on rank 0 (`None` elsewhere): each process broadcasts its rows
-/// in turn (the trait has no gather; the volume is the data once per process).
-fn gather_rows(comm: &dyn Collective, local: Vec<f64>, width: usize) -> CliResult<Option<Vec<f64>>> {
-    if comm.size() == 1 {
-        return Ok(Some(local));
-    }
-    let rows = comm.all_gather(&[(local.len() / width.max(1)) as f64])?;
-    let mut all = Vec::new();
-    for (q, &r) in rows.iter().enumerate() {
-        let mut buf = if q == comm.rank() { local.clone() } else { vec![0.0; r as usize * width] };
-        comm.broadcast(&mut buf, q)?;
-        if comm.is_root() {
-            all.extend(buf);
-        }
-    }
-    Ok(comm.is_root().then_some(all))
 }
 
 /// `rate redunet fit` once the data are read.

@@ -232,3 +232,31 @@ pub fn shared<T>(comm: &dyn rate_core::Collective, r: CliResult<T>) -> CliResult
     comm.agree(r.as_ref().err().map(|e| e.to_string()))?;
     r
 }
+
+/// Rows `lo..hi` of `0..m` that process `rank` of `size` takes (contiguous, sizes differing by at most one).
+pub fn shard_range(m: usize, rank: usize, size: usize) -> (usize, usize) {
+    (rank * m / size, (rank + 1) * m / size)
+}
+
+/// Every process's rows (`local`, row-major, `width` wide) concatenated in
+/// rank order on rank 0 (`None` elsewhere): each process broadcasts its rows
+/// in turn (the trait has no gather; the volume is the data once per process).
+pub fn gather_rows(
+    comm: &dyn rate_core::Collective,
+    local: Vec<f64>,
+    width: usize,
+) -> CliResult<Option<Vec<f64>>> {
+    if comm.size() == 1 {
+        return Ok(Some(local));
+    }
+    let rows = comm.all_gather(&[(local.len() / width.max(1)) as f64])?;
+    let mut all = Vec::new();
+    for (q, &r) in rows.iter().enumerate() {
+        let mut buf = if q == comm.rank() { local.clone() } else { vec![0.0; r as usize * width] };
+        comm.broadcast(&mut buf, q)?;
+        if comm.is_root() {
+            all.extend(buf);
+        }
+    }
+    Ok(comm.is_root().then_some(all))
+}

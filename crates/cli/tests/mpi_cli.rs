@@ -117,3 +117,26 @@ fn two_ranks_train_crate_as_one_process_and_resume_only_with_two() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn two_ranks_run_the_invariant_experiments_as_one_process() {
+    for exp in ["rotation", "translation"] {
+        let one = tmp(&format!("{exp}-one"));
+        let two = tmp(&format!("{exp}-two"));
+        let args = ["--json", "invariant", exp, "--out"];
+        let st = Command::new(env!("CARGO_BIN_EXE_rate")).args(args).arg(&one).output().expect("rate runs");
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        let st = mpirun(2).args(args).arg(&two).output().expect("mpirun runs");
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        let (a, b) = (metrics(&one), metrics(&two));
+        for key in ["delta_R_train", "test_accuracy"] {
+            let (x, y) = (numbers(&a[key]), numbers(&b[key]));
+            assert!(!x.is_empty() && x.len() == y.len(), "{exp} {key}: {x:?} / {y:?}");
+            let err = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            assert!(err <= 1e-9, "{exp} {key}: one process and two ranks differ by {err:e}");
+        }
+        for d in [&one, &two] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
