@@ -466,24 +466,24 @@ fn fit<B: Kernels>(
         let (tlo, thi) = shard_range(n, rank, size);
         let test_labels = test.labels().to_vec();
         // rank 0 holds every row until the raw baselines are done
+        let (raw, raw_test) = (train.to_tensor(be), test.to_tensor(be));
+        drop((train, test));
         let (x_all, xt_all) = if root {
-            let raw = train.to_tensor(be);
-            let x = normalise_rows(&raw.index_select(0, &order));
-            (Some(x), Some(normalise_rows(&test.to_tensor(be))))
+            (Some(normalise_rows(&raw.index_select(0, &order))), Some(normalise_rows(&raw_test)))
         } else {
             (None, None)
         };
-        let (x, xt) = if size == 1 {
-            drop((train, test));
-            (x_all.clone().expect("one process is rank 0"), xt_all.clone().expect("one process is rank 0"))
-        } else {
-            let raw = train.to_tensor(be).index_select(0, &order[lo..hi]);
-            let shard = normalise_rows(&raw);
-            let idx: Vec<usize> = (tlo..thi).collect();
-            let tshard = normalise_rows(&test.to_tensor(be).index_select(0, &idx));
-            drop((train, test));
-            (shard, tshard)
+        let (x, xt) = match (&x_all, &xt_all) {
+            (Some(x), Some(xt)) if size == 1 => (x.clone(), xt.clone()),
+            _ => {
+                let idx: Vec<usize> = (tlo..thi).collect();
+                (
+                    normalise_rows(&raw.index_select(0, &order[lo..hi])),
+                    normalise_rows(&raw_test.index_select(0, &idx)),
+                )
+            }
         };
+        drop((raw, raw_test));
 
         // the raw baselines, on the input features (rank 0)
         let comps_raw = a.components.min(d_in);
