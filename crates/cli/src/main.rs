@@ -123,15 +123,24 @@ fn main() {
     let world = util::world();
     let (rank, size) = (world.rank(), world.size());
     drop(world);
-    util::end_world();
-    if let Err(e) = result {
-        let msg = e.to_string().replace('\n', " ");
-        if size == 1 || (rank == 0 && e.is_shared()) {
-            // every rank has a shared error: rank 0 prints it once
+    let Err(e) = result else {
+        util::end_world();
+        return;
+    };
+    let msg = e.to_string().replace('\n', " ");
+    if size == 1 {
+        eprintln!("rate: error: {msg}");
+    } else if e.is_shared() {
+        // every rank has this error: rank 0 prints it once, then all leave MPI together (MPI_Finalize waits
+        // for every rank), so no rank exits, and has the launcher kill the job, before rank 0 has printed
+        if rank == 0 {
             eprintln!("rate: error: {msg}");
-        } else if !e.is_shared() {
-            eprintln!("rate: error (rank {rank} of {size}): {msg}");
         }
-        std::process::exit(2);
+        util::end_world();
+    } else {
+        // this rank alone failed: the others may be waiting inside a collective call, so it leaves without
+        // finalising and the launcher stops the job
+        eprintln!("rate: error (rank {rank} of {size}): {msg}");
     }
+    std::process::exit(2);
 }

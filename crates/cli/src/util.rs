@@ -210,14 +210,15 @@ pub fn single_process() -> CliResult<()> {
 }
 
 impl CliError {
-    /// Whether every process of a sharded job has this same error (a shared
-    /// verdict or a configuration error), so that only rank 0 prints it.
+    /// Whether every process of a sharded job has this same error: a shared
+    /// verdict ([`rate_core::Collective::agree`]), or a usage error (the
+    /// arguments and the launch are the same on every process; the commands
+    /// share the verdicts on what the processes read). Only rank 0 prints it.
     pub fn is_shared(&self) -> bool {
         matches!(
             self,
             CliError::Core(rate_core::Error::Collective { .. })
                 | CliError::Models(models::Error::Core(rate_core::Error::Collective { .. }))
-                | CliError::Models(models::Error::Config(_))
                 | CliError::Usage(_)
         )
     }
