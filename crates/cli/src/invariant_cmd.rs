@@ -2,9 +2,7 @@
 
 use crate::plot::pool_heatmap;
 use crate::plot::{self, Series};
-use crate::util::{
-    dispatch, ensure_dir, progress, write_json, BackendOpts, CliError, CliResult, Command, Job, StepArgs,
-};
+use crate::util::{dispatch, progress, write_json, BackendOpts, CliError, CliResult, Command, Job, StepArgs};
 use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
 use models::data::{self, Dataset};
@@ -136,7 +134,6 @@ fn train_test(name: &str, n_train: usize, n_test: usize, seed: u64) -> CliResult
     Ok((a.take_per_class(n_train, seed)?, b.take_per_class(n_test, seed.wrapping_add(1))?))
 }
 
-/// Rates of per-layer half spectra `[F, n, C]` (signal length `t`) with true labels.
 /// The construction from `x` (`[m, C, ..]`) and its labels, on one
 /// process or across the MPI job: each rank builds from its contiguous
 /// block of samples ([`InvariantReduNet::construct_sharded`]) and the
@@ -153,11 +150,11 @@ fn construct_across_ranks<B: Kernels>(
         return Ok(Some(InvariantReduNet::construct(x, labels, k, config)?));
     }
     let m = x.dim(0);
-    let (lo, hi) = crate::util::shard_range(m, comm.rank(), comm.size());
-    let built =
-        InvariantReduNet::construct_sharded(&x.narrow(0, lo, hi - lo), &labels[lo..hi], k, config, &*comm)?;
+    let rows = comm.share(m);
+    let xs = x.narrow(0, rows.start, rows.len());
+    let built = InvariantReduNet::construct_sharded(&xs, &labels[rows.clone()], k, config, &*comm)?;
     let mut shape = built.features.shape().to_vec();
-    let per = built.features.numel() / (hi - lo).max(1);
+    let per = built.features.numel() / rows.len().max(1);
     let all = crate::util::gather_rows(&*comm, built.features.to_f64_vec(), per)?;
     Ok(all.map(|f| {
         shape[0] = m;
@@ -165,6 +162,7 @@ fn construct_across_ranks<B: Kernels>(
     }))
 }
 
+/// Rates of per-layer half spectra `[F, n, C]` (signal length `t`) with true labels.
 fn spectral_rates<B: Kernels>(
     v: &ComplexTensor<B>,
     labels: &[usize],
@@ -269,7 +267,7 @@ impl Job for RotationJob {
     fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
         let comm = crate::util::world();
-        crate::util::shared(&*comm, if comm.is_root() { ensure_dir(&a.out) } else { Ok(()) })?;
+        crate::util::ensure_dir_on_root(&*comm, &a.out)?;
         if a.rotations == 0 {
             return Err(CliError::Usage("--rotations must be at least 1".into()));
         }
@@ -479,7 +477,7 @@ impl Job for TranslationJob {
     fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
         let comm = crate::util::world();
-        crate::util::shared(&*comm, if comm.is_root() { ensure_dir(&a.out) } else { Ok(()) })?;
+        crate::util::ensure_dir_on_root(&*comm, &a.out)?;
         let (train, test) = train_test(&a.data, a.train_per_class, a.test_per_class, a.seed)?;
         let k = train.num_classes();
         let s = train.sample_shape().to_vec();

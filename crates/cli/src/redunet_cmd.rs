@@ -3,13 +3,14 @@
 use crate::invariant_cmd::{InvariantCmd, RotationArgs, TranslationArgs};
 use crate::plot::{self, gram_heatmap, Series};
 use crate::util::{
-    dispatch, ensure_dir, gather_rows, progress, shard_range, shared, write_json, BackendOpts, CliError,
-    CliResult, Command, Job, StepArgs,
+    dispatch, ensure_dir, gather_rows, progress, write_json, BackendOpts, CliError, CliResult, Command, Job,
+    StepArgs,
 };
 use clap::{Args, Subcommand};
 use models::classify::{accuracy, knn_predict, NearestSubspace};
 use models::data::{self, Dataset};
 use models::redunet::{gaussians, Depth, Engine, LayerProgress, Pca, Record, ReduNet, ReduNetConfig, Trace};
+use rate_core::collective::agreed;
 use rate_core::{Collective, Kernels, Rates, Tensor};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -400,7 +401,7 @@ impl Job for FitJob {
     fn run<B: Kernels>(self, be: &B) -> CliResult<serde_json::Value> {
         let a = self.0;
         let comm = crate::util::world();
-        let (train, test) = shared(&*comm, load_split(&a))?;
+        let (train, test) = agreed(&*comm, load_split(&a))?;
         let out = a.out.clone();
         if comm.is_root() {
             crate::util::removing_new_dir_on_error(&out, || fit(be, a, train, test, &*comm))
@@ -454,7 +455,7 @@ fn fit<B: Kernels>(
 ) -> CliResult<serde_json::Value> {
     {
         let (rank, size, root) = (comm.rank(), comm.size(), comm.is_root());
-        shared(comm, if root { ensure_dir(&a.out) } else { Ok(()) })?;
+        crate::util::ensure_dir_on_root(comm, &a.out)?;
         let t_all = Instant::now();
         let k = train.num_classes().max(test.num_classes());
         let (m, n, d_in) = (train.len(), test.len(), train.num_features());
@@ -462,8 +463,8 @@ fn fit<B: Kernels>(
         let mut order: Vec<usize> = (0..m).collect();
         order.sort_by_key(|&i| (labels_in[i], i));
         let train_labels: Vec<usize> = order.iter().map(|&i| labels_in[i]).collect();
-        let (lo, hi) = shard_range(m, rank, size);
-        let (tlo, thi) = shard_range(n, rank, size);
+        // this process's training rows (of the class-sorted order) and test rows
+        let (rows, test_rows) = (comm.share(m), comm.share(n));
         let test_labels = test.labels().to_vec();
         // rank 0 holds every row until the raw baselines are done
         let (raw, raw_test) = (train.to_tensor(be), test.to_tensor(be));
@@ -476,9 +477,9 @@ fn fit<B: Kernels>(
         let (x, xt) = match (&x_all, &xt_all) {
             (Some(x), Some(xt)) if size == 1 => (x.clone(), xt.clone()),
             _ => {
-                let idx: Vec<usize> = (tlo..thi).collect();
+                let idx: Vec<usize> = test_rows.clone().collect();
                 (
-                    normalise_rows(&raw.index_select(0, &order[lo..hi])),
+                    normalise_rows(&raw.index_select(0, &order[rows.clone()])),
                     normalise_rows(&raw_test.index_select(0, &idx)),
                 )
             }
@@ -524,13 +525,13 @@ fn fit<B: Kernels>(
         let pb = progress(layers as u64, "build");
         let hook = if root { layer_hook(&pb) } else { LayerProgress::default() };
         let (net, trace) =
-            ReduNet::build_sharded(&x, &train_labels[lo..hi], config, &Record::default(), hook, comm)?;
+            ReduNet::build_sharded(&x, &train_labels[rows.clone()], config, &Record::default(), hook, comm)?;
         pb.finish_and_clear();
         let build_s = t0.elapsed().as_secs_f64();
         drop(x);
         let t1 = Instant::now();
         let pb = progress(net.depth() as u64, "test");
-        let test_trace = shared(
+        let test_trace = agreed(
             comm,
             net.transform_observed(
                 &xt,
@@ -548,7 +549,7 @@ fn fit<B: Kernels>(
         } else {
             Ok(())
         };
-        shared(comm, saved)?;
+        agreed(comm, saved)?;
         let (depth, dim, net_config) = (net.depth(), net.dim(), net.config().clone());
         drop(net);
 
@@ -566,7 +567,7 @@ fn fit<B: Kernels>(
             let Some(((tr, te), yh)) = tr.zip(te).zip(yh) else {
                 // ranks other than 0 are done: rank 0 evaluates and reports
                 return Ok(
-                    json!({ "rank": rank, "ranks": size, "train_rows": hi - lo, "test_rows": thi - tlo }),
+                    json!({ "rank": rank, "ranks": size, "train_rows": rows.len(), "test_rows": test_rows.len() }),
                 );
             };
             peak_ranks = rss.iter().map(|&b| b as u64).collect();

@@ -21,6 +21,7 @@ use models::train::{
     evaluate, EpochRecord, Hooks, Images, LayerStats, Normalisation, Outcome, Session, StepRecord,
     TrainOptions,
 };
+use rate_core::collective::agreed;
 use rate_core::Kernels;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -376,10 +377,10 @@ fn train<B: Kernels, L: Block<B>>(be: &B, kind: Kind, a: &TrainArgs) -> CliResul
     let name = kind.name();
     let comm = crate::util::world();
     // every process checks the arguments, the checkpoint and the data; the first failure stops them all
-    let (resumed, train_ds, test_ds, out, channels, size) = crate::util::shared(&*comm, load_phase(a))?;
+    let (resumed, train_ds, test_ds, out, channels, size) = agreed(&*comm, load_phase(a))?;
     let made = session_phase::<B, L>(be, name, a, &resumed, (&train_ds, &test_ds), &out, (channels, size));
-    let mut session = crate::util::shared(&*comm, made)?;
-    crate::util::shared(&*comm, session.set_collective(comm.clone()).map_err(CliError::from))?;
+    let mut session = agreed(&*comm, made)?;
+    agreed(&*comm, session.set_collective(comm.clone()).map_err(CliError::from))?;
     let total = session.state.schedule.total_steps;
     let pb = progress(if comm.is_root() { total } else { 0 }, name);
     pb.set_position(session.state.step);

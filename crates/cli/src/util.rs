@@ -202,7 +202,7 @@ pub fn single_process() -> CliResult<()> {
     if w.size() > 1 {
         return Err(CliError::Usage(format!(
             "this subcommand does not run across MPI processes yet (this job has {}); run it without mpirun \
-             (`rate redunet fit` does)",
+             (`rate redunet fit`, `rate crate|aot|tost train` and `rate invariant rotation|translation` do)",
             w.size()
         )));
     }
@@ -224,19 +224,10 @@ impl CliError {
     }
 }
 
-/// `r` on every process once all of them have reached it: the first error of
-/// any process (as [`rate_core::Collective::agree`] names it) on all of them.
-pub fn shared<T>(comm: &dyn rate_core::Collective, r: CliResult<T>) -> CliResult<T> {
-    if comm.size() == 1 {
-        return r;
-    }
-    comm.agree(r.as_ref().err().map(|e| e.to_string()))?;
-    r
-}
-
-/// Rows `lo..hi` of `0..m` that process `rank` of `size` takes (contiguous, sizes differing by at most one).
-pub fn shard_range(m: usize, rank: usize, size: usize) -> (usize, usize) {
-    (rank * m / size, (rank + 1) * m / size)
+/// Creates the output directory on rank 0 (the only writer); every process
+/// learns whether it could.
+pub fn ensure_dir_on_root(comm: &dyn rate_core::Collective, dir: &Path) -> CliResult<()> {
+    rate_core::collective::agreed(comm, if comm.is_root() { ensure_dir(dir) } else { Ok(()) })
 }
 
 /// Every process's rows (`local`, row-major, `width` wide) concatenated in
@@ -252,8 +243,12 @@ pub fn gather_rows(
     }
     let rows = comm.all_gather(&[(local.len() / width.max(1)) as f64])?;
     let mut all = Vec::new();
+    let mut local = Some(local);
     for (q, &r) in rows.iter().enumerate() {
-        let mut buf = if q == comm.rank() { local.clone() } else { vec![0.0; r as usize * width] };
+        let mut buf = match local.take_if(|_| q == comm.rank()) {
+            Some(mine) => mine,
+            None => vec![0.0; r as usize * width],
+        };
         comm.broadcast(&mut buf, q)?;
         if comm.is_root() {
             all.extend(buf);

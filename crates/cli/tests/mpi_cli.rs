@@ -1,4 +1,4 @@
-//! `mpirun -n 2 rate redunet fit` (the `mpi` feature): the ReduNet built from two shards (class Gram sums of 4.1.3-4.1.4 all-reduced) gives the single-process run's rates, model and accuracies; other subcommands refuse to run sharded.
+//! `rate` under `mpirun -n 2` (the `mpi` feature): `redunet fit` (class Gram sums of 4.1.3-4.1.4 all-reduced), `crate train` (gradient sums) and the invariant experiments (per-frequency sums of 4.1.20-4.1.22) give the single-process run's rates, models and accuracies; other subcommands refuse to run sharded.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +20,25 @@ fn metrics(dir: &Path) -> serde_json::Value {
         .expect("JSON")
 }
 
+/// Runs `rate ARGS DIR` alone into `TAG-one` and under `mpirun -n 2` into
+/// `TAG-two`, asserting that both succeed; returns the two directories and
+/// the output of the two-rank run.
+fn one_and_two(args: &[&str], tag: &str) -> (PathBuf, PathBuf, std::process::Output) {
+    let (one, two) = (tmp(&format!("{tag}-one")), tmp(&format!("{tag}-two")));
+    let st = Command::new(env!("CARGO_BIN_EXE_rate")).args(args).arg(&one).output().expect("rate runs");
+    assert!(st.status.success(), "{tag}, one process: {}", String::from_utf8_lossy(&st.stderr));
+    let st = mpirun(2).args(args).arg(&two).output().expect("mpirun runs (apt-get install openmpi-bin)");
+    assert!(st.status.success(), "{tag}, two ranks: {}", String::from_utf8_lossy(&st.stderr));
+    (one, two, st)
+}
+
+/// Asserts that `a` and `b` hold as many numbers and differ by at most `tol`.
+fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
+    assert!(!a.is_empty() && a.len() == b.len(), "{what}: {} against {} numbers", a.len(), b.len());
+    let err = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+    assert!(err <= tol, "{what}: one process and two ranks differ by {err:e}");
+}
+
 fn numbers(v: &serde_json::Value) -> Vec<f64> {
     match v {
         serde_json::Value::Number(n) => vec![n.as_f64().expect("f64")],
@@ -32,26 +51,25 @@ fn numbers(v: &serde_json::Value) -> Vec<f64> {
 #[test]
 fn two_ranks_fit_the_same_redunet_as_one_process() {
     let args = ["--json", "redunet", "fit", "--data", "digits", "--layers", "8", "--pca", "24", "--out"];
-    let one = tmp("one");
-    let st = Command::new(env!("CARGO_BIN_EXE_rate")).args(args).arg(&one).output().expect("rate runs");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    let two = tmp("two");
-    let st = mpirun(2).args(args).arg(&two).output().expect("mpirun runs (apt-get install openmpi-bin)");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let (one, two, st) = one_and_two(&args, "fit");
     // one summary, from rank 0
     assert_eq!(String::from_utf8_lossy(&st.stdout).lines().count(), 1);
     let (a, b) = (metrics(&one), metrics(&two));
     assert_eq!(b["mpi"]["ranks"], 2, "the job did not run on two ranks");
     assert_eq!(a["mpi"]["ranks"], 1);
     for key in ["rates_true", "rates_code", "test_accuracy"] {
-        let (x, y) = (numbers(&a[key]), numbers(&b[key]));
-        assert_eq!(x.len(), y.len(), "{key}");
-        let err = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
-        assert!(err <= 1e-9, "{key}: one process and two ranks differ by {err:e}");
+        assert_close(key, &numbers(&a[key]), &numbers(&b[key]), 1e-9);
     }
-    // the models load and agree: operators to rounding
-    let read = |d: &Path| std::fs::read(d.join("model.safetensors")).expect("model written by rank 0");
-    assert_eq!(read(&one).len(), read(&two).len());
+    // the models and projections rank 0 wrote agree with one process's: every array to rounding
+    for file in ["model.safetensors", "pca.safetensors"] {
+        let read = |d: &Path| models::io::TensorFile::read(d.join(file)).expect("written by rank 0").tensors;
+        let (x, y) = (read(&one), read(&two));
+        assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{file}: arrays");
+        for (name, t) in &x {
+            assert_eq!(t.shape, y[name].shape, "{file} {name}: shape");
+            assert_close(&format!("{file} {name}"), &t.data, &y[name].data, 1e-9);
+        }
+    }
     for d in [&one, &two] {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -88,12 +106,7 @@ fn two_ranks_train_crate_as_one_process_and_resume_only_with_two() {
         "none",
         "--out",
     ];
-    let one = tmp("train-one");
-    let st = Command::new(env!("CARGO_BIN_EXE_rate")).args(args).arg(&one).output().expect("rate runs");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    let two = tmp("train-two");
-    let st = mpirun(2).args(args).arg(&two).output().expect("mpirun runs");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let (one, two, st) = one_and_two(&args, "train");
     let err = String::from_utf8_lossy(&st.stderr);
     assert_eq!(err.matches("epoch 2/2").count(), 1, "rank 0 alone reports: {err}");
     let (a, b) = (metrics(&one), metrics(&two));
@@ -121,19 +134,10 @@ fn two_ranks_train_crate_as_one_process_and_resume_only_with_two() {
 #[test]
 fn two_ranks_run_the_invariant_experiments_as_one_process() {
     for exp in ["rotation", "translation"] {
-        let one = tmp(&format!("{exp}-one"));
-        let two = tmp(&format!("{exp}-two"));
-        let args = ["--json", "invariant", exp, "--out"];
-        let st = Command::new(env!("CARGO_BIN_EXE_rate")).args(args).arg(&one).output().expect("rate runs");
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-        let st = mpirun(2).args(args).arg(&two).output().expect("mpirun runs");
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        let (one, two, _) = one_and_two(&["--json", "invariant", exp, "--out"], exp);
         let (a, b) = (metrics(&one), metrics(&two));
         for key in ["delta_R_train", "test_accuracy"] {
-            let (x, y) = (numbers(&a[key]), numbers(&b[key]));
-            assert!(!x.is_empty() && x.len() == y.len(), "{exp} {key}: {x:?} / {y:?}");
-            let err = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
-            assert!(err <= 1e-9, "{exp} {key}: one process and two ranks differ by {err:e}");
+            assert_close(&format!("{exp} {key}"), &numbers(&a[key]), &numbers(&b[key]), 1e-9);
         }
         for d in [&one, &two] {
             let _ = std::fs::remove_dir_all(d);

@@ -3,7 +3,9 @@
 //! The directory is `$RATE_FIXTURES` when set, else the repository's own
 //! `fixtures/`. Under `RATE_FIXTURES` a missing file is an error, never a skip.
 
+use crate::invariant::InvariantConfig;
 use crate::io::TensorFile;
+use crate::redunet::ReduNetConfig;
 use crate::{Error, Kernels, Result, Tensor};
 use std::path::PathBuf;
 
@@ -28,6 +30,35 @@ pub fn load(name: &str) -> Result<TensorFile> {
 }
 
 impl TensorFile {
+    /// The ReduNet of a `redunet_vector*` fixture: `num_classes`, `layers`,
+    /// `eta`, `eps_sq` and `lmbda` (or `lambda`) from the metadata, the other
+    /// settings the defaults.
+    pub fn redunet_config(&self) -> Result<ReduNetConfig> {
+        let mut c = ReduNetConfig::new(self.meta_usize("num_classes")?, self.meta_usize("layers")?);
+        c.eta = self.meta_f64("eta")?;
+        c.eps_sq = self.meta_f64("eps_sq")?;
+        c.lambda = self.lambda()?;
+        Ok(c)
+    }
+
+    /// The invariant ReduNet of a `redunet_fourier*` fixture: `layers`,
+    /// `eta`, `eps_sq` and `lmbda` (or `lambda`) from the metadata, the other
+    /// settings the defaults.
+    pub fn invariant_config(&self) -> Result<InvariantConfig> {
+        Ok(InvariantConfig {
+            layers: self.meta_usize("layers")?,
+            eta: self.meta_f64("eta")?,
+            eps_sq: self.meta_f64("eps_sq")?,
+            lambda: self.lambda()?,
+            ..Default::default()
+        })
+    }
+
+    /// The membership sharpness: metadata `lmbda` (the reference code's name) or `lambda`.
+    fn lambda(&self) -> Result<f64> {
+        self.meta_f64("lmbda").or_else(|_| self.meta_f64("lambda"))
+    }
+
     /// The array `name` uploaded as a tensor of its own shape.
     pub fn tensor<B: Kernels>(&self, backend: &B, name: &str) -> Result<Tensor<B>> {
         let a = self.get(name)?;

@@ -24,10 +24,8 @@ fn full_planes(v: &ComplexTensor<B>, perm: &[usize]) -> (Vec<f64>, Vec<f64>) {
 fn check_fourier1d(name: &str) {
     let be = B::new();
     let f = fixtures::load(name).unwrap_or_else(|e| panic!("{e}"));
-    let eps_sq = f.meta_f64("eps_sq").unwrap();
-    let eta = f.meta_f64("eta").unwrap();
-    let lambda = f.meta_f64("lmbda").unwrap();
-    let layers = f.meta_usize("layers").unwrap();
+    let config = InvariantConfig { keep_spectra: true, ..f.invariant_config().unwrap() };
+    let layers = config.layers;
     let classes = f.meta_usize("num_classes").unwrap();
     let v = f.get_rank("V", 3).unwrap();
     let (m, c, t) = (v.shape[0], v.shape[1], v.shape[2]);
@@ -37,7 +35,6 @@ fn check_fourier1d(name: &str) {
     assert_eq!(vre.shape, vec![layers + 1, m, c, t], "{}: Vfreq_layers_real shape", f.path);
     assert_eq!(vim.shape, vre.shape, "{}: Vfreq_layers_imag shape", f.path);
 
-    let config = InvariantConfig { layers, eta, eps_sq, lambda, keep_spectra: true, ..Default::default() };
     let x = Tensor::from_f64(&be, &v.data, &v.shape);
     let out = InvariantReduNet::construct(&x, &y, classes, &config).unwrap();
     let net = &out.network;

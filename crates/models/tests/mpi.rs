@@ -6,7 +6,7 @@
 //! of exactly two processes, so a launcher mismatch cannot pass silently.
 use backend_cpu::CpuBackend;
 use models::fixtures::{self, max_abs_diff};
-use models::invariant::{InvariantConfig, InvariantReduNet};
+use models::invariant::InvariantReduNet;
 use models::redunet::{Engine, LayerProgress, Record, ReduNet, ReduNetConfig};
 use rate_core::collective::Mpi;
 use rate_core::{Collective, Tensor};
@@ -31,12 +31,7 @@ fn main() {
     // 1. the fixtures, split unevenly (a third on rank 0, the rest on rank 1)
     for name in ["redunet_vector", "redunet_vector_soft"] {
         let f = fixtures::load(name).unwrap_or_else(|e| panic!("{e}"));
-        let mut cfg =
-            ReduNetConfig::new(f.meta_usize("num_classes").expect("k"), f.meta_usize("layers").expect("L"));
-        cfg.eta = f.meta_f64("eta").expect("eta");
-        cfg.eps_sq = f.meta_f64("eps_sq").expect("eps_sq");
-        cfg.lambda = f.meta_f64("lmbda").or_else(|_| f.meta_f64("lambda")).expect("lambda");
-        cfg.engine = Engine::Tensor;
+        let cfg = ReduNetConfig { engine: Engine::Tensor, ..f.redunet_config().expect("ReduNet metadata") };
         let x = f.get("X").expect("X");
         let y = f.labels("y").expect("y");
         let (m, d) = (x.shape[0], x.shape[1]);
@@ -89,13 +84,7 @@ fn main() {
     // 1b. the invariant ReduNet on the 1-D fixture, split at a third
     for name in ["redunet_fourier1d", "redunet_fourier1d_soft"] {
         let f = fixtures::load(name).unwrap_or_else(|e| panic!("{e}"));
-        let config = InvariantConfig {
-            layers: f.meta_usize("layers").expect("layers"),
-            eta: f.meta_f64("eta").expect("eta"),
-            eps_sq: f.meta_f64("eps_sq").expect("eps_sq"),
-            lambda: f.meta_f64("lmbda").expect("lmbda"),
-            ..Default::default()
-        };
+        let config = f.invariant_config().expect("invariant ReduNet metadata");
         let classes = f.meta_usize("num_classes").expect("num_classes");
         let v = f.get_rank("V", 3).expect("V");
         let y = f.labels("y").expect("y");

@@ -4,7 +4,6 @@
 //! so the same tests run on the hidden set (`RATE_FIXTURES`).
 use backend_cpu::CpuBackend;
 use models::fixtures::{self, max_abs_diff};
-use models::io::TensorFile;
 use models::redunet::{Engine, LayerSet, Record, ReduNet, ReduNetConfig};
 use rate_core::Tensor;
 
@@ -13,10 +12,6 @@ type B = CpuBackend<f64>;
 /// Forward values: the fixture README's suggested tolerance is 1e-10; rates
 /// and operators are compared at the same level.
 const TOL: f64 = 1e-10;
-
-fn lambda_of(f: &TensorFile) -> f64 {
-    f.meta_f64("lmbda").or_else(|_| f.meta_f64("lambda")).expect("metadata `lmbda` (or `lambda`)")
-}
 
 thread_local! {
     /// Largest error seen by `close` in this test (printed with `--nocapture`).
@@ -40,11 +35,8 @@ fn labels_equal(name: &str, engine: Engine, got: &[u32], want: &[usize]) {
 fn check_fixture(name: &str) {
     let be = B::new();
     let f = fixtures::load(name).unwrap_or_else(|e| panic!("{e}"));
-    let eps_sq = f.meta_f64("eps_sq").expect("eps_sq");
-    let eta = f.meta_f64("eta").expect("eta");
-    let lambda = lambda_of(&f);
-    let layers = f.meta_usize("layers").expect("layers");
-    let k = f.meta_usize("num_classes").expect("num_classes");
+    let config = f.redunet_config().expect("ReduNet metadata");
+    let (layers, k) = (config.depth.max_layers(), config.num_classes);
     let x = f.tensor::<B>(&be, "X").expect("X");
     let y = f.labels("y").expect("y");
     let x_test = f.tensor::<B>(&be, "X_test").expect("X_test");
@@ -54,10 +46,7 @@ fn check_fixture(name: &str) {
     assert_eq!(zl.shape, vec![layers + 1, m, d], "Z_layers shape against metadata `layers`");
 
     for engine in [Engine::Fused, Engine::Tensor] {
-        let mut cfg = ReduNetConfig::new(k, layers);
-        cfg.eta = eta;
-        cfg.eps_sq = eps_sq;
-        cfg.lambda = lambda;
+        let mut cfg = config.clone();
         cfg.engine = engine;
         let record = Record { rates: true, yhat: true, features: LayerSet::All };
         let (net, tr) = ReduNet::build_with(&x, &y, cfg, &record).expect("build");

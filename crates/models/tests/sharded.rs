@@ -29,7 +29,9 @@ fn rates_vec(t: &Trace<B>) -> Vec<f64> {
 
 /// Builds on the union of `shards` in one process and on a world of one
 /// thread per shard, and checks operators, rates, outputs and `yhat`.
-fn check_sharded_equals_whole(shards: &[Shard], d: usize, cfg: &ReduNetConfig) {
+/// Returns what the ranks built: `ΔR` with the true labels per layer (rank
+/// 0's, the same on every rank) and the outputs of every rank in rank order.
+fn check_sharded_equals_whole(shards: &[Shard], d: usize, cfg: &ReduNetConfig) -> (Vec<f64>, Vec<f64>) {
     let be = B::new();
     let x_all: Vec<f64> = shards.iter().flat_map(|s| s.x.clone()).collect();
     let y_all: Vec<usize> = shards.iter().flat_map(|s| s.labels.clone()).collect();
@@ -75,6 +77,8 @@ fn check_sharded_equals_whole(shards: &[Shard], d: usize, cfg: &ReduNetConfig) {
         }
         at += m_s;
     }
+    let delta_r = runs[0].2.chunks(3).take(net.depth() + 1).map(|r| r[2]).collect();
+    (delta_r, runs.into_iter().flat_map(|r| r.3).collect())
 }
 
 fn config(k: usize, layers: usize) -> ReduNetConfig {
@@ -160,12 +164,7 @@ proptest! {
 fn sharded_build_reproduces_the_fixtures() {
     for name in ["redunet_vector", "redunet_vector_soft"] {
         let f = fixtures::load(name).unwrap_or_else(|e| panic!("{e}"));
-        let mut cfg =
-            ReduNetConfig::new(f.meta_usize("num_classes").expect("k"), f.meta_usize("layers").expect("L"));
-        cfg.eta = f.meta_f64("eta").expect("eta");
-        cfg.eps_sq = f.meta_f64("eps_sq").expect("eps_sq");
-        cfg.lambda = f.meta_f64("lmbda").or_else(|_| f.meta_f64("lambda")).expect("lambda");
-        cfg.engine = Engine::Tensor;
+        let cfg = ReduNetConfig { engine: Engine::Tensor, ..f.redunet_config().expect("ReduNet metadata") };
         let x = f.get("X").expect("X");
         let y = f.labels("y").expect("y");
         let (m, d) = (x.shape[0], x.shape[1]);
@@ -174,27 +173,11 @@ fn sharded_build_reproduces_the_fixtures() {
             Shard { x: x.data[..cut * d].to_vec(), labels: y[..cut].to_vec() },
             Shard { x: x.data[cut * d..].to_vec(), labels: y[cut..].to_vec() },
         ];
-        check_sharded_equals_whole(&shards, d, &cfg);
-        // and against the file itself
-        let rates = f.get("delta_R_true").expect("delta_R_true").data.clone();
-        let got = ThreadWorld::run(2, |w| {
-            let s = &shards[w.rank()];
-            let be = B::new();
-            let z = Tensor::from_f64(&be, &s.x, &[s.labels.len(), d]);
-            let (_, tr) = ReduNet::build_sharded(
-                &z,
-                &s.labels,
-                cfg.clone(),
-                &Record::default(),
-                LayerProgress::default(),
-                w,
-            )
-            .expect("sharded build");
-            (tr.rates_true.iter().map(|r| r.delta_r).collect::<Vec<f64>>(), tr.output.to_vec())
-        });
+        // against the whole build, then against the file itself
+        let (delta_r, out) = check_sharded_equals_whole(&shards, d, &cfg);
+        let rates = &f.get("delta_R_true").expect("delta_R_true").data;
+        assert!(max_abs_diff(&delta_r, rates) <= TOL, "{name}: delta_R_true");
         let z_final = &f.get("Z_final").expect("Z_final").data;
-        assert!(max_abs_diff(&got[0].0, &rates) <= TOL, "{name}: delta_R_true");
-        let out: Vec<f64> = got.iter().flat_map(|g| g.1.clone()).collect();
         assert!(max_abs_diff(&out, z_final) <= TOL, "{name}: Z_final");
     }
 }

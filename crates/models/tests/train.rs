@@ -341,6 +341,16 @@ fn crate_config() -> CrateConfig {
     CrateConfig { vision: vision(8, 4, 1, 3), ..CrateConfig::mnist_small() }
 }
 
+/// A new CRATE run of [`crate_config`] and [`options`]`(epochs)` into `out`.
+fn crate_session<'d>(
+    out: &Path,
+    epochs: usize,
+    train: Images<'d>,
+    test: Option<Images<'d>>,
+) -> Session<'d, B, CrateLayer<B>> {
+    Session::new(&B::new(), &crate_config(), options(epochs), train, test, out, "crate", vec![]).unwrap()
+}
+
 /// The per-step losses of a run's metrics.jsonl.
 fn step_losses(dir: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -378,19 +388,7 @@ fn a_resumed_run_continues_bit_for_bit() {
     let test_ds = images_dataset(12, 1, 8, 3, 4);
     let train = Images::new(&train_ds, 1, 8, 3, "training").unwrap();
     let test = Images::new(&test_ds, 1, 8, 3, "test").unwrap();
-    let session = |out: &Path, epochs: usize| {
-        Session::<B, CrateLayer<B>>::new(
-            &be,
-            &crate_config(),
-            options(epochs),
-            train,
-            Some(test),
-            out,
-            "crate",
-            vec![],
-        )
-        .unwrap()
-    };
+    let session = |out: &Path, epochs: usize| crate_session(out, epochs, train, Some(test));
     // uninterrupted: 2 epochs of 5 steps
     let full_dir = tmp("full");
     let mut full = session(&full_dir, 2);
@@ -443,17 +441,7 @@ fn a_checkpoint_of_another_model_or_other_data_is_refused_by_file_and_field() {
     let train_ds = images_dataset(16, 1, 8, 3, 5);
     let train = Images::new(&train_ds, 1, 8, 3, "training").unwrap();
     let dir = tmp("refuse");
-    let mut s = Session::<B, CrateLayer<B>>::new(
-        &be,
-        &crate_config(),
-        options(1),
-        train,
-        None,
-        &dir,
-        "crate",
-        vec![],
-    )
-    .unwrap();
+    let mut s = crate_session(&dir, 1, train, None);
     s.run(&mut models::train::NoHooks).unwrap();
     let ck_dir = list_checkpoints(&dir.join(CHECKPOINTS_DIR)).unwrap().pop().unwrap();
     let ck = read_checkpoint(&ck_dir).unwrap();
@@ -549,19 +537,7 @@ fn two_ranks_train_the_parameters_of_one_process() {
     let test_ds = images_dataset(12, 1, 8, 3, 4);
     let train = Images::new(&train_ds, 1, 8, 3, "training").unwrap();
     let test = Images::new(&test_ds, 1, 8, 3, "test").unwrap();
-    let session = |out: &Path| {
-        Session::<B, CrateLayer<B>>::new(
-            &B::new(),
-            &crate_config(),
-            options(2),
-            train,
-            Some(test),
-            out,
-            "crate",
-            vec![],
-        )
-        .unwrap()
-    };
+    let session = |out: &Path| crate_session(out, 2, train, Some(test));
     let one_dir = tmp("dp-one");
     let mut one = session(&one_dir);
     assert_eq!(one.run(&mut models::train::NoHooks).unwrap(), Outcome::Finished);

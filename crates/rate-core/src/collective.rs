@@ -32,8 +32,6 @@ pub trait Collective: Send + Sync {
     fn size(&self) -> usize;
     /// Replaces `buf` by its element-wise sum over all processes.
     fn all_reduce_sum(&self, buf: &mut [f64]) -> Result<()>;
-    /// [`Self::all_reduce_sum`] in single precision (gradients of an f32 model).
-    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()>;
     /// Replaces `buf` on every process by its value on `root`.
     fn broadcast(&self, buf: &mut [f64], root: usize) -> Result<()>;
     /// Waits until every process has called it.
@@ -44,6 +42,33 @@ pub trait Collective: Send + Sync {
     /// Whether this is the process that writes shared outputs (rank 0).
     fn is_root(&self) -> bool {
         self.rank() == 0
+    }
+
+    /// This process's share of `n` items: a contiguous block, the blocks in
+    /// rank order and their sizes differing by at most one.
+    fn share(&self, n: usize) -> std::ops::Range<usize> {
+        self.rank() * n / self.size()..(self.rank() + 1) * n / self.size()
+    }
+
+    /// That every process passed the same `mine` (shapes, widths, hashes;
+    /// values exact in f64; every process passes as many values): else, on every process, [`Error::Collective`]
+    /// naming the lowest rank that differs from rank 0, with `what` and both
+    /// values.
+    fn same_everywhere(&self, what: &str, mine: &[f64]) -> Result<()> {
+        if self.size() == 1 {
+            return Ok(());
+        }
+        let n = mine.len();
+        let all = self.all_gather(mine)?;
+        let of = |r: usize| &all[r * n..(r + 1) * n];
+        match (1..self.size()).find(|&r| of(r) != of(0)) {
+            None => Ok(()),
+            Some(r) => Err(Error::Collective {
+                rank: r,
+                size: self.size(),
+                message: format!("{what} {:?}, rank 0 has {:?}", of(r), of(0)),
+            }),
+        }
     }
 
     /// `mine` from every process, concatenated in rank order (`size * mine.len()`
@@ -105,9 +130,6 @@ impl Collective for Local {
     fn all_reduce_sum(&self, _buf: &mut [f64]) -> Result<()> {
         Ok(())
     }
-    fn all_reduce_sum_f32(&self, _buf: &mut [f32]) -> Result<()> {
-        Ok(())
-    }
     fn broadcast(&self, _buf: &mut [f64], _root: usize) -> Result<()> {
         Ok(())
     }
@@ -138,19 +160,31 @@ impl CommClock {
     }
 }
 
+/// `local` on every process once all of them have reached this point: the
+/// first error of any process, as [`Collective::agree`] names it, on all of
+/// them; with one process `local` itself. Call it where the processes' paths
+/// could part (reading files, checking a shard), so that none is left
+/// waiting in a later collective call.
+pub fn agreed<T, E>(comm: &dyn Collective, local: std::result::Result<T, E>) -> std::result::Result<T, E>
+where
+    E: std::fmt::Display + From<Error>,
+{
+    if comm.size() == 1 {
+        return local;
+    }
+    comm.agree(local.as_ref().err().map(|e| e.to_string()))?;
+    local
+}
+
 /// The sum over processes of a tensor (same shape everywhere), through the
 /// host in f64 whatever the element type; with one process the tensor itself.
 pub fn all_reduce_tensor<B: Backend>(t: &Tensor<B>, comm: &dyn Collective) -> Result<Tensor<B>> {
-    if comm.size() == 1 {
-        return Ok(t.clone());
-    }
-    let mut host = t.to_f64_vec();
-    comm.all_reduce_sum(&mut host)?;
-    Ok(Tensor::from_f64(t.backend(), &host, t.shape()))
+    let mut out = all_reduce_tensors(std::slice::from_ref(t), comm)?;
+    Ok(out.remove(0))
 }
 
-/// The sum over processes of several tensors in one collective call (the
-/// shapes must agree across processes, list by list).
+/// The sum over processes of several tensors in one collective call, through
+/// the host in f64 (the shapes must agree across processes, list by list).
 pub fn all_reduce_tensors<B: Backend>(ts: &[Tensor<B>], comm: &dyn Collective) -> Result<Vec<Tensor<B>>> {
     if comm.size() == 1 || ts.is_empty() {
         return Ok(ts.to_vec());
@@ -214,65 +248,6 @@ pub use mpi_impl::Mpi;
 mod tests {
     use super::*;
 
-    /// A fake world of `size` processes seen from `rank`, where every other
-    /// process contributes `others` times this one's buffer.
-    struct Fake {
-        rank: usize,
-        size: usize,
-        others: Vec<Vec<f64>>,
-    }
-
-    impl Collective for Fake {
-        fn rank(&self) -> usize {
-            self.rank
-        }
-        fn size(&self) -> usize {
-            self.size
-        }
-        fn all_reduce_sum(&self, buf: &mut [f64]) -> Result<()> {
-            // the other ranks' gather slots are filled from `others`
-            let n = buf.len() / self.size;
-            for (r, o) in self.others.iter().enumerate() {
-                if r != self.rank && o.len() == n {
-                    buf[r * n..(r + 1) * n].copy_from_slice(o);
-                }
-            }
-            Ok(())
-        }
-        fn all_reduce_sum_f32(&self, _: &mut [f32]) -> Result<()> {
-            Ok(())
-        }
-        fn broadcast(&self, _: &mut [f64], _: usize) -> Result<()> {
-            Ok(())
-        }
-        fn barrier(&self) -> Result<()> {
-            Ok(())
-        }
-        fn comm_seconds(&self) -> f64 {
-            0.0
-        }
-    }
-
-    #[test]
-    fn agree_reports_the_lowest_failing_rank_on_every_rank() {
-        let err = |msg: &str| {
-            let mut v = vec![1.0; 1];
-            v.extend(msg.bytes().map(|b| b as f64));
-            v.resize(MESSAGE_BYTES + 1, 0.0);
-            v
-        };
-        let ok = vec![0.0; MESSAGE_BYTES + 1];
-        let others = vec![ok.clone(), err("features have 783 columns"), err("other")];
-        let me = Fake { rank: 0, size: 3, others };
-        let e = me.agree(None).unwrap_err().to_string();
-        assert_eq!(e, "rank 1 of 3: features have 783 columns");
-        let all_ok = Fake { rank: 0, size: 2, others: vec![ok.clone(), ok] };
-        assert!(all_ok.agree(None).is_ok());
-        // this rank's own problem comes first when it is the lowest
-        let me_bad = Fake { rank: 0, size: 2, others: vec![vec![], err("later")] };
-        assert_eq!(me_bad.agree(Some("mine".into())).unwrap_err().to_string(), "rank 0 of 2: mine");
-    }
-
     #[test]
     fn local_is_a_pass_through() {
         let mut v = vec![1.0, 2.0];
@@ -281,5 +256,9 @@ mod tests {
         assert_eq!(Local.all_gather(&v).unwrap(), v);
         assert!(Local.agree(None).is_ok());
         assert_eq!(Local.agree(Some("bad shard".into())).unwrap_err().to_string(), "rank 0 of 1: bad shard");
+        assert!(Local.same_everywhere("width", &[3.0]).is_ok());
+        assert_eq!(Local.share(7), 0..7);
+        let e: Result<()> = agreed(&Local, Err(Error::Collective { rank: 0, size: 1, message: "x".into() }));
+        assert_eq!(e.unwrap_err().to_string(), "rank 0 of 1: x");
     }
 }

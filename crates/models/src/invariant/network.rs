@@ -24,7 +24,7 @@
 
 use super::domain::Domain;
 use crate::{Error, Result};
-use rate_core::collective::{all_reduce_counts, all_reduce_tensors, Collective, Local};
+use rate_core::collective::{agreed, all_reduce_counts, all_reduce_tensors, Collective, Local};
 use rate_core::kernels::invariant::pack_operators;
 use rate_core::kernels::{invariant_products, invariant_step};
 use rate_core::operators::frequency_regularised_inverses;
@@ -155,12 +155,6 @@ pub(crate) fn normalise_signals<B: Kernels>(x: &Tensor<B>) -> Tensor<B> {
     flat.div(&flat.norm_axis(1).clamp_min(1e-8)).reshape(x.shape())
 }
 
-fn check_labels(labels: &[usize], m: usize, classes: usize) -> Result<Vec<Vec<usize>>> {
-    let groups = group_labels(labels, m, classes)?;
-    no_empty_group(&groups.iter().map(Vec::len).collect::<Vec<_>>())?;
-    Ok(groups)
-}
-
 /// That every class has a training sample (`sizes`: samples per class, over all processes).
 fn no_empty_group(sizes: &[usize]) -> Result<()> {
     if let Some(j) = sizes.iter().position(|&g| g == 0) {
@@ -256,38 +250,20 @@ impl<B: Kernels> InvariantReduNet<B> {
         comm: &dyn Collective,
     ) -> Result<Construction<B>> {
         let what = "invariant ReduNet construct";
+        // this shard's checks; that no class is empty is checked on the counts of all shards below
         let local =
             config.validate().and_then(|()| Domain::of_signals(what, x.shape())).and_then(|(m, c, d)| {
-                let groups = if comm.size() == 1 {
-                    check_labels(labels, m, classes)?
-                } else {
-                    group_labels(labels, m, classes)?
-                };
+                let groups = group_labels(labels, m, classes)?;
                 x.check_finite("invariant ReduNet construct: input")?;
-                Ok((m, c, d, groups))
+                Ok((c, d, groups))
             });
-        if comm.size() > 1 {
-            comm.agree(local.as_ref().err().map(|e| e.to_string()))?;
+        let (c, domain, groups) = agreed(comm, local)?;
+        // [channels, length or height, width or 0]: the same length on every process
+        let mut signal = [0.0; 3];
+        for (v, &n) in signal.iter_mut().zip(&x.shape()[1..]) {
+            *v = n as f64;
         }
-        let (_, c, domain, groups) = local?;
-        let mut shape = vec![c as f64];
-        shape.extend(x.shape()[2..].iter().map(|&s| s as f64));
-        shape.resize(3, 0.0);
-        let shapes = comm.all_gather(&shape)?;
-        if let Some(r) = (0..comm.size()).find(|&r| shapes[3 * r..3 * r + 3] != shapes[..3]) {
-            return Err(rate_core::Error::Collective {
-                rank: r,
-                size: comm.size(),
-                message: format!(
-                    "{what}: signals of {} channels over {:?}, rank 0 has {} channels over {:?}",
-                    shapes[3 * r],
-                    &shapes[3 * r + 1..3 * r + 3],
-                    shapes[0],
-                    &shapes[1..3]
-                ),
-            }
-            .into());
-        }
+        comm.same_everywhere(&format!("{what}: signals of [channels, lengths] ="), &signal)?;
         let sizes = all_reduce_counts(&groups.iter().map(Vec::len).collect::<Vec<_>>(), comm)?;
         no_empty_group(&sizes)?;
         let m: usize = sizes.iter().sum();
@@ -313,9 +289,8 @@ impl<B: Kernels> InvariantReduNet<B> {
             net.layers.push(layer);
             let (next, yhat) = net.apply_chunked(&net.layers[net.layers.len() - 1], &v);
             v = next;
-            let mut wrong = [yhat.iter().zip(labels).filter(|(a, b)| a != b).count() as f64];
-            comm.all_reduce_sum(&mut wrong)?;
-            rc_predicted.push(if wrong[0] == 0.0 {
+            let wrong = yhat.iter().zip(labels).filter(|(a, b)| a != b).count();
+            rc_predicted.push(if all_reduce_counts(&[wrong], comm)?[0] == 0 {
                 None
             } else {
                 let mut pg = vec![Vec::new(); classes];
@@ -415,24 +390,24 @@ impl<B: Kernels> InvariantReduNet<B> {
         groups: &[Vec<usize>],
         comm: &dyn Collective,
     ) -> Result<(ComplexTensor<B>, Vec<f64>, Vec<usize>, usize)> {
-        if comm.size() == 1 {
-            let m = v.dim(1);
+        let (cov, sizes, m) = if comm.size() == 1 {
             let nonempty: Vec<&[usize]> =
                 groups.iter().filter(|g| !g.is_empty()).map(|g| g.as_slice()).collect();
-            let sizes: Vec<usize> = nonempty.iter().map(|g| g.len()).collect();
-            let mut alphas = vec![self.alpha(m)];
-            alphas.extend(sizes.iter().map(|&s| self.alpha(s)));
-            return Ok((self.covariances(v, &nonempty), alphas, sizes, m));
-        }
-        let all = all_reduce_counts(&groups.iter().map(Vec::len).collect::<Vec<_>>(), comm)?;
-        let m: usize = all.iter().sum();
-        let slices: Vec<&[usize]> = groups.iter().map(|g| g.as_slice()).collect();
-        let local = self.covariances(v, &slices);
-        let summed = all_reduce_tensors(&[local.re, local.im], comm)?;
-        let keep: Vec<usize> =
-            std::iter::once(0).chain((0..all.len()).filter(|&j| all[j] > 0).map(|j| j + 1)).collect();
-        let cov = ComplexTensor::new(summed[0].index_select(1, &keep), summed[1].index_select(1, &keep));
-        let sizes: Vec<usize> = all.into_iter().filter(|&s| s > 0).collect();
+            let sizes = nonempty.iter().map(|g| g.len()).collect();
+            (self.covariances(v, &nonempty), sizes, v.dim(1))
+        } else {
+            // every class (empty here or not) so that the stacks agree across processes; the classes empty
+            // on every process are dropped after the sum
+            let all = all_reduce_counts(&groups.iter().map(Vec::len).collect::<Vec<_>>(), comm)?;
+            let slices: Vec<&[usize]> = groups.iter().map(|g| g.as_slice()).collect();
+            let local = self.covariances(v, &slices);
+            let summed = all_reduce_tensors(&[local.re, local.im], comm)?;
+            let keep: Vec<usize> =
+                std::iter::once(0).chain((0..all.len()).filter(|&j| all[j] > 0).map(|j| j + 1)).collect();
+            let cov = ComplexTensor::new(summed[0].index_select(1, &keep), summed[1].index_select(1, &keep));
+            let m = all.iter().sum();
+            (cov, all.into_iter().filter(|&s| s > 0).collect::<Vec<_>>(), m)
+        };
         let mut alphas = vec![self.alpha(m)];
         alphas.extend(sizes.iter().map(|&s| self.alpha(s)));
         Ok((cov, alphas, sizes, m))

@@ -73,7 +73,7 @@ pub use persist::{manifest_path, FORMAT, FORMAT_VERSION};
 pub use synthetic::{gaussians, Gaussians};
 
 use crate::{Error, Result};
-use rate_core::collective::{all_reduce_counts, Collective};
+use rate_core::collective::{agreed, all_reduce_counts, Collective, Local};
 use rate_core::kernels::redunet::{build_reference, build_sharded, transform_reference};
 use rate_core::kernels::{redunet_build, redunet_transform, RedunetRun, RedunetSpec};
 use rate_core::operators::ClassScales;
@@ -329,13 +329,6 @@ fn check_features<B: Kernels>(z: &Tensor<B>, op: &str, dim: Option<usize>) -> Re
     Ok((z.dim(0), z.dim(1)))
 }
 
-/// Per-class sample counts, checking every label and that no class is empty.
-fn class_counts(labels: &[usize], m: usize, k: usize) -> Result<Vec<usize>> {
-    let counts = label_counts(labels, m, k)?;
-    no_empty_class(&counts)?;
-    Ok(counts)
-}
-
 /// That every class has a sample (of the counts `counts`).
 fn no_empty_class(counts: &[usize]) -> Result<()> {
     if let Some(j) = counts.iter().position(|&c| c == 0) {
@@ -390,19 +383,7 @@ impl<B: Kernels> ReduNet<B> {
         record: &Record,
         progress: LayerProgress,
     ) -> Result<(Self, Trace<B>)> {
-        config.validate()?;
-        let (m, d) = check_features(z, "ReduNet::build", None)?;
-        let counts = class_counts(labels, m, config.num_classes)?;
-        let gamma = ClassScales::new(&counts, d, config.eps_sq).gamma;
-        let spec = RedunetSpec { progress, ..config.spec() };
-        let run = match config.engine.resolve(d) {
-            Engine::Tensor => build_reference(z, labels, &spec, record)?,
-            _ => redunet_build(z, labels, &spec, record)?,
-        };
-        let k = config.num_classes;
-        let layers = run.operators.iter().map(|w| Layer::new(w.clone(), &gamma, d, k)).collect();
-        let net = ReduNet { backend: z.backend().clone(), config, dim: d, gamma, layers };
-        Ok((net, Trace::from_run(run, m)))
+        Self::build_sharded(z, labels, config, record, progress, &Local)
     }
 
     /// Builds the network from one shard of the training samples: every
@@ -411,9 +392,9 @@ impl<B: Kernels> ReduNet<B> {
     /// same network, the one [`Self::build_observed`] builds on the union of
     /// the shards (up to rounding: sharded, every class takes the Gram
     /// route). The trace's rates are those of the union; its output and
-    /// `yhat` are this shard's. The reference engine runs (the class Gram
-    /// matrices summed over processes once a layer); with one process this
-    /// is [`Self::build_observed`].
+    /// `yhat` are this shard's. Over several processes the reference engine
+    /// runs (the class Gram matrices summed over processes once a layer);
+    /// with one process ([`Self::build_observed`]) the configured engine.
     ///
     /// Every process checks its shard (shape, finite values, labels) and the
     /// verdicts are shared first, so that a bad shard stops every process
@@ -426,30 +407,22 @@ impl<B: Kernels> ReduNet<B> {
         progress: LayerProgress,
         comm: &dyn Collective,
     ) -> Result<(Self, Trace<B>)> {
-        if comm.size() == 1 {
-            return Self::build_observed(z, labels, config, record, progress);
-        }
         let local = config
             .validate()
             .and_then(|()| check_features(z, "ReduNet::build", None))
             .and_then(|(m, _)| label_counts(labels, m, config.num_classes));
-        comm.agree(local.as_ref().err().map(|e| e.to_string()))?;
-        let counts = local?;
+        let counts = agreed(comm, local)?;
         let (m, d) = (z.dim(0), z.dim(1));
-        let dims = comm.all_gather(&[d as f64])?;
-        if let Some(r) = dims.iter().position(|&x| x != dims[0]) {
-            return Err(Error::Config(format!(
-                "ReduNet::build: rank {r} of {} has features of width {}, rank 0 has {}",
-                comm.size(),
-                dims[r],
-                dims[0]
-            )));
-        }
+        comm.same_everywhere("ReduNet::build: features of width", &[d as f64])?;
         let counts = all_reduce_counts(&counts, comm)?;
         no_empty_class(&counts)?;
         let gamma = ClassScales::new(&counts, d, config.eps_sq).gamma;
         let spec = RedunetSpec { progress, ..config.spec() };
-        let run = build_sharded(z, labels, &spec, record, comm)?;
+        let run = match config.engine.resolve(d) {
+            _ if comm.size() > 1 => build_sharded(z, labels, &spec, record, comm)?,
+            Engine::Tensor => build_reference(z, labels, &spec, record)?,
+            _ => redunet_build(z, labels, &spec, record)?,
+        };
         let k = config.num_classes;
         let layers = run.operators.iter().map(|w| Layer::new(w.clone(), &gamma, d, k)).collect();
         let net = ReduNet { backend: z.backend().clone(), config, dim: d, gamma, layers };

@@ -8,7 +8,7 @@
 
 use crate::io::{write_safetensors, OutArray, TensorFile};
 use crate::{Error, Result};
-use rate_core::collective::{all_reduce_tensor, Collective, Local};
+use rate_core::collective::{agreed, all_reduce_counts, all_reduce_tensor, Collective, Local};
 use rate_core::{Kernels, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -41,9 +41,9 @@ impl<B: Kernels> Pca<B> {
     /// error naming its rank.
     pub fn fit_sharded(x: &Tensor<B>, k: usize, comm: &dyn Collective) -> Result<Self> {
         let be = x.backend();
-        let local = if x.rank() != 2 || x.dim(1) == 0 || (comm.size() == 1 && x.dim(0) < 2) {
+        let local = if x.rank() != 2 || x.dim(1) == 0 {
             Err(Error::Config(format!(
-                "PCA: features have shape {:?}, expected at least 2 samples of at least 1 feature",
+                "PCA: features have shape {:?}, expected samples x features with at least 1 feature",
                 x.shape()
             )))
         } else if k == 0 || k > x.dim(1) {
@@ -51,24 +51,15 @@ impl<B: Kernels> Pca<B> {
         } else {
             x.check_finite("PCA").map_err(Error::from)
         };
-        if comm.size() == 1 {
-            local?;
-        } else {
-            comm.agree(local.err().map(|e| e.to_string()))?;
-        }
+        agreed(comm, local)?;
         let (m_local, d) = (x.dim(0), x.dim(1));
-        let shape = comm.all_gather(&[d as f64, m_local as f64])?;
-        if let Some(r) = (0..comm.size()).find(|&r| shape[2 * r] != shape[0]) {
-            return Err(rate_core::Error::Collective {
-                rank: r,
-                size: comm.size(),
-                message: format!("PCA: features of width {}, rank 0 has {}", shape[2 * r], shape[0]),
-            }
-            .into());
-        }
-        let m: f64 = shape.chunks(2).map(|p| p[1]).sum();
+        comm.same_everywhere("PCA: features of width", &[d as f64])?;
+        let m = all_reduce_counts(&[m_local], comm)?[0] as f64;
         if m < 2.0 {
-            return Err(Error::Config(format!("PCA: {m} samples in all, at least 2 needed")));
+            return Err(Error::Config(format!(
+                "PCA: {m} sample(s) in all (features of shape {:?} here), at least 2 needed",
+                x.shape()
+            )));
         }
         let mean = if comm.size() == 1 {
             x.mean_axis(0, true)

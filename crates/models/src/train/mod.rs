@@ -28,7 +28,7 @@ use crate::nn::Module;
 use crate::{Error, Kernels, Result, Tensor};
 use checkpoint::{CheckpointData, EpochProgress, LoadedCheckpoint, ScheduleState, STATE_FORMAT};
 use rate_core::backend::Element;
-use rate_core::collective::{Collective, Local};
+use rate_core::collective::{agreed, Collective, Local};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -286,28 +286,27 @@ pub fn evaluate<B: Kernels, L: Block<B>>(
     batch: usize,
     exec: &Execution,
 ) -> Result<Evaluation> {
-    let ids: Vec<usize> = (0..images.len()).collect();
-    let (loss_sum, confusion) = evaluate_ids(model, images, norm, batch, exec, &ids)?;
-    let classes = confusion.len();
-    let n = images.len();
-    let right: usize = (0..classes).map(|c| confusion[c][c]).sum();
-    Ok(Evaluation { loss: loss_sum / n as f64, accuracy: right as f64 / n as f64, images: n, confusion })
+    evaluate_shared(model, images, norm, batch, exec, &Local)
 }
 
-/// The summed loss and the confusion counts of `model` on the images `ids`.
-fn evaluate_ids<B: Kernels, L: Block<B>>(
+/// [`evaluate`] with the images shared by the processes of `comm`
+/// ([`Collective::share`]): the loss sums and confusion counts are summed
+/// over the processes, so every process returns the whole split's figures.
+pub fn evaluate_shared<B: Kernels, L: Block<B>>(
     model: &Classifier<B, L>,
     images: &Images,
     norm: &Normalisation,
     batch: usize,
     exec: &Execution,
-    ids: &[usize],
-) -> Result<(f64, Vec<Vec<usize>>)> {
+    comm: &dyn Collective,
+) -> Result<Evaluation> {
     let classes = model.config.vision().num_classes;
     let be = model.cls_token.backend();
     let mut confusion = vec![vec![0usize; classes]; classes];
     let mut loss_sum = 0.0;
     let ce = CrossEntropy::default();
+    let n = images.len();
+    let ids: Vec<usize> = comm.share(n).collect();
     for chunk in ids.chunks(batch.max(1)) {
         let x = upload(be, images, norm, chunk);
         let labels: Vec<usize> = chunk.iter().map(|&i| images.dataset.labels()[i]).collect();
@@ -318,35 +317,17 @@ fn evaluate_ids<B: Kernels, L: Block<B>>(
             confusion[l][*p] += 1;
         }
     }
-    Ok((loss_sum, confusion))
-}
-
-/// [`evaluate`] with the images shared by the processes of `comm` (a
-/// contiguous block each): the loss sums and confusion counts are summed
-/// over the processes, so every process returns the whole split's figures.
-pub fn evaluate_shared<B: Kernels, L: Block<B>>(
-    model: &Classifier<B, L>,
-    images: &Images,
-    norm: &Normalisation,
-    batch: usize,
-    exec: &Execution,
-    comm: &dyn Collective,
-) -> Result<Evaluation> {
-    if comm.size() == 1 {
-        return evaluate(model, images, norm, batch, exec);
+    if comm.size() > 1 {
+        let mut buf = vec![loss_sum];
+        buf.extend(confusion.iter().flatten().map(|&c| c as f64));
+        comm.all_reduce_sum(&mut buf)?;
+        loss_sum = buf[0];
+        for (c, &v) in confusion.iter_mut().flatten().zip(&buf[1..]) {
+            *c = v as usize;
+        }
     }
-    let n = images.len();
-    let (lo, hi) = (comm.rank() * n / comm.size(), (comm.rank() + 1) * n / comm.size());
-    let (loss_sum, confusion) =
-        evaluate_ids(model, images, norm, batch, exec, &(lo..hi).collect::<Vec<_>>())?;
-    let classes = confusion.len();
-    let mut buf = vec![loss_sum];
-    buf.extend(confusion.iter().flatten().map(|&c| c as f64));
-    comm.all_reduce_sum(&mut buf)?;
-    let confusion: Vec<Vec<usize>> =
-        buf[1..].chunks(classes.max(1)).map(|row| row.iter().map(|&c| c as usize).collect()).collect();
     let right: usize = (0..classes).map(|c| confusion[c][c]).sum();
-    Ok(Evaluation { loss: buf[0] / n as f64, accuracy: right as f64 / n as f64, images: n, confusion })
+    Ok(Evaluation { loss: loss_sum / n as f64, accuracy: right as f64 / n as f64, images: n, confusion })
 }
 
 /// The sum over the processes of `comm` of the gradients of each share of a
@@ -391,25 +372,18 @@ fn parameter_hash(arrays: &BTreeMap<String, crate::io::OutArray>) -> u64 {
 }
 
 /// Stops the run when the processes of `comm` hold different parameters
-/// after `epoch` (the hash of every process compared with rank 0's).
+/// after `epoch` (every process's hash compared with rank 0's).
 fn check_same_parameters(
     arrays: &BTreeMap<String, crate::io::OutArray>,
     comm: &dyn Collective,
     epoch: usize,
 ) -> Result<()> {
     let h = parameter_hash(arrays);
-    let all = comm.all_gather(&[(h >> 32) as f64, (h & 0xffff_ffff) as f64])?;
-    if let Some(r) = (1..comm.size()).find(|&r| all[2 * r..2 * r + 2] != all[..2]) {
-        return Err(Error::Config(format!(
-            "after epoch {epoch} rank {r} of {} holds other parameters than rank 0 (hash {:08x}{:08x} against \
-             {:08x}{:08x}); the processes diverged, so the run stops",
-            comm.size(),
-            all[2 * r] as u64,
-            all[2 * r + 1] as u64,
-            all[0] as u64,
-            all[1] as u64
-        )));
-    }
+    // two 32-bit halves, exact in f64
+    comm.same_everywhere(
+        &format!("after epoch {epoch} the processes diverged, so the run stops: parameter hash (two halves)"),
+        &[(h >> 32) as f64, (h & 0xffff_ffff) as f64],
+    )?;
     Ok(())
 }
 
@@ -745,27 +719,26 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
     pub fn run(&mut self, hooks: &mut dyn Hooks) -> Result<Outcome> {
         self.check_ranks()?;
         let comm = self.comm.clone();
-        let (rank, ranks, root) = (comm.rank(), comm.size(), comm.is_root());
+        let (ranks, root) = (comm.size(), comm.is_root());
         let metrics_path = self.out.join("metrics.jsonl");
         // rank 0 writes the run directory; every process learns whether it could
-        let opened = if root {
-            std::fs::create_dir_all(&self.out)
-                .map_err(|e| Error::Io { path: self.out.display().to_string(), source: e })
-                .and_then(|()| truncate_metrics(&metrics_path, self.state.step))
-                .and_then(|()| {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&metrics_path)
-                        .map_err(|e| Error::Io { path: metrics_path.display().to_string(), source: e })
-                })
-                .map(Some)
-        } else {
-            Ok(None)
-        };
-        if ranks > 1 {
-            comm.agree(opened.as_ref().err().map(|e| e.to_string()))?;
-        }
+        let opened =
+            agreed(
+                &*comm,
+                if root {
+                    std::fs::create_dir_all(&self.out)
+                        .map_err(|e| Error::Io { path: self.out.display().to_string(), source: e })
+                        .and_then(|()| truncate_metrics(&metrics_path, self.state.step))
+                        .and_then(|()| {
+                            std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(
+                                |e| Error::Io { path: metrics_path.display().to_string(), source: e },
+                            )
+                        })
+                        .map(Some)
+                } else {
+                    Ok(None)
+                },
+            );
         let mut log = opened?;
         let log_err = |e: std::io::Error| Error::Io { path: metrics_path.display().to_string(), source: e };
         let session_start = Instant::now();
@@ -802,7 +775,7 @@ impl<'d, B: Kernels, L: Block<B>> Session<'d, B, L> {
                 let n = hb.len();
                 let step = self.state.step + 1;
                 // this process's share of the batch: rows lo..hi
-                let (lo, hi) = (rank * n / ranks, (rank + 1) * n / ranks);
+                let std::ops::Range { start: lo, end: hi } = comm.share(n);
                 if hi == lo {
                     return Err(Error::Config(format!(
                         "step {step}: a batch of {n} images cannot be shared by {ranks} processes; \

@@ -76,15 +76,6 @@ impl Collective for Mpi {
         });
         Ok(())
     }
-    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-        self.serial(|w| {
-            for piece in buf.chunks_mut(PIECE) {
-                let send = piece.to_vec();
-                w.all_reduce_into(&send[..], piece, SystemOperation::sum());
-            }
-        });
-        Ok(())
-    }
     fn broadcast(&self, buf: &mut [f64], root: usize) -> Result<()> {
         if root >= self.size {
             return Err(mpi_error(format!("broadcast from rank {root}, but there are {} ranks", self.size)));

@@ -602,9 +602,8 @@ pub fn build_sharded<B: Backend>(
             }
             let rt = next.rates(&scales, &scales.gamma)?;
             run.rates_true.push(rt);
-            let mut wrong = [yhat.iter().zip(labels).filter(|(a, b)| a != b).count() as f64];
-            comm.all_reduce_sum(&mut wrong)?;
-            run.rates_code.push(if wrong[0] == 0.0 {
+            let wrong = yhat.iter().zip(labels).filter(|(a, b)| a != b).count();
+            run.rates_code.push(if all_reduce_counts(&[wrong], comm)?[0] == 0 {
                 rt
             } else {
                 code_rates(&zl, &yhat, &scales, spec.eps_sq, be, comm)?

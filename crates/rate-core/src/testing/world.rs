@@ -66,14 +66,6 @@ impl Collective for ThreadWorld {
         }
         Ok(())
     }
-    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-        let wide: Vec<f64> = buf.iter().map(|&v| v as f64).collect();
-        let all = self.clock.time(|| self.exchange(&wide));
-        for (i, v) in buf.iter_mut().enumerate() {
-            *v = all.iter().fold(0.0f32, |acc, part| acc + part[i] as f32);
-        }
-        Ok(())
-    }
     fn broadcast(&self, buf: &mut [f64], root: usize) -> Result<()> {
         let all = self.clock.time(|| self.exchange(buf));
         buf.copy_from_slice(&all[root]);
@@ -91,6 +83,7 @@ impl Collective for ThreadWorld {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collective::MESSAGE_BYTES;
 
     #[test]
     fn sums_broadcasts_and_gathers_agree_on_every_rank() {
@@ -101,13 +94,27 @@ mod tests {
             w.broadcast(&mut b, 2).unwrap();
             let g = w.all_gather(&[w.rank() as f64 * 2.0]).unwrap();
             let e = w.agree((w.rank() == 2).then(|| "bad".to_string())).unwrap_err().to_string();
-            (v, b, g, e)
+            // the lowest failing rank wins, and a message is cut at a character boundary
+            let long = format!("{}é", "x".repeat(MESSAGE_BYTES - 1));
+            let problem = match w.rank() {
+                0 => None,
+                1 => Some(long),
+                _ => Some("later".to_string()),
+            };
+            let first = w.agree(problem).unwrap_err().to_string();
+            let width =
+                w.same_everywhere("width", &[if w.rank() == 2 { 3.0 } else { 4.0 }]).unwrap_err().to_string();
+            assert!(w.same_everywhere("width", &[4.0]).is_ok());
+            (v, b, g, e, first, width, w.share(10))
         });
-        for (v, b, g, e) in out {
+        for (r, (v, b, g, e, first, width, share)) in out.into_iter().enumerate() {
             assert_eq!(v, [6.0, 30.0]);
             assert_eq!(b, [2.0, 2.0]);
             assert_eq!(g, [0.0, 2.0, 4.0]);
             assert_eq!(e, "rank 2 of 3: bad");
+            assert_eq!(first, format!("rank 1 of 3: {}", "x".repeat(MESSAGE_BYTES - 1)));
+            assert_eq!(width, "rank 2 of 3: width [3.0], rank 0 has [4.0]");
+            assert_eq!(share, [0..3, 3..6, 6..10][r]);
         }
     }
 }
